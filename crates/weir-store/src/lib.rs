@@ -1,1 +1,177 @@
-//! placeholder
+//! The `Broker` trait — the narrow boundary between weir's HTTP layer and its
+//! storage — and its backends. Every backend moves tasks only through
+//! `weir_core::machine`, and passes the one conformance suite in `conformance`.
+
+pub mod clock;
+pub mod conformance;
+pub mod embedded;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_core::machine::TransitionError;
+use weir_core::validate::InvalidInput;
+use weir_core::{NewTask, TaskId, TaskRecord, TaskState};
+
+pub use clock::{Clock, SystemClock};
+pub use embedded::{EmbeddedBroker, EmbeddedConfig};
+
+/// One task to enqueue: validated fields plus its payload (JSON text, not re-parsed).
+#[derive(Clone, Debug)]
+pub struct EnqueueTask {
+    pub task: NewTask,
+    pub payload: Bytes,
+}
+
+/// The answer to one enqueued task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: TaskId,
+    pub state: TaskState,
+    /// False when the idempotency key matched a retained task: nothing new was made.
+    pub created: bool,
+}
+
+/// A task as a reader sees it: the record, its payload, and its lease if active.
+#[derive(Clone, Debug)]
+pub struct TaskView {
+    pub record: TaskRecord,
+    pub payload: Bytes,
+    /// When the current lease runs out (active tasks only).
+    pub lease_expires_ms: Option<u64>,
+}
+
+/// Identifies one lease of one task; a stale one is refused with 409.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub u64);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl FromStr for LeaseId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<LeaseId, ()> {
+        if s.len() != 16 {
+            return Err(());
+        }
+        u64::from_str_radix(s, 16).map(LeaseId).map_err(|_| ())
+    }
+}
+
+/// A task handed to a worker.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    pub record: TaskRecord,
+    pub payload: Bytes,
+    pub lease_id: LeaseId,
+    pub lease_expires_ms: u64,
+}
+
+/// What a heartbeat tells the worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub lease_expires_ms: u64,
+    pub cancel_requested: bool,
+}
+
+/// A worker's verdict on one leased task.
+#[derive(Clone, Debug)]
+pub enum Settle {
+    Ack {
+        id: TaskId,
+        lease_id: LeaseId,
+        /// The result as JSON text.
+        result: Option<Bytes>,
+    },
+    Fail {
+        id: TaskId,
+        lease_id: LeaseId,
+        error: String,
+        retry: bool,
+    },
+}
+
+/// Per-state task counts of one queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts(pub [u64; 6]);
+
+impl Counts {
+    pub fn get(&self, state: TaskState) -> u64 {
+        self.0[state.index()]
+    }
+}
+
+/// One queue's public view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: String,
+    pub counts: Counts,
+}
+
+/// Why a broker call failed. User errors map to 4xx; `Internal` to a generic 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("task not found")]
+    NotFound,
+    #[error("the lease is stale or unknown")]
+    StaleLease,
+    #[error(transparent)]
+    Conflict(#[from] TransitionError),
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error("queue {queue} is full ({limit} tasks)")]
+    QueueFull {
+        queue: String,
+        limit: u64,
+        retry_after_ms: u64,
+    },
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+/// The storage boundary. Implementations own durability (an `Ok` from a mutating
+/// call means the change is durable), dispatch order, leases and long-poll wakeups.
+#[async_trait::async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Enqueues all tasks or none; answers once they are durable.
+    async fn enqueue(
+        &self,
+        queue: &str,
+        tasks: Vec<EnqueueTask>,
+    ) -> Result<Vec<Enqueued>, StoreError>;
+    /// The task's current view, `None` if unknown (or expired).
+    async fn get(&self, id: TaskId) -> Result<Option<TaskView>, StoreError>;
+    /// Like `get`, but waits up to `wait` for the task to become terminal.
+    async fn wait(&self, id: TaskId, wait: Duration) -> Result<Option<TaskView>, StoreError>;
+    /// Cancels a queued task, or requests cancel of an active one.
+    async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError>;
+    /// Leases up to `max` tasks, waiting up to `wait` for the first one.
+    async fn lease(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Leased>, StoreError>;
+    /// Acks and fails, each judged on its own; answers once all are durable.
+    async fn settle(
+        &self,
+        items: Vec<Settle>,
+    ) -> Result<Vec<Result<TaskState, StoreError>>, StoreError>;
+    /// Returns a leased task to pending without counting the attempt.
+    async fn release(&self, id: TaskId, lease_id: LeaseId) -> Result<TaskState, StoreError>;
+    /// Extends a lease by the task's timeout plus grace.
+    async fn heartbeat(&self, id: TaskId, lease_id: LeaseId) -> Result<Heartbeat, StoreError>;
+    /// Every known queue with its counts.
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
+    /// Wakes every long-poll so it answers now; later long-polls do not wait.
+    fn begin_shutdown(&self);
+    /// Flushes and stops background work. Later calls fail with `Closed`.
+    async fn close(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,486 @@
+//! The backend conformance suite: behaviour every `Broker` must show, written once
+//! and run against every store with `conformance_tests!`. A backend under test must
+//! be configured with a lease grace of 0 ms and a retry backoff of at most a few
+//! milliseconds, so that expiries and retries happen within a test's wait.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_core::{NewTask, TaskId, TaskState};
+
+use crate::{Broker, EnqueueTask, Settle, StoreError};
+
+/// Long enough that a correct backend never hits it; a hang fails the test instead
+/// of passing it.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn task(kind: &str) -> NewTask {
+    NewTask {
+        kind: kind.into(),
+        priority: 0,
+        run_at_ms: None,
+        max_attempts: 3,
+        timeout_ms: 30_000,
+        deadline_ms: None,
+        idempotency_key: None,
+        retention_ms: 3_600_000,
+    }
+}
+
+pub fn item(task: NewTask, payload: &str) -> EnqueueTask {
+    EnqueueTask {
+        task,
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    }
+}
+
+async fn one(b: &dyn Broker, queue: &str, t: NewTask, payload: &str) -> TaskId {
+    let out = b.enqueue(queue, vec![item(t, payload)]).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(out[0].created);
+    out[0].id
+}
+
+async fn state(b: &dyn Broker, id: TaskId) -> TaskState {
+    b.get(id).await.unwrap().expect("task exists").record.state
+}
+
+fn now_ms() -> u64 {
+    crate::clock::Clock::now_ms(&crate::SystemClock)
+}
+
+pub async fn enqueue_get_lease_ack(b: &dyn Broker) {
+    let id = one(b, "c1", task("email"), r#"{"to":"a@b"}"#).await;
+    let v = b.get(id).await.unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Pending);
+    assert_eq!(&v.payload[..], br#"{"to":"a@b"}"#);
+    assert_eq!(v.record.kind, "email");
+    assert_eq!(v.record.attempt, 0);
+
+    let leased = b.lease("c1", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let l = &leased[0];
+    assert_eq!(l.record.id, id);
+    assert_eq!(l.record.attempt, 1);
+    assert_eq!(&l.payload[..], br#"{"to":"a@b"}"#);
+    assert_eq!(state(b, id).await, TaskState::Active);
+    assert!(b.lease("c1", 10, Duration::ZERO).await.unwrap().is_empty());
+
+    let out = b
+        .settle(vec![Settle::Ack {
+            id,
+            lease_id: l.lease_id,
+            result: Some(Bytes::from_static(b"42")),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Completed);
+    let v = b.get(id).await.unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Completed);
+    assert_eq!(v.record.result.as_deref(), Some(&b"42"[..]));
+    assert!(v.record.finished_ms.is_some());
+
+    let q = b
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "c1")
+        .unwrap();
+    assert_eq!(q.counts.get(TaskState::Completed), 1);
+    assert_eq!(q.counts.get(TaskState::Pending), 0);
+    assert_eq!(q.counts.get(TaskState::Active), 0);
+}
+
+pub async fn unknown_task_is_none(b: &dyn Broker) {
+    let id = TaskId::new(1, 1);
+    assert!(b.get(id).await.unwrap().is_none());
+    assert!(matches!(b.cancel(id).await, Err(StoreError::NotFound)));
+}
+
+pub async fn priority_then_fifo(b: &dyn Broker) {
+    let mut ids = Vec::new();
+    for (i, p) in [0, 5, 0, 5, -1].into_iter().enumerate() {
+        let mut t = task("k");
+        t.priority = p;
+        ids.push(one(b, "c2", t, &i.to_string()).await);
+    }
+    let got: Vec<TaskId> = b
+        .lease("c2", 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.record.id)
+        .collect();
+    assert_eq!(got, vec![ids[1], ids[3], ids[0], ids[2], ids[4]]);
+}
+
+pub async fn lease_respects_max(b: &dyn Broker) {
+    let items = (0..7).map(|i| item(task("k"), &i.to_string())).collect();
+    assert_eq!(b.enqueue("c3", items).await.unwrap().len(), 7);
+    assert_eq!(b.lease("c3", 3, Duration::ZERO).await.unwrap().len(), 3);
+    assert_eq!(b.lease("c3", 10, Duration::ZERO).await.unwrap().len(), 4);
+}
+
+pub async fn long_poll_lease_wakes_on_enqueue<B: Broker + Clone>(b: B) {
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lease("c4", 1, WAIT).await })
+    };
+    // Whether the lease is already waiting or not, it must get this task well
+    // before its wait runs out.
+    let started = tokio::time::Instant::now();
+    let id = one(&b, "c4", task("k"), "1").await;
+    let leased = waiter.await.unwrap().unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].record.id, id);
+    assert!(started.elapsed() < WAIT);
+}
+
+pub async fn stale_lease_is_refused(b: &dyn Broker) {
+    let id = one(b, "c5", task("k"), "1").await;
+    let l = b.lease("c5", 1, Duration::ZERO).await.unwrap().remove(0);
+    let wrong = crate::LeaseId(l.lease_id.0.wrapping_add(1));
+    let out = b
+        .settle(vec![Settle::Ack {
+            id,
+            lease_id: wrong,
+            result: None,
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(StoreError::StaleLease)));
+    assert!(matches!(
+        b.heartbeat(id, wrong).await,
+        Err(StoreError::StaleLease)
+    ));
+    assert!(matches!(
+        b.release(id, wrong).await,
+        Err(StoreError::StaleLease)
+    ));
+    assert_eq!(state(b, id).await, TaskState::Active);
+    // The right lease still works, once; after that it is stale too.
+    let hb = b.heartbeat(id, l.lease_id).await.unwrap();
+    assert!(hb.lease_expires_ms >= l.lease_expires_ms);
+    assert!(!hb.cancel_requested);
+    let out = b
+        .settle(vec![Settle::Ack {
+            id,
+            lease_id: l.lease_id,
+            result: None,
+        }])
+        .await
+        .unwrap();
+    assert!(out[0].is_ok());
+    let out = b
+        .settle(vec![Settle::Ack {
+            id,
+            lease_id: l.lease_id,
+            result: None,
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(StoreError::StaleLease)));
+}
+
+pub async fn fail_retries_then_dies(b: &dyn Broker) {
+    let mut t = task("k");
+    t.max_attempts = 2;
+    let id = one(b, "c6", t, "1").await;
+    let l = b.lease("c6", 1, Duration::ZERO).await.unwrap().remove(0);
+    let out = b
+        .settle(vec![Settle::Fail {
+            id,
+            lease_id: l.lease_id,
+            error: "boom".into(),
+            retry: true,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Scheduled);
+    // Backoff is a few ms in the harness: a waiting lease gets the retry.
+    let l2 = b.lease("c6", 1, WAIT).await.unwrap().remove(0);
+    assert_eq!(l2.record.id, id);
+    assert_eq!(l2.record.attempt, 2);
+    let out = b
+        .settle(vec![Settle::Fail {
+            id,
+            lease_id: l2.lease_id,
+            error: "again".into(),
+            retry: true,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Dead);
+    let v = b.get(id).await.unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Dead);
+    assert_eq!(v.record.last_error.as_deref(), Some("again"));
+    assert_eq!(v.record.attempt, 2);
+}
+
+pub async fn fail_without_retry_dies(b: &dyn Broker) {
+    let id = one(b, "c7", task("k"), "1").await;
+    let l = b.lease("c7", 1, Duration::ZERO).await.unwrap().remove(0);
+    let out = b
+        .settle(vec![Settle::Fail {
+            id,
+            lease_id: l.lease_id,
+            error: "no".into(),
+            retry: false,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Dead);
+}
+
+pub async fn lease_expiry_requeues_then_dies(b: &dyn Broker) {
+    let mut t = task("k");
+    t.max_attempts = 2;
+    t.timeout_ms = 20;
+    let id = one(b, "c8", t, "1").await;
+    let l1 = b.lease("c8", 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(l1.record.attempt, 1);
+    // Never acked: after its lease runs out the task is leased again.
+    let l2 = b.lease("c8", 1, WAIT).await.unwrap().remove(0);
+    assert_eq!(l2.record.id, id);
+    assert_eq!(l2.record.attempt, 2);
+    // The first lease is stale now.
+    let out = b
+        .settle(vec![Settle::Ack {
+            id,
+            lease_id: l1.lease_id,
+            result: None,
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(StoreError::StaleLease)));
+    // Out of attempts after the second expiry: dead.
+    let v = b.wait(id, WAIT).await.unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Dead);
+    assert_eq!(v.record.attempt, 2);
+}
+
+pub async fn release_does_not_count(b: &dyn Broker) {
+    let mut t = task("k");
+    t.max_attempts = 1;
+    let id = one(b, "c9", t, "1").await;
+    let l = b.lease("c9", 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(b.release(id, l.lease_id).await.unwrap(), TaskState::Pending);
+    let v = b.get(id).await.unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Pending);
+    assert_eq!(v.record.attempt, 0);
+    let l = b.lease("c9", 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(l.record.attempt, 1);
+}
+
+pub async fn cancel_queued_and_active(b: &dyn Broker) {
+    let queued = one(b, "c10", task("k"), "1").await;
+    let mut later = task("k");
+    later.run_at_ms = Some(now_ms() + 3_600_000);
+    let scheduled = one(b, "c10", later, "2").await;
+    assert_eq!(state(b, scheduled).await, TaskState::Scheduled);
+    assert_eq!(
+        b.cancel(scheduled).await.unwrap().record.state,
+        TaskState::Canceled
+    );
+
+    let l = b.lease("c10", 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(l.record.id, queued);
+    let v = b.cancel(queued).await.unwrap();
+    assert_eq!(v.record.state, TaskState::Active);
+    assert!(v.record.cancel_requested);
+    assert!(
+        b.heartbeat(queued, l.lease_id)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    // Whatever the worker reports, the task ends canceled and is not retried.
+    let out = b
+        .settle(vec![Settle::Fail {
+            id: queued,
+            lease_id: l.lease_id,
+            error: "stopped".into(),
+            retry: true,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Canceled);
+    assert_eq!(state(b, queued).await, TaskState::Canceled);
+    assert!(matches!(
+        b.cancel(queued).await,
+        Err(StoreError::Conflict(
+            weir_core::machine::TransitionError::Terminal(TaskState::Canceled)
+        ))
+    ));
+    assert!(b.lease("c10", 1, Duration::ZERO).await.unwrap().is_empty());
+}
+
+pub async fn idempotency_key_dedupes(b: &dyn Broker) {
+    let mut t = task("k");
+    t.idempotency_key = Some("order-1".into());
+    let first = b
+        .enqueue("c11", vec![item(t.clone(), "1")])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(first.created);
+    let again = b
+        .enqueue("c11", vec![item(t.clone(), "2")])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!again.created);
+    assert_eq!(again.id, first.id);
+    // The same key in one batch makes one task.
+    let mut t2 = task("k");
+    t2.idempotency_key = Some("order-2".into());
+    let out = b
+        .enqueue("c11", vec![item(t2.clone(), "1"), item(t2, "2")])
+        .await
+        .unwrap();
+    assert_eq!(out[0].id, out[1].id);
+    assert!(out[0].created && !out[1].created);
+    // Keys are per queue.
+    let other = b
+        .enqueue("c11-other", vec![item(t, "1")])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(other.created);
+    assert_ne!(other.id, first.id);
+    let q = b
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "c11")
+        .unwrap();
+    assert_eq!(q.counts.get(TaskState::Pending), 2);
+}
+
+pub async fn delayed_task_waits_for_run_at(b: &dyn Broker) {
+    let mut t = task("k");
+    t.run_at_ms = Some(now_ms() + 50);
+    let id = one(b, "c12", t, "1").await;
+    assert_eq!(state(b, id).await, TaskState::Scheduled);
+    let l = b.lease("c12", 1, WAIT).await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert!(now_ms() >= l[0].record.run_at_ms);
+}
+
+pub async fn deadline_passed_is_dead_not_started(b: &dyn Broker) {
+    let mut t = task("k");
+    t.deadline_ms = Some(now_ms().saturating_sub(1));
+    let id = one(b, "c13", t, "1").await;
+    assert!(b.lease("c13", 1, Duration::ZERO).await.unwrap().is_empty());
+    let v = b.wait(id, WAIT).await.unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Dead);
+    assert_eq!(
+        v.record.last_error.as_deref(),
+        Some(weir_core::machine::DEADLINE_ERROR)
+    );
+}
+
+pub async fn wait_wakes_when_terminal<B: Broker + Clone>(b: B) {
+    let id = one(&b, "c14", task("k"), "1").await;
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.wait(id, WAIT).await })
+    };
+    let l = b.lease("c14", 1, Duration::ZERO).await.unwrap().remove(0);
+    b.settle(vec![Settle::Ack {
+        id,
+        lease_id: l.lease_id,
+        result: Some(Bytes::from_static(b"\"ok\"")),
+    }])
+    .await
+    .unwrap();
+    let v = waiter.await.unwrap().unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Completed);
+    // A wait on a task that does not end returns its current view after the wait.
+    let id2 = one(&b, "c14", task("k"), "2").await;
+    let v = b
+        .wait(id2, Duration::from_millis(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.record.state, TaskState::Pending);
+}
+
+pub async fn batch_settle_reports_each(b: &dyn Broker) {
+    let items = (0..3).map(|i| item(task("k"), &i.to_string())).collect();
+    b.enqueue("c15", items).await.unwrap();
+    let ls = b.lease("c15", 3, Duration::ZERO).await.unwrap();
+    let out = b
+        .settle(vec![
+            Settle::Ack {
+                id: ls[0].record.id,
+                lease_id: ls[0].lease_id,
+                result: None,
+            },
+            Settle::Fail {
+                id: ls[1].record.id,
+                lease_id: ls[1].lease_id,
+                error: "x".into(),
+                retry: false,
+            },
+            Settle::Ack {
+                id: ls[2].record.id,
+                lease_id: crate::LeaseId(0),
+                result: None,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Completed);
+    assert_eq!(out[1].as_ref().unwrap(), &TaskState::Dead);
+    assert!(matches!(out[2], Err(StoreError::StaleLease)));
+}
+
+pub async fn bad_queue_name_changes_nothing(b: &dyn Broker) {
+    assert!(matches!(
+        b.enqueue("bad name", vec![item(task("k"), "1")]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(b
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .all(|q| q.name != "bad name"));
+}
+
+/// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
+/// expression that yields a fresh broker (`B: Broker + Clone`) for each test.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            enqueue_get_lease_ack, unknown_task_is_none, priority_then_fifo, lease_respects_max,
+            stale_lease_is_refused, fail_retries_then_dies, fail_without_retry_dies,
+            lease_expiry_requeues_then_dies, release_does_not_count, cancel_queued_and_active,
+            idempotency_key_dedupes, delayed_task_waits_for_run_at,
+            deadline_passed_is_dead_not_started, batch_settle_reports_each,
+            bad_queue_name_changes_nothing);
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn long_poll_lease_wakes_on_enqueue() {
+            let b = $make.await;
+            $crate::conformance::long_poll_lease_wakes_on_enqueue(b).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn wait_wakes_when_terminal() {
+            let b = $make.await;
+            $crate::conformance::wait_wakes_when_terminal(b).await;
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let b = $make.await;
+                $crate::conformance::$case(&b).await;
+            }
+        )*
+    };
+}

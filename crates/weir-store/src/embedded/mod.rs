@@ -1,0 +1,653 @@
+//! The embedded store (the default backend): fjall keyspaces on local disk for
+//! durability, in-memory indexes (`state`) for dispatch, and one writer thread
+//! (`writer`) that turns concurrent mutations into group commits — one journal
+//! fsync for every batch of requests that arrived while the previous fsync ran.
+//!
+//! Reads (get, the payloads of a lease) go to fjall directly from the calling task.
+//! Leasing, heartbeats and timers touch only memory: leases are not durable, so after
+//! a crash active tasks come back pending without losing an attempt.
+
+mod disk;
+mod state;
+mod writer;
+
+use std::cmp::Reverse;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use weir_core::machine::{self, Start};
+use weir_core::{Backoff, Limits, TaskId, TaskRecord, TaskState};
+
+use crate::clock::{Clock, SystemClock};
+use crate::{
+    Broker, EnqueueTask, Enqueued, Heartbeat, LeaseId, Leased, QueueInfo, Settle, StoreError,
+    TaskView,
+};
+use disk::ReadyEntry;
+use state::{Lease, State};
+use writer::{Op, Prepared};
+
+/// Most operations one writer round takes into a single commit.
+const WRITER_OPS_PER_COMMIT_MAX: usize = 4096;
+/// Capacity of the channel into the writer; senders wait when it is full.
+const WRITER_QUEUE_OPS_MAX: usize = 4096;
+/// Longest the writer sleeps between timer checks, so leases taken by request
+/// tasks (which do not wake the writer) expire at most this late.
+const WRITER_TICK_MS_MAX: u64 = 100;
+/// Most expired tasks removed in one writer round.
+const RETENTION_PURGE_BATCH_MAX: usize = 4096;
+
+/// Configuration of the embedded store.
+#[derive(Clone)]
+pub struct EmbeddedConfig {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub backoff: Backoff,
+    /// Added to a task's `timeout_ms` to form its lease.
+    pub lease_grace_ms: u64,
+    /// fjall block cache, in bytes.
+    pub cache_bytes: u64,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl EmbeddedConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> EmbeddedConfig {
+        EmbeddedConfig {
+            data_dir: data_dir.into(),
+            limits: Limits::default(),
+            backoff: Backoff::default(),
+            lease_grace_ms: weir_core::limits::LEASE_GRACE_MS_DEFAULT,
+            cache_bytes: 64 * 1024 * 1024,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The fjall database and its keyspaces.
+#[derive(Clone)]
+pub(crate) struct Disk {
+    pub db: Database,
+    pub tasks: Keyspace,
+    pub payloads: Keyspace,
+    pub ready: Keyspace,
+    pub terminal: Keyspace,
+    pub expiry: Keyspace,
+    pub idem: Keyspace,
+}
+
+impl Disk {
+    fn open(dir: &std::path::Path, cache_bytes: u64) -> Result<Disk, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| internal("create data dir", e))?;
+        let db = Database::builder(dir)
+            .cache_size(cache_bytes)
+            // We persist explicitly after each group commit.
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| internal("open store", e))?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| internal("open keyspace", e))
+        };
+        Ok(Disk {
+            tasks: ks(disk::KS_TASKS)?,
+            payloads: ks(disk::KS_PAYLOADS)?,
+            ready: ks(disk::KS_READY)?,
+            terminal: ks(disk::KS_TERMINAL)?,
+            expiry: ks(disk::KS_EXPIRY)?,
+            idem: ks(disk::KS_IDEM)?,
+            db,
+        })
+    }
+
+    pub fn record(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        match self
+            .tasks
+            .get(id.to_bytes())
+            .map_err(|e| internal("read task", e))?
+        {
+            None => Ok(None),
+            Some(v) => disk::decode_record(id, &v)
+                .map(Some)
+                .map_err(|e| internal("decode task", e)),
+        }
+    }
+
+    pub fn payload(&self, id: TaskId) -> Result<Bytes, StoreError> {
+        match self
+            .payloads
+            .get(id.to_bytes())
+            .map_err(|e| internal("read payload", e))?
+        {
+            Some(v) => Ok(Bytes::copy_from_slice(&v)),
+            None => Err(StoreError::Internal(format!("task {id} has no payload"))),
+        }
+    }
+}
+
+pub(crate) fn internal(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("{context}: {e}"))
+}
+
+/// State shared by request tasks and the writer thread.
+pub(crate) struct Shared {
+    pub disk: Disk,
+    pub state: Mutex<State>,
+    pub config: EmbeddedConfig,
+    /// Set when shutdown begins: long-polls stop waiting.
+    pub closing: CancellationToken,
+    /// Set when a commit failed: the store refuses writes from then on, loudly.
+    pub failed: AtomicBool,
+    /// Last issued id, to keep ids strictly increasing within this process.
+    pub last_id: Mutex<u128>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug that already failed its request;
+        // the state itself is still consistent between whole operations.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    /// A new time-ordered id, strictly greater than every id issued before it here.
+    fn next_id(&self, now_ms: u64) -> TaskId {
+        let fresh = TaskId::new(now_ms, rand::thread_rng().gen::<u128>()).0;
+        let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+        let id = if fresh > *last { fresh } else { *last + 1 };
+        *last = id;
+        TaskId(id)
+    }
+}
+
+/// The embedded store. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct EmbeddedBroker {
+    shared: Arc<Shared>,
+    ops: mpsc::Sender<Op>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl EmbeddedBroker {
+    /// Opens (or creates) the store and rebuilds the dispatch indexes from disk.
+    pub fn open(config: EmbeddedConfig) -> Result<EmbeddedBroker, StoreError> {
+        let disk = Disk::open(&config.data_dir, config.cache_bytes)?;
+        let now = config.clock.now_ms();
+        let mut state = State {
+            next_lease_id: rand::thread_rng().gen(),
+            ..State::default()
+        };
+        let to_cancel = recover(&disk, &mut state, now)?;
+        let shared = Arc::new(Shared {
+            disk,
+            state: Mutex::new(state),
+            config,
+            closing: CancellationToken::new(),
+            failed: AtomicBool::new(false),
+            last_id: Mutex::new(0),
+        });
+        finish_canceled(&shared, to_cancel, now)?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_OPS_MAX);
+        let handle = writer::spawn(shared.clone(), rx)?;
+        Ok(EmbeddedBroker {
+            shared,
+            ops: tx,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Result<T, StoreError> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Internal(
+                "store failed earlier; restart required".into(),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn view(&self, record: TaskRecord) -> Result<TaskView, StoreError> {
+        let payload = self.shared.disk.payload(record.id)?;
+        let now = self.shared.now_ms();
+        let st = self.shared.lock();
+        Ok(overlay(&st, record, payload, now))
+    }
+}
+
+/// Applies what only memory knows (an active lease, a due promotion) to a record read
+/// from disk.
+fn overlay(st: &State, mut record: TaskRecord, payload: Bytes, now_ms: u64) -> TaskView {
+    let mut lease_expires_ms = None;
+    if !record.state.is_terminal() {
+        if let Some(lease) = st.leases.get(&record.id.0) {
+            match &lease.record {
+                Some(active) => record = active.clone(),
+                None => record.state = TaskState::Active,
+            }
+            record.cancel_requested |= lease.cancel_requested;
+            lease_expires_ms = (lease.expires_ms != u64::MAX).then_some(lease.expires_ms);
+        } else if record.state == TaskState::Scheduled && record.run_at_ms <= now_ms {
+            record.state = TaskState::Pending;
+        }
+    }
+    TaskView {
+        record,
+        payload,
+        lease_expires_ms,
+    }
+}
+
+/// Rebuilds the dispatch indexes and counts from the `ready` and `terminal`
+/// keyspaces. Returns tasks whose cancel was requested while they were active when
+/// the server stopped: they end canceled.
+fn recover(disk: &Disk, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, StoreError> {
+    let mut to_cancel = Vec::new();
+    for item in disk.ready.iter() {
+        let (k, v) = item.into_inner().map_err(|e| internal("scan ready", e))?;
+        let id = disk::id_from_key("ready", &k).map_err(|e| internal("recover", e))?;
+        let entry = disk::decode_ready(&v).map_err(|e| internal("recover", e))?;
+        let q = st.intern(&entry.queue);
+        if entry.cancel_requested {
+            to_cancel.push(id);
+            continue;
+        }
+        st.insert_queued(q, id.0, entry.priority, entry.run_at_ms, now_ms);
+    }
+    for item in disk.terminal.iter() {
+        let k = item.key().map_err(|e| internal("scan terminal", e))?;
+        let (queue, state, _) = disk::parse_terminal_key(&k).map_err(|e| internal("recover", e))?;
+        let q = st.intern(queue);
+        st.count(q, None, Some(state));
+    }
+    Ok(to_cancel)
+}
+
+/// Durably cancels tasks found with a pending cancel request at startup.
+fn finish_canceled(shared: &Shared, ids: Vec<TaskId>, now_ms: u64) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut batch = shared.disk.db.batch();
+    let mut st = shared.lock();
+    for id in ids {
+        let Some(mut rec) = shared.disk.record(id)? else {
+            return Err(StoreError::Internal(format!(
+                "ready task {id} has no record"
+            )));
+        };
+        rec.state = TaskState::Active; // it was active when the cancel arrived
+        rec.cancel_requested = true;
+        rec.attempt += 1;
+        let next = machine::release(&mut rec, now_ms)?;
+        debug_assert_eq!(next, TaskState::Canceled);
+        writer::write_terminal(&shared.disk, &mut batch, &rec);
+        let q = st.intern(&rec.queue);
+        st.count(q, None, Some(TaskState::Canceled));
+    }
+    drop(st);
+    batch.commit().map_err(|e| internal("commit", e))?;
+    shared
+        .disk
+        .db
+        .persist(fjall::PersistMode::SyncAll)
+        .map_err(|e| internal("fsync", e))
+}
+
+#[async_trait::async_trait]
+impl Broker for EmbeddedBroker {
+    async fn enqueue(
+        &self,
+        queue: &str,
+        tasks: Vec<EnqueueTask>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let limits = &self.shared.config.limits;
+        weir_core::validate::queue_name(queue, limits)?;
+        if tasks.is_empty() || tasks.len() > limits.batch_tasks_max {
+            return Err(weir_core::validate::InvalidInput::invalid(
+                "tasks",
+                format!("a batch holds 1 to {} tasks", limits.batch_tasks_max),
+            )
+            .into());
+        }
+        // Records are built and encoded here, on the caller's task, so the single
+        // writer thread only copies bytes into the commit.
+        let now = self.shared.now_ms();
+        let items = tasks
+            .into_iter()
+            .map(|t| {
+                let id = self.shared.next_id(now);
+                let record = machine::create(id, queue, t.task, now);
+                Prepared::new(record, t.payload)
+            })
+            .collect();
+        self.submit(|reply| Op::Enqueue {
+            queue: queue.to_owned(),
+            items,
+            reply,
+        })
+        .await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+        match self.shared.disk.record(id)? {
+            None => Ok(None),
+            Some(rec) => self.view(rec).map(Some),
+        }
+    }
+
+    async fn wait(&self, id: TaskId, wait: Duration) -> Result<Option<TaskView>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock().waiters.entry(id.0).or_default().push(tx);
+        let first = self.get(id).await;
+        let done = match &first {
+            Ok(Some(v)) => v.record.state.is_terminal(),
+            _ => true,
+        };
+        if !done && !self.shared.closing.is_cancelled() {
+            tokio::select! {
+                _ = rx => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shared.closing.cancelled() => {}
+            }
+        } else {
+            drop(rx);
+        }
+        {
+            // Drop our waiter if it did not fire, so a task that never ends does
+            // not collect dead senders.
+            let mut st = self.shared.lock();
+            if let Some(w) = st.waiters.get_mut(&id.0) {
+                w.retain(|s| !s.is_closed());
+                if w.is_empty() {
+                    st.waiters.remove(&id.0);
+                }
+            }
+        }
+        if done {
+            return first;
+        }
+        self.get(id).await
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError> {
+        let record = self.submit(|reply| Op::Cancel { id, reply }).await?;
+        self.view(record)
+    }
+
+    async fn lease(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Leased>, StoreError> {
+        let limits = &self.shared.config.limits;
+        weir_core::validate::queue_name(queue, limits)?;
+        weir_core::validate::range("max", max as u64, 1, limits.lease_tasks_max as u64)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = {
+            let mut st = self.shared.lock();
+            let q = st.intern(queue);
+            st.queue(q).notify.clone()
+        };
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.try_lease(queue, max)?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            if self.shared.closing.is_cancelled() {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                _ = self.shared.closing.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        items: Vec<Settle>,
+    ) -> Result<Vec<Result<TaskState, StoreError>>, StoreError> {
+        let limits = &self.shared.config.limits;
+        if items.len() > limits.batch_tasks_max {
+            return Err(weir_core::validate::InvalidInput::invalid(
+                "acks",
+                format!(
+                    "at most {} acks and fails per request",
+                    limits.batch_tasks_max
+                ),
+            )
+            .into());
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|reply| Op::Settle { items, reply }).await
+    }
+
+    async fn release(&self, id: TaskId, lease_id: LeaseId) -> Result<TaskState, StoreError> {
+        self.submit(|reply| Op::Release {
+            id,
+            lease_id,
+            reply,
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, id: TaskId, lease_id: LeaseId) -> Result<Heartbeat, StoreError> {
+        let now = self.shared.now_ms();
+        let grace = self.shared.config.lease_grace_ms;
+        let mut st = self.shared.lock();
+        let lease = match st.leases.get_mut(&id.0) {
+            Some(l) if l.lease_id == lease_id.0 && l.record.is_some() => l,
+            _ => return Err(StoreError::StaleLease),
+        };
+        let timeout = lease.record.as_ref().map_or(0, |r| r.timeout_ms);
+        let old = lease.expires_ms;
+        let new = now.saturating_add(timeout).saturating_add(grace).max(old);
+        lease.expires_ms = new;
+        let cancel_requested = lease.cancel_requested;
+        st.lease_deadlines.remove(&(old, id.0));
+        st.lease_deadlines.insert((new, id.0));
+        Ok(Heartbeat {
+            lease_expires_ms: new,
+            cancel_requested,
+        })
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        Ok(self.shared.lock().queue_infos())
+    }
+
+    fn begin_shutdown(&self) {
+        self.shared.closing.cancel();
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.begin_shutdown();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let (tx, rx) = oneshot::channel();
+            // The writer drains everything queued before this, persists, and exits.
+            if self.ops.send(Op::Stop { reply: tx }).await.is_ok() {
+                let _ = rx.await;
+            }
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| internal("join writer", e))?
+                .map_err(|_| StoreError::Internal("writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+impl EmbeddedBroker {
+    /// Takes up to `max` pending tasks of `queue` and leases them. Tasks past their
+    /// deadline are handed to the writer to end dead instead.
+    fn try_lease(&self, queue: &str, max: usize) -> Result<Vec<Leased>, StoreError> {
+        let now = self.shared.now_ms();
+        let mut woken = Vec::new();
+        // Step 1, under the lock: pop ids and hold them with placeholder leases.
+        let taken: Vec<(u128, u64)> = {
+            let mut st = self.shared.lock();
+            st.promote_due(now, &mut woken);
+            let Some(&q) = st.queue_index.get(queue) else {
+                return Ok(Vec::new());
+            };
+            let mut taken = Vec::new();
+            while taken.len() < max {
+                let Some((Reverse(priority), id)) = st.queue(q).pending.pop_first() else {
+                    break;
+                };
+                st.count(q, Some(TaskState::Pending), Some(TaskState::Active));
+                let lease_id = st.next_lease_id;
+                st.next_lease_id = st.next_lease_id.wrapping_add(1);
+                st.leases.insert(
+                    id,
+                    Lease {
+                        lease_id,
+                        queue: q,
+                        priority,
+                        expires_ms: u64::MAX,
+                        record: None,
+                        cancel_requested: false,
+                    },
+                );
+                taken.push((id, lease_id));
+            }
+            taken
+        };
+        for n in woken {
+            n.notify_waiters();
+        }
+        if taken.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Step 2, without the lock: read records and payloads.
+        let mut loaded = Vec::with_capacity(taken.len());
+        for &(id, lease_id) in &taken {
+            let tid = TaskId(id);
+            let rec = self.shared.disk.record(tid).and_then(|r| {
+                r.ok_or_else(|| StoreError::Internal(format!("pending task {tid} has no record")))
+            });
+            let payload = self.shared.disk.payload(tid);
+            loaded.push((id, lease_id, rec, payload));
+        }
+        // Step 3, under the lock: start each attempt and arm its lease timer.
+        let grace = self.shared.config.lease_grace_ms;
+        let mut out = Vec::with_capacity(loaded.len());
+        let mut expired = Vec::new();
+        let mut failure = None;
+        {
+            let mut st = self.shared.lock();
+            for (id, lease_id, rec, payload) in loaded {
+                let (mut rec, payload) = match (rec, payload) {
+                    (Ok(r), Ok(p)) => (r, p),
+                    (Err(e), _) | (_, Err(e)) => {
+                        // Put it back so that nothing is lost; report loudly.
+                        if let Some(l) = st.take_lease(id) {
+                            st.queue(l.queue).pending.insert((Reverse(l.priority), id));
+                            st.count(l.queue, None, Some(TaskState::Pending));
+                        }
+                        failure = Some(e);
+                        continue;
+                    }
+                };
+                let lease = st.leases.get(&id).expect("placeholder lease is held");
+                debug_assert_eq!(lease.lease_id, lease_id);
+                let cancel_requested = lease.cancel_requested;
+                rec.cancel_requested |= cancel_requested;
+                match machine::start(&mut rec, now) {
+                    Ok(Start::Started) => {
+                        let expires = now.saturating_add(rec.timeout_ms).saturating_add(grace);
+                        let lease = st.leases.get_mut(&id).expect("placeholder lease is held");
+                        lease.expires_ms = expires;
+                        lease.record = Some(rec.clone());
+                        st.lease_deadlines.insert((expires, id));
+                        out.push(Leased {
+                            record: rec,
+                            payload,
+                            lease_id: LeaseId(lease_id),
+                            lease_expires_ms: expires,
+                        });
+                    }
+                    Ok(Start::DeadlineExpired) => {
+                        st.take_lease(id);
+                        expired.push(rec);
+                    }
+                    Err(e) => {
+                        // Only a pending record may be in the pending index.
+                        st.take_lease(id);
+                        failure = Some(StoreError::Internal(format!(
+                            "lease of {}: {e}",
+                            TaskId(id)
+                        )));
+                    }
+                }
+            }
+        }
+        if !expired.is_empty() {
+            // Ending a task dead must be durable; the writer does it. If the channel is
+            // full, the task simply stays dead in memory until the next try succeeds
+            // (it is in no index, so it cannot be leased meanwhile).
+            let op = Op::Finalize { records: expired };
+            if let Err(e) = self.ops.try_send(op) {
+                let op = match e {
+                    mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op) => {
+                        op
+                    }
+                };
+                let tx = self.ops.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(op).await;
+                });
+            }
+        }
+        if let Some(e) = failure {
+            tracing::error!(error = %e, "lease failed to read a task");
+            if out.is_empty() {
+                return Err(e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.disk.db.persist(fjall::PersistMode::SyncAll);
+    }
+}
+
+/// Helper for the writer: a ready entry for a record.
+pub(crate) fn ready_entry(rec: &TaskRecord, cancel_requested: bool) -> ReadyEntry {
+    ReadyEntry {
+        queue: rec.queue.clone(),
+        priority: rec.priority,
+        run_at_ms: rec.run_at_ms,
+        cancel_requested,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,631 @@
+//! The writer thread: the one place where the embedded store's durable state
+//! changes. Each round takes every operation queued since the last round (up to
+//! `WRITER_OPS_PER_COMMIT_MAX`), plans them against the in-memory state, writes
+//! them as one fjall batch, fsyncs once (group commit), and only then makes new
+//! tasks leasable and answers the callers. Timers (due scheduled tasks, expired
+//! leases) and retention run in the same rounds, so no two threads ever write.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjall::{OwnedWriteBatch, PersistMode};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, Notify};
+use weir_core::machine;
+use weir_core::{TaskId, TaskRecord, TaskState};
+
+use super::state::{QueueIdx, State};
+use super::{disk, internal, ready_entry, Disk, Shared};
+use super::{RETENTION_PURGE_BATCH_MAX, WRITER_OPS_PER_COMMIT_MAX, WRITER_TICK_MS_MAX};
+use crate::{Enqueued, LeaseId, Settle, StoreError};
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A mutation for the writer.
+pub(crate) enum Op {
+    Enqueue {
+        queue: String,
+        items: Vec<Prepared>,
+        reply: Reply<Vec<Enqueued>>,
+    },
+    Settle {
+        items: Vec<Settle>,
+        reply: Reply<Vec<Result<TaskState, StoreError>>>,
+    },
+    Cancel {
+        id: TaskId,
+        reply: Reply<TaskRecord>,
+    },
+    Release {
+        id: TaskId,
+        lease_id: LeaseId,
+        reply: Reply<TaskState>,
+    },
+    /// Tasks the lease path found past their deadline: end them dead.
+    Finalize { records: Vec<TaskRecord> },
+    /// Drain, persist and exit.
+    Stop { reply: oneshot::Sender<()> },
+}
+
+/// A new task, encoded by the caller.
+pub(crate) struct Prepared {
+    record: TaskRecord,
+    record_bytes: Vec<u8>,
+    ready_bytes: Vec<u8>,
+    payload: Bytes,
+}
+
+impl Prepared {
+    pub fn new(record: TaskRecord, payload: Bytes) -> Prepared {
+        Prepared {
+            record_bytes: disk::encode_record(&record),
+            ready_bytes: disk::encode_ready(&ready_entry(&record, false)),
+            record,
+            payload,
+        }
+    }
+}
+
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Op>,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name("weir-writer".into())
+        .spawn(move || run(shared, rx))
+        .map_err(|e| internal("spawn writer", e))
+}
+
+/// Effects that wait for the commit: answers, and memory changes that must not be
+/// seen before the data is durable.
+#[derive(Default)]
+struct After {
+    /// Tasks to make dispatchable: (queue, id, priority, run_at).
+    queued: Vec<(QueueIdx, u128, i32, u64)>,
+    /// Tasks that became terminal: (queue, state, id).
+    terminal: Vec<(QueueIdx, TaskState, u128)>,
+    /// Retained tasks removed by retention: (queue, state).
+    purged: Vec<(QueueIdx, TaskState)>,
+    replies: Vec<Box<dyn FnOnce(Option<&StoreError>) + Send>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl After {
+    fn reply<T: Send + 'static>(&mut self, tx: Reply<T>, value: Result<T, StoreError>) {
+        self.replies
+            .push(Box::new(move |failed: Option<&StoreError>| {
+                let value = match failed {
+                    Some(e) => Err(StoreError::Internal(e.to_string())),
+                    None => value,
+                };
+                let _ = tx.send(value);
+            }));
+    }
+}
+
+fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("writer runtime");
+    rt.block_on(async move {
+        let mut deferred: Vec<Op> = Vec::new();
+        let mut next_purge_ms = 0u64;
+        loop {
+            let now = shared.now_ms();
+            let next_due = shared.lock().next_due_ms().unwrap_or(u64::MAX);
+            let sleep_ms = if deferred.is_empty() {
+                next_due.saturating_sub(now).min(WRITER_TICK_MS_MAX)
+            } else {
+                0
+            };
+            let mut ops = std::mem::take(&mut deferred);
+            if ops.is_empty() {
+                match tokio::time::timeout(Duration::from_millis(sleep_ms), rx.recv()).await {
+                    Ok(Some(op)) => ops.push(op),
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            while ops.len() < WRITER_OPS_PER_COMMIT_MAX {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let purge = now >= next_purge_ms;
+            if purge {
+                next_purge_ms = now + 1000;
+            }
+            let stop = round(&shared, ops, &mut deferred, purge);
+            if stop {
+                break;
+            }
+        }
+        if let Err(e) = shared.disk.db.persist(PersistMode::SyncAll) {
+            tracing::error!(error = %e, "final fsync failed");
+        }
+    });
+}
+
+/// One group commit. Returns true when a `Stop` was processed.
+fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> bool {
+    let disk = &shared.disk;
+    let now = shared.now_ms();
+    let mut batch = disk.db.batch();
+    let mut after = After::default();
+    let mut woken: Vec<Arc<Notify>> = Vec::new();
+
+    // Reads that need no lock happen first, so the lock is held only for memory work.
+    let pre: Vec<Pre> = ops.iter().map(|op| pre_read(disk, op)).collect();
+    let purge_list = if purge {
+        due_expiries(disk, now)
+    } else {
+        Vec::new()
+    };
+
+    {
+        let mut st = shared.lock();
+        st.promote_due(now, &mut woken);
+        expire_leases(shared, &mut st, &mut batch, &mut after, now);
+        let mut round_idem: HashMap<(QueueIdx, String), (TaskId, TaskState)> = HashMap::new();
+        let mut added: HashMap<QueueIdx, u64> = HashMap::new();
+        for (op, pre) in ops.into_iter().zip(pre) {
+            match op {
+                Op::Enqueue {
+                    queue,
+                    items,
+                    reply,
+                } => {
+                    let existing = match pre {
+                        Pre::Existing(e) => e,
+                        _ => unreachable!("enqueue pre-read"),
+                    };
+                    let res = plan_enqueue(
+                        shared,
+                        &mut st,
+                        &mut batch,
+                        &mut after,
+                        &mut round_idem,
+                        &mut added,
+                        &queue,
+                        items,
+                        existing,
+                        now,
+                    );
+                    after.reply(reply, res);
+                }
+                Op::Settle { items, reply } => {
+                    let res = items
+                        .into_iter()
+                        .map(|item| plan_settle(shared, &mut st, &mut batch, &mut after, item, now))
+                        .collect();
+                    after.reply(reply, Ok(res));
+                }
+                Op::Release {
+                    id,
+                    lease_id,
+                    reply,
+                } => {
+                    let res =
+                        plan_release(disk, &mut st, &mut batch, &mut after, id, lease_id, now);
+                    after.reply(reply, res);
+                }
+                Op::Cancel { id, reply } => {
+                    let rec = match pre {
+                        Pre::Record(r) => r,
+                        _ => unreachable!("cancel pre-read"),
+                    };
+                    match plan_cancel(disk, &mut st, &mut batch, &mut after, id, rec, now) {
+                        Some(res) => after.reply(reply, res),
+                        None => deferred.push(Op::Cancel { id, reply }),
+                    }
+                }
+                Op::Finalize { records } => {
+                    for rec in records {
+                        debug_assert!(rec.state.is_terminal());
+                        let q = st.intern(&rec.queue);
+                        write_terminal(disk, &mut batch, &rec);
+                        after.terminal.push((q, rec.state, rec.id.0));
+                    }
+                }
+                Op::Stop { reply } => after.stop = Some(reply),
+            }
+        }
+        for (id, entry, key) in purge_list {
+            let q = st.intern(&entry.queue);
+            let Some(state) = TaskState::from_index(entry.state as usize) else {
+                continue;
+            };
+            batch.remove(&disk.tasks, id.to_bytes().to_vec());
+            batch.remove(&disk.payloads, id.to_bytes().to_vec());
+            batch.remove(&disk.terminal, disk::terminal_key(&entry.queue, state, id));
+            batch.remove(&disk.expiry, key);
+            if let Some(k) = &entry.idempotency_key {
+                batch.remove(&disk.idem, disk::idem_key(&entry.queue, k));
+            }
+            after.purged.push((q, state));
+        }
+    }
+    for n in woken.drain(..) {
+        n.notify_waiters();
+    }
+
+    let failure = if batch.is_empty() {
+        None
+    } else {
+        commit(shared, batch).err()
+    };
+    if let Some(e) = &failure {
+        tracing::error!(error = %e, "group commit failed; the store now refuses writes");
+        shared.failed.store(true, Ordering::SeqCst);
+    } else {
+        let mut st = shared.lock();
+        for (q, id, priority, run_at) in after.queued.drain(..) {
+            if st.insert_queued(q, id, priority, run_at, now) == TaskState::Pending {
+                woken.push(st.queue(q).notify.clone());
+            }
+        }
+        for (q, state, id) in after.terminal.drain(..) {
+            st.count(q, None, Some(state));
+            st.fire_waiters(id);
+        }
+        for (q, state) in after.purged.drain(..) {
+            st.count(q, Some(state), None);
+        }
+    }
+    woken.sort_by_key(|n| Arc::as_ptr(n) as usize);
+    woken.dedup_by_key(|n| Arc::as_ptr(n) as usize);
+    for n in woken {
+        n.notify_waiters();
+    }
+    for r in after.replies {
+        r(failure.as_ref());
+    }
+    if let Some(stop) = after.stop {
+        let _ = stop.send(());
+        return true;
+    }
+    false
+}
+
+fn commit(shared: &Shared, batch: OwnedWriteBatch) -> Result<(), StoreError> {
+    batch.commit().map_err(|e| internal("commit", e))?;
+    shared
+        .disk
+        .db
+        .persist(PersistMode::SyncAll)
+        .map_err(|e| internal("fsync", e))
+}
+
+/// What an operation needed read from disk before the round took the lock.
+enum Pre {
+    None,
+    /// For each enqueued item: the retained task its idempotency key points at.
+    Existing(Vec<Option<TaskRecord>>),
+    Record(Result<Option<TaskRecord>, StoreError>),
+}
+
+fn pre_read(disk: &Disk, op: &Op) -> Pre {
+    match op {
+        Op::Enqueue { queue, items, .. } => Pre::Existing(
+            items
+                .iter()
+                .map(|p| {
+                    let key = p.record.idempotency_key.as_deref()?;
+                    let v = disk.idem.get(disk::idem_key(queue, key)).ok()??;
+                    let id = disk::id_from_key("idem", &v).ok()?;
+                    disk.record(id).ok()?
+                })
+                .collect(),
+        ),
+        Op::Cancel { id, .. } => Pre::Record(disk.record(*id)),
+        _ => Pre::None,
+    }
+}
+
+/// The state a reader would see for a record, given memory.
+fn current_state(st: &State, rec: &TaskRecord, now: u64) -> TaskState {
+    if rec.state.is_terminal() {
+        rec.state
+    } else if st.leases.contains_key(&rec.id.0) {
+        TaskState::Active
+    } else if rec.state == TaskState::Scheduled && rec.run_at_ms <= now {
+        TaskState::Pending
+    } else {
+        rec.state
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_enqueue(
+    shared: &Shared,
+    st: &mut State,
+    batch: &mut OwnedWriteBatch,
+    after: &mut After,
+    round_idem: &mut HashMap<(QueueIdx, String), (TaskId, TaskState)>,
+    added: &mut HashMap<QueueIdx, u64>,
+    queue: &str,
+    items: Vec<Prepared>,
+    existing: Vec<Option<TaskRecord>>,
+    now: u64,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let disk = &shared.disk;
+    let q = st.intern(queue);
+    let limit = shared.config.limits.queue_tasks_max;
+    let c = st.queue(q).counts;
+    let held = c[TaskState::Scheduled.index()]
+        + c[TaskState::Pending.index()]
+        + c[TaskState::Active.index()];
+    let new = existing.iter().filter(|e| e.is_none()).count() as u64;
+    if held + added.get(&q).copied().unwrap_or(0) + new > limit {
+        return Err(StoreError::QueueFull {
+            queue: queue.to_owned(),
+            limit,
+            retry_after_ms: 1000,
+        });
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (p, old) in items.into_iter().zip(existing) {
+        let rec = &p.record;
+        if let Some(key) = &rec.idempotency_key {
+            if let Some(&(id, state)) = round_idem.get(&(q, key.clone())) {
+                out.push(Enqueued {
+                    id,
+                    state,
+                    created: false,
+                });
+                continue;
+            }
+            if let Some(old) = old {
+                out.push(Enqueued {
+                    id: old.id,
+                    state: current_state(st, &old, now),
+                    created: false,
+                });
+                continue;
+            }
+            round_idem.insert((q, key.clone()), (rec.id, rec.state));
+            batch.insert(
+                &disk.idem,
+                disk::idem_key(queue, key),
+                rec.id.to_bytes().to_vec(),
+            );
+        }
+        let k = rec.id.to_bytes();
+        batch.insert(&disk.tasks, k.to_vec(), p.record_bytes);
+        batch.insert(&disk.payloads, k.to_vec(), p.payload.to_vec());
+        batch.insert(&disk.ready, k.to_vec(), p.ready_bytes);
+        *added.entry(q).or_default() += 1;
+        after
+            .queued
+            .push((q, rec.id.0, rec.priority, rec.run_at_ms));
+        out.push(Enqueued {
+            id: rec.id,
+            state: rec.state,
+            created: true,
+        });
+    }
+    Ok(out)
+}
+
+fn plan_settle(
+    shared: &Shared,
+    st: &mut State,
+    batch: &mut OwnedWriteBatch,
+    after: &mut After,
+    item: Settle,
+    now: u64,
+) -> Result<TaskState, StoreError> {
+    let disk = &shared.disk;
+    let (id, lease_id) = match &item {
+        Settle::Ack { id, lease_id, .. } | Settle::Fail { id, lease_id, .. } => (*id, *lease_id),
+    };
+    let held = st
+        .leases
+        .get(&id.0)
+        .is_some_and(|l| l.lease_id == lease_id.0 && l.record.is_some());
+    if !held {
+        return Err(StoreError::StaleLease);
+    }
+    let lease = st.take_lease(id.0).expect("lease checked above");
+    let q = lease.queue;
+    let mut rec = lease.record.expect("lease checked above");
+    let next = match item {
+        Settle::Ack { result, .. } => machine::complete(&mut rec, result.map(|b| b.to_vec()), now)?,
+        Settle::Fail { error, retry, .. } => {
+            let unit: f64 = rand::thread_rng().gen();
+            machine::fail(&mut rec, error, retry, &shared.config.backoff, unit, now)?
+        }
+    };
+    if next.is_terminal() {
+        write_terminal(disk, batch, &rec);
+        after.terminal.push((q, next, id.0));
+    } else {
+        debug_assert_eq!(next, TaskState::Scheduled);
+        batch.insert(
+            &disk.tasks,
+            id.to_bytes().to_vec(),
+            disk::encode_record(&rec),
+        );
+        batch.insert(
+            &disk.ready,
+            id.to_bytes().to_vec(),
+            disk::encode_ready(&ready_entry(&rec, false)),
+        );
+        after.queued.push((q, id.0, rec.priority, rec.run_at_ms));
+    }
+    Ok(next)
+}
+
+fn plan_release(
+    disk: &Disk,
+    st: &mut State,
+    batch: &mut OwnedWriteBatch,
+    after: &mut After,
+    id: TaskId,
+    lease_id: LeaseId,
+    now: u64,
+) -> Result<TaskState, StoreError> {
+    let held = st
+        .leases
+        .get(&id.0)
+        .is_some_and(|l| l.lease_id == lease_id.0 && l.record.is_some());
+    if !held {
+        return Err(StoreError::StaleLease);
+    }
+    let lease = st.take_lease(id.0).expect("lease checked above");
+    let mut rec = lease.record.expect("lease checked above");
+    let next = machine::release(&mut rec, now)?;
+    if next.is_terminal() {
+        write_terminal(disk, batch, &rec);
+        after.terminal.push((lease.queue, next, id.0));
+    } else {
+        // The disk record was never told of this attempt, so it needs no write.
+        after
+            .queued
+            .push((lease.queue, id.0, rec.priority, now.min(rec.run_at_ms)));
+    }
+    Ok(next)
+}
+
+/// `None` when the task is changing state in this very round (acked, failed or
+/// finalized but not yet committed): the cancel is retried next round.
+fn plan_cancel(
+    disk: &Disk,
+    st: &mut State,
+    batch: &mut OwnedWriteBatch,
+    after: &mut After,
+    id: TaskId,
+    rec: Result<Option<TaskRecord>, StoreError>,
+    now: u64,
+) -> Option<Result<TaskRecord, StoreError>> {
+    let mut rec = match rec {
+        Err(e) => return Some(Err(e)),
+        Ok(None) => return Some(Err(StoreError::NotFound)),
+        Ok(Some(r)) => r,
+    };
+    if rec.state.is_terminal() {
+        return Some(Err(machine::TransitionError::Terminal(rec.state).into()));
+    }
+    if let Some(lease) = st.leases.get_mut(&id.0) {
+        lease.cancel_requested = true;
+        let active = match &mut lease.record {
+            Some(r) => {
+                r.cancel_requested = true;
+                r.clone()
+            }
+            None => {
+                let mut r = rec.clone();
+                r.state = TaskState::Active;
+                r.cancel_requested = true;
+                r
+            }
+        };
+        // Durable, so that a restart ends the task canceled rather than re-running it.
+        batch.insert(
+            &disk.ready,
+            id.to_bytes().to_vec(),
+            disk::encode_ready(&ready_entry(&rec, true)),
+        );
+        return Some(Ok(active));
+    }
+    let q = st.intern(&rec.queue);
+    if !st.remove_queued(q, id.0, rec.priority, rec.run_at_ms) {
+        return None;
+    }
+    match machine::cancel(&mut rec, now) {
+        Ok(machine::Cancel::Canceled) => {
+            write_terminal(disk, batch, &rec);
+            after.terminal.push((q, TaskState::Canceled, id.0));
+            Some(Ok(rec))
+        }
+        Ok(machine::Cancel::Requested) => unreachable!("a queued task is not active"),
+        Err(e) => Some(Err(e.into())),
+    }
+}
+
+fn expire_leases(
+    shared: &Shared,
+    st: &mut State,
+    batch: &mut OwnedWriteBatch,
+    after: &mut After,
+    now: u64,
+) {
+    while let Some(&(at, id)) = st.lease_deadlines.first() {
+        if at > now {
+            break;
+        }
+        let lease = st.take_lease(id).expect("every deadline has its lease");
+        let mut rec = lease.record.expect("only filled leases have deadlines");
+        match machine::lease_expired(&mut rec, now) {
+            Ok(next) if next.is_terminal() => {
+                write_terminal(&shared.disk, batch, &rec);
+                after.terminal.push((lease.queue, next, id));
+            }
+            Ok(_) => {
+                batch.insert(
+                    &shared.disk.tasks,
+                    rec.id.to_bytes().to_vec(),
+                    disk::encode_record(&rec),
+                );
+                after
+                    .queued
+                    .push((lease.queue, id, rec.priority, rec.run_at_ms));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, task = %rec.id, "lease expiry of a task that is not active")
+            }
+        }
+    }
+}
+
+fn due_expiries(disk: &Disk, now: u64) -> Vec<(TaskId, disk::ExpiryEntry, Vec<u8>)> {
+    let end = disk::expiry_key(now, TaskId(u128::MAX));
+    let mut out = Vec::new();
+    for item in disk
+        .expiry
+        .range(..=end.to_vec())
+        .take(RETENTION_PURGE_BATCH_MAX)
+    {
+        let Ok((k, v)) = item.into_inner() else { break };
+        let (Ok(id), Ok(entry)) = (
+            disk::id_from_key("expiry", &k[8..]),
+            disk::decode_expiry(&v),
+        ) else {
+            tracing::error!("corrupt expiry entry; skipping");
+            continue;
+        };
+        out.push((id, entry, k.to_vec()));
+    }
+    out
+}
+
+/// Writes a terminal record: the record, its `terminal` index entry and its expiry,
+/// and removes it from `ready`. The payload stays until retention removes the task.
+pub(crate) fn write_terminal(disk: &Disk, batch: &mut OwnedWriteBatch, rec: &TaskRecord) {
+    debug_assert!(rec.state.is_terminal());
+    let k = rec.id.to_bytes().to_vec();
+    batch.insert(&disk.tasks, k.clone(), disk::encode_record(rec));
+    batch.remove(&disk.ready, k);
+    let expires = rec.expires_at_ms();
+    batch.insert(
+        &disk.terminal,
+        disk::terminal_key(&rec.queue, rec.state, rec.id),
+        expires.unwrap_or(u64::MAX).to_be_bytes().to_vec(),
+    );
+    if let Some(at) = expires {
+        batch.insert(
+            &disk.expiry,
+            disk::expiry_key(at, rec.id).to_vec(),
+            disk::encode_expiry(&disk::ExpiryEntry {
+                queue: rec.queue.clone(),
+                state: rec.state.index() as u8,
+                idempotency_key: rec.idempotency_key.clone(),
+            }),
+        );
+    }
+}
