@@ -1,1 +1,108 @@
-//! placeholder
+//! weir's HTTP API (SPEC §5) on axum: wire types, one error mapping to
+//! problem+json, the routes, and a server loop with graceful shutdown.
+
+pub mod api;
+pub mod error;
+pub mod wire;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use weir_store::{Broker, EmbeddedBroker, EmbeddedConfig};
+
+use weir_core::{Backoff, Limits};
+
+/// Validated runtime configuration of `weir serve` (built by the binary from its
+/// flags and `WEIR_*` environment variables before anything starts).
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Input limits.
+    pub limits: Limits,
+    /// Retry backoff.
+    pub backoff: Backoff,
+    /// Added to a task's `timeout_ms` to form its lease.
+    pub lease_grace_ms: u64,
+    /// Default retention of completed and canceled tasks.
+    pub retention_ms: u64,
+    /// How long shutdown waits for in-flight requests before it gives up on them.
+    pub shutdown_grace_ms: u64,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            data_dir,
+            limits: Limits::default(),
+            backoff: Backoff::default(),
+            lease_grace_ms: weir_core::limits::LEASE_GRACE_MS_DEFAULT,
+            retention_ms: weir_core::limits::RETENTION_MS_DEFAULT,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Opens the embedded store that `config` names.
+pub fn open_store(config: &ServeConfig) -> anyhow::Result<EmbeddedBroker> {
+    let mut ec = EmbeddedConfig::new(&config.data_dir);
+    ec.limits = config.limits.clone();
+    ec.backoff = config.backoff;
+    ec.lease_grace_ms = config.lease_grace_ms;
+    EmbeddedBroker::open(ec)
+        .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", config.data_dir.display()))
+}
+
+/// The API over a broker, without a socket.
+pub fn app(broker: Arc<dyn Broker>, config: ServeConfig) -> axum::Router {
+    api::router(api::AppState {
+        broker,
+        config: Arc::new(config),
+    })
+}
+
+/// Opens the store in `config.data_dir`, serves the API on `listener` until
+/// `shutdown` resolves, then drains in-flight requests (long-polls answer at once)
+/// for at most `shutdown_grace_ms`, and flushes and closes the store.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store_config = config.clone();
+    let broker = tokio::task::spawn_blocking(move || open_store(&store_config)).await??;
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let app = app(Arc::new(broker.clone()), config);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let signal = {
+        let stopping = stopping.clone();
+        let broker = broker.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining requests");
+            broker.begin_shutdown();
+            stopping.cancel();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let drained = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = drained => tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still open after the grace period; closing anyway"),
+    }
+    broker
+        .close()
+        .await
+        .map_err(|e| anyhow::anyhow!("closing the store: {e}"))?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}

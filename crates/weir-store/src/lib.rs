@@ -170,6 +170,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn heartbeat(&self, id: TaskId, lease_id: LeaseId) -> Result<Heartbeat, StoreError>;
     /// Every known queue with its counts.
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
+    /// Whether the store can take writes (false after a failed commit or shutdown).
+    fn is_ready(&self) -> bool;
     /// Wakes every long-poll so it answers now; later long-polls do not wait.
     fn begin_shutdown(&self);
     /// Flushes and stops background work. Later calls fail with `Closed`.

@@ -479,6 +479,10 @@ impl Broker for EmbeddedBroker {
         Ok(self.shared.lock().queue_infos())
     }
 
+    fn is_ready(&self) -> bool {
+        !self.shared.failed.load(Ordering::Relaxed) && !self.shared.closing.is_cancelled()
+    }
+
     fn begin_shutdown(&self) {
         self.shared.closing.cancel();
     }

@@ -1,0 +1,533 @@
+//! The routes of API v1 and their handlers. Handlers parse and validate (every
+//! limit is a 4xx here, before the store is touched), call the `Broker`, and shape
+//! the answer; they hold no state of their own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use weir_core::limits::{KIND_DEFAULT, MAX_ATTEMPTS_DEFAULT, TIMEOUT_MS_DEFAULT};
+use weir_core::validate::{self, InvalidInput};
+use weir_core::{NewTask, TaskId};
+use weir_store::{Broker, EnqueueTask, LeaseId, Settle, StoreError};
+
+use crate::error::ApiError;
+use crate::wire::*;
+use crate::ServeConfig;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<dyn Broker>,
+    pub config: Arc<ServeConfig>,
+}
+
+/// Room for the JSON around a payload or result in a single-task request body.
+const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
+
+/// The whole API as a router (no socket: tests drive it with `oneshot`).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/queues", get(list_queues))
+        .route("/v1/queues/{queue}", get(get_queue))
+        .route("/v1/queues/{queue}/tasks", post(enqueue))
+        .route("/v1/queues/{queue}/tasks:batch", post(enqueue_batch))
+        .route("/v1/queues/{queue}/lease", post(lease))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/tasks/{id}/ack", post(ack))
+        .route("/v1/tasks/{id}/fail", post(fail))
+        .route("/v1/tasks/{id}/release", post(release))
+        .route("/v1/tasks/{id}/heartbeat", post(heartbeat))
+        .route("/v1/acks", post(settle))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this route does not take that method",
+            )
+        })
+        .with_state(state)
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Reads a request body of at most `limit` bytes; more is a 413.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::too_large(format!("the request body exceeds {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_body(&e))
+}
+
+fn task_id(s: &str) -> Result<TaskId, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::invalid(
+            "id",
+            format!("{s:?} is not a task id (a 26-character ULID)"),
+        )
+    })
+}
+
+fn lease_id(field: &str, s: &str) -> Result<LeaseId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::invalid(field, "lease_id is not a lease id (16 hex digits)"))
+}
+
+fn wait(field: &str, wait_ms: Option<u64>, config: &ServeConfig) -> Result<Duration, ApiError> {
+    let ms = wait_ms.unwrap_or(0);
+    validate::range(field, ms, 0, config.limits.wait_ms_max)?;
+    Ok(Duration::from_millis(ms))
+}
+
+fn now_ms() -> u64 {
+    weir_store::Clock::now_ms(&weir_store::SystemClock)
+}
+
+/// Validates one task of an enqueue request. `prefix` names it in errors
+/// (`""` for a single enqueue, `"tasks[3]."` in a batch).
+fn new_task(
+    body: &Bytes,
+    b: EnqueueBody<'_>,
+    prefix: &str,
+    config: &ServeConfig,
+    now: u64,
+) -> Result<EnqueueTask, InvalidInput> {
+    let l = &config.limits;
+    let f = |name: &str| format!("{prefix}{name}");
+    let payload = b.payload.get().as_bytes();
+    validate::size(&f("payload"), payload.len(), l.payload_bytes_max)?;
+    let kind = b.kind.unwrap_or_else(|| KIND_DEFAULT.to_owned());
+    validate::kind(&kind, l).map_err(|e| InvalidInput::invalid(f("kind"), e.to_string()))?;
+    let run_at_ms = match (b.delay_ms, b.run_at) {
+        (Some(_), Some(_)) => {
+            return Err(InvalidInput::invalid(
+                f("run_at"),
+                "give delay_ms or run_at, not both",
+            ))
+        }
+        (Some(d), None) => {
+            validate::range(&f("delay_ms"), d, 0, l.delay_ms_max)?;
+            Some(now + d)
+        }
+        (None, Some(t)) => {
+            let at = parse_rfc3339(&t).ok_or_else(|| {
+                InvalidInput::invalid(f("run_at"), format!("{t:?} is not an RFC 3339 time"))
+            })?;
+            if at > now + l.delay_ms_max {
+                return Err(InvalidInput::invalid(
+                    f("run_at"),
+                    "is further ahead than the delay limit",
+                ));
+            }
+            Some(at)
+        }
+        (None, None) => None,
+    };
+    let max_attempts = b.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT);
+    validate::range(
+        &f("max_attempts"),
+        max_attempts as u64,
+        1,
+        l.max_attempts_max as u64,
+    )?;
+    let timeout_ms = b.timeout_ms.unwrap_or(TIMEOUT_MS_DEFAULT);
+    validate::range(&f("timeout_ms"), timeout_ms, 1, l.timeout_ms_max)?;
+    let deadline_ms = match b.deadline {
+        None => None,
+        Some(t) => Some(parse_rfc3339(&t).ok_or_else(|| {
+            InvalidInput::invalid(f("deadline"), format!("{t:?} is not an RFC 3339 time"))
+        })?),
+    };
+    if let Some(k) = &b.idempotency_key {
+        validate::text(&f("idempotency_key"), k, l.idempotency_key_bytes_max)?;
+    }
+    let retention_ms = b.retention_ms.unwrap_or(config.retention_ms);
+    validate::range(&f("retention_ms"), retention_ms, 0, l.delay_ms_max)?;
+    Ok(EnqueueTask {
+        task: NewTask {
+            kind,
+            priority: b.priority.unwrap_or(0),
+            run_at_ms,
+            max_attempts,
+            timeout_ms,
+            deadline_ms,
+            idempotency_key: b.idempotency_key,
+            retention_ms,
+        },
+        // Zero-copy: the payload is a slice of the request body.
+        payload: body.slice_ref(payload),
+    })
+}
+
+async fn enqueue(
+    State(s): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    let limit = s.config.limits.payload_bytes_max + ENVELOPE_BYTES_MAX;
+    let bytes = read_body(&headers, body, limit).await?;
+    let parsed: EnqueueBody = parse(&bytes)?;
+    let task = new_task(&bytes, parsed, "", &s.config, now_ms())?;
+    let out = s.broker.enqueue(&queue, vec![task]).await?.remove(0);
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(EnqueueResponse {
+            id: out.id.to_string(),
+            state: out.state.as_str(),
+        }),
+    )
+        .into_response())
+}
+
+async fn enqueue_batch(
+    State(s): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    let bytes = read_body(&headers, body, s.config.limits.request_bytes_max).await?;
+    let parsed: BatchBody = parse(&bytes)?;
+    let max = s.config.limits.batch_tasks_max;
+    if parsed.tasks.is_empty() || parsed.tasks.len() > max {
+        return Err(ApiError::invalid(
+            "tasks",
+            format!(
+                "a batch holds 1 to {max} tasks; this one has {}",
+                parsed.tasks.len()
+            ),
+        ));
+    }
+    let now = now_ms();
+    let tasks = parsed
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| new_task(&bytes, t, &format!("tasks[{i}]."), &s.config, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = s.broker.enqueue(&queue, tasks).await?;
+    let created = out.iter().filter(|e| e.created).count();
+    let ids = out.into_iter().map(|e| e.id.to_string()).collect();
+    Ok((StatusCode::CREATED, Json(BatchResponse { ids, created })).into_response())
+}
+
+async fn get_task(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let Query(q) = query.map_err(|e| ApiError::invalid("wait_ms", e.body_text()))?;
+    let wait = wait("wait_ms", q.wait_ms, &s.config)?;
+    let view = if wait.is_zero() {
+        s.broker.get(id).await?
+    } else {
+        s.broker.wait(id, wait).await?
+    };
+    let view = view.ok_or(StoreError::NotFound)?;
+    Ok(Json(TaskJson::from(view)).into_response())
+}
+
+async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id = task_id(&id)?;
+    let view = s.broker.cancel(id).await?;
+    Ok(Json(TaskJson::from(view)).into_response())
+}
+
+async fn lease(
+    State(s): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    let bytes = read_body(&headers, body, ENVELOPE_BYTES_MAX).await?;
+    let b: LeaseBody = if bytes.iter().all(|c| c.is_ascii_whitespace()) {
+        LeaseBody::default()
+    } else {
+        parse(&bytes)?
+    };
+    let max = b.max.unwrap_or(1);
+    validate::range("max", max, 1, s.config.limits.lease_tasks_max as u64)?;
+    let wait = wait("wait_ms", b.wait_ms, &s.config)?;
+    if let Some(w) = &b.worker {
+        validate::text("worker", w, s.config.limits.worker_name_bytes_max)?;
+    }
+    let leased = s.broker.lease(&queue, max as usize, wait).await?;
+    let tasks = leased.into_iter().map(LeasedJson::from).collect();
+    Ok(Json(LeaseResponse { tasks }).into_response())
+}
+
+fn result_bytes(
+    body: &Bytes,
+    result: Option<&serde_json::value::RawValue>,
+    field: &str,
+    config: &ServeConfig,
+) -> Result<Option<Bytes>, ApiError> {
+    let Some(r) = result else { return Ok(None) };
+    let text = r.get().as_bytes();
+    validate::size(field, text.len(), config.limits.result_bytes_max)?;
+    Ok(Some(body.slice_ref(text)))
+}
+
+fn error_text(
+    field: &str,
+    error: Option<String>,
+    config: &ServeConfig,
+) -> Result<String, ApiError> {
+    let e = error.unwrap_or_default();
+    validate::size(field, e.len(), config.limits.error_bytes_max)?;
+    Ok(e)
+}
+
+/// Runs one settle and turns its per-item answer into a response.
+async fn settle_one(s: &AppState, item: Settle) -> ApiResult {
+    let id = match &item {
+        Settle::Ack { id, .. } | Settle::Fail { id, .. } => *id,
+    };
+    let state = s.broker.settle(vec![item]).await?.remove(0)?;
+    Ok(Json(StateResponse {
+        id: id.to_string(),
+        state: state.as_str(),
+    })
+    .into_response())
+}
+
+async fn ack(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let bytes = read_body(
+        &headers,
+        body,
+        s.config.limits.result_bytes_max + ENVELOPE_BYTES_MAX,
+    )
+    .await?;
+    let b: AckBody = parse(&bytes)?;
+    let lease_id = lease_id("lease_id", &b.lease_id)?;
+    let result = result_bytes(&bytes, b.result, "result", &s.config)?;
+    settle_one(
+        &s,
+        Settle::Ack {
+            id,
+            lease_id,
+            result,
+        },
+    )
+    .await
+}
+
+async fn fail(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let bytes = read_body(
+        &headers,
+        body,
+        s.config.limits.error_bytes_max + ENVELOPE_BYTES_MAX,
+    )
+    .await?;
+    let b: FailBody = parse(&bytes)?;
+    let lease_id = lease_id("lease_id", &b.lease_id)?;
+    let error = error_text("error", b.error, &s.config)?;
+    settle_one(
+        &s,
+        Settle::Fail {
+            id,
+            lease_id,
+            error,
+            retry: b.retry.unwrap_or(true),
+        },
+    )
+    .await
+}
+
+async fn release(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let bytes = read_body(&headers, body, ENVELOPE_BYTES_MAX).await?;
+    let b: LeaseIdBody = parse(&bytes)?;
+    let state = s
+        .broker
+        .release(id, lease_id("lease_id", &b.lease_id)?)
+        .await?;
+    Ok(Json(StateResponse {
+        id: id.to_string(),
+        state: state.as_str(),
+    })
+    .into_response())
+}
+
+async fn heartbeat(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let bytes = read_body(&headers, body, ENVELOPE_BYTES_MAX).await?;
+    let b: LeaseIdBody = parse(&bytes)?;
+    let hb = s
+        .broker
+        .heartbeat(id, lease_id("lease_id", &b.lease_id)?)
+        .await?;
+    Ok(Json(HeartbeatResponse {
+        lease_expires_at: rfc3339(hb.lease_expires_ms),
+        cancel_requested: hb.cancel_requested,
+    })
+    .into_response())
+}
+
+async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let bytes = read_body(&headers, body, s.config.limits.request_bytes_max).await?;
+    let b: SettleBody = parse(&bytes)?;
+    let max = s.config.limits.batch_tasks_max;
+    let total = b.acks.len() + b.fails.len();
+    if total > max {
+        return Err(ApiError::invalid(
+            "acks",
+            format!("at most {max} acks and fails per request; this one has {total}"),
+        ));
+    }
+    // Every item is validated before anything changes: a malformed item fails the
+    // whole request, a stale lease fails only its item.
+    let mut items = Vec::with_capacity(total);
+    let mut ids = Vec::with_capacity(total);
+    for (i, a) in b.acks.into_iter().enumerate() {
+        let id = task_id(&a.id).map_err(|e| e.field(format!("acks[{i}].id")))?;
+        let lease_id = lease_id(&format!("acks[{i}].lease_id"), &a.lease_id)?;
+        let result = result_bytes(&bytes, a.result, &format!("acks[{i}].result"), &s.config)?;
+        ids.push(a.id);
+        items.push(Settle::Ack {
+            id,
+            lease_id,
+            result,
+        });
+    }
+    let n_acks = items.len();
+    for (i, f) in b.fails.into_iter().enumerate() {
+        let id = task_id(&f.id).map_err(|e| e.field(format!("fails[{i}].id")))?;
+        let lease_id = lease_id(&format!("fails[{i}].lease_id"), &f.lease_id)?;
+        let error = error_text(&format!("fails[{i}].error"), f.error, &s.config)?;
+        ids.push(f.id);
+        items.push(Settle::Fail {
+            id,
+            lease_id,
+            error,
+            retry: f.retry.unwrap_or(true),
+        });
+    }
+    let results = s.broker.settle(items).await?;
+    let mut outcomes: Vec<SettleOutcome> = ids
+        .into_iter()
+        .zip(results)
+        .map(|(id, r)| match r {
+            Ok(state) => SettleOutcome {
+                id,
+                ok: true,
+                state: Some(state.as_str()),
+                status: None,
+                error: None,
+            },
+            Err(e) => {
+                let api = ApiError::from(e);
+                SettleOutcome {
+                    id,
+                    ok: false,
+                    state: None,
+                    status: Some(api.status.as_u16()),
+                    error: Some(api.detail),
+                }
+            }
+        })
+        .collect();
+    let fails = outcomes.split_off(n_acks);
+    Ok(Json(SettleResponse {
+        acks: outcomes,
+        fails,
+    })
+    .into_response())
+}
+
+async fn list_queues(State(s): State<AppState>) -> ApiResult {
+    let queues = s
+        .broker
+        .queues()
+        .await?
+        .into_iter()
+        .map(|q| QueueJson {
+            name: q.name,
+            counts: q.counts.into(),
+        })
+        .collect();
+    Ok(Json(QueuesResponse { queues }).into_response())
+}
+
+async fn get_queue(State(s): State<AppState>, Path(queue): Path<String>) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    let q = s
+        .broker
+        .queues()
+        .await?
+        .into_iter()
+        .find(|q| q.name == queue)
+        .ok_or_else(|| ApiError::not_found(format!("no queue named {queue}")))?;
+    Ok(Json(QueueJson {
+        name: q.name,
+        counts: q.counts.into(),
+    })
+    .into_response())
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.broker.is_ready() {
+        "ready".into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Unavailable",
+            "the store is not ready",
+        )
+        .into_response()
+    }
+}

@@ -1,0 +1,181 @@
+//! The one mapping from errors to HTTP responses: RFC 9457 problem documents with a
+//! stable `type`. User errors are 4xx and not logged as errors; internal errors are
+//! logged once with context and shown to the client as a generic 500; overload is
+//! 429/503 with `Retry-After`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use weir_core::validate::InvalidInput;
+use weir_store::StoreError;
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable machine-readable slug; the problem `type` is `urn:weir:problem:<slug>`.
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub field: Option<String>,
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            field: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-field",
+            "Invalid field",
+            detail,
+        )
+        .field(field)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    pub fn too_large(detail: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Too large",
+            detail,
+        )
+    }
+
+    /// The body was not JSON of the expected shape (serde's message names the spot).
+    pub fn bad_body(e: &serde_json::Error) -> ApiError {
+        let msg = e.to_string();
+        let mut err = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "Invalid request body",
+            msg.clone(),
+        );
+        // serde names the field in "unknown field `x`" and "missing field `x`".
+        for marker in ["unknown field `", "missing field `", "duplicate field `"] {
+            if let Some(rest) = msg.split(marker).nth(1) {
+                if let Some(name) = rest.split('`').next() {
+                    err = err.field(name);
+                }
+            }
+        }
+        err
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(e: InvalidInput) -> ApiError {
+        match e {
+            InvalidInput::Invalid { field, detail } => {
+                ApiError::invalid(field.clone(), format!("{field} {detail}"))
+            }
+            InvalidInput::TooLarge { field, detail } => {
+                ApiError::too_large(format!("{field} {detail}")).field(field)
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound => ApiError::not_found("no task with this id"),
+            StoreError::StaleLease => ApiError::new(
+                StatusCode::CONFLICT,
+                "stale-lease",
+                "Stale lease",
+                "the lease is stale or unknown: the task was re-leased, settled, or never leased with this id",
+            )
+            .field("lease_id"),
+            StoreError::Conflict(t) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", t.to_string()),
+            StoreError::Invalid(i) => i.into(),
+            StoreError::QueueFull { queue, limit, retry_after_ms } => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "queue-full",
+                    "Queue full",
+                    format!("queue {queue} holds its limit of {limit} tasks; retry later"),
+                );
+                err.retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
+                err
+            }
+            StoreError::Closed => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Unavailable",
+                    "the server is shutting down",
+                );
+                err.retry_after_secs = Some(1);
+                err
+            }
+            StoreError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "internal error; the server log has the details",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Problem {
+            type_: format!("urn:weir:problem:{}", self.slug),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            field: self.field.as_deref(),
+        })
+        .unwrap_or_default();
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

@@ -1,0 +1,279 @@
+//! Wire types of the v1 JSON API (SPEC §5), separate from the domain types so the
+//! format stays stable while the core changes. Requests reject unknown fields;
+//! payloads and results are carried as raw JSON text, never re-parsed into values.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use weir_store::{Counts, Leased, TaskView};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBody<'a> {
+    #[serde(borrow)]
+    pub payload: &'a RawValue,
+    pub kind: Option<String>,
+    pub priority: Option<i32>,
+    pub delay_ms: Option<u64>,
+    pub run_at: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub deadline: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// How long the finished task stays readable (default 24 h).
+    pub retention_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody<'a> {
+    #[serde(borrow)]
+    pub tasks: Vec<EnqueueBody<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct EnqueueResponse {
+    pub id: String,
+    pub state: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct BatchResponse {
+    pub ids: Vec<String>,
+    /// How many were new (the rest matched an idempotency key).
+    pub created: usize,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseBody {
+    pub max: Option<u64>,
+    pub wait_ms: Option<u64>,
+    pub worker: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody<'a> {
+    pub lease_id: String,
+    #[serde(borrow, default)]
+    pub result: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailBody {
+    pub lease_id: String,
+    pub error: Option<String>,
+    pub retry: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseIdBody {
+    pub lease_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckItem<'a> {
+    pub id: String,
+    pub lease_id: String,
+    #[serde(borrow, default)]
+    pub result: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailItem {
+    pub id: String,
+    pub lease_id: String,
+    pub error: Option<String>,
+    pub retry: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettleBody<'a> {
+    #[serde(borrow, default)]
+    pub acks: Vec<AckItem<'a>>,
+    #[serde(default)]
+    pub fails: Vec<FailItem>,
+}
+
+#[derive(Serialize)]
+pub struct SettleOutcome {
+    pub id: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct SettleResponse {
+    pub acks: Vec<SettleOutcome>,
+    pub fails: Vec<SettleOutcome>,
+}
+
+#[derive(Serialize)]
+pub struct StateResponse {
+    pub id: String,
+    pub state: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct HeartbeatResponse {
+    pub lease_expires_at: String,
+    pub cancel_requested: bool,
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms.min(i64::MAX as u64) as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let t = DateTime::parse_from_rfc3339(s).ok()?;
+    u64::try_from(t.timestamp_millis()).ok()
+}
+
+/// JSON text that the store holds, as a raw value. The store only holds text that
+/// was validated JSON when it came in, so a failure here is corruption.
+fn raw(bytes: &[u8]) -> Box<RawValue> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| RawValue::from_string(s.to_owned()).ok())
+        .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"))
+}
+
+#[derive(Serialize)]
+pub struct TaskJson {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub state: &'static str,
+    pub priority: i32,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub payload: Box<RawValue>,
+    pub result: Option<Box<RawValue>>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub run_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub deadline: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub cancel_requested: bool,
+    pub lease_expires_at: Option<String>,
+}
+
+impl From<TaskView> for TaskJson {
+    fn from(v: TaskView) -> TaskJson {
+        let r = v.record;
+        TaskJson {
+            id: r.id.to_string(),
+            queue: r.queue,
+            kind: r.kind,
+            state: r.state.as_str(),
+            priority: r.priority,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            timeout_ms: r.timeout_ms,
+            payload: raw(&v.payload),
+            result: r.result.as_deref().map(raw),
+            last_error: r.last_error,
+            created_at: rfc3339(r.created_ms),
+            run_at: rfc3339(r.run_at_ms),
+            started_at: r.started_ms.map(rfc3339),
+            finished_at: r.finished_ms.map(rfc3339),
+            deadline: r.deadline_ms.map(rfc3339),
+            idempotency_key: r.idempotency_key,
+            cancel_requested: r.cancel_requested,
+            lease_expires_at: v.lease_expires_ms.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct LeasedJson {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Box<RawValue>,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub lease_id: String,
+    pub lease_expires_at: String,
+    pub timeout_ms: u64,
+    pub deadline: Option<String>,
+}
+
+impl From<Leased> for LeasedJson {
+    fn from(l: Leased) -> LeasedJson {
+        LeasedJson {
+            id: l.record.id.to_string(),
+            queue: l.record.queue,
+            kind: l.record.kind,
+            payload: raw(&l.payload),
+            attempt: l.record.attempt,
+            max_attempts: l.record.max_attempts,
+            lease_id: l.lease_id.to_string(),
+            lease_expires_at: rfc3339(l.lease_expires_ms),
+            timeout_ms: l.record.timeout_ms,
+            deadline: l.record.deadline_ms.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct LeaseResponse {
+    pub tasks: Vec<LeasedJson>,
+}
+
+#[derive(Serialize)]
+pub struct CountsJson {
+    pub scheduled: u64,
+    pub pending: u64,
+    pub active: u64,
+    pub completed: u64,
+    pub dead: u64,
+    pub canceled: u64,
+}
+
+impl From<Counts> for CountsJson {
+    fn from(c: Counts) -> CountsJson {
+        let [scheduled, pending, active, completed, dead, canceled] = c.0;
+        CountsJson {
+            scheduled,
+            pending,
+            active,
+            completed,
+            dead,
+            canceled,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct QueueJson {
+    pub name: String,
+    pub counts: CountsJson,
+}
+
+#[derive(Serialize)]
+pub struct QueuesResponse {
+    pub queues: Vec<QueueJson>,
+}

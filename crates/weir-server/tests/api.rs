@@ -1,0 +1,685 @@
+//! HTTP integration tests: a real server on a free port (port 0) over a temporary
+//! data directory, driven by a plain HTTP client, covering every endpoint and each
+//! error path.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use weir_server::ServeConfig;
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig::new(dir.path().to_path_buf());
+        config.lease_grace_ms = 0;
+        config.backoff = weir_core::Backoff {
+            base_ms: 2,
+            cap_ms: 4,
+        };
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(weir_server::serve(listener, config, async move {
+            let _ = rx.await;
+        }));
+        Server {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            stop: Some(tx),
+            done: Some(done),
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap().unwrap();
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn raw(
+        &self,
+        path: &str,
+        body: &'static str,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let v = resp.json().await.unwrap_or(Value::Null);
+        (status, headers, v)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call("POST", path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call("GET", path, None).await
+    }
+
+    async fn enqueue(&self, queue: &str, body: Value) -> String {
+        let (s, v) = self.post(&format!("/v1/queues/{queue}/tasks"), body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn lease(&self, queue: &str, body: Value) -> Vec<Value> {
+        let (s, v) = self.post(&format!("/v1/queues/{queue}/lease"), body).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["tasks"].as_array().unwrap().clone()
+    }
+}
+
+fn problem(v: &Value, slug: &str) {
+    assert_eq!(v["type"], format!("urn:weir:problem:{slug}"), "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+}
+
+#[tokio::test]
+async fn enqueue_lease_ack_get_result() {
+    let s = Server::start().await;
+    let (st, v) = s
+        .post("/v1/queues/emails/tasks", json!({"payload": {"to": "a@b.c"}, "kind": "email.send", "priority": 3, "max_attempts": 2, "timeout_ms": 5000}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(v["state"], "pending");
+    let id = v["id"].as_str().unwrap().to_owned();
+
+    let tasks = s
+        .lease("emails", json!({"max": 10, "wait_ms": 0, "worker": "w1"}))
+        .await;
+    assert_eq!(tasks.len(), 1);
+    let t = &tasks[0];
+    assert_eq!(t["id"], id.as_str());
+    assert_eq!(t["kind"], "email.send");
+    assert_eq!(t["payload"], json!({"to": "a@b.c"}));
+    assert_eq!(t["attempt"], 1);
+    assert_eq!(t["timeout_ms"], 5000);
+    assert!(t["lease_expires_at"].as_str().is_some());
+    let lease_id = t["lease_id"].as_str().unwrap();
+
+    let (st, v) = s.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["state"], "active");
+
+    let (st, v) = s
+        .post(
+            &format!("/v1/tasks/{id}/heartbeat"),
+            json!({"lease_id": lease_id}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["cancel_requested"], false);
+
+    let (st, v) = s
+        .post(
+            &format!("/v1/tasks/{id}/ack"),
+            json!({"lease_id": lease_id, "result": {"sent": true}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "completed");
+
+    let (st, v) = s.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(st, StatusCode::OK);
+    for field in [
+        "id",
+        "queue",
+        "kind",
+        "state",
+        "attempt",
+        "max_attempts",
+        "payload",
+        "result",
+        "last_error",
+        "created_at",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field} in {v}");
+    }
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["result"], json!({"sent": true}));
+    assert_eq!(v["queue"], "emails");
+    assert_eq!(v["max_attempts"], 2);
+    assert_eq!(v["priority"], 3);
+
+    let (st, v) = s.get("/v1/queues").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["queues"][0]["name"], "emails");
+    assert_eq!(v["queues"][0]["counts"]["completed"], 1);
+    let (st, v) = s.get("/v1/queues/emails").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["counts"]["pending"], 0);
+    let (st, _) = s.get("/v1/queues/nope").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn batch_enqueue_and_batch_settle() {
+    let s = Server::start().await;
+    let tasks: Vec<Value> = (0..5).map(|i| json!({"payload": i})).collect();
+    let (st, v) = s
+        .post("/v1/queues/b/tasks:batch", json!({"tasks": tasks}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["ids"].as_array().unwrap().len(), 5);
+
+    let leased = s.lease("b", json!({"max": 5})).await;
+    assert_eq!(leased.len(), 5);
+    let acks: Vec<Value> = leased[..3]
+        .iter()
+        .map(|t| json!({"id": t["id"], "lease_id": t["lease_id"], "result": t["payload"]}))
+        .collect();
+    let mut fails: Vec<Value> = leased[3..]
+        .iter()
+        .map(|t| json!({"id": t["id"], "lease_id": t["lease_id"], "error": "nope", "retry": false}))
+        .collect();
+    fails[1]["lease_id"] = json!("0000000000000000");
+    let (st, v) = s
+        .post("/v1/acks", json!({"acks": acks, "fails": fails}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(
+        v["acks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["ok"] == true && a["state"] == "completed"),
+        "{v}"
+    );
+    assert_eq!(v["fails"][0]["state"], "dead");
+    assert_eq!(v["fails"][1]["ok"], false);
+    assert_eq!(v["fails"][1]["status"], 409);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn batch_is_all_or_nothing() {
+    let s = Server::start().await;
+    let (st, v) = s
+        .post(
+            "/v1/queues/aon/tasks:batch",
+            json!({"tasks": [{"payload": 1}, {"payload": 2, "max_attempts": 0}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(v["field"], "tasks[1].max_attempts");
+    let (_, v) = s.get("/v1/queues").await;
+    assert!(
+        v["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["name"] != "aon"),
+        "{v}"
+    );
+    let (st, v) = s
+        .post("/v1/queues/aon/tasks:batch", json!({"tasks": []}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(v["field"], "tasks");
+    let big: Vec<Value> = (0..1001).map(|i| json!({"payload": i})).collect();
+    let (st, _) = s
+        .post("/v1/queues/aon/tasks:batch", json!({"tasks": big}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn error_paths() {
+    let s = Server::start_with(|c| c.limits.payload_bytes_max = 1024).await;
+    // Bad JSON.
+    let (st, h, v) = s.raw("/v1/queues/q/tasks", "{not json").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(h["content-type"], "application/problem+json");
+    problem(&v, "invalid-body");
+    // Unknown field.
+    let (st, v) = s
+        .post("/v1/queues/q/tasks", json!({"payload": 1, "priorty": 2}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    problem(&v, "invalid-body");
+    assert_eq!(v["field"], "priorty");
+    // Missing payload.
+    let (st, v) = s.post("/v1/queues/q/tasks", json!({"kind": "x"})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(v["field"], "payload");
+    // Payload too large.
+    let (st, v) = s
+        .post("/v1/queues/q/tasks", json!({"payload": "x".repeat(2000)}))
+        .await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    problem(&v, "too-large");
+    assert_eq!(v["field"], "payload");
+    // Body far beyond any limit.
+    let (st, v) = s
+        .post(
+            "/v1/queues/q/tasks",
+            json!({"payload": "x".repeat(200_000)}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    problem(&v, "too-large");
+    // Bad queue name (too long, bad characters).
+    let long = "q".repeat(129);
+    let (st, v) = s
+        .post(&format!("/v1/queues/{long}/tasks"), json!({"payload": 1}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(v["field"], "queue");
+    let (st, v) = s
+        .post("/v1/queues/a%20b/tasks", json!({"payload": 1}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(v["field"], "queue");
+    // Bad kind, delay and run_at together, bad times.
+    let (st, v) = s
+        .post("/v1/queues/q/tasks", json!({"payload": 1, "kind": "a b"}))
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("kind"))
+    );
+    let (st, v) = s
+        .post(
+            "/v1/queues/q/tasks",
+            json!({"payload": 1, "delay_ms": 5, "run_at": "2030-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("run_at"))
+    );
+    let (st, v) = s
+        .post(
+            "/v1/queues/q/tasks",
+            json!({"payload": 1, "deadline": "tomorrow"}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("deadline"))
+    );
+    let (st, v) = s
+        .post("/v1/queues/q/tasks", json!({"payload": 1, "timeout_ms": 0}))
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("timeout_ms"))
+    );
+    // Nothing of the above was created.
+    let (_, v) = s.get("/v1/queues").await;
+    assert_eq!(v["queues"], json!([]));
+
+    // Unknown and malformed task ids.
+    let (st, v) = s.get("/v1/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    problem(&v, "not-found");
+    let (st, v) = s.get("/v1/tasks/nope").await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("id"))
+    );
+    let (st, _) = s
+        .post("/v1/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV/cancel", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Wait too long.
+    let id = s.enqueue("q", json!({"payload": 1})).await;
+    let (st, v) = s.get(&format!("/v1/tasks/{id}?wait_ms=60001")).await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("wait_ms"))
+    );
+    let (st, v) = s
+        .post("/v1/queues/q/lease", json!({"wait_ms": 60001}))
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("wait_ms"))
+    );
+    let (st, v) = s.post("/v1/queues/q/lease", json!({"max": 1001})).await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("max"))
+    );
+    let (st, v) = s.post("/v1/queues/q/lease", json!({"max": 0})).await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("max"))
+    );
+    let (st, _) = s
+        .post("/v1/queues/q/lease", json!({"max": 1, "wiat_ms": 5}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Stale leases: on ack, fail, release and heartbeat; nothing changes.
+    let t = s.lease("q", json!({})).await.remove(0);
+    let stale = json!({"lease_id": "0123456789abcdef"});
+    for action in ["ack", "fail", "release", "heartbeat"] {
+        let (st, v) = s
+            .post(&format!("/v1/tasks/{id}/{action}"), stale.clone())
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{action}: {v}");
+        problem(&v, "stale-lease");
+    }
+    let (st, v) = s
+        .post(&format!("/v1/tasks/{id}/ack"), json!({"lease_id": "zz"}))
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("lease_id"))
+    );
+    let (_, v) = s.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(v["state"], "active");
+    // Ack, then cancel of a terminal task: 409.
+    let (st, _) = s
+        .post(
+            &format!("/v1/tasks/{id}/ack"),
+            json!({"lease_id": t["lease_id"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = s.post(&format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    problem(&v, "conflict");
+    // Unknown route.
+    let (st, v) = s.get("/v1/nothing").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    problem(&v, "not-found");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn full_queue_answers_429_with_retry_after() {
+    let s = Server::start_with(|c| c.limits.queue_tasks_max = 2).await;
+    s.enqueue("full", json!({"payload": 1})).await;
+    let (st, _) = s
+        .post(
+            "/v1/queues/full/tasks:batch",
+            json!({"tasks": [{"payload": 2}, {"payload": 3}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    let resp = s
+        .http
+        .post(format!("{}/v1/queues/full/tasks", s.base))
+        .json(&json!({"payload": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = s
+        .http
+        .post(format!("{}/v1/queues/full/tasks", s.base))
+        .json(&json!({"payload": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().get("retry-after").is_some());
+    let v: Value = resp.json().await.unwrap();
+    problem(&v, "queue-full");
+    let (_, v) = s.get("/v1/queues/full").await;
+    assert_eq!(v["counts"]["pending"], 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_first_task_with_200() {
+    let s = Server::start().await;
+    let body = json!({"payload": 1, "idempotency_key": "order-7"});
+    let (st, first) = s.post("/v1/queues/i/tasks", body.clone()).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, again) = s.post("/v1/queues/i/tasks", body).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(again["state"], "pending");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lease_long_poll_returns_a_task_enqueued_after_it() {
+    let s = Server::start().await;
+    let base = s.base.clone();
+    let http = s.http.clone();
+    let waiter = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let v: Value = http
+            .post(format!("{base}/v1/queues/lp/lease"))
+            .json(&json!({"max": 1, "wait_ms": 30000}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v, started.elapsed())
+    });
+    let id = s.enqueue("lp", json!({"payload": "wake"})).await;
+    let (v, took) = waiter.await.unwrap();
+    assert_eq!(v["tasks"][0]["id"], id.as_str());
+    assert!(
+        took < Duration::from_secs(30),
+        "the lease waited out its wait_ms"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn get_wait_returns_when_the_task_ends() {
+    let s = Server::start().await;
+    let id = s.enqueue("gw", json!({"payload": 1})).await;
+    let base = s.base.clone();
+    let http = s.http.clone();
+    let path = format!("{base}/v1/tasks/{id}?wait_ms=30000");
+    let waiter = tokio::spawn(async move {
+        http.get(path)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    let t = s.lease("gw", json!({})).await.remove(0);
+    let (st, _) = s
+        .post(
+            &format!("/v1/tasks/{id}/ack"),
+            json!({"lease_id": t["lease_id"], "result": 7}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let v = waiter.await.unwrap();
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["result"], 7);
+    // A short wait on a task that does not end answers its current view.
+    let id2 = s.enqueue("gw", json!({"payload": 2})).await;
+    let (st, v) = s.get(&format!("/v1/tasks/{id2}?wait_ms=20")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["state"], "pending");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lease_expiry_releases_then_kills() {
+    let s = Server::start().await;
+    let id = s
+        .enqueue(
+            "exp",
+            json!({"payload": 1, "timeout_ms": 30, "max_attempts": 2}),
+        )
+        .await;
+    let first = s.lease("exp", json!({})).await.remove(0);
+    assert_eq!(first["attempt"], 1);
+    // Never acked: it comes back once its lease expires, with the attempt counted.
+    let second = s.lease("exp", json!({"wait_ms": 10000})).await.remove(0);
+    assert_eq!(second["id"], id.as_str());
+    assert_eq!(second["attempt"], 2);
+    let (_, v) = s.get(&format!("/v1/tasks/{id}?wait_ms=10000")).await;
+    assert_eq!(v["state"], "dead");
+    assert_eq!(v["attempt"], 2);
+    assert!(v["last_error"].as_str().unwrap().contains("lease"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn fail_with_retry_then_dead_and_release() {
+    let s = Server::start().await;
+    let id = s
+        .enqueue("f", json!({"payload": 1, "max_attempts": 2}))
+        .await;
+    let t = s.lease("f", json!({})).await.remove(0);
+    let (st, v) = s
+        .post(
+            &format!("/v1/tasks/{id}/fail"),
+            json!({"lease_id": t["lease_id"], "error": "flaky", "retry": true}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["state"], "scheduled");
+    let t = s.lease("f", json!({"wait_ms": 10000})).await.remove(0);
+    assert_eq!(t["attempt"], 2);
+    // Release: back to pending, attempt not counted.
+    let (st, v) = s
+        .post(
+            &format!("/v1/tasks/{id}/release"),
+            json!({"lease_id": t["lease_id"]}),
+        )
+        .await;
+    assert_eq!((st, v["state"].clone()), (StatusCode::OK, json!("pending")));
+    let t = s.lease("f", json!({})).await.remove(0);
+    assert_eq!(t["attempt"], 2);
+    let (_, v) = s
+        .post(
+            &format!("/v1/tasks/{id}/fail"),
+            json!({"lease_id": t["lease_id"], "error": "still"}),
+        )
+        .await;
+    assert_eq!(v["state"], "dead");
+    let (_, v) = s.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(v["last_error"], "still");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_queued_and_running() {
+    let s = Server::start().await;
+    let queued = s
+        .enqueue("c", json!({"payload": 1, "delay_ms": 3600000}))
+        .await;
+    let (_, v) = s.get(&format!("/v1/tasks/{queued}")).await;
+    assert_eq!(v["state"], "scheduled");
+    let (st, v) = s
+        .post(&format!("/v1/tasks/{queued}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (st, v["state"].clone()),
+        (StatusCode::OK, json!("canceled"))
+    );
+
+    let running = s.enqueue("c", json!({"payload": 2})).await;
+    let t = s.lease("c", json!({})).await.remove(0);
+    let (st, v) = s
+        .post(&format!("/v1/tasks/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["state"], "active");
+    assert_eq!(v["cancel_requested"], true);
+    let (_, v) = s
+        .post(
+            &format!("/v1/tasks/{running}/heartbeat"),
+            json!({"lease_id": t["lease_id"]}),
+        )
+        .await;
+    assert_eq!(v["cancel_requested"], true);
+    let (_, v) = s
+        .post(
+            &format!("/v1/tasks/{running}/ack"),
+            json!({"lease_id": t["lease_id"], "result": 1}),
+        )
+        .await;
+    assert_eq!(v["state"], "canceled");
+    let (_, v) = s.get("/v1/queues/c").await;
+    assert_eq!(v["counts"]["canceled"], 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let s = Server::start().await;
+    let resp = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = s
+        .http
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_open_long_polls_at_once() {
+    let s = Server::start().await;
+    let base = s.base.clone();
+    let http = s.http.clone();
+    let waiter = tokio::spawn(async move {
+        http.post(format!("{base}/v1/queues/sd/lease"))
+            .json(&json!({"wait_ms": 60000}))
+            .send()
+            .await
+    });
+    // Make sure the long-poll is in: a request after it on the same server answers.
+    let (st, _) = s.get("/v1/queues").await;
+    assert_eq!(st, StatusCode::OK);
+    let started = tokio::time::Instant::now();
+    s.stop().await;
+    let _ = waiter.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
