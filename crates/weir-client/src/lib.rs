@@ -1,1 +1,352 @@
-//! placeholder
+//! Rust client for weir's HTTP API v1 (SPEC §5), used by the `weir` CLI, by its
+//! load generator and by Rust workers. One [`Client`] holds a connection pool and is
+//! cheap to clone.
+
+mod error;
+mod types;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use error::{error_from_response, Error};
+pub use types::{
+    AckItem, Counts, EnqueueOptions, Enqueued, FailItem, Heartbeat, LeasedTask, QueueInfo,
+    SettleOutcome, SettleResponse, Task, TaskState,
+};
+
+use types::{
+    AckRequest, BatchRequest, BatchResponse, FailRequest, LeaseOnly, LeaseRequest, LeaseResponse,
+    QueuesResponse, SettleRequest, StateResponse,
+};
+
+/// Longest a request that does not long-poll may take before it fails as a
+/// transport error.
+pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// Added to a long-poll's `wait_ms` to form its request timeout, so a slow server
+/// answers before the client gives up.
+pub const LONG_POLL_SLACK_MS: u64 = 30_000;
+/// How many times an idempotent GET is tried when the transport fails.
+pub const GET_TRIES_MAX: u32 = 3;
+/// Pause before the first retry of a GET; doubles for each further one.
+pub const GET_RETRY_BACKOFF_MS: u64 = 100;
+/// Longest a connection attempt may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// A handle on one weir server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// Connection pool.
+    http: reqwest::Client,
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    /// Bearer token sent with every request, if any.
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:7700`) with a
+    /// default connection pool.
+    pub fn new(base_url: impl Into<String>) -> Result<Client, Error> {
+        let http = Client::http_builder().build().map_err(Error::Transport)?;
+        Ok(Client::with_http(base_url, http))
+    }
+
+    /// The builder `new` uses, for callers that want to tune the pool (a load
+    /// generator sizing `pool_max_idle_per_host`) and pass it to `with_http`.
+    pub fn http_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .tcp_nodelay(true)
+    }
+
+    /// A client over a caller-built `reqwest::Client`.
+    pub fn with_http(base_url: impl Into<String>, http: reqwest::Client) -> Client {
+        let mut base = base_url.into();
+        while base.ends_with('/') {
+            base.pop();
+        }
+        Client {
+            http,
+            base,
+            token: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Client {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    // ---- producer ----
+
+    /// `POST /v1/queues/{queue}/tasks`. Succeeds on 201 (created) and on 200 (the
+    /// idempotency key matched an existing task; `created` is then false).
+    pub async fn enqueue(&self, queue: &str, task: &EnqueueOptions) -> Result<Enqueued, Error> {
+        let rb = self
+            .request(Method::POST, &format!("/v1/queues/{}/tasks", seg(queue)))
+            .json(task);
+        let (status, body) = execute(rb).await?;
+        let mut enqueued: Enqueued = decode(status, &body)?;
+        enqueued.created = status != StatusCode::OK;
+        Ok(enqueued)
+    }
+
+    /// `POST /v1/queues/{queue}/tasks:batch`: all durable or none. Returns the ids
+    /// in request order.
+    pub async fn enqueue_batch(
+        &self,
+        queue: &str,
+        tasks: &[EnqueueOptions],
+    ) -> Result<Vec<String>, Error> {
+        let rb = self
+            .request(
+                Method::POST,
+                &format!("/v1/queues/{}/tasks:batch", seg(queue)),
+            )
+            .json(&BatchRequest { tasks });
+        let (status, body) = execute(rb).await?;
+        let resp: BatchResponse = decode(status, &body)?;
+        Ok(resp.ids)
+    }
+
+    /// `GET /v1/tasks/{id}`.
+    pub async fn get(&self, id: &str) -> Result<Task, Error> {
+        self.get_json(&format!("/v1/tasks/{}", seg(id)), None).await
+    }
+
+    /// `GET /v1/tasks/{id}?wait_ms=N`: answers once the task is terminal or after
+    /// `wait_ms` (at most 60 000 on the server), whichever comes first.
+    pub async fn wait(&self, id: &str, wait_ms: u64) -> Result<Task, Error> {
+        self.get_json(
+            &format!("/v1/tasks/{}?wait_ms={wait_ms}", seg(id)),
+            Some(wait_ms),
+        )
+        .await
+    }
+
+    /// `POST /v1/tasks/{id}/cancel`. A terminal task answers `Error::Conflict`.
+    pub async fn cancel(&self, id: &str) -> Result<Task, Error> {
+        let rb = self.request(Method::POST, &format!("/v1/tasks/{}/cancel", seg(id)));
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    // ---- worker ----
+
+    /// `POST /v1/queues/{queue}/lease`: up to `max` tasks, waiting up to `wait_ms`
+    /// for the first. An empty list means nothing came in time.
+    pub async fn lease(
+        &self,
+        queue: &str,
+        max: u32,
+        wait_ms: u64,
+        worker: Option<&str>,
+    ) -> Result<Vec<LeasedTask>, Error> {
+        let rb = self
+            .request(Method::POST, &format!("/v1/queues/{}/lease", seg(queue)))
+            .timeout(Duration::from_millis(wait_ms + LONG_POLL_SLACK_MS))
+            .json(&LeaseRequest {
+                max,
+                wait_ms,
+                worker,
+            });
+        let (status, body) = execute(rb).await?;
+        let resp: LeaseResponse = decode(status, &body)?;
+        Ok(resp.tasks)
+    }
+
+    /// `POST /v1/tasks/{id}/ack`.
+    pub async fn ack(&self, id: &str, lease_id: &str, result: &Value) -> Result<(), Error> {
+        let rb = self
+            .request(Method::POST, &format!("/v1/tasks/{}/ack", seg(id)))
+            .json(&AckRequest { lease_id, result });
+        execute(rb).await.map(drop)
+    }
+
+    /// `POST /v1/tasks/{id}/fail`. Returns the task's next state (`scheduled` for
+    /// a retry, or `dead`; `canceled` if it was canceled while running).
+    pub async fn fail(
+        &self,
+        id: &str,
+        lease_id: &str,
+        error: &str,
+        retry: bool,
+    ) -> Result<TaskState, Error> {
+        let rb = self
+            .request(Method::POST, &format!("/v1/tasks/{}/fail", seg(id)))
+            .json(&FailRequest {
+                lease_id,
+                error,
+                retry,
+            });
+        let (status, body) = execute(rb).await?;
+        let resp: StateResponse = decode(status, &body)?;
+        Ok(resp.state)
+    }
+
+    /// `POST /v1/tasks/{id}/release`: back to `pending` without using an attempt.
+    pub async fn release(&self, id: &str, lease_id: &str) -> Result<(), Error> {
+        let rb = self
+            .request(Method::POST, &format!("/v1/tasks/{}/release", seg(id)))
+            .json(&LeaseOnly { lease_id });
+        execute(rb).await.map(drop)
+    }
+
+    /// `POST /v1/tasks/{id}/heartbeat`: extends the lease.
+    pub async fn heartbeat(&self, id: &str, lease_id: &str) -> Result<Heartbeat, Error> {
+        let rb = self
+            .request(Method::POST, &format!("/v1/tasks/{}/heartbeat", seg(id)))
+            .json(&LeaseOnly { lease_id });
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    /// `POST /v1/acks`: many acks and fails in one request, with an outcome per
+    /// item.
+    pub async fn settle(
+        &self,
+        acks: &[AckItem],
+        fails: &[FailItem],
+    ) -> Result<SettleResponse, Error> {
+        let rb = self
+            .request(Method::POST, "/v1/acks")
+            .json(&SettleRequest { acks, fails });
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    // ---- queues ----
+
+    /// `GET /v1/queues`.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, Error> {
+        let resp: QueuesResponse = self.get_json("/v1/queues", None).await?;
+        Ok(resp.queues)
+    }
+
+    /// `GET /v1/queues/{queue}`: one queue with its config.
+    pub async fn queue(&self, name: &str) -> Result<QueueInfo, Error> {
+        self.get_json(&format!("/v1/queues/{}", seg(name)), None)
+            .await
+    }
+
+    // ---- plumbing ----
+
+    fn request(&self, method: Method, path_and_query: &str) -> RequestBuilder {
+        let rb = self
+            .http
+            .request(method, format!("{}{}", self.base, path_and_query))
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        match &self.token {
+            Some(token) => rb.bearer_auth(token),
+            None => rb,
+        }
+    }
+
+    /// A GET, retried with a short doubling backoff when the transport fails (it
+    /// is idempotent, so a retry cannot do harm). `long_poll_ms` widens the request
+    /// timeout for `wait_ms` requests.
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+        long_poll_ms: Option<u64>,
+    ) -> Result<T, Error> {
+        let mut backoff = Duration::from_millis(GET_RETRY_BACKOFF_MS);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut rb = self.request(Method::GET, path_and_query);
+            if let Some(wait_ms) = long_poll_ms {
+                rb = rb.timeout(Duration::from_millis(wait_ms + LONG_POLL_SLACK_MS));
+            }
+            match execute(rb).await {
+                Ok((status, body)) => return decode(status, &body),
+                Err(Error::Transport(_)) if tries < GET_TRIES_MAX => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Sends a request; a success answers its status and body, anything else the
+/// mapped [`Error`].
+async fn execute(rb: RequestBuilder) -> Result<(StatusCode, Bytes), Error> {
+    let resp = rb.send().await.map_err(Error::Transport)?;
+    let status = resp.status();
+    if status.is_success() {
+        let body = resp.bytes().await.map_err(Error::Transport)?;
+        return Ok((status, body));
+    }
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // The body only adds detail to an error we already have; losing it to a broken
+    // connection is not worth a different error.
+    let body = resp.bytes().await.unwrap_or_default();
+    Err(error_from_response(
+        status.as_u16(),
+        retry_after.as_deref(),
+        &body,
+    ))
+}
+
+/// Reads a success body.
+fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|source| Error::Decode {
+        status: status.as_u16(),
+        source,
+    })
+}
+
+/// Percent-encodes a path segment. Queue names and ids are plain ASCII on a
+/// well-behaved caller, so this rarely allocates; it keeps a stray `/` or `?` in
+/// user input from changing the route.
+fn seg(s: &str) -> Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'~');
+    if s.bytes().all(plain) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(seg("emails.high:1"), "emails.high:1");
+        assert_eq!(seg("a/b?c"), "a%2Fb%3Fc");
+        assert_eq!(seg("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn base_url_loses_trailing_slash() {
+        let c = Client::new("http://127.0.0.1:7700//").unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:7700");
+    }
+}

@@ -1,1 +1,80 @@
-fn main() {}
+//! The `weir` binary: parses the command line and hands off to the command's
+//! module. Exit codes: 0 success, 1 failure (and `task wait`'s dead/canceled),
+//! 2 bad usage or configuration, 3 `task wait` timed out.
+
+mod bench;
+mod cli;
+mod commands;
+mod duration;
+mod serve;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+/// Exit code of a configuration error (as clap's usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => match serve::config(&args) {
+                Ok((listen, config)) => {
+                    serve::run(listen, config).await.map(|()| ExitCode::SUCCESS)
+                }
+                Err(serve::ConfigError(msg)) => {
+                    eprintln!("error: {msg}");
+                    Ok(ExitCode::from(EXIT_CONFIG))
+                }
+            },
+            Command::Enqueue(args) => commands::enqueue(args).await,
+            Command::Task(cmd) => commands::task(cmd).await,
+            Command::Queues(args) => commands::queues(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout is for results and the `listening` line). The
+/// filter comes from `WEIR_LOG`, else `RUST_LOG`, else `info` for the server and
+/// `warn` for client commands (the storage engine's own info lines are noise to
+/// an operator, so they start at `warn`).
+fn init_tracing(server: bool) {
+    let default = if server {
+        "info,fjall=warn,lsm_tree=warn"
+    } else {
+        "warn"
+    };
+    let filter = ["WEIR_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| EnvFilter::try_from_env(var).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
+}

@@ -25,7 +25,9 @@ fn start(data_dir: &std::path::Path) -> Proc {
         .expect("spawn weir serve");
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
     let addr = line
         .trim()
         .strip_prefix("weir listening on ")
@@ -71,8 +73,14 @@ async fn kill_9_under_load_loses_no_acknowledged_task() {
         let reached = Arc::new(tokio::sync::Notify::new());
         let mut clients = Vec::new();
         for c in 0..CLIENTS {
-            let (http, base, acked, count, killed, reached) =
-                (http.clone(), p.base.clone(), acked.clone(), count.clone(), killed.clone(), reached.clone());
+            let (http, base, acked, count, killed, reached) = (
+                http.clone(),
+                p.base.clone(),
+                acked.clone(),
+                count.clone(),
+                killed.clone(),
+                reached.clone(),
+            );
             clients.push(tokio::spawn(async move {
                 for i in 0..REQUESTS_PER_CLIENT_MAX {
                     if killed.load(Ordering::SeqCst) {
@@ -85,7 +93,9 @@ async fn kill_9_under_load_loses_no_acknowledged_task() {
                             .send()
                             .await
                     } else {
-                        let tasks: Vec<Value> = (0..10).map(|j| json!({"payload": {"c": c, "i": i, "j": j}})).collect();
+                        let tasks: Vec<Value> = (0..10)
+                            .map(|j| json!({"payload": {"c": c, "i": i, "j": j}}))
+                            .collect();
                         http.post(format!("{base}/v1/queues/crash/tasks:batch"))
                             .json(&json!({"tasks": tasks}))
                             .send()
@@ -95,9 +105,16 @@ async fn kill_9_under_load_loses_no_acknowledged_task() {
                     if !resp.status().is_success() {
                         break;
                     }
-                    let Ok(v) = resp.json::<Value>().await else { break };
+                    let Ok(v) = resp.json::<Value>().await else {
+                        break;
+                    };
                     let ids: Vec<String> = match v.get("ids") {
-                        Some(ids) => ids.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect(),
+                        Some(ids) => ids
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.as_str().unwrap().to_owned())
+                            .collect(),
                         None => vec![v["id"].as_str().unwrap().to_owned()],
                     };
                     let n = ids.len();
@@ -122,17 +139,46 @@ async fn kill_9_under_load_loses_no_acknowledged_task() {
 
         let mut p = start(dir.path());
         for (n, id) in all_acked.iter().enumerate() {
-            let resp = http.get(format!("{}/v1/tasks/{id}", p.base)).send().await.unwrap();
-            assert_eq!(resp.status(), 200, "round {round}: acknowledged task #{n} {id} is lost");
+            let resp = http
+                .get(format!("{}/v1/tasks/{id}", p.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.status(),
+                200,
+                "round {round}: acknowledged task #{n} {id} is lost"
+            );
         }
         for id in &leased_ids {
-            let v: Value = http.get(format!("{}/v1/tasks/{id}", p.base)).send().await.unwrap().json().await.unwrap();
-            assert_eq!(v["state"], "pending", "active task {id} after the crash: {v}");
+            let v: Value = http
+                .get(format!("{}/v1/tasks/{id}", p.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                v["state"], "pending",
+                "active task {id} after the crash: {v}"
+            );
             assert_eq!(v["attempt"], 0, "a crash must not burn an attempt: {v}");
         }
-        let v: Value = http.get(format!("{}/v1/queues/crash", p.base)).send().await.unwrap().json().await.unwrap();
+        let v: Value = http
+            .get(format!("{}/v1/queues/crash", p.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let pending = v["counts"]["pending"].as_u64().unwrap() as usize;
-        assert!(pending >= all_acked.len(), "pending {pending} < acknowledged {}", all_acked.len());
+        assert!(
+            pending >= all_acked.len(),
+            "pending {pending} < acknowledged {}",
+            all_acked.len()
+        );
         assert_eq!(v["counts"]["active"], 0);
         p.child.kill().unwrap();
         p.child.wait().unwrap();
@@ -158,18 +204,42 @@ async fn sigterm_drains_and_exits_zero() {
     let base = p.base.clone();
     let h = http.clone();
     let poll = tokio::spawn(async move {
-        h.post(format!("{base}/v1/queues/empty/lease")).json(&json!({"wait_ms": 60000})).send().await
+        h.post(format!("{base}/v1/queues/empty/lease"))
+            .json(&json!({"wait_ms": 60000}))
+            .send()
+            .await
     });
-    let v: Value = http.get(format!("{}/v1/queues", p.base)).send().await.unwrap().json().await.unwrap();
+    let v: Value = http
+        .get(format!("{}/v1/queues", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(v["queues"].is_array());
-    let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = p.child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "weir serve should exit 0 after SIGTERM");
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "weir serve should exit 0 after SIGTERM"
+    );
     let resp = poll.await.unwrap().expect("the long-poll got an answer");
     assert_eq!(resp.status(), 200);
     let mut p = start(dir.path());
-    let v: Value = http.get(format!("{}/v1/tasks/{id}", p.base)).send().await.unwrap().json().await.unwrap();
+    let v: Value = http
+        .get(format!("{}/v1/tasks/{id}", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["state"], "pending");
     p.child.kill().unwrap();
     p.child.wait().unwrap();

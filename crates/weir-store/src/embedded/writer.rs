@@ -79,6 +79,9 @@ pub(crate) fn spawn(
         .map_err(|e| internal("spawn writer", e))
 }
 
+/// Sends one op's answer once the round's commit is known (`Some` if it failed).
+type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
 /// Effects that wait for the commit: answers, and memory changes that must not be
 /// seen before the data is durable.
 #[derive(Default)]
@@ -89,7 +92,7 @@ struct After {
     terminal: Vec<(QueueIdx, TaskState, u128)>,
     /// Retained tasks removed by retention: (queue, state).
     purged: Vec<(QueueIdx, TaskState)>,
-    replies: Vec<Box<dyn FnOnce(Option<&StoreError>) + Send>>,
+    replies: Vec<Answer>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -216,7 +219,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                 }
                 Op::Cancel { id, reply } => {
                     let rec = match pre {
-                        Pre::Record(r) => r,
+                        Pre::Record(r) => *r,
                         _ => unreachable!("cancel pre-read"),
                     };
                     match plan_cancel(disk, &mut st, &mut batch, &mut after, id, rec, now) {
@@ -306,7 +309,7 @@ enum Pre {
     None,
     /// For each enqueued item: the retained task its idempotency key points at.
     Existing(Vec<Option<TaskRecord>>),
-    Record(Result<Option<TaskRecord>, StoreError>),
+    Record(Box<Result<Option<TaskRecord>, StoreError>>),
 }
 
 fn pre_read(disk: &Disk, op: &Op) -> Pre {
@@ -322,7 +325,7 @@ fn pre_read(disk: &Disk, op: &Op) -> Pre {
                 })
                 .collect(),
         ),
-        Op::Cancel { id, .. } => Pre::Record(disk.record(*id)),
+        Op::Cancel { id, .. } => Pre::Record(Box::new(disk.record(*id))),
         _ => Pre::None,
     }
 }

@@ -1,0 +1,384 @@
+//! Wire types of weir's HTTP API v1 (SPEC §5) as this client sends and reads them.
+//! Requests omit absent fields (the server rejects unknown ones and a `null` is not
+//! "absent"); responses are read leniently: unknown fields are ignored and
+//! optional ones may be missing.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A task's state. `Unknown` stands for a state name this client does not know (a
+/// newer server), so reading a task never fails on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Scheduled,
+    Pending,
+    Active,
+    Completed,
+    Dead,
+    Canceled,
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl TaskState {
+    /// `completed`, `dead` and `canceled` never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Dead | TaskState::Canceled
+        )
+    }
+
+    /// The state's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Scheduled => "scheduled",
+            TaskState::Pending => "pending",
+            TaskState::Active => "active",
+            TaskState::Completed => "completed",
+            TaskState::Dead => "dead",
+            TaskState::Canceled => "canceled",
+            TaskState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One task to enqueue. Only `payload` is required; build the rest with the
+/// chained setters: `EnqueueOptions::new(json!({"to": "a@b"})).kind("email.send")`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EnqueueOptions {
+    /// Any JSON; handed to the worker as is.
+    pub payload: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Run no sooner than this many ms from now (exclusive with `run_at`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Run no sooner than this RFC 3339 time (exclusive with `delay_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// RFC 3339 time after which the task is not started any more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl EnqueueOptions {
+    pub fn new(payload: Value) -> EnqueueOptions {
+        EnqueueOptions {
+            payload,
+            ..EnqueueOptions::default()
+        }
+    }
+
+    pub fn kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    pub fn delay_ms(mut self, delay_ms: u64) -> Self {
+        self.delay_ms = Some(delay_ms);
+        self
+    }
+
+    pub fn run_at(mut self, run_at: impl Into<String>) -> Self {
+        self.run_at = Some(run_at.into());
+        self
+    }
+
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    pub fn timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.timeout_ms = Some(timeout_ms);
+        self
+    }
+
+    pub fn deadline(mut self, deadline: impl Into<String>) -> Self {
+        self.deadline = Some(deadline.into());
+        self
+    }
+
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// The answer to an enqueue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueued {
+    pub id: String,
+    pub state: TaskState,
+    /// False when the idempotency key matched a task that already existed (HTTP 200
+    /// instead of 201): `id` and `state` are that task's.
+    #[serde(default = "yes")]
+    pub created: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A task as `GET /v1/tasks/{id}` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Task {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub state: TaskState,
+    pub priority: i32,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub payload: Value,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    /// RFC 3339 times.
+    pub created_at: Option<String>,
+    pub run_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub deadline: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub cancel_requested: bool,
+    pub lease_expires_at: Option<String>,
+    /// Response fields this client does not know, kept so `--json` output shows
+    /// everything the server said.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// A task handed to a worker by a lease.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeasedTask {
+    pub id: String,
+    /// The queue it was leased from (an extra field: absent from older servers).
+    pub queue: String,
+    pub kind: String,
+    pub payload: Value,
+    /// 1-based number of this attempt.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// Proof of the lease, required by ack, fail, release and heartbeat.
+    pub lease_id: String,
+    pub lease_expires_at: String,
+    pub timeout_ms: u64,
+    /// RFC 3339 time after which the task is not started any more.
+    pub deadline: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct LeaseRequest<'a> {
+    pub max: u32,
+    pub wait_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LeaseResponse {
+    pub tasks: Vec<LeasedTask>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BatchRequest<'a> {
+    pub tasks: &'a [EnqueueOptions],
+}
+
+#[derive(Deserialize)]
+pub(crate) struct BatchResponse {
+    pub ids: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct AckRequest<'a> {
+    pub lease_id: &'a str,
+    pub result: &'a Value,
+}
+
+#[derive(Serialize)]
+pub(crate) struct FailRequest<'a> {
+    pub lease_id: &'a str,
+    pub error: &'a str,
+    pub retry: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct LeaseOnly<'a> {
+    pub lease_id: &'a str,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StateResponse {
+    pub state: TaskState,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Heartbeat {
+    /// RFC 3339 time the extended lease ends.
+    pub lease_expires_at: String,
+    /// The task was canceled while running: the worker should stop and fail it.
+    pub cancel_requested: bool,
+}
+
+/// One ack in a `POST /v1/acks` batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AckItem {
+    pub id: String,
+    pub lease_id: String,
+    pub result: Value,
+}
+
+/// One fail in a `POST /v1/acks` batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailItem {
+    pub id: String,
+    pub lease_id: String,
+    pub error: String,
+    pub retry: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SettleRequest<'a> {
+    pub acks: &'a [AckItem],
+    pub fails: &'a [FailItem],
+}
+
+/// The per-item outcome of a `POST /v1/acks` batch, in request order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SettleResponse {
+    pub acks: Vec<SettleOutcome>,
+    pub fails: Vec<SettleOutcome>,
+}
+
+/// What happened to one item of a settle batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SettleOutcome {
+    pub id: String,
+    pub ok: bool,
+    /// The task's state after the item, when `ok`.
+    pub state: Option<TaskState>,
+    /// The HTTP status the item would have had alone, when not `ok` (409 for a
+    /// stale lease, 404 for an unknown task).
+    pub status: Option<u16>,
+    /// Why the item was refused, when not `ok`.
+    pub error: Option<String>,
+}
+
+/// Task counts of one queue, by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counts {
+    pub scheduled: u64,
+    pub pending: u64,
+    pub active: u64,
+    pub completed: u64,
+    pub dead: u64,
+    pub canceled: u64,
+}
+
+/// A queue as `GET /v1/queues` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueInfo {
+    pub name: String,
+    pub counts: Counts,
+    /// The queue's config, present on `GET /v1/queues/{queue}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct QueuesResponse {
+    pub queues: Vec<QueueInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn enqueue_omits_absent_fields() {
+        let o = EnqueueOptions::new(json!({"n": 1}));
+        assert_eq!(
+            serde_json::to_value(&o).unwrap(),
+            json!({"payload": {"n": 1}})
+        );
+        let o = EnqueueOptions::new(json!(null))
+            .kind("k")
+            .priority(-1)
+            .delay_ms(5)
+            .max_attempts(3)
+            .timeout_ms(100)
+            .deadline("2030-01-01T00:00:00Z")
+            .idempotency_key("i");
+        assert_eq!(
+            serde_json::to_value(&o).unwrap(),
+            json!({"payload": null, "kind": "k", "priority": -1, "delay_ms": 5,
+                   "max_attempts": 3, "timeout_ms": 100,
+                   "deadline": "2030-01-01T00:00:00Z", "idempotency_key": "i"})
+        );
+    }
+
+    #[test]
+    fn task_reads_leniently() {
+        let t: Task = serde_json::from_value(json!({
+            "id": "01H", "queue": "q", "state": "completed", "payload": {"a": 1},
+            "result": null, "attempt": 1, "new_field": true, "state_future": "x"
+        }))
+        .unwrap();
+        assert_eq!(t.id, "01H");
+        assert_eq!(t.state, TaskState::Completed);
+        assert_eq!(t.result, None);
+        assert_eq!(t.max_attempts, 0);
+        assert_eq!(t.extra.get("new_field"), Some(&json!(true)));
+        let t: Task = serde_json::from_value(json!({"id": "x", "state": "paused"})).unwrap();
+        assert_eq!(t.state, TaskState::Unknown);
+    }
+
+    #[test]
+    fn settle_response_reads() {
+        let r: SettleResponse = serde_json::from_value(json!({
+            "acks": [{"id": "a", "ok": true, "state": "completed"},
+                     {"id": "b", "ok": false, "error": "stale lease"}]
+        }))
+        .unwrap();
+        assert_eq!(r.acks.len(), 2);
+        assert_eq!(r.acks[0].state, Some(TaskState::Completed));
+        assert_eq!(r.acks[1].error.as_deref(), Some("stale lease"));
+        assert!(r.fails.is_empty());
+    }
+}

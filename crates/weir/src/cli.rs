@@ -1,0 +1,276 @@
+//! The command line as clap parses it (raw arguments). Every flag can also come
+//! from a `WEIR_*` environment variable; commands turn these into validated
+//! configuration before they start anything.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::parse_duration;
+
+/// weir: a durable task queue server, and its client.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Enqueue one task.
+    Enqueue(EnqueueArgs),
+    /// Inspect, wait for or cancel a task.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// List queues with their task counts.
+    Queues(ClientArgs),
+    /// Load-generate against a server and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. A non-loopback address needs --insecure-public-bind.
+    #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
+    pub data_dir: PathBuf,
+    /// Added to a task's timeout to form its lease [default: 5000].
+    #[arg(long, env = "WEIR_LEASE_GRACE_MS")]
+    pub lease_grace_ms: Option<u64>,
+    /// How long completed and canceled tasks stay readable [default: 86400000].
+    #[arg(long, env = "WEIR_RETENTION_MS")]
+    pub retention_ms: Option<u64>,
+    /// Delay before the first retry of a failed task [default: 1000].
+    #[arg(long, env = "WEIR_BACKOFF_BASE_MS")]
+    pub backoff_base_ms: Option<u64>,
+    /// Longest delay before any retry [default: 3600000].
+    #[arg(long, env = "WEIR_BACKOFF_CAP_MS")]
+    pub backoff_cap_ms: Option<u64>,
+    /// Largest task payload in bytes [default: 1048576].
+    #[arg(long, env = "WEIR_PAYLOAD_BYTES_MAX")]
+    pub payload_bytes_max: Option<usize>,
+    /// Allow listening on a non-loopback address although there is no
+    /// authentication yet: anyone who can reach the port controls the queue.
+    #[arg(long, env = "WEIR_INSECURE_PUBLIC_BIND")]
+    pub insecure_public_bind: bool,
+}
+
+/// Flags shared by every command that talks to a server.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Base URL of the server.
+    #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7700")]
+    pub server: String,
+    /// Bearer token to send.
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, env = "WEIR_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Queue to enqueue into.
+    pub queue: String,
+    /// Task payload: JSON text, `@file` to read it from a file, or `@-` for stdin
+    /// [default: {}].
+    #[arg(long, env = "WEIR_ENQUEUE_PAYLOAD")]
+    pub payload: Option<String>,
+    /// Task kind.
+    #[arg(long, env = "WEIR_ENQUEUE_KIND")]
+    pub kind: Option<String>,
+    /// Run no sooner than this from now (500ms, 10s, 5m; a bare number is ms).
+    #[arg(long, env = "WEIR_ENQUEUE_DELAY", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Priority; higher runs first.
+    #[arg(long, env = "WEIR_ENQUEUE_PRIORITY", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Attempts before the task is dead.
+    #[arg(long, env = "WEIR_ENQUEUE_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout (30s, 5m; a bare number is ms).
+    #[arg(long, env = "WEIR_ENQUEUE_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Idempotency key: the same key again returns the first task.
+    #[arg(long, env = "WEIR_ENQUEUE_IDEMPOTENCY_KEY")]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Show a task.
+    Get {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Wait until a task is terminal. Exit code 0: completed; 1: dead or canceled;
+    /// 3: not terminal when the timeout passed.
+    Wait {
+        /// Task id.
+        id: String,
+        /// How long to wait in all.
+        #[arg(long, env = "WEIR_WAIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a task (a running one is asked to stop).
+    Cancel {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What `weir bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Single-task enqueues from many connections.
+    Enqueue,
+    /// Batch enqueues.
+    Batch,
+    /// Batched enqueue, lease and ack, end to end.
+    E2e,
+    /// Enqueue-to-lease latency at a fixed rate.
+    Latency,
+    /// Every scenario above, in that order.
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Scenario to run; repeat for several.
+    #[arg(
+        long,
+        env = "WEIR_BENCH_SCENARIO",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "all"
+    )]
+    pub scenario: Vec<Scenario>,
+    /// Start `weir serve` on a free loopback port with a fresh data dir, and stop
+    /// it at the end, instead of using --server.
+    #[arg(long, env = "WEIR_BENCH_SPAWN")]
+    pub spawn: bool,
+    /// With --spawn: the directory the temporary data dir is made in
+    /// [default: ./target].
+    #[arg(long, env = "WEIR_BENCH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Tasks per scenario [default: enqueue 200000, batch 500000, e2e 500000].
+    #[arg(long, env = "WEIR_BENCH_TASKS")]
+    pub tasks: Option<u64>,
+    /// Concurrent connections of the `enqueue` scenario.
+    #[arg(long, env = "WEIR_BENCH_CONNECTIONS", default_value_t = 64)]
+    pub connections: usize,
+    /// Tasks per batch (batch and e2e).
+    #[arg(long, env = "WEIR_BENCH_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+    /// Concurrent connections of the `batch` scenario.
+    #[arg(long, env = "WEIR_BENCH_BATCH_CONNECTIONS", default_value_t = 8)]
+    pub batch_connections: usize,
+    /// Concurrent batch producers of the `e2e` scenario.
+    #[arg(long, env = "WEIR_BENCH_PRODUCERS", default_value_t = 4)]
+    pub producers: usize,
+    /// Concurrent consumers of the `e2e` scenario.
+    #[arg(long, env = "WEIR_BENCH_CONSUMERS", default_value_t = 4)]
+    pub consumers: usize,
+    /// Tasks per lease of the `e2e` scenario.
+    #[arg(long, env = "WEIR_BENCH_LEASE_MAX", default_value_t = 1000)]
+    pub lease_max: u32,
+    /// Enqueue rate of the `latency` scenario, tasks per second.
+    #[arg(long, env = "WEIR_BENCH_RATE", default_value_t = 2000)]
+    pub rate: u64,
+    /// How long the `latency` scenario sends.
+    #[arg(long, env = "WEIR_BENCH_DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Consumers of the `latency` scenario.
+    #[arg(long, env = "WEIR_BENCH_LATENCY_CONSUMERS", default_value_t = 2)]
+    pub latency_consumers: usize,
+    /// Pad each payload to about this many bytes of JSON.
+    #[arg(long, env = "WEIR_BENCH_PAYLOAD_BYTES", default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// Prefix of the queues the scenarios use (each run makes fresh ones).
+    #[arg(long, env = "WEIR_BENCH_QUEUE_PREFIX", default_value = "bench")]
+    pub queue_prefix: String,
+    /// Give up on a scenario after this many errors.
+    #[arg(long, env = "WEIR_BENCH_MAX_ERRORS", default_value_t = 1000)]
+    pub max_errors: u64,
+    /// Give up on a scenario that runs longer than this.
+    #[arg(long, env = "WEIR_BENCH_SCENARIO_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub scenario_timeout: Duration,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_bench_line() {
+        let cli = Cli::try_parse_from([
+            "weir",
+            "bench",
+            "--spawn",
+            "--scenario",
+            "enqueue",
+            "--scenario",
+            "e2e,latency",
+            "--duration",
+            "2s",
+            "--tasks",
+            "20000",
+        ])
+        .unwrap();
+        let Command::Bench(b) = cli.command else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            b.scenario,
+            vec![Scenario::Enqueue, Scenario::E2e, Scenario::Latency]
+        );
+        assert_eq!(b.duration, Duration::from_secs(2));
+        assert_eq!(b.tasks, Some(20_000));
+        assert!(b.spawn);
+    }
+
+    #[test]
+    fn parses_enqueue_with_negative_priority() {
+        let cli = Cli::try_parse_from([
+            "weir",
+            "enqueue",
+            "emails",
+            "--priority",
+            "-3",
+            "--delay",
+            "10s",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Enqueue(e) = cli.command else {
+            panic!("not enqueue")
+        };
+        assert_eq!(e.priority, Some(-3));
+        assert_eq!(e.delay, Some(Duration::from_secs(10)));
+        assert!(e.client.json);
+    }
+}

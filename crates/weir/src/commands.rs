@@ -1,0 +1,282 @@
+//! The client commands: `weir enqueue`, `weir task get|wait|cancel` and
+//! `weir queues`. Concise text by default, one JSON document with `--json`.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use weir_client::{Client, EnqueueOptions, QueueInfo, Task, TaskState};
+
+use crate::cli::{ClientArgs, EnqueueArgs, TaskCommand};
+use crate::duration::as_ms;
+
+/// Longest single long-poll `task wait` asks the server for (its `wait_ms` limit).
+const WAIT_CALL_MS_MAX: u64 = 60_000;
+
+/// `task wait` exit codes.
+const EXIT_DEAD_OR_CANCELED: u8 = 1;
+const EXIT_NOT_TERMINAL: u8 = 3;
+
+/// Builds a client from the shared flags.
+pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+    let mut client = Client::new(&args.server).context("building the HTTP client")?;
+    if let Some(token) = &args.token {
+        client = client.with_token(token);
+    }
+    Ok(client)
+}
+
+pub async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let payload = match &args.payload {
+        None => json!({}),
+        Some(text) => parse_payload(text)?,
+    };
+    let mut task = EnqueueOptions::new(payload);
+    task.kind = args.kind;
+    task.priority = args.priority;
+    task.delay_ms = args.delay.map(as_ms);
+    task.max_attempts = args.max_attempts;
+    task.timeout_ms = args.timeout.map(as_ms);
+    task.idempotency_key = args.idempotency_key;
+    let client = client(&args.client)?;
+    let done = client
+        .enqueue(&args.queue, &task)
+        .await
+        .with_context(|| format!("enqueueing into {}", args.queue))?;
+    if args.client.json {
+        print_json(&done)?;
+    } else if done.created {
+        println!("{} {}", done.id, done.state);
+    } else {
+        println!("{} {} (existing task)", done.id, done.state);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--payload` text: inline JSON, `@path`, or `@-` for stdin.
+fn parse_payload(text: &str) -> anyhow::Result<Value> {
+    let (source, body) = match text.strip_prefix('@') {
+        Some("-") => {
+            let mut body = String::new();
+            std::io::stdin()
+                .read_to_string(&mut body)
+                .context("reading the payload from stdin")?;
+            ("stdin".to_owned(), body)
+        }
+        Some(path) => (
+            path.to_owned(),
+            std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        ),
+        None => ("--payload".to_owned(), text.to_owned()),
+    };
+    serde_json::from_str(&body).with_context(|| format!("{source} is not valid JSON"))
+}
+
+pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TaskCommand::Get { id, client: args } => {
+            let task = client(&args)?
+                .get(&id)
+                .await
+                .with_context(|| format!("getting task {id}"))?;
+            print_task(&task, args.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Wait {
+            id,
+            timeout,
+            client: args,
+        } => {
+            let c = client(&args)?;
+            let deadline = Instant::now() + timeout;
+            let task = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let wait_ms = as_ms(left).min(WAIT_CALL_MS_MAX);
+                let called = Instant::now();
+                let task = c
+                    .wait(&id, wait_ms)
+                    .await
+                    .with_context(|| format!("waiting for task {id}"))?;
+                if task.state.is_terminal() || left.is_zero() {
+                    break task;
+                }
+                // A server that answers a long-poll early (a shorter wait limit
+                // than ours) must not turn this loop into a busy poll.
+                if called.elapsed() < Duration::from_millis(wait_ms / 2) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+                }
+            };
+            print_task(&task, args.json)?;
+            Ok(match task.state {
+                TaskState::Completed => ExitCode::SUCCESS,
+                TaskState::Dead | TaskState::Canceled => ExitCode::from(EXIT_DEAD_OR_CANCELED),
+                _ => ExitCode::from(EXIT_NOT_TERMINAL),
+            })
+        }
+        TaskCommand::Cancel { id, client: args } => {
+            let task = match client(&args)?.cancel(&id).await {
+                Ok(task) => task,
+                Err(weir_client::Error::Conflict { detail }) => {
+                    bail!("task {id} cannot be canceled: {detail}")
+                }
+                Err(e) => return Err(e).with_context(|| format!("canceling task {id}")),
+            };
+            if args.json {
+                print_json(&task)?;
+            } else if task.cancel_requested && !task.state.is_terminal() {
+                println!("{} {} (cancel requested)", task.id, task.state);
+            } else {
+                println!("{} {}", task.id, task.state);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn queues(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let queues = client(&args)?.queues().await.context("listing queues")?;
+    if args.json {
+        print_json(&json!({ "queues": queues }))?;
+    } else {
+        print!("{}", queue_table(&queues));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Queues as an aligned text table, names left, counts right.
+fn queue_table(queues: &[QueueInfo]) -> String {
+    const HEADER: [&str; 7] = [
+        "QUEUE",
+        "SCHEDULED",
+        "PENDING",
+        "ACTIVE",
+        "COMPLETED",
+        "DEAD",
+        "CANCELED",
+    ];
+    let rows: Vec<[String; 7]> = queues
+        .iter()
+        .map(|q| {
+            let c = q.counts;
+            [
+                q.name.clone(),
+                c.scheduled.to_string(),
+                c.pending.to_string(),
+                c.active.to_string(),
+                c.completed.to_string(),
+                c.dead.to_string(),
+                c.canceled.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADER.map(str::to_owned);
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = format!("{:<w$}", row[0], w = widths[0]);
+        for (cell, w) in row[1..].iter().zip(&widths[1..]) {
+            line.push_str(&format!("  {cell:>w$}"));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn print_task(task: &Task, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return print_json(task);
+    }
+    println!("id:          {}", task.id);
+    println!("queue:       {}", task.queue);
+    println!("kind:        {}", task.kind);
+    let cancel = if task.cancel_requested {
+        " (cancel requested)"
+    } else {
+        ""
+    };
+    println!("state:       {}{cancel}", task.state);
+    println!("attempt:     {}/{}", task.attempt, task.max_attempts);
+    let times = [
+        ("created_at", &task.created_at),
+        ("run_at", &task.run_at),
+        ("started_at", &task.started_at),
+        ("finished_at", &task.finished_at),
+        ("deadline", &task.deadline),
+        ("lease_until", &task.lease_expires_at),
+    ];
+    for (name, value) in times {
+        if let Some(v) = value {
+            println!("{:<13}{v}", format!("{name}:"));
+        }
+    }
+    println!("payload:     {}", task.payload);
+    if let Some(result) = &task.result {
+        println!("result:      {result}");
+    }
+    if let Some(error) = &task.last_error {
+        println!("last_error:  {error}");
+    }
+    Ok(())
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value).context("encoding JSON")?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_client::Counts;
+
+    #[test]
+    fn payload_inline_and_file() {
+        assert_eq!(parse_payload(r#"{"a":1}"#).unwrap(), json!({"a": 1}));
+        assert!(parse_payload("{nope").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, "[1,2]").unwrap();
+        assert_eq!(
+            parse_payload(&format!("@{}", path.display())).unwrap(),
+            json!([1, 2])
+        );
+        assert!(parse_payload("@/nonexistent/weir/payload").is_err());
+    }
+
+    #[test]
+    fn table_aligns() {
+        let queues = vec![
+            QueueInfo {
+                name: "emails".into(),
+                counts: Counts {
+                    pending: 12345,
+                    ..Counts::default()
+                },
+                config: None,
+            },
+            QueueInfo {
+                name: "q".into(),
+                counts: Counts {
+                    dead: 3,
+                    ..Counts::default()
+                },
+                config: None,
+            },
+        ];
+        let expected = "\
+QUEUE   SCHEDULED  PENDING  ACTIVE  COMPLETED  DEAD  CANCELED
+emails          0    12345       0          0     0         0
+q               0        0       0          0     3         0
+";
+        assert_eq!(queue_table(&queues), expected);
+    }
+}

@@ -1,0 +1,89 @@
+//! Parsing of the CLI's durations: a bare number is milliseconds; `ms`, `s`, `m`
+//! and `h` suffixes name the unit (`500ms`, `1.5s`, `5m`).
+
+use std::time::Duration;
+
+/// Longest duration any flag accepts (a year); bounds the arithmetic below.
+const DURATION_MS_MAX: f64 = 366.0 * 24.0 * 3600.0 * 1000.0;
+
+/// Parses `500`, `500ms`, `10s`, `1.5s`, `5m` or `2h`. Used as a clap value parser.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.is_empty() {
+        return Err(format!(
+            "`{text}` is not a duration (expected e.g. 500ms, 10s, 5m)"
+        ));
+    }
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (bad number `{number}`)"))?;
+    let unit_ms = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        other => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{other}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    let ms = value * unit_ms;
+    if !ms.is_finite() || ms > DURATION_MS_MAX {
+        return Err(format!("`{text}` is too long (at most a year)"));
+    }
+    Ok(Duration::from_micros((ms * 1000.0).round() as u64))
+}
+
+/// A duration flag's value in whole milliseconds, for the wire.
+pub fn as_ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts() {
+        let cases = [
+            ("0", 0),
+            ("500", 500),
+            ("500ms", 500),
+            ("10s", 10_000),
+            ("1.5s", 1_500),
+            ("5m", 300_000),
+            ("2h", 7_200_000),
+            (" 7 s ", 7_000),
+            ("0.5ms", 0),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(
+                as_ms(parse_duration(text).unwrap()),
+                ms,
+                "{text} should be {ms} ms"
+            );
+        }
+        assert_eq!(parse_duration("0.5ms").unwrap(), Duration::from_micros(500));
+    }
+
+    #[test]
+    fn rejects() {
+        for text in [
+            "",
+            "s",
+            "-5s",
+            "10x",
+            "1.2.3s",
+            "5 minutes",
+            "9999999h",
+            "ms10",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `weir serve`: turns the flags into a validated `ServeConfig`, binds, announces
+//! the address on stdout, and runs the server until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use weir_server::ServeConfig;
+
+use crate::cli::ServeArgs;
+
+/// The line `weir serve` prints once it listens; `weir bench --spawn` and tests
+/// read it to learn the port chosen for `--listen 127.0.0.1:0`.
+pub const LISTENING_PREFIX: &str = "weir listening on http://";
+
+/// A configuration problem, reported as one line with exit code 2 before
+/// anything starts.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+/// Checks the flags and builds the server's configuration.
+pub fn config(args: &ServeArgs) -> Result<(SocketAddr, ServeConfig), ConfigError> {
+    if !args.listen.ip().is_loopback() && !args.insecure_public_bind {
+        return Err(ConfigError(format!(
+            "refusing to listen on non-loopback address {} without authentication; \
+             pass --insecure-public-bind (WEIR_INSECURE_PUBLIC_BIND=1) if you mean it",
+            args.listen
+        )));
+    }
+    let mut config = ServeConfig::new(args.data_dir.clone());
+    if let Some(v) = args.lease_grace_ms {
+        config.lease_grace_ms = v;
+    }
+    if let Some(v) = args.retention_ms {
+        config.retention_ms = v;
+    }
+    if let Some(v) = args.backoff_base_ms {
+        config.backoff.base_ms = v;
+    }
+    if let Some(v) = args.backoff_cap_ms {
+        config.backoff.cap_ms = v;
+    }
+    if config.backoff.base_ms > config.backoff.cap_ms {
+        return Err(ConfigError(format!(
+            "--backoff-base-ms ({}) must not exceed --backoff-cap-ms ({})",
+            config.backoff.base_ms, config.backoff.cap_ms
+        )));
+    }
+    if let Some(v) = args.payload_bytes_max {
+        if v == 0 || v > config.limits.request_bytes_max {
+            return Err(ConfigError(format!(
+                "--payload-bytes-max must be between 1 and {} (the request size limit)",
+                config.limits.request_bytes_max
+            )));
+        }
+        config.limits.payload_bytes_max = v;
+    }
+    Ok((args.listen, config))
+}
+
+/// Runs the server; returns after a graceful shutdown.
+pub async fn run(listen: SocketAddr, config: ServeConfig) -> anyhow::Result<()> {
+    // Install the handlers before announcing the address: a supervisor that
+    // signals us right after reading the line must get a graceful shutdown, not
+    // the default disposition.
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let shutdown = async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutting down");
+    };
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{LISTENING_PREFIX}{local}").context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "listening");
+    weir_server::serve(listener, config, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["weir", "serve"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn public_bind_needs_the_flag() {
+        assert!(config(&args(&["--listen", "0.0.0.0:7700"])).is_err());
+        assert!(config(&args(&["--listen", "[::]:7700"])).is_err());
+        assert!(config(&args(&[
+            "--listen",
+            "0.0.0.0:7700",
+            "--insecure-public-bind"
+        ]))
+        .is_ok());
+        assert!(config(&args(&["--listen", "[::1]:0"])).is_ok());
+    }
+
+    #[test]
+    fn flags_reach_the_config() {
+        let (addr, c) = config(&args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/tmp/d",
+            "--lease-grace-ms",
+            "7",
+            "--backoff-base-ms",
+            "10",
+            "--backoff-cap-ms",
+            "20",
+            "--payload-bytes-max",
+            "100",
+        ]))
+        .unwrap();
+        assert_eq!(addr.port(), 0);
+        assert_eq!(c.data_dir, std::path::PathBuf::from("/tmp/d"));
+        assert_eq!(c.lease_grace_ms, 7);
+        assert_eq!((c.backoff.base_ms, c.backoff.cap_ms), (10, 20));
+        assert_eq!(c.limits.payload_bytes_max, 100);
+    }
+
+    #[test]
+    fn bad_backoff_is_refused() {
+        assert!(config(&args(&["--backoff-base-ms", "10", "--backoff-cap-ms", "5"])).is_err());
+    }
+}
