@@ -3,6 +3,7 @@
 //! payloads and results are carried as raw JSON text, never re-parsed into values.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use weir_store::{Counts, Leased, TaskView};
@@ -148,13 +149,17 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(t.timestamp_millis()).ok()
 }
 
-/// JSON text that the store holds, as a raw value. The store only holds text that
-/// was validated JSON when it came in, so a failure here is corruption.
-fn raw(bytes: &[u8]) -> Box<RawValue> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| RawValue::from_string(s.to_owned()).ok())
-        .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"))
+/// JSON text that the store holds, written into a response as is (no parse into a
+/// `Value`, no copy). The store only holds text that was validated JSON when it came
+/// in; serde_json still checks it on the way out, so corruption fails the response
+/// instead of emitting broken JSON.
+pub struct RawJson(pub Bytes);
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_slice(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
 }
 
 #[derive(Serialize)]
@@ -167,8 +172,8 @@ pub struct TaskJson {
     pub attempt: u32,
     pub max_attempts: u32,
     pub timeout_ms: u64,
-    pub payload: Box<RawValue>,
-    pub result: Option<Box<RawValue>>,
+    pub payload: RawJson,
+    pub result: Option<RawJson>,
     pub last_error: Option<String>,
     pub created_at: String,
     pub run_at: String,
@@ -192,8 +197,8 @@ impl From<TaskView> for TaskJson {
             attempt: r.attempt,
             max_attempts: r.max_attempts,
             timeout_ms: r.timeout_ms,
-            payload: raw(&v.payload),
-            result: r.result.as_deref().map(raw),
+            payload: RawJson(v.payload),
+            result: r.result.map(|r| RawJson(Bytes::from(r))),
             last_error: r.last_error,
             created_at: rfc3339(r.created_ms),
             run_at: rfc3339(r.run_at_ms),
@@ -212,7 +217,7 @@ pub struct LeasedJson {
     pub id: String,
     pub queue: String,
     pub kind: String,
-    pub payload: Box<RawValue>,
+    pub payload: RawJson,
     pub attempt: u32,
     pub max_attempts: u32,
     pub lease_id: String,
@@ -227,7 +232,7 @@ impl From<Leased> for LeasedJson {
             id: l.record.id.to_string(),
             queue: l.record.queue,
             kind: l.record.kind,
-            payload: raw(&l.payload),
+            payload: RawJson(l.payload),
             attempt: l.record.attempt,
             max_attempts: l.record.max_attempts,
             lease_id: l.lease_id.to_string(),

@@ -11,6 +11,11 @@ mod serve;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: the server allocates many small, short-lived
+/// buffers per request, and profiles showed ~25% of server time in glibc's malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
