@@ -3,6 +3,7 @@
 //! and randomness are passed in), so every rule here is unit- and property-tested.
 
 pub mod backoff;
+pub mod group;
 pub mod id;
 pub mod limits;
 pub mod machine;
@@ -10,6 +11,7 @@ pub mod task;
 pub mod validate;
 
 pub use backoff::Backoff;
+pub use group::{GroupState, GroupTally};
 pub use id::TaskId;
 pub use limits::Limits;
 pub use task::{NewTask, TaskRecord, TaskState};

@@ -55,6 +55,7 @@ pub fn create(id: TaskId, queue: &str, task: NewTask, now_ms: u64) -> TaskRecord
         result: None,
         last_error: None,
         cancel_requested: false,
+        group: None,
     }
 }
 

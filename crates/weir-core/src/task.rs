@@ -112,6 +112,8 @@ pub struct TaskRecord {
     /// A cancel arrived while the task was active; the worker learns it on heartbeat,
     /// and the task ends `canceled` whatever the worker reports.
     pub cancel_requested: bool,
+    /// The task group it belongs to, if any.
+    pub group: Option<TaskId>,
 }
 
 impl TaskRecord {

@@ -46,6 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/release", post(release))
         .route("/v1/tasks/{id}/heartbeat", post(heartbeat))
         .route("/v1/acks", post(settle))
+        .route("/v1/groups", post(create_group))
+        .route("/v1/groups/{id}", get(get_group))
+        .route("/v1/groups/{id}/cancel", post(cancel_group))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -486,6 +489,70 @@ async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Ap
         fails,
     })
     .into_response())
+}
+
+async fn create_group(State(s): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let bytes = read_body(&headers, body, s.config.limits.request_bytes_max).await?;
+    let parsed: GroupBody = parse(&bytes)?;
+    validate::queue_name(&parsed.queue, &s.config.limits)?;
+    let max = s.config.limits.batch_tasks_max;
+    if parsed.tasks.is_empty() || parsed.tasks.len() > max {
+        return Err(ApiError::invalid(
+            "tasks",
+            format!(
+                "a group holds 1 to {max} tasks; this one has {}",
+                parsed.tasks.len()
+            ),
+        ));
+    }
+    let now = now_ms();
+    let mut tasks = Vec::with_capacity(parsed.tasks.len());
+    for (i, t) in parsed.tasks.into_iter().enumerate() {
+        if t.idempotency_key.is_some() {
+            return Err(ApiError::invalid(
+                format!("tasks[{i}].idempotency_key"),
+                "tasks of a group cannot carry idempotency keys",
+            ));
+        }
+        tasks.push(new_task(
+            &bytes,
+            t,
+            &format!("tasks[{i}]."),
+            &s.config,
+            now,
+        )?);
+    }
+    let created = s
+        .broker
+        .create_group(&parsed.queue, tasks, parsed.fail_fast)
+        .await?;
+    let body = GroupCreatedResponse {
+        id: created.id.to_string(),
+        task_ids: created.task_ids.iter().map(|t| t.to_string()).collect(),
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn get_group(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let Query(q) = query.map_err(|e| ApiError::invalid("wait_ms", e.body_text()))?;
+    let wait = wait("wait_ms", q.wait_ms, &s.config)?;
+    let view = s
+        .broker
+        .group(id, wait)
+        .await?
+        .ok_or(StoreError::GroupNotFound)?;
+    Ok(Json(GroupJson::from(view)).into_response())
+}
+
+async fn cancel_group(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id = task_id(&id)?;
+    let view = s.broker.cancel_group(id).await?;
+    Ok(Json(GroupJson::from(view)).into_response())
 }
 
 async fn list_queues(State(s): State<AppState>) -> ApiResult {

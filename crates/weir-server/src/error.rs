@@ -115,6 +115,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::NotFound => ApiError::not_found("no task with this id"),
+            StoreError::GroupNotFound => ApiError::not_found("no group with this id"),
+            StoreError::GroupTerminal(state) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict",
+                format!("the group is already {}", state.as_str()),
+            ),
             StoreError::StaleLease => ApiError::new(
                 StatusCode::CONFLICT,
                 "stale-lease",

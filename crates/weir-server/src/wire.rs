@@ -2,11 +2,11 @@
 //! format stays stable while the core changes. Requests reject unknown fields;
 //! payloads and results are carried as raw JSON text, never re-parsed into values.
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use weir_store::{Counts, Leased, TaskView};
+use weir_store::{Counts, GroupView, Leased, TaskView};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -281,4 +281,74 @@ pub struct QueueJson {
 #[derive(Serialize)]
 pub struct QueuesResponse {
     pub queues: Vec<QueueJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupBody<'a> {
+    pub queue: String,
+    #[serde(borrow)]
+    pub tasks: Vec<EnqueueBody<'a>>,
+    #[serde(default)]
+    pub fail_fast: bool,
+}
+
+#[derive(Serialize)]
+pub struct GroupCreatedResponse {
+    pub id: String,
+    pub task_ids: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct GroupTaskJson {
+    pub id: String,
+    pub state: &'static str,
+    pub attempt: u32,
+    pub result: Option<RawJson>,
+    pub last_error: Option<String>,
+    pub cancel_requested: bool,
+}
+
+#[derive(Serialize)]
+pub struct GroupJson {
+    pub id: String,
+    pub queue: String,
+    pub state: &'static str,
+    pub fail_fast: bool,
+    pub counts: CountsJson,
+    pub total: usize,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub tasks: Vec<GroupTaskJson>,
+}
+
+impl From<GroupView> for GroupJson {
+    fn from(g: GroupView) -> GroupJson {
+        let mut counts = Counts::default();
+        for t in &g.tasks {
+            counts.0[t.state.index()] += 1;
+        }
+        GroupJson {
+            id: g.id.to_string(),
+            queue: g.queue,
+            state: g.state.as_str(),
+            fail_fast: g.fail_fast,
+            counts: counts.into(),
+            total: g.tasks.len(),
+            created_at: rfc3339(g.created_ms),
+            finished_at: g.finished_ms.map(rfc3339),
+            tasks: g
+                .tasks
+                .into_iter()
+                .map(|t| GroupTaskJson {
+                    id: t.id.to_string(),
+                    state: t.state.as_str(),
+                    attempt: t.attempt,
+                    result: t.result.map(|r| RawJson(Bytes::from(r))),
+                    last_error: t.last_error,
+                    cancel_requested: t.cancel_requested,
+                })
+                .collect(),
+        }
+    }
 }

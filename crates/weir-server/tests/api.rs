@@ -683,3 +683,101 @@ async fn shutdown_answers_open_long_polls_at_once() {
     let _ = waiter.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[tokio::test]
+async fn groups_fail_fast_and_cancel() {
+    let s = Server::start().await;
+    let (st, v) = s
+        .post("/v1/groups", json!({"queue": "grp", "fail_fast": true, "tasks": [{"payload": 1}, {"payload": 2}, {"payload": 3}]}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let gid = v["id"].as_str().unwrap().to_owned();
+    let ids: Vec<String> = v["task_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let (_, v) = s.get(&format!("/v1/groups/{gid}")).await;
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["counts"]["pending"], 3);
+    // One member runs, one fails for good: the group fails and the rest are canceled.
+    let leased = s.lease("grp", json!({"max": 2})).await;
+    let (st, _) = s
+        .post(
+            &format!("/v1/tasks/{}/fail", leased[0]["id"].as_str().unwrap()),
+            json!({"lease_id": leased[0]["lease_id"], "error": "no", "retry": false}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, v) = s.get(&format!("/v1/groups/{gid}?wait_ms=10000")).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["counts"]["dead"], 1);
+    assert_eq!(v["counts"]["canceled"], 1);
+    assert_eq!(v["counts"]["active"], 1);
+    let tasks = v["tasks"].as_array().unwrap();
+    assert_eq!(
+        tasks
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    let (st, v) = s.post(&format!("/v1/groups/{gid}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+
+    // Cancel a running group.
+    let (_, v) = s
+        .post(
+            "/v1/groups",
+            json!({"queue": "grp2", "tasks": [{"payload": 1}, {"payload": 2}]}),
+        )
+        .await;
+    let gid2 = v["id"].as_str().unwrap().to_owned();
+    let (st, v) = s
+        .post(&format!("/v1/groups/{gid2}/cancel"), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["state"], "canceled");
+    assert_eq!(v["counts"]["canceled"], 2);
+    // Errors: unknown group, bad bodies.
+    let (st, v) = s.get("/v1/groups/01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    problem(&v, "not-found");
+    let (st, v) = s
+        .post("/v1/groups", json!({"queue": "grp", "tasks": []}))
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("tasks"))
+    );
+    let (st, v) = s
+        .post(
+            "/v1/groups",
+            json!({"queue": "bad name", "tasks": [{"payload": 1}]}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("queue"))
+    );
+    let (st, v) = s
+        .post(
+            "/v1/groups",
+            json!({"queue": "grp", "tasks": [{"payload": 1, "idempotency_key": "k"}]}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("tasks[0].idempotency_key"))
+    );
+    let (st, _) = s
+        .post(
+            "/v1/groups",
+            json!({"queue": "grp", "tasks": [{"payload": 1}], "failfast": true}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    s.stop().await;
+}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_core::{NewTask, TaskId, TaskState};
+use weir_core::{GroupState, NewTask, TaskId, TaskState};
 
 use crate::{Broker, EnqueueTask, Settle, StoreError};
 
@@ -451,6 +451,207 @@ pub async fn bad_queue_name_changes_nothing(b: &dyn Broker) {
         .all(|q| q.name != "bad name"));
 }
 
+fn group_items(n: usize) -> Vec<EnqueueTask> {
+    (0..n).map(|i| item(task("g"), &i.to_string())).collect()
+}
+
+pub async fn group_completes_with_results_in_order(b: &dyn Broker) {
+    let g = b.create_group("g1", group_items(3), true).await.unwrap();
+    assert_eq!(g.task_ids.len(), 3);
+    let v = b.group(g.id, Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(v.state, GroupState::Running);
+    assert!(v.tasks.iter().all(|t| t.group == Some(g.id)));
+    let ls = b.lease("g1", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(ls.len(), 3);
+    // Ack in reverse order: the group still lists members in the order given.
+    let acks = ls
+        .iter()
+        .rev()
+        .map(|l| Settle::Ack {
+            id: l.record.id,
+            lease_id: l.lease_id,
+            result: Some(l.payload.clone()),
+        })
+        .collect();
+    b.settle(acks).await.unwrap();
+    let v = b.group(g.id, WAIT).await.unwrap().unwrap();
+    assert_eq!(v.state, GroupState::Completed);
+    assert!(v.finished_ms.is_some());
+    let ids: Vec<TaskId> = v.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, g.task_ids);
+    let results: Vec<&[u8]> = v
+        .tasks
+        .iter()
+        .map(|t| t.result.as_deref().unwrap())
+        .collect();
+    assert_eq!(results, vec![&b"0"[..], b"1", b"2"]);
+}
+
+pub async fn group_fail_fast_cancels_the_rest(b: &dyn Broker) {
+    let g = b.create_group("g2", group_items(4), true).await.unwrap();
+    // Two members run; two stay queued.
+    let ls = b.lease("g2", 2, Duration::ZERO).await.unwrap();
+    assert_eq!(ls.len(), 2);
+    let (doomed, running) = (&ls[0], &ls[1]);
+    let out = b
+        .settle(vec![Settle::Fail {
+            id: doomed.record.id,
+            lease_id: doomed.lease_id,
+            error: "fatal".into(),
+            retry: false,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Dead);
+    let v = b.group(g.id, WAIT).await.unwrap().unwrap();
+    assert_eq!(v.state, GroupState::Failed);
+    for t in &v.tasks {
+        let expect = if t.id == doomed.record.id {
+            TaskState::Dead
+        } else if t.id == running.record.id {
+            TaskState::Active
+        } else {
+            TaskState::Canceled
+        };
+        assert_eq!(t.state, expect, "{}", t.id);
+    }
+    // The running member learns of it on its heartbeat, and ends canceled whatever
+    // its worker reports.
+    assert!(
+        b.heartbeat(running.record.id, running.lease_id)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    let out = b
+        .settle(vec![Settle::Ack {
+            id: running.record.id,
+            lease_id: running.lease_id,
+            result: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Canceled);
+    assert!(b.lease("g2", 10, Duration::ZERO).await.unwrap().is_empty());
+    let v = b.group(g.id, Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(v.state, GroupState::Failed);
+    assert!(v.finished_ms.is_some());
+}
+
+pub async fn group_without_fail_fast_runs_everything(b: &dyn Broker) {
+    let g = b.create_group("g3", group_items(3), false).await.unwrap();
+    let ls = b.lease("g3", 3, Duration::ZERO).await.unwrap();
+    b.settle(vec![Settle::Fail {
+        id: ls[0].record.id,
+        lease_id: ls[0].lease_id,
+        error: "bad".into(),
+        retry: false,
+    }])
+    .await
+    .unwrap();
+    let v = b.group(g.id, Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(v.state, GroupState::Running);
+    b.settle(
+        ls[1..]
+            .iter()
+            .map(|l| Settle::Ack {
+                id: l.record.id,
+                lease_id: l.lease_id,
+                result: None,
+            })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let v = b.group(g.id, WAIT).await.unwrap().unwrap();
+    assert_eq!(v.state, GroupState::Failed);
+    let states: Vec<TaskState> = v.tasks.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states
+            .iter()
+            .filter(|s| **s == TaskState::Completed)
+            .count(),
+        2
+    );
+    assert_eq!(states.iter().filter(|s| **s == TaskState::Dead).count(), 1);
+}
+
+pub async fn group_cancel_cancels_members(b: &dyn Broker) {
+    let g = b.create_group("g4", group_items(3), false).await.unwrap();
+    let l = b.lease("g4", 1, Duration::ZERO).await.unwrap().remove(0);
+    let v = b.cancel_group(g.id).await.unwrap();
+    assert_eq!(v.state, GroupState::Canceled);
+    let active: Vec<_> = v
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Active)
+        .collect();
+    assert_eq!(active.len(), 1);
+    assert!(active[0].cancel_requested);
+    assert_eq!(
+        v.tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Canceled)
+            .count(),
+        2
+    );
+    assert!(matches!(
+        b.cancel_group(g.id).await,
+        Err(StoreError::GroupTerminal(GroupState::Canceled))
+    ));
+    b.settle(vec![Settle::Fail {
+        id: l.record.id,
+        lease_id: l.lease_id,
+        error: "stopped".into(),
+        retry: true,
+    }])
+    .await
+    .unwrap();
+    let v = b.group(g.id, Duration::ZERO).await.unwrap().unwrap();
+    assert!(v.tasks.iter().all(|t| t.state == TaskState::Canceled));
+    assert!(v.finished_ms.is_some());
+    assert!(b
+        .group(TaskId::new(1, 1), Duration::ZERO)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        b.cancel_group(TaskId::new(1, 1)).await,
+        Err(StoreError::GroupNotFound)
+    ));
+}
+
+pub async fn group_member_retried_after_fail_fast_is_canceled(b: &dyn Broker) {
+    // A member whose failure is retried, in a group that fails meanwhile, must not run again.
+    let g = b.create_group("g5", group_items(2), true).await.unwrap();
+    let ls = b.lease("g5", 2, Duration::ZERO).await.unwrap();
+    b.settle(vec![
+        Settle::Fail {
+            id: ls[0].record.id,
+            lease_id: ls[0].lease_id,
+            error: "fatal".into(),
+            retry: false,
+        },
+        Settle::Fail {
+            id: ls[1].record.id,
+            lease_id: ls[1].lease_id,
+            error: "flaky".into(),
+            retry: true,
+        },
+    ])
+    .await
+    .unwrap();
+    let v = b.group(g.id, WAIT).await.unwrap().unwrap();
+    assert_eq!(v.state, GroupState::Failed);
+    assert!(b
+        .lease("g5", 10, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty());
+    let v = b.wait(ls[1].record.id, WAIT).await.unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Canceled);
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh broker (`B: Broker + Clone`) for each test.
 #[macro_export]
@@ -462,7 +663,9 @@ macro_rules! conformance_tests {
             lease_expiry_requeues_then_dies, release_does_not_count, cancel_queued_and_active,
             idempotency_key_dedupes, delayed_task_waits_for_run_at,
             deadline_passed_is_dead_not_started, batch_settle_reports_each,
-            bad_queue_name_changes_nothing);
+            bad_queue_name_changes_nothing, group_completes_with_results_in_order,
+            group_fail_fast_cancels_the_rest, group_without_fail_fast_runs_everything,
+            group_cancel_cancels_members, group_member_retried_after_fail_fast_is_canceled);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn long_poll_lease_wakes_on_enqueue() {
             let b = $make.await;

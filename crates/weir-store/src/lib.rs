@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_core::machine::TransitionError;
 use weir_core::validate::InvalidInput;
-use weir_core::{NewTask, TaskId, TaskRecord, TaskState};
+use weir_core::{GroupState, NewTask, TaskId, TaskRecord, TaskState};
 
 pub use clock::{Clock, SystemClock};
 pub use embedded::{EmbeddedBroker, EmbeddedConfig};
@@ -113,11 +113,35 @@ pub struct QueueInfo {
     pub counts: Counts,
 }
 
+/// A task group as a reader sees it: its state and every member (without payloads).
+#[derive(Clone, Debug)]
+pub struct GroupView {
+    pub id: TaskId,
+    pub queue: String,
+    pub fail_fast: bool,
+    pub state: GroupState,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Members in the order they were given, as a `get` would show them.
+    pub tasks: Vec<TaskRecord>,
+}
+
+/// The answer to a group creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupCreated {
+    pub id: TaskId,
+    pub task_ids: Vec<TaskId>,
+}
+
 /// Why a broker call failed. User errors map to 4xx; `Internal` to a generic 500.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("task not found")]
     NotFound,
+    #[error("group not found")]
+    GroupNotFound,
+    #[error("group is already {}", .0.as_str())]
+    GroupTerminal(GroupState),
     #[error("the lease is stale or unknown")]
     StaleLease,
     #[error(transparent)]
@@ -168,6 +192,18 @@ pub trait Broker: Send + Sync + 'static {
     async fn release(&self, id: TaskId, lease_id: LeaseId) -> Result<TaskState, StoreError>;
     /// Extends a lease by the task's timeout plus grace.
     async fn heartbeat(&self, id: TaskId, lease_id: LeaseId) -> Result<Heartbeat, StoreError>;
+    /// Enqueues `tasks` as one group, all durable or none. With `fail_fast`, the first
+    /// member to end dead fails the group and cancels the others.
+    async fn create_group(
+        &self,
+        queue: &str,
+        tasks: Vec<EnqueueTask>,
+        fail_fast: bool,
+    ) -> Result<GroupCreated, StoreError>;
+    /// The group's view, waiting up to `wait` for it to become terminal; `None` if unknown.
+    async fn group(&self, id: TaskId, wait: Duration) -> Result<Option<GroupView>, StoreError>;
+    /// Cancels every non-terminal member and marks the group canceled.
+    async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError>;
     /// Every known queue with its counts.
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
     /// Whether the store can take writes (false after a failed commit or shutdown).

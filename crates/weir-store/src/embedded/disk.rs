@@ -21,6 +21,34 @@ pub const KS_TERMINAL: &str = "terminal";
 pub const KS_EXPIRY: &str = "expiry";
 /// `idem`: queue 0x00 idempotency_key → id.
 pub const KS_IDEM: &str = "idem";
+/// `groups`: group id (16) → `GroupRecord`.
+pub const KS_GROUPS: &str = "groups";
+/// `group_expiry`: expires_at_ms(8, BE) group id(16) → empty; retention removes the group.
+pub const KS_GROUP_EXPIRY: &str = "group_expiry";
+
+/// A task group as stored.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub queue: String,
+    pub fail_fast: bool,
+    /// Member task ids, in the order they were given.
+    pub members: Vec<u128>,
+    /// `GroupState` index.
+    pub state: u8,
+    pub canceled_by_request: bool,
+    pub created_ms: u64,
+    /// Set when every member is terminal.
+    pub finished_ms: Option<u64>,
+    pub retention_ms: u64,
+}
+
+pub fn encode_group(g: &GroupRecord) -> Vec<u8> {
+    encode(g)
+}
+
+pub fn decode_group(bytes: &[u8]) -> Result<GroupRecord, Corrupt> {
+    decode("group", bytes)
+}
 
 #[derive(Serialize, Deserialize)]
 struct DiskRecord {
@@ -41,6 +69,7 @@ struct DiskRecord {
     result: Option<Vec<u8>>,
     last_error: Option<String>,
     cancel_requested: bool,
+    group: Option<u128>,
 }
 
 /// What dispatch needs to know of a non-terminal task (tens of bytes).
@@ -108,6 +137,7 @@ pub fn encode_record(r: &TaskRecord) -> Vec<u8> {
         result: r.result.clone(),
         last_error: r.last_error.clone(),
         cancel_requested: r.cancel_requested,
+        group: r.group.map(|g| g.0),
     })
 }
 
@@ -136,6 +166,7 @@ pub fn decode_record(id: TaskId, bytes: &[u8]) -> Result<TaskRecord, Corrupt> {
         result: d.result,
         last_error: d.last_error,
         cancel_requested: d.cancel_requested,
+        group: d.group.map(TaskId),
     })
 }
 

@@ -8,6 +8,7 @@
 //! a crash active tasks come back pending without losing an attempt.
 
 mod disk;
+mod groups;
 mod state;
 mod writer;
 
@@ -27,8 +28,8 @@ use weir_core::{Backoff, Limits, TaskId, TaskRecord, TaskState};
 
 use crate::clock::{Clock, SystemClock};
 use crate::{
-    Broker, EnqueueTask, Enqueued, Heartbeat, LeaseId, Leased, QueueInfo, Settle, StoreError,
-    TaskView,
+    Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, QueueInfo,
+    Settle, StoreError, TaskView,
 };
 use disk::ReadyEntry;
 use state::{Lease, State};
@@ -80,6 +81,8 @@ pub(crate) struct Disk {
     pub terminal: Keyspace,
     pub expiry: Keyspace,
     pub idem: Keyspace,
+    pub groups: Keyspace,
+    pub group_expiry: Keyspace,
 }
 
 impl Disk {
@@ -102,6 +105,8 @@ impl Disk {
             terminal: ks(disk::KS_TERMINAL)?,
             expiry: ks(disk::KS_EXPIRY)?,
             idem: ks(disk::KS_IDEM)?,
+            groups: ks(disk::KS_GROUPS)?,
+            group_expiry: ks(disk::KS_GROUP_EXPIRY)?,
             db,
         })
     }
@@ -196,6 +201,22 @@ impl EmbeddedBroker {
             last_id: Mutex::new(0),
         });
         finish_canceled(&shared, to_cancel, now)?;
+        {
+            // Groups after the canceled tasks are final, so their tallies see them.
+            let mut st = shared.lock();
+            let finished = groups::recover(&shared.disk, &mut st)?;
+            if !finished.is_empty() {
+                let mut batch = shared.disk.db.batch();
+                groups::finish_recovered(&shared.disk, &mut st, &mut batch, finished, now);
+                drop(st);
+                batch.commit().map_err(|e| internal("commit", e))?;
+                shared
+                    .disk
+                    .db
+                    .persist(fjall::PersistMode::SyncAll)
+                    .map_err(|e| internal("fsync", e))?;
+            }
+        }
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_OPS_MAX);
         let handle = writer::spawn(shared.clone(), rx)?;
         Ok(EmbeddedBroker {
@@ -232,7 +253,16 @@ impl EmbeddedBroker {
 
 /// Applies what only memory knows (an active lease, a due promotion) to a record read
 /// from disk.
-fn overlay(st: &State, mut record: TaskRecord, payload: Bytes, now_ms: u64) -> TaskView {
+fn overlay(st: &State, record: TaskRecord, payload: Bytes, now_ms: u64) -> TaskView {
+    let (record, lease_expires_ms) = overlay_record(st, record, now_ms);
+    TaskView {
+        record,
+        payload,
+        lease_expires_ms,
+    }
+}
+
+fn overlay_record(st: &State, mut record: TaskRecord, now_ms: u64) -> (TaskRecord, Option<u64>) {
     let mut lease_expires_ms = None;
     if !record.state.is_terminal() {
         if let Some(lease) = st.leases.get(&record.id.0) {
@@ -246,11 +276,7 @@ fn overlay(st: &State, mut record: TaskRecord, payload: Bytes, now_ms: u64) -> T
             record.state = TaskState::Pending;
         }
     }
-    TaskView {
-        record,
-        payload,
-        lease_expires_ms,
-    }
+    (record, lease_expires_ms)
 }
 
 /// Rebuilds the dispatch indexes and counts from the `ready` and `terminal`
@@ -368,17 +394,7 @@ impl Broker for EmbeddedBroker {
         } else {
             drop(rx);
         }
-        {
-            // Drop our waiter if it did not fire, so a task that never ends does
-            // not collect dead senders.
-            let mut st = self.shared.lock();
-            if let Some(w) = st.waiters.get_mut(&id.0) {
-                w.retain(|s| !s.is_closed());
-                if w.is_empty() {
-                    st.waiters.remove(&id.0);
-                }
-            }
-        }
+        self.drop_waiter(id);
         if done {
             return first;
         }
@@ -475,6 +491,82 @@ impl Broker for EmbeddedBroker {
         })
     }
 
+    async fn create_group(
+        &self,
+        queue: &str,
+        tasks: Vec<EnqueueTask>,
+        fail_fast: bool,
+    ) -> Result<GroupCreated, StoreError> {
+        let limits = &self.shared.config.limits;
+        weir_core::validate::queue_name(queue, limits)?;
+        if tasks.is_empty() || tasks.len() > limits.batch_tasks_max {
+            return Err(weir_core::validate::InvalidInput::invalid(
+                "tasks",
+                format!("a group holds 1 to {} tasks", limits.batch_tasks_max),
+            )
+            .into());
+        }
+        if tasks.iter().any(|t| t.task.idempotency_key.is_some()) {
+            return Err(weir_core::validate::InvalidInput::invalid(
+                "idempotency_key",
+                "tasks of a group cannot carry idempotency keys",
+            )
+            .into());
+        }
+        let now = self.shared.now_ms();
+        let id = self.shared.next_id(now);
+        let retention_ms = tasks.iter().map(|t| t.task.retention_ms).max().unwrap_or(0);
+        let items = tasks
+            .into_iter()
+            .map(|t| {
+                let mut record = machine::create(self.shared.next_id(now), queue, t.task, now);
+                record.group = Some(id);
+                Prepared::new(record, t.payload)
+            })
+            .collect();
+        self.submit(|reply| Op::CreateGroup {
+            id,
+            queue: queue.to_owned(),
+            fail_fast,
+            retention_ms,
+            items,
+            reply,
+        })
+        .await
+    }
+
+    async fn group(&self, id: TaskId, wait: Duration) -> Result<Option<GroupView>, StoreError> {
+        if wait.is_zero() {
+            return self.group_view(id);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock().waiters.entry(id.0).or_default().push(tx);
+        let first = self.group_view(id);
+        let done = match &first {
+            Ok(Some(v)) => v.state.is_terminal(),
+            _ => true,
+        };
+        if !done && !self.shared.closing.is_cancelled() {
+            tokio::select! {
+                _ = rx => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shared.closing.cancelled() => {}
+            }
+        } else {
+            drop(rx);
+        }
+        self.drop_waiter(id);
+        if done {
+            return first;
+        }
+        self.group_view(id)
+    }
+
+    async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError> {
+        self.submit(|reply| Op::CancelGroup { id, reply }).await?;
+        self.group_view(id)?.ok_or(StoreError::GroupNotFound)
+    }
+
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         Ok(self.shared.lock().queue_infos())
     }
@@ -506,6 +598,59 @@ impl Broker for EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
+    /// Drops closed waiters of `id` (ours, after it fired or timed out), so a task
+    /// or group that never ends does not collect dead senders.
+    fn drop_waiter(&self, id: TaskId) {
+        let mut st = self.shared.lock();
+        if let Some(w) = st.waiters.get_mut(&id.0) {
+            w.retain(|s| !s.is_closed());
+            if w.is_empty() {
+                st.waiters.remove(&id.0);
+            }
+        }
+    }
+
+    /// A group's view: its stored record, its state from memory while open, and its
+    /// members as `get` would show them.
+    fn group_view(&self, id: TaskId) -> Result<Option<GroupView>, StoreError> {
+        let disk = &self.shared.disk;
+        let Some(v) = disk
+            .groups
+            .get(id.to_bytes())
+            .map_err(|e| internal("read group", e))?
+        else {
+            return Ok(None);
+        };
+        let record = disk::decode_group(&v).map_err(|e| internal("decode group", e))?;
+        let mut members = Vec::with_capacity(record.members.len());
+        for &m in &record.members {
+            if let Some(r) = disk.record(TaskId(m))? {
+                members.push(r);
+            }
+        }
+        let now = self.shared.now_ms();
+        let st = self.shared.lock();
+        let state = match st.groups.get(&id.0) {
+            Some(g) => g.tally.state(),
+            None => weir_core::GroupState::from_index(record.state).ok_or_else(|| {
+                StoreError::Internal(format!("group {id} has state {}", record.state))
+            })?,
+        };
+        let tasks = members
+            .into_iter()
+            .map(|r| overlay_record(&st, r, now).0)
+            .collect();
+        Ok(Some(GroupView {
+            id,
+            queue: record.queue,
+            fail_fast: record.fail_fast,
+            state,
+            created_ms: record.created_ms,
+            finished_ms: record.finished_ms,
+            tasks,
+        }))
+    }
+
     /// Takes up to `max` pending tasks of `queue` and leases them. Tasks past their
     /// deadline are handed to the writer to end dead instead.
     fn try_lease(&self, queue: &str, max: usize) -> Result<Vec<Leased>, StoreError> {
@@ -581,6 +726,14 @@ impl EmbeddedBroker {
                 debug_assert_eq!(lease.lease_id, lease_id);
                 let cancel_requested = lease.cancel_requested;
                 rec.cancel_requested |= cancel_requested;
+                if groups::closed(&st, &rec) {
+                    // Its group failed or was canceled: it must not start.
+                    st.take_lease(id);
+                    if machine::cancel(&mut rec, now).is_ok() {
+                        expired.push(rec);
+                    }
+                    continue;
+                }
                 match machine::start(&mut rec, now) {
                     Ok(Start::Started) => {
                         let expires = now.saturating_add(rec.timeout_ms).saturating_add(grace);

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
-use weir_core::{TaskRecord, TaskState};
+use weir_core::{GroupTally, TaskRecord, TaskState};
+
+use super::disk::GroupRecord;
 
 use crate::{Counts, QueueInfo};
 
@@ -45,6 +47,19 @@ pub struct Lease {
     pub cancel_requested: bool,
 }
 
+/// A group that still has open members (finished groups live on disk only).
+pub struct GroupMem {
+    /// The stored record, rewritten whenever the group's state changes.
+    pub record: GroupRecord,
+    /// Which members (by position in `record.members`) are terminal.
+    pub done: Vec<bool>,
+    pub tally: GroupTally,
+    /// The other members were already told to cancel.
+    pub cascaded: bool,
+    /// Waiters were already woken for the group's terminal state.
+    pub notified: bool,
+}
+
 /// All of the embedded store's mutable dispatch state.
 #[derive(Default)]
 pub struct State {
@@ -60,6 +75,8 @@ pub struct State {
     pub waiters: HashMap<u128, Vec<oneshot::Sender<()>>>,
     /// Next lease id to hand out (seeded at random so ids differ across restarts).
     pub next_lease_id: u64,
+    /// Groups with open members.
+    pub groups: HashMap<u128, GroupMem>,
 }
 
 impl State {

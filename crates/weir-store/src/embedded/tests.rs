@@ -203,3 +203,55 @@ async fn retention_removes_finished_tasks_and_their_keys() {
     // Its idempotency key is free again.
     assert!(b.enqueue("ret", vec![item(t, "2")]).await.unwrap()[0].created);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestStore {
+        broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
+        _dir: dir,
+    };
+    let items = |n: usize| {
+        (0..n)
+            .map(|i| item(task("g"), &i.to_string()))
+            .collect::<Vec<_>>()
+    };
+    // A running group with one member done, and a finished one.
+    let open = s.create_group("gr", items(2), true).await.unwrap();
+    let l = s.lease("gr", 1, WAIT).await.unwrap().remove(0);
+    s.settle(vec![Settle::Ack {
+        id: l.record.id,
+        lease_id: l.lease_id,
+        result: None,
+    }])
+    .await
+    .unwrap();
+    let done = s.create_group("gr2", items(1), true).await.unwrap();
+    let l = s.lease("gr2", 1, WAIT).await.unwrap().remove(0);
+    s.settle(vec![Settle::Ack {
+        id: l.record.id,
+        lease_id: l.lease_id,
+        result: None,
+    }])
+    .await
+    .unwrap();
+
+    let s = reopen(s).await;
+    let v = s.group(done.id, Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(v.state, weir_core::GroupState::Completed);
+    let v = s.group(open.id, Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(v.state, weir_core::GroupState::Running);
+    // The group still tracks its last member after the restart.
+    let l = s.lease("gr", 1, WAIT).await.unwrap().remove(0);
+    s.settle(vec![Settle::Fail {
+        id: l.record.id,
+        lease_id: l.lease_id,
+        error: "x".into(),
+        retry: false,
+    }])
+    .await
+    .unwrap();
+    let v = s.group(open.id, WAIT).await.unwrap().unwrap();
+    assert_eq!(v.state, weir_core::GroupState::Failed);
+    assert!(v.finished_ms.is_some());
+}

@@ -15,12 +15,13 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Notify};
 use weir_core::machine;
-use weir_core::{TaskId, TaskRecord, TaskState};
+use weir_core::{GroupTally, TaskId, TaskRecord, TaskState};
 
+use super::groups::{self, GroupEvent};
 use super::state::{QueueIdx, State};
 use super::{disk, internal, ready_entry, Disk, Shared};
 use super::{RETENTION_PURGE_BATCH_MAX, WRITER_OPS_PER_COMMIT_MAX, WRITER_TICK_MS_MAX};
-use crate::{Enqueued, LeaseId, Settle, StoreError};
+use crate::{Enqueued, GroupCreated, LeaseId, Settle, StoreError};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -44,10 +45,28 @@ pub(crate) enum Op {
         lease_id: LeaseId,
         reply: Reply<TaskState>,
     },
-    /// Tasks the lease path found past their deadline: end them dead.
-    Finalize { records: Vec<TaskRecord> },
+    /// Tasks the lease path found past their deadline (dead) or in a closed group
+    /// (canceled): make that durable.
+    Finalize {
+        records: Vec<TaskRecord>,
+    },
+    /// Enqueue `items` as the group `id`.
+    CreateGroup {
+        id: TaskId,
+        queue: String,
+        fail_fast: bool,
+        retention_ms: u64,
+        items: Vec<Prepared>,
+        reply: Reply<GroupCreated>,
+    },
+    CancelGroup {
+        id: TaskId,
+        reply: Reply<()>,
+    },
     /// Drain, persist and exit.
-    Stop { reply: oneshot::Sender<()> },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A new task, encoded by the caller.
@@ -85,7 +104,11 @@ type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// Effects that wait for the commit: answers, and memory changes that must not be
 /// seen before the data is durable.
 #[derive(Default)]
-struct After {
+pub(crate) struct After {
+    /// Group members that became terminal, for `groups::process`.
+    pub group_events: Vec<GroupEvent>,
+    /// Groups whose waiters to wake.
+    pub fire: Vec<u128>,
     /// Tasks to make dispatchable: (queue, id, priority, run_at).
     queued: Vec<(QueueIdx, u128, i32, u64)>,
     /// Tasks that became terminal: (queue, state, id).
@@ -169,6 +192,11 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     } else {
         Vec::new()
     };
+    let purge_groups = if purge {
+        due_group_expiries(disk, now)
+    } else {
+        Vec::new()
+    };
 
     {
         let mut st = shared.lock();
@@ -231,13 +259,84 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     for rec in records {
                         debug_assert!(rec.state.is_terminal());
                         let q = st.intern(&rec.queue);
-                        write_terminal(disk, &mut batch, &rec);
-                        after.terminal.push((q, rec.state, rec.id.0));
+                        finish(disk, &mut batch, &mut after, q, &rec);
                     }
+                }
+                Op::CreateGroup {
+                    id,
+                    queue,
+                    fail_fast,
+                    retention_ms,
+                    items,
+                    reply,
+                } => {
+                    let members: Vec<u128> = items.iter().map(|p| p.record.id.0).collect();
+                    let existing = vec![None; items.len()];
+                    let res = plan_enqueue(
+                        shared,
+                        &mut st,
+                        &mut batch,
+                        &mut after,
+                        &mut round_idem,
+                        &mut added,
+                        &queue,
+                        items,
+                        existing,
+                        now,
+                    );
+                    let res = res.map(|_| {
+                        let record = disk::GroupRecord {
+                            queue,
+                            fail_fast,
+                            state: weir_core::GroupState::Running.index(),
+                            canceled_by_request: false,
+                            created_ms: now,
+                            finished_ms: None,
+                            retention_ms,
+                            members: members.clone(),
+                        };
+                        batch.insert(
+                            &disk.groups,
+                            id.to_bytes().to_vec(),
+                            disk::encode_group(&record),
+                        );
+                        let tally = GroupTally {
+                            total: members.len() as u32,
+                            fail_fast,
+                            ..GroupTally::default()
+                        };
+                        let done = vec![false; members.len()];
+                        st.groups.insert(id.0, groups::open(record, done, tally));
+                        GroupCreated {
+                            id,
+                            task_ids: members.into_iter().map(TaskId).collect(),
+                        }
+                    });
+                    after.reply(reply, res);
+                }
+                Op::CancelGroup { id, reply } => {
+                    let res = match groups::cancel(disk, &mut st, &mut batch, &mut after, id.0, now)
+                    {
+                        Ok(()) => Ok(()),
+                        Err(Some(state)) => Err(StoreError::GroupTerminal(state)),
+                        Err(None) => match disk.groups.get(id.to_bytes()) {
+                            Ok(Some(v)) => match disk::decode_group(&v) {
+                                Ok(g) => Err(StoreError::GroupTerminal(
+                                    weir_core::GroupState::from_index(g.state)
+                                        .unwrap_or(weir_core::GroupState::Canceled),
+                                )),
+                                Err(e) => Err(internal("decode group", e)),
+                            },
+                            Ok(None) => Err(StoreError::GroupNotFound),
+                            Err(e) => Err(internal("read group", e)),
+                        },
+                    };
+                    after.reply(reply, res);
                 }
                 Op::Stop { reply } => after.stop = Some(reply),
             }
         }
+        groups::process(disk, &mut st, &mut batch, &mut after, Vec::new(), now);
         for (id, entry, key) in purge_list {
             let q = st.intern(&entry.queue);
             let Some(state) = TaskState::from_index(entry.state as usize) else {
@@ -251,6 +350,10 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                 batch.remove(&disk.idem, disk::idem_key(&entry.queue, k));
             }
             after.purged.push((q, state));
+        }
+        for key in purge_groups {
+            batch.remove(&disk.groups, key[8..].to_vec());
+            batch.remove(&disk.group_expiry, key);
         }
     }
     for n in woken.drain(..) {
@@ -278,6 +381,9 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
         }
         for (q, state) in after.purged.drain(..) {
             st.count(q, Some(state), None);
+        }
+        for gid in after.fire.drain(..) {
+            st.fire_waiters(gid);
         }
     }
     woken.sort_by_key(|n| Arc::as_ptr(n) as usize);
@@ -437,16 +543,19 @@ fn plan_settle(
     let lease = st.take_lease(id.0).expect("lease checked above");
     let q = lease.queue;
     let mut rec = lease.record.expect("lease checked above");
-    let next = match item {
+    let mut next = match item {
         Settle::Ack { result, .. } => machine::complete(&mut rec, result.map(|b| b.to_vec()), now)?,
         Settle::Fail { error, retry, .. } => {
             let unit: f64 = rand::thread_rng().gen();
             machine::fail(&mut rec, error, retry, &shared.config.backoff, unit, now)?
         }
     };
+    if !next.is_terminal() && groups::closed(st, &rec) {
+        machine::cancel(&mut rec, now)?;
+        next = rec.state;
+    }
     if next.is_terminal() {
-        write_terminal(disk, batch, &rec);
-        after.terminal.push((q, next, id.0));
+        finish(disk, batch, after, q, &rec);
     } else {
         debug_assert_eq!(next, TaskState::Scheduled);
         batch.insert(
@@ -482,10 +591,13 @@ fn plan_release(
     }
     let lease = st.take_lease(id.0).expect("lease checked above");
     let mut rec = lease.record.expect("lease checked above");
-    let next = machine::release(&mut rec, now)?;
+    let mut next = machine::release(&mut rec, now)?;
+    if !next.is_terminal() && groups::closed(st, &rec) {
+        machine::cancel(&mut rec, now)?;
+        next = rec.state;
+    }
     if next.is_terminal() {
-        write_terminal(disk, batch, &rec);
-        after.terminal.push((lease.queue, next, id.0));
+        finish(disk, batch, after, lease.queue, &rec);
     } else {
         // The disk record was never told of this attempt, so it needs no write.
         after
@@ -542,8 +654,7 @@ fn plan_cancel(
     }
     match machine::cancel(&mut rec, now) {
         Ok(machine::Cancel::Canceled) => {
-            write_terminal(disk, batch, &rec);
-            after.terminal.push((q, TaskState::Canceled, id.0));
+            finish(disk, batch, after, q, &rec);
             Some(Ok(rec))
         }
         Ok(machine::Cancel::Requested) => unreachable!("a queued task is not active"),
@@ -564,10 +675,13 @@ fn expire_leases(
         }
         let lease = st.take_lease(id).expect("every deadline has its lease");
         let mut rec = lease.record.expect("only filled leases have deadlines");
-        match machine::lease_expired(&mut rec, now) {
+        let mut res = machine::lease_expired(&mut rec, now);
+        if res.is_ok_and(|n| !n.is_terminal()) && groups::closed(st, &rec) {
+            res = machine::cancel(&mut rec, now).map(|_| rec.state);
+        }
+        match res {
             Ok(next) if next.is_terminal() => {
-                write_terminal(&shared.disk, batch, &rec);
-                after.terminal.push((lease.queue, next, id));
+                finish(&shared.disk, batch, after, lease.queue, &rec);
             }
             Ok(_) => {
                 batch.insert(
@@ -605,6 +719,36 @@ fn due_expiries(disk: &Disk, now: u64) -> Vec<(TaskId, disk::ExpiryEntry, Vec<u8
         out.push((id, entry, k.to_vec()));
     }
     out
+}
+
+fn due_group_expiries(disk: &Disk, now: u64) -> Vec<Vec<u8>> {
+    let end = disk::expiry_key(now, TaskId(u128::MAX));
+    disk.group_expiry
+        .range(..=end.to_vec())
+        .take(RETENTION_PURGE_BATCH_MAX)
+        .filter_map(|item| item.key().ok())
+        .filter(|k| k.len() == 24)
+        .map(|k| k.to_vec())
+        .collect()
+}
+
+/// Ends a task: writes it terminal, counts it after the commit, and tells its group.
+pub(crate) fn finish(
+    disk: &Disk,
+    batch: &mut OwnedWriteBatch,
+    after: &mut After,
+    q: QueueIdx,
+    rec: &TaskRecord,
+) {
+    write_terminal(disk, batch, rec);
+    after.terminal.push((q, rec.state, rec.id.0));
+    if let Some(g) = rec.group {
+        after.group_events.push(GroupEvent {
+            group: g.0,
+            member: rec.id.0,
+            state: rec.state,
+        });
+    }
 }
 
 /// Writes a terminal record: the record, its `terminal` index entry and its expiry,
