@@ -3,6 +3,7 @@
 //! cheap to clone.
 
 mod error;
+mod futures;
 mod types;
 
 use std::borrow::Cow;
@@ -15,14 +16,15 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use error::{error_from_response, Error};
+pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{
-    AckItem, Counts, EnqueueOptions, Enqueued, FailItem, Heartbeat, LeasedTask, QueueInfo,
-    SettleOutcome, SettleResponse, Task, TaskState,
+    AckItem, Counts, EnqueueOptions, Enqueued, FailItem, Group, GroupCreated, GroupState,
+    GroupTask, Heartbeat, LeasedTask, QueueInfo, SettleOutcome, SettleResponse, Task, TaskState,
 };
 
 use types::{
-    AckRequest, BatchRequest, BatchResponse, FailRequest, LeaseOnly, LeaseRequest, LeaseResponse,
-    QueuesResponse, SettleRequest, StateResponse,
+    AckRequest, BatchRequest, BatchResponse, FailRequest, GroupRequest, LeaseOnly, LeaseRequest,
+    LeaseResponse, QueuesResponse, SettleRequest, StateResponse,
 };
 
 /// Longest a request that does not long-poll may take before it fails as a
@@ -139,6 +141,49 @@ impl Client {
     /// `POST /v1/tasks/{id}/cancel`. A terminal task answers `Error::Conflict`.
     pub async fn cancel(&self, id: &str) -> Result<Task, Error> {
         let rb = self.request(Method::POST, &format!("/v1/tasks/{}/cancel", seg(id)));
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    // ---- groups ----
+
+    /// `POST /v1/groups`: the tasks as one group, all durable or none.
+    pub async fn create_group(
+        &self,
+        queue: &str,
+        tasks: &[EnqueueOptions],
+        fail_fast: bool,
+    ) -> Result<GroupCreated, Error> {
+        let rb = self
+            .request(Method::POST, "/v1/groups")
+            .json(&GroupRequest {
+                queue,
+                tasks,
+                fail_fast,
+            });
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    /// `GET /v1/groups/{id}`.
+    pub async fn get_group(&self, id: &str) -> Result<Group, Error> {
+        self.get_json(&format!("/v1/groups/{}", seg(id)), None)
+            .await
+    }
+
+    /// `GET /v1/groups/{id}?wait_ms=N`: answers once the group is terminal or after
+    /// `wait_ms` (at most 60 000).
+    pub async fn wait_group(&self, id: &str, wait_ms: u64) -> Result<Group, Error> {
+        self.get_json(
+            &format!("/v1/groups/{}?wait_ms={wait_ms}", seg(id)),
+            Some(wait_ms),
+        )
+        .await
+    }
+
+    /// `POST /v1/groups/{id}/cancel`. A terminal group answers `Error::Conflict`.
+    pub async fn cancel_group(&self, id: &str) -> Result<Group, Error> {
+        let rb = self.request(Method::POST, &format!("/v1/groups/{}/cancel", seg(id)));
         let (status, body) = execute(rb).await?;
         decode(status, &body)
     }

@@ -382,3 +382,80 @@ mod tests {
         assert!(r.fails.is_empty());
     }
 }
+
+/// A group's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupState {
+    Running,
+    Completed,
+    Failed,
+    Canceled,
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl GroupState {
+    /// Everything but `running` is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            GroupState::Completed | GroupState::Failed | GroupState::Canceled
+        )
+    }
+}
+
+impl std::fmt::Display for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            GroupState::Running => "running",
+            GroupState::Completed => "completed",
+            GroupState::Failed => "failed",
+            GroupState::Canceled => "canceled",
+            GroupState::Unknown => "unknown",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One member as `GET /v1/groups/{id}` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupTask {
+    pub id: String,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub cancel_requested: bool,
+}
+
+/// `GET /v1/groups/{id}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Group {
+    pub id: String,
+    pub queue: String,
+    pub state: GroupState,
+    pub fail_fast: bool,
+    pub counts: Counts,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub tasks: Vec<GroupTask>,
+}
+
+/// `POST /v1/groups` answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupCreated {
+    pub id: String,
+    pub task_ids: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct GroupRequest<'a> {
+    pub queue: &'a str,
+    pub tasks: &'a [EnqueueOptions],
+    pub fail_fast: bool,
+}
