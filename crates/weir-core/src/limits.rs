@@ -36,6 +36,8 @@ pub struct Limits {
     /// Most tasks (scheduled + pending + active) one queue may hold; beyond it an
     /// enqueue answers 429 (the queue is full), never drops.
     pub queue_tasks_max: u64,
+    /// Most queues one server holds (a queue is created by its first enqueue or lease).
+    pub queues_max: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
             delay_ms_max: 366 * 24 * 3600 * 1000,
             request_bytes_max: 64 * 1024 * 1024,
             queue_tasks_max: 100_000_000,
+            queues_max: 10_000,
         }
     }
 }

@@ -141,6 +141,13 @@ impl From<StoreError> for ApiError {
                 err.retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
                 err
             }
+            StoreError::TooManyQueues { limit } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too-many-queues",
+                "Too many queues",
+                format!("the server already holds its limit of {limit} queues; reuse one or raise the limit"),
+            )
+            .field("queue"),
             StoreError::Closed => {
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

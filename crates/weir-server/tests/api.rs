@@ -781,3 +781,20 @@ async fn groups_fail_fast_and_cancel() {
     assert_eq!(st, StatusCode::BAD_REQUEST);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn queue_count_is_bounded() {
+    let s = Server::start_with(|c| c.limits.queues_max = 2).await;
+    s.enqueue("q1", json!({"payload": 1})).await;
+    s.enqueue("q2", json!({"payload": 1})).await;
+    let (st, v) = s.post("/v1/queues/q3/tasks", json!({"payload": 1})).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    problem(&v, "too-many-queues");
+    let (st, _) = s.post("/v1/queues/q4/lease", json!({})).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    // Existing queues still work.
+    s.enqueue("q1", json!({"payload": 2})).await;
+    let (_, v) = s.get("/v1/queues").await;
+    assert_eq!(v["queues"].as_array().unwrap().len(), 2);
+    s.stop().await;
+}

@@ -154,6 +154,8 @@ pub enum StoreError {
         limit: u64,
         retry_after_ms: u64,
     },
+    #[error("the server already holds its limit of {limit} queues")]
+    TooManyQueues { limit: usize },
     #[error("the store is shutting down")]
     Closed,
     #[error("storage failure: {0}")]

@@ -37,6 +37,9 @@ use writer::{Op, Prepared};
 
 /// Most operations one writer round takes into a single commit.
 const WRITER_OPS_PER_COMMIT_MAX: usize = 4096;
+/// Most tasks the operations of one writer round may carry (a round can exceed it by
+/// one batch: the op that crosses it is still taken).
+const WRITER_TASKS_PER_COMMIT_MAX: usize = 16_384;
 /// Capacity of the channel into the writer; senders wait when it is full.
 const WRITER_QUEUE_OPS_MAX: usize = 4096;
 /// Longest the writer sleeps between timer checks, so leases taken by request
@@ -418,7 +421,7 @@ impl Broker for EmbeddedBroker {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = {
             let mut st = self.shared.lock();
-            let q = st.intern(queue);
+            let q = st.try_intern(queue, limits.queues_max)?;
             st.queue(q).notify.clone()
         };
         loop {

@@ -97,6 +97,18 @@ impl State {
         i
     }
 
+    /// Like `intern`, but refuses to create a queue beyond `queues_max`.
+    pub fn try_intern(
+        &mut self,
+        name: &str,
+        queues_max: usize,
+    ) -> Result<QueueIdx, crate::StoreError> {
+        if !self.queue_index.contains_key(name) && self.queues.len() >= queues_max {
+            return Err(crate::StoreError::TooManyQueues { limit: queues_max });
+        }
+        Ok(self.intern(name))
+    }
+
     pub fn queue(&mut self, i: QueueIdx) -> &mut QueueState {
         &mut self.queues[i as usize]
     }

@@ -20,7 +20,10 @@ use weir_core::{GroupTally, TaskId, TaskRecord, TaskState};
 use super::groups::{self, GroupEvent};
 use super::state::{QueueIdx, State};
 use super::{disk, internal, ready_entry, Disk, Shared};
-use super::{RETENTION_PURGE_BATCH_MAX, WRITER_OPS_PER_COMMIT_MAX, WRITER_TICK_MS_MAX};
+use super::{
+    RETENTION_PURGE_BATCH_MAX, WRITER_OPS_PER_COMMIT_MAX, WRITER_TASKS_PER_COMMIT_MAX,
+    WRITER_TICK_MS_MAX,
+};
 use crate::{Enqueued, GroupCreated, LeaseId, Settle, StoreError};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -67,6 +70,18 @@ pub(crate) enum Op {
     Stop {
         reply: oneshot::Sender<()>,
     },
+}
+
+impl Op {
+    /// How many tasks the op touches, to bound a round.
+    fn tasks(&self) -> usize {
+        match self {
+            Op::Enqueue { items, .. } | Op::CreateGroup { items, .. } => items.len(),
+            Op::Settle { items, .. } => items.len(),
+            Op::Finalize { records } => records.len(),
+            Op::Cancel { .. } | Op::Release { .. } | Op::CancelGroup { .. } | Op::Stop { .. } => 1,
+        }
+    }
 }
 
 /// A new task, encoded by the caller.
@@ -156,9 +171,15 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
                     Err(_) => {}
                 }
             }
-            while ops.len() < WRITER_OPS_PER_COMMIT_MAX {
+            // A round is bounded both in operations and in the tasks they carry, so
+            // one commit never holds more than a few batches' worth of writes.
+            let mut tasks: usize = ops.iter().map(Op::tasks).sum();
+            while ops.len() < WRITER_OPS_PER_COMMIT_MAX && tasks < WRITER_TASKS_PER_COMMIT_MAX {
                 match rx.try_recv() {
-                    Ok(op) => ops.push(op),
+                    Ok(op) => {
+                        tasks += op.tasks();
+                        ops.push(op);
+                    }
                     Err(_) => break,
                 }
             }
@@ -463,7 +484,7 @@ fn plan_enqueue(
     now: u64,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let disk = &shared.disk;
-    let q = st.intern(queue);
+    let q = st.try_intern(queue, shared.config.limits.queues_max)?;
     let limit = shared.config.limits.queue_tasks_max;
     let c = st.queue(q).counts;
     let held = c[TaskState::Scheduled.index()]
