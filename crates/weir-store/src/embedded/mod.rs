@@ -374,34 +374,17 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
-        match self.shared.disk.record(id)? {
-            None => Ok(None),
-            Some(rec) => self.view(rec).map(Some),
-        }
+        self.view_of(id)
     }
 
     async fn wait(&self, id: TaskId, wait: Duration) -> Result<Option<TaskView>, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.shared.lock().waiters.entry(id.0).or_default().push(tx);
-        let first = self.get(id).await;
-        let done = match &first {
-            Ok(Some(v)) => v.record.state.is_terminal(),
-            _ => true,
-        };
-        if !done && !self.shared.closing.is_cancelled() {
-            tokio::select! {
-                _ = rx => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shared.closing.cancelled() => {}
-            }
-        } else {
-            drop(rx);
-        }
-        self.drop_waiter(id);
-        if done {
-            return first;
-        }
-        self.get(id).await
+        self.long_poll(
+            id,
+            wait,
+            || self.view_of(id),
+            |v| v.record.state.is_terminal(),
+        )
+        .await
     }
 
     async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError> {
@@ -542,27 +525,8 @@ impl Broker for EmbeddedBroker {
         if wait.is_zero() {
             return self.group_view(id);
         }
-        let (tx, rx) = oneshot::channel();
-        self.shared.lock().waiters.entry(id.0).or_default().push(tx);
-        let first = self.group_view(id);
-        let done = match &first {
-            Ok(Some(v)) => v.state.is_terminal(),
-            _ => true,
-        };
-        if !done && !self.shared.closing.is_cancelled() {
-            tokio::select! {
-                _ = rx => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shared.closing.cancelled() => {}
-            }
-        } else {
-            drop(rx);
-        }
-        self.drop_waiter(id);
-        if done {
-            return first;
-        }
-        self.group_view(id)
+        self.long_poll(id, wait, || self.group_view(id), |g| g.state.is_terminal())
+            .await
     }
 
     async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError> {
@@ -601,6 +565,48 @@ impl Broker for EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
+    /// The task's current view, `None` if unknown.
+    fn view_of(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+        match self.shared.disk.record(id)? {
+            None => Ok(None),
+            Some(rec) => self.view(rec).map(Some),
+        }
+    }
+
+    /// Reads a task's or group's view; if it is not yet `done`, waits up to `wait`
+    /// for the writer to fire its waiter (or for shutdown), then reads it again.
+    async fn long_poll<T>(
+        &self,
+        id: TaskId,
+        wait: Duration,
+        read: impl Fn() -> Result<Option<T>, StoreError>,
+        done: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, StoreError> {
+        // Registered before the first read, so an end between the read and the
+        // wait still wakes us.
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock().waiters.entry(id.0).or_default().push(tx);
+        let first = read();
+        let finished = match &first {
+            Ok(Some(v)) => done(v),
+            _ => true,
+        };
+        if !finished && !self.shared.closing.is_cancelled() {
+            tokio::select! {
+                _ = rx => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shared.closing.cancelled() => {}
+            }
+        } else {
+            drop(rx);
+        }
+        self.drop_waiter(id);
+        if finished {
+            return first;
+        }
+        read()
+    }
+
     /// Drops closed waiters of `id` (ours, after it fired or timed out), so a task
     /// or group that never ends does not collect dead senders.
     fn drop_waiter(&self, id: TaskId) {
