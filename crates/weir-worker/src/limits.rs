@@ -1,0 +1,53 @@
+//! Every limit and default of the worker pool in one place; names end in their unit.
+
+/// Handlers running at once when the builder is not told otherwise.
+pub const CONCURRENCY_DEFAULT: usize = 16;
+/// Largest concurrency a pool accepts (far beyond what one process should run, but
+/// it keeps the semaphores' arithmetic small).
+pub const CONCURRENCY_MAX: usize = 65_536;
+/// Most tasks one lease request may ask for (the server's `lease_tasks_max`).
+pub const PREFETCH_MAX: usize = 1_000;
+/// Heartbeat period of a running task by default: a cancel reaches its handler
+/// within about this long (plus one request).
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 500;
+/// Shortest heartbeat period; a shorter one floods the server for nothing.
+pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
+/// How long running handlers may take to finish after shutdown was requested.
+pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 30_000;
+/// How long a handler has to return after its token fired (deadline, cancel or
+/// shutdown) before it is abandoned: its future is dropped and its task failed.
+pub const CANCEL_GRACE_MS: u64 = 1_000;
+/// Long-poll `wait_ms` of a lease when the pool has free slots and nothing came.
+pub const LEASE_WAIT_MS_IDLE: u64 = 1_000;
+/// Shortest long-poll when several queues take turns at the idle long-poll.
+pub const LEASE_WAIT_MS_IDLE_MIN: u64 = 100;
+/// First pause after a lease request failed for a transient reason; doubles up to
+/// `LEASE_RETRY_BACKOFF_MS_MAX`.
+pub const LEASE_RETRY_BACKOFF_MS_MIN: u64 = 50;
+/// Longest pause between lease retries.
+pub const LEASE_RETRY_BACKOFF_MS_MAX: u64 = 5_000;
+/// Most acks and fails in one `POST /v1/acks` (the server's `batch_tasks_max`).
+pub const SETTLE_BATCH_MAX: usize = 1_000;
+/// Capacity of the channel from finished tasks to the settle flusher. When the
+/// flusher is behind, finishing tasks wait (and hold their slot), so leasing slows.
+pub const RESULTS_CHANNEL_MAX: usize = 4_096;
+/// Settle requests the flusher keeps in flight at once, so a batch can fill while
+/// another is being committed.
+pub const SETTLE_REQUESTS_IN_FLIGHT_MAX: usize = 2;
+/// Tries of one settle batch (and of one release) on a transient failure.
+pub const SETTLE_TRIES_MAX: u32 = 5;
+/// First pause between settle tries; doubles each time.
+pub const SETTLE_RETRY_BACKOFF_MS: u64 = 50;
+/// Releases sent at once during shutdown.
+pub const RELEASE_CONCURRENCY_MAX: usize = 32;
+/// Longest error text sent with a fail; longer handler errors are cut (the server
+/// refuses more than its `error_bytes_max`, 64 KiB by default).
+pub const ERROR_BYTES_MAX: usize = 16 * 1024;
+/// Longest queue name (SPEC §5: 1–128 characters of `[A-Za-z0-9_.:-]`).
+pub const QUEUE_NAME_BYTES_MAX: usize = 128;
+/// Most queues one pool consumes.
+pub const QUEUES_MAX: usize = 64;
+/// Largest queue weight.
+pub const WEIGHT_MAX: u32 = 1_000;
+/// Longest worker name (the server's `worker_name_bytes_max`).
+pub const WORKER_NAME_BYTES_MAX: usize = 128;

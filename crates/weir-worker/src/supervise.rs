@@ -1,0 +1,259 @@
+//! One running task: starts its handler in its own tokio task, fires its token at
+//! the deadline, heartbeats its lease (which is how a cancel reaches it), abandons a
+//! handler that ignores its token, and turns whatever happened into an ack or a fail.
+
+use std::any::Any;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use weir_client::{AckItem, Client, Error};
+
+use crate::limits::{CANCEL_GRACE_MS, HEARTBEAT_INTERVAL_MS_MIN};
+use crate::pool::{Leased, Shared};
+use crate::settle::Settlement;
+use crate::task::{CancelReason, Ctx, Task};
+use crate::HandlerResult;
+
+/// How a handler's run ended.
+enum Outcome {
+    /// It returned, or panicked.
+    Finished(Result<HandlerResult, JoinError>),
+    /// It did not return within `CANCEL_GRACE_MS` of its token firing; its future
+    /// was dropped.
+    Abandoned(CancelReason),
+}
+
+/// Far enough ahead to mean "never" without overflowing `Instant` arithmetic.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Runs `item` to its end and queues its settlement. `_permit` is its handler
+/// slot, held until then.
+pub(crate) async fn supervise(
+    shared: Arc<Shared>,
+    item: Leased,
+    _permit: OwnedSemaphorePermit,
+    token: CancellationToken,
+    results: mpsc::Sender<Settlement>,
+) {
+    let span = tracing::info_span!(
+        "task",
+        id = %item.task.id,
+        kind = %item.task.kind,
+        queue = %item.queue,
+        attempt = item.task.attempt
+    );
+    let settlement = run_one(&shared, item, token).instrument(span).await;
+    // The flusher outlives every supervisor, so this send fails only if the
+    // flusher panicked; the lease then runs out and the task is retried.
+    let _ = results.send(settlement).await;
+}
+
+async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Settlement {
+    let Leased {
+        task: leased,
+        queue,
+        leased_at,
+        slot: _slot,
+    } = item;
+    let id = leased.id;
+    let lease_id = leased.lease_id;
+    let start = Instant::now();
+    let timeout = match leased.timeout_ms {
+        0 => FAR_FUTURE,
+        ms => Duration::from_millis(ms),
+    };
+    let deadline = start + timeout;
+    let ctx = Ctx::new(token, deadline);
+
+    let handler = shared
+        .handlers
+        .get(&leased.kind)
+        .or(shared.fallback.as_ref())
+        .cloned();
+    let Some(handler) = handler else {
+        let error = format!(
+            "no handler for kind {:?} in worker {:?} (it handles: {})",
+            leased.kind, shared.worker_name, shared.kinds
+        );
+        tracing::warn!(error = %error, "unknown kind; failing the task without retry");
+        return Settlement::fail(id, lease_id, &error, false);
+    };
+    let task = Task {
+        id: id.clone(),
+        queue: if leased.queue.is_empty() {
+            queue
+        } else {
+            leased.queue
+        },
+        kind: leased.kind,
+        payload: leased.payload,
+        attempt: leased.attempt,
+        max_attempts: leased.max_attempts,
+        timeout_ms: leased.timeout_ms,
+    };
+    let mut join = tokio::spawn(handler(task, ctx.clone()).in_current_span());
+
+    // Heartbeat at least three times per timeout, so the lease (timeout + the
+    // server's grace) never runs out between two beats.
+    let hb_interval = shared
+        .heartbeat_interval
+        .min(timeout / 3)
+        .max(Duration::from_millis(HEARTBEAT_INTERVAL_MS_MIN));
+    // A task that waited for a slot beats at once: its lease clock ran meanwhile.
+    let hb_first = (leased_at + hb_interval).max(start);
+    let mut heartbeat: Option<AbortOnDrop> = None;
+    let cancel_grace = Duration::from_millis(CANCEL_GRACE_MS);
+    let mut abandon_at = deadline + cancel_grace;
+    let mut cancel_seen = false;
+
+    // One timer for every time-driven step (deadline, first heartbeat, abandon),
+    // reset to the earliest one still due: cheap for the common short task.
+    let next_wake = |abandon_at: Instant, cancelled: bool, beating: bool| {
+        let mut t = abandon_at;
+        if !cancelled {
+            t = t.min(deadline);
+        }
+        if !beating {
+            t = t.min(hb_first);
+        }
+        t
+    };
+    let timer = tokio::time::sleep_until(next_wake(abandon_at, false, false));
+    tokio::pin!(timer);
+
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            res = &mut join => break Outcome::Finished(res),
+            _ = ctx.cancelled(), if !cancel_seen => {
+                cancel_seen = true;
+                let reason = ctx.cancel_reason().unwrap_or(CancelReason::Shutdown);
+                tracing::debug!(%reason, "token cancelled");
+                abandon_at = abandon_at.min(Instant::now() + cancel_grace);
+            }
+            _ = &mut timer => {
+                let now = Instant::now();
+                if now >= abandon_at {
+                    join.abort();
+                    break Outcome::Abandoned(ctx.cancel_reason().unwrap_or(CancelReason::Deadline));
+                }
+                if now >= deadline && ctx.cancel_with(CancelReason::Deadline) {
+                    tracing::debug!(timeout_ms = leased.timeout_ms, "deadline reached; token cancelled");
+                }
+                if heartbeat.is_none() && now >= hb_first {
+                    heartbeat = Some(AbortOnDrop(tokio::spawn(
+                        heartbeat_loop(shared.client.clone(), id.clone(), lease_id.clone(), ctx.clone(), hb_interval)
+                            .in_current_span(),
+                    )));
+                }
+            }
+        }
+        timer.as_mut().reset(next_wake(
+            abandon_at,
+            ctx.is_cancelled(),
+            heartbeat.is_some(),
+        ));
+    };
+    drop(heartbeat);
+
+    match outcome {
+        Outcome::Finished(Ok(Ok(result))) => {
+            tracing::debug!("handler succeeded");
+            Settlement::Ack(AckItem {
+                id,
+                lease_id,
+                result,
+            })
+        }
+        Outcome::Finished(Ok(Err(e))) => {
+            // A handler stopped by our own shutdown did nothing wrong: whatever it
+            // says, the task is worth another attempt.
+            let retry = e.is_retry() || ctx.cancel_reason() == Some(CancelReason::Shutdown);
+            tracing::info!(error = %e.message(), retry, "handler failed");
+            Settlement::fail(id, lease_id, e.message(), retry)
+        }
+        Outcome::Finished(Err(join_error)) => {
+            let error = match join_error.try_into_panic() {
+                Ok(panic) => format!("handler panicked: {}", panic_message(&*panic)),
+                Err(e) => format!("handler task ended abnormally: {e}"),
+            };
+            tracing::error!(error = %error, "handler panicked; failing the task");
+            Settlement::fail(id, lease_id, &error, true)
+        }
+        Outcome::Abandoned(reason) => {
+            shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            let (error, retry) = match reason {
+                CancelReason::Deadline => (
+                    format!(
+                        "timeout: handler did not finish within timeout_ms ({} ms)",
+                        leased.timeout_ms
+                    ),
+                    true,
+                ),
+                CancelReason::Canceled => (
+                    format!(
+                        "canceled: handler did not stop within {CANCEL_GRACE_MS} ms of the cancel"
+                    ),
+                    false,
+                ),
+                CancelReason::Shutdown => ("worker shut down".to_owned(), true),
+                CancelReason::LeaseLost => ("lease lost".to_owned(), true),
+            };
+            tracing::warn!(%reason, error = %error, "handler ignored its token; abandoned");
+            Settlement::fail(id, lease_id, &error, retry)
+        }
+    }
+}
+
+/// Extends the lease every `interval` and fires the token when the server says the
+/// task was canceled, or that the lease is gone.
+async fn heartbeat_loop(
+    client: Client,
+    id: String,
+    lease_id: String,
+    ctx: Ctx,
+    interval: Duration,
+) {
+    loop {
+        match client.heartbeat(&id, &lease_id).await {
+            Ok(hb) => {
+                if hb.cancel_requested && ctx.cancel_with(CancelReason::Canceled) {
+                    tracing::info!("task canceled; token cancelled");
+                }
+            }
+            Err(Error::Conflict { .. } | Error::NotFound) => {
+                if ctx.cancel_with(CancelReason::LeaseLost) {
+                    tracing::warn!("lease lost; token cancelled");
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(a non-string panic payload)"
+    }
+}

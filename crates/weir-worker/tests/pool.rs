@@ -1,0 +1,619 @@
+//! Integration tests of the worker pool against a real weir server, started
+//! in-process on 127.0.0.1:0 over a temporary directory. States are awaited with
+//! the server's long-poll (`GET /v1/tasks/{id}?wait_ms=`), never with sleeps.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use weir_client::{Client, EnqueueOptions, Task as TaskView, TaskState};
+use weir_server::ServeConfig;
+use weir_worker::{
+    CancelReason, Ctx, HandlerError, Pool, PoolBuilder, PoolError, PoolReport, Task,
+};
+
+/// Longest a test waits for a task to end.
+const WAIT_MS: u64 = 15_000;
+
+struct Server {
+    client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<JoinHandle<Result<(), String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig::new(dir.path().to_path_buf());
+        config.lease_grace_ms = 200;
+        config.backoff = weir_core::Backoff {
+            base_ms: 2,
+            cap_ms: 4,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            weir_server::serve(listener, config, async move {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| format!("{e:#}"))
+        });
+        Server {
+            client: Client::new(format!("http://{addr}")).unwrap(),
+            stop: Some(tx),
+            done: Some(done),
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap().unwrap();
+    }
+
+    async fn enqueue(&self, queue: &str, opts: EnqueueOptions) -> String {
+        self.client.enqueue(queue, &opts).await.unwrap().id
+    }
+
+    async fn enqueue_many(&self, queue: &str, opts: Vec<EnqueueOptions>) -> Vec<String> {
+        let mut ids = Vec::new();
+        for chunk in opts.chunks(1000) {
+            ids.extend(self.client.enqueue_batch(queue, chunk).await.unwrap());
+        }
+        ids
+    }
+
+    /// Long-polls until the task is terminal; fails the test if it is not in time.
+    async fn finished(&self, id: &str) -> TaskView {
+        let t = self.client.wait(id, WAIT_MS).await.unwrap();
+        assert!(t.state.is_terminal(), "task {id} not finished: {t:?}");
+        t
+    }
+}
+
+/// A running pool and the means to stop it.
+struct Running {
+    stop: oneshot::Sender<()>,
+    done: JoinHandle<Result<PoolReport, PoolError>>,
+}
+
+impl Running {
+    fn start(pool: Pool) -> Running {
+        let (stop, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(pool.run(async move {
+            let _ = rx.await;
+        }));
+        Running { stop, done }
+    }
+
+    async fn stop(self) -> PoolReport {
+        let _ = self.stop.send(());
+        self.done.await.unwrap().unwrap()
+    }
+}
+
+fn task(kind: &str, payload: Value) -> EnqueueOptions {
+    EnqueueOptions::new(payload).kind(kind)
+}
+
+/// Counts handlers running at once and remembers the most.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+    }
+    fn exit(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn happy_path_two_kinds_and_the_concurrency_limit() {
+    let server = Server::start().await;
+    let gauge = Arc::new(Gauge::default());
+    let g1 = gauge.clone();
+    let g2 = gauge.clone();
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("work", 1)
+        .concurrency(4)
+        .handler("add", move |t: Task, _ctx: Ctx| {
+            let g = g1.clone();
+            async move {
+                g.enter();
+                // Simulated work, so several handlers overlap.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                g.exit();
+                let sum = t.payload["a"].as_i64().unwrap() + t.payload["b"].as_i64().unwrap();
+                Ok(json!({ "sum": sum }))
+            }
+        })
+        .handler("upper", move |t: Task, _ctx: Ctx| {
+            let g = g2.clone();
+            async move {
+                g.enter();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                g.exit();
+                assert_eq!(t.queue, "work");
+                assert_eq!(t.attempt, 1);
+                Ok(json!(t.payload.as_str().unwrap().to_uppercase()))
+            }
+        })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+
+    let adds: Vec<_> = (0..100)
+        .map(|i| task("add", json!({"a": i, "b": 1000})))
+        .collect();
+    let uppers: Vec<_> = (0..100)
+        .map(|i| task("upper", json!(format!("word{i}"))))
+        .collect();
+    let add_ids = server.enqueue_many("work", adds).await;
+    let upper_ids = server.enqueue_many("work", uppers).await;
+
+    for (i, id) in add_ids.iter().enumerate() {
+        let t = server.finished(id).await;
+        assert_eq!(t.state, TaskState::Completed, "{t:?}");
+        assert_eq!(t.result, Some(json!({"sum": i as i64 + 1000})));
+        assert_eq!(t.attempt, 1);
+    }
+    for (i, id) in upper_ids.iter().enumerate() {
+        let t = server.finished(id).await;
+        assert_eq!(t.state, TaskState::Completed, "{t:?}");
+        assert_eq!(t.result, Some(json!(format!("WORD{i}"))));
+    }
+    let report = running.stop().await;
+    assert_eq!(report.completed, 200, "{report:?}");
+    assert_eq!(
+        report.failed + report.released + report.refused,
+        0,
+        "{report:?}"
+    );
+    let max = gauge.max.load(Ordering::SeqCst);
+    assert!(max <= 4, "{max} handlers ran at once; the limit is 4");
+    assert!(max >= 2, "handlers never overlapped (max {max})");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadline_cancels_the_token_and_retries_until_dead() {
+    let server = Server::start().await;
+    let seen: Arc<Mutex<Vec<(CancelReason, Duration)>>> = Arc::default();
+    let s = seen.clone();
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("slow", 1)
+        .handler("sleepy", move |t: Task, ctx: Ctx| {
+            let seen = s.clone();
+            async move {
+                let start = Instant::now();
+                assert!(ctx.deadline() <= start + Duration::from_millis(t.timeout_ms));
+                tokio::select! {
+                    _ = ctx.cancelled() => {
+                        seen.lock().unwrap().push((ctx.cancel_reason().unwrap(), start.elapsed()));
+                        Err(HandlerError::retry("stopped at the deadline"))
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => Ok(json!("overslept")),
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let id = server
+        .enqueue(
+            "slow",
+            task("sleepy", json!(null)).timeout_ms(200).max_attempts(2),
+        )
+        .await;
+    let t = server.finished(&id).await;
+    assert_eq!(t.state, TaskState::Dead, "{t:?}");
+    assert_eq!(t.attempt, 2);
+    assert_eq!(t.last_error.as_deref(), Some("stopped at the deadline"));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (reason, elapsed) in seen {
+        assert_eq!(reason, CancelReason::Deadline);
+        assert!(elapsed >= Duration::from_millis(190), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+    }
+    let report = running.stop().await;
+    assert_eq!(report.failed, 2, "{report:?}");
+    assert_eq!(report.abandoned, 0, "{report:?}");
+    server.stop().await;
+}
+
+/// Sets its flag when dropped: proof that a handler's future was dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handler_ignoring_its_deadline_is_abandoned() {
+    let server = Server::start().await;
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("stubborn", 1)
+        .handler("deaf", move |_t: Task, _ctx: Ctx| {
+            let flag = DropFlag(d.clone());
+            async move {
+                let _flag = flag;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(json!("too late"))
+            }
+        })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let started = Instant::now();
+    let id = server
+        .enqueue(
+            "stubborn",
+            task("deaf", json!(null)).timeout_ms(200).max_attempts(1),
+        )
+        .await;
+    let t = server.finished(&id).await;
+    let took = started.elapsed();
+    assert_eq!(t.state, TaskState::Dead, "{t:?}");
+    let error = t.last_error.unwrap_or_default();
+    assert!(
+        error.starts_with("timeout: handler did not finish within timeout_ms"),
+        "{error}"
+    );
+    // Deadline (200 ms) plus the cancel grace (1 s), not the handler's 60 s.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the handler future was not dropped"
+    );
+    let report = running.stop().await;
+    assert_eq!(report.abandoned, 1, "{report:?}");
+    assert_eq!(report.failed, 1, "{report:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_reaches_a_running_handler_within_a_second() {
+    let server = Server::start().await;
+    let (started_tx, mut started_rx) = mpsc::channel::<String>(4);
+    let (fired_tx, mut fired_rx) = mpsc::channel::<(Instant, Option<CancelReason>)>(4);
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("long", 1)
+        // The default heartbeat (500 ms): this measures what users get.
+        .handler("wait", move |t: Task, ctx: Ctx| {
+            let started = started_tx.clone();
+            let fired = fired_tx.clone();
+            async move {
+                started.send(t.id).await.unwrap();
+                ctx.cancelled().await;
+                fired
+                    .send((Instant::now(), ctx.cancel_reason()))
+                    .await
+                    .unwrap();
+                Err(HandlerError::fatal("stopped on cancel"))
+            }
+        })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let id = server
+        .enqueue("long", task("wait", json!(null)).timeout_ms(30_000))
+        .await;
+    assert_eq!(started_rx.recv().await.unwrap(), id);
+    let asked = Instant::now();
+    let t = server.client.cancel(&id).await.unwrap();
+    assert_eq!(t.state, TaskState::Active);
+    assert!(t.cancel_requested);
+    let (fired, reason) = fired_rx.recv().await.unwrap();
+    let delay = fired.duration_since(asked);
+    eprintln!("cancel → token fired: {delay:?}");
+    assert_eq!(reason, Some(CancelReason::Canceled));
+    assert!(delay < Duration::from_secs(1), "{delay:?}");
+
+    let t = server.finished(&id).await;
+    assert_eq!(t.state, TaskState::Canceled, "{t:?}");
+    assert_eq!(t.attempt, 1, "a canceled task is not retried");
+    let report = running.stop().await;
+    assert_eq!(report.failed, 1, "{report:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_handler_fails_its_task_and_the_pool_goes_on() {
+    let server = Server::start().await;
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("mixed", 1)
+        .concurrency(2)
+        .handler("boom", |t: Task, _ctx: Ctx| async move {
+            if t.kind == "boom" {
+                panic!("kaboom #{}", t.payload);
+            }
+            Ok(Value::Null)
+        })
+        .handler("fine", |t: Task, _ctx: Ctx| async move { Ok(t.payload) })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let boom = server
+        .enqueue("mixed", task("boom", json!(7)).max_attempts(1))
+        .await;
+    let fine = server
+        .enqueue_many("mixed", (0..20).map(|i| task("fine", json!(i))).collect())
+        .await;
+    let boom2 = server
+        .enqueue("mixed", task("boom", json!(8)).max_attempts(2))
+        .await;
+
+    let t = server.finished(&boom).await;
+    assert_eq!(t.state, TaskState::Dead, "{t:?}");
+    assert_eq!(t.last_error.as_deref(), Some("handler panicked: kaboom #7"));
+    let t = server.finished(&boom2).await;
+    assert_eq!(t.state, TaskState::Dead, "{t:?}");
+    assert_eq!(t.attempt, 2, "a panic is retried");
+    for (i, id) in fine.iter().enumerate() {
+        let t = server.finished(id).await;
+        assert_eq!(t.state, TaskState::Completed, "{t:?}");
+        assert_eq!(t.result, Some(json!(i)));
+    }
+    let report = running.stop().await;
+    assert_eq!(report.completed, 20, "{report:?}");
+    assert_eq!(report.failed, 3, "{report:?}");
+    server.stop().await;
+}
+
+// A current-thread runtime makes the moment of shutdown exact: the shutdown future
+// opens the handlers' gate and, in the same poll, the pool stops dispatching, so
+// no waiting task can start in between.
+#[tokio::test(flavor = "current_thread")]
+async fn graceful_shutdown_finishes_running_tasks_and_releases_the_rest() {
+    let server = Server::start().await;
+    let ids = server
+        .enqueue_many("drain", (0..10).map(|i| task("job", json!(i))).collect())
+        .await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (started_tx, mut started_rx) = mpsc::channel::<String>(16);
+    let g = gate.clone();
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("drain", 1)
+        .concurrency(2)
+        .prefetch(10)
+        .handler("job", move |t: Task, _ctx: Ctx| {
+            let gate = g.clone();
+            let started = started_tx.clone();
+            async move {
+                started.send(t.id).await.unwrap();
+                let _pass = gate.acquire().await.unwrap();
+                Ok(json!({"done": t.payload}))
+            }
+        })
+        .build()
+        .unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let open = gate.clone();
+    let done = tokio::spawn(pool.run(async move {
+        let _ = stop_rx.await;
+        open.add_permits(100);
+    }));
+    let mut started = [
+        started_rx.recv().await.unwrap(),
+        started_rx.recv().await.unwrap(),
+    ];
+    started.sort();
+    stop_tx.send(()).unwrap();
+    let report = done.await.unwrap().unwrap();
+    assert_eq!(
+        report,
+        PoolReport {
+            completed: 2,
+            failed: 0,
+            released: 8,
+            abandoned: 0,
+            refused: 0
+        }
+    );
+    assert!(
+        started_rx.try_recv().is_err(),
+        "a task started after shutdown"
+    );
+    for id in &ids {
+        let t = server.client.get(id).await.unwrap();
+        if started.binary_search(id).is_ok() {
+            assert_eq!(t.state, TaskState::Completed, "{t:?}");
+            assert_eq!(t.attempt, 1);
+        } else {
+            assert_eq!(t.state, TaskState::Pending, "{t:?}");
+            assert_eq!(t.attempt, 0, "a released task spent an attempt: {t:?}");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_shutdown_grace_handlers_are_cancelled_then_abandoned() {
+    let server = Server::start().await;
+    let (started_tx, mut started_rx) = mpsc::channel::<String>(4);
+    let reasons: Arc<Mutex<Vec<Option<CancelReason>>>> = Arc::default();
+    let s1 = started_tx.clone();
+    let r = reasons.clone();
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("stuck", 1)
+        .concurrency(2)
+        .shutdown_grace(Duration::from_millis(100))
+        .handler("polite", move |t: Task, ctx: Ctx| {
+            let started = s1.clone();
+            let reasons = r.clone();
+            async move {
+                started.send(t.id).await.unwrap();
+                ctx.cancelled().await;
+                reasons.lock().unwrap().push(ctx.cancel_reason());
+                // Fatal, but stopped by our shutdown: the pool retries it anyway.
+                Err(HandlerError::fatal("interrupted"))
+            }
+        })
+        .handler("deaf", move |t: Task, _ctx: Ctx| {
+            let started = started_tx.clone();
+            async move {
+                started.send(t.id).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(Value::Null)
+            }
+        })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let polite = server
+        .enqueue("stuck", task("polite", json!(null)).max_attempts(3))
+        .await;
+    let deaf = server
+        .enqueue("stuck", task("deaf", json!(null)).max_attempts(3))
+        .await;
+    started_rx.recv().await.unwrap();
+    started_rx.recv().await.unwrap();
+    let report = running.stop().await;
+    assert_eq!(report.failed, 2, "{report:?}");
+    assert_eq!(report.abandoned, 1, "{report:?}");
+    assert_eq!(
+        reasons.lock().unwrap().as_slice(),
+        &[Some(CancelReason::Shutdown)]
+    );
+    for (id, error) in [(&polite, "interrupted"), (&deaf, "worker shut down")] {
+        let t = server.client.get(id).await.unwrap();
+        assert!(
+            matches!(t.state, TaskState::Scheduled | TaskState::Pending),
+            "{t:?}"
+        );
+        assert_eq!(t.attempt, 1);
+        assert_eq!(t.last_error.as_deref(), Some(error));
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_kind_without_fallback_is_dead_with_a_clear_error() {
+    let server = Server::start().await;
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("q", 1)
+        .worker_name("w1")
+        .handler(
+            "known",
+            |_t: Task, _ctx: Ctx| async move { Ok(Value::Null) },
+        )
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let id = server
+        .enqueue("q", task("mystery", json!(null)).max_attempts(5))
+        .await;
+    let t = server.finished(&id).await;
+    assert_eq!(t.state, TaskState::Dead, "{t:?}");
+    assert_eq!(t.attempt, 1, "an unknown kind is not retried");
+    assert_eq!(
+        t.last_error.as_deref(),
+        Some(r#"no handler for kind "mystery" in worker "w1" (it handles: known)"#)
+    );
+    running.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fallback_takes_every_kind_without_a_handler() {
+    let server = Server::start().await;
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("q", 1)
+        .handler("own", |_t: Task, _ctx: Ctx| async move { Ok(json!("own")) })
+        .fallback(|t: Task, _ctx: Ctx| async move { Ok(json!({"fallback": t.kind})) })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let own = server.enqueue("q", task("own", json!(null))).await;
+    let other = server.enqueue("q", task("other", json!(null))).await;
+    assert_eq!(server.finished(&own).await.result, Some(json!("own")));
+    assert_eq!(
+        server.finished(&other).await.result,
+        Some(json!({"fallback": "other"}))
+    );
+    running.stop().await;
+    server.stop().await;
+}
+
+/// Runs a one-at-a-time pool over `queues` until `n` tasks ran; answers the queue
+/// of each, in order.
+async fn run_order(server: &Server, queues: &[(&str, u32)], strict: bool, n: usize) -> Vec<String> {
+    let (tx, mut rx) = mpsc::channel::<String>(n);
+    let mut b = PoolBuilder::new(server.client.clone())
+        .concurrency(1)
+        .prefetch(1)
+        .strict_order(strict);
+    for (q, w) in queues {
+        b = b.queue(q, *w);
+    }
+    let pool = b
+        .fallback(move |t: Task, _ctx: Ctx| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.try_send(t.queue);
+                Ok(Value::Null)
+            }
+        })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let mut order = Vec::new();
+    while order.len() < n {
+        order.push(rx.recv().await.unwrap());
+    }
+    running.stop().await;
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strict_order_drains_earlier_queues_first() {
+    let server = Server::start().await;
+    server
+        .enqueue_many("low", (0..10).map(|i| task("t", json!(i))).collect())
+        .await;
+    server
+        .enqueue_many("high", (0..10).map(|i| task("t", json!(i))).collect())
+        .await;
+    let order = run_order(&server, &[("high", 1), ("low", 1)], true, 20).await;
+    assert!(order[..10].iter().all(|q| q == "high"), "{order:?}");
+    assert!(order[10..].iter().all(|q| q == "low"), "{order:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weights_spread_leases() {
+    let server = Server::start().await;
+    server
+        .enqueue_many("a", (0..200).map(|i| task("t", json!(i))).collect())
+        .await;
+    server
+        .enqueue_many("b", (0..200).map(|i| task("t", json!(i))).collect())
+        .await;
+    let order = run_order(&server, &[("a", 3), ("b", 1)], false, 120).await;
+    let a = order.iter().filter(|q| *q == "a").count();
+    // Smooth weighted round-robin is exact while both queues have work: 3 of 4.
+    assert!((85..=95).contains(&a), "{a} of 120 from a");
+    server.stop().await;
+}
