@@ -42,6 +42,8 @@ pub enum ConfigError {
     InvalidPrefetch { got: usize, max: usize },
     #[error("heartbeat interval must be at least {min_ms} ms, got {got:?}")]
     HeartbeatTooShort { got: Duration, min_ms: u64 },
+    #[error("cancel grace must be at most {max_ms} ms, got {got:?}")]
+    CancelGraceTooLong { got: Duration, max_ms: u64 },
     #[error("worker name must be 1..={max} bytes, got {got}")]
     InvalidWorkerName { got: usize, max: usize },
     #[error("a handler for kind {0:?} was registered twice")]
@@ -60,6 +62,7 @@ pub struct PoolBuilder {
     pub(crate) prefetch: Option<usize>,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) cancel_grace: Duration,
     pub(crate) worker_name: Option<String>,
     pub(crate) handlers: HashMap<String, HandlerFn>,
     pub(crate) fallback: Option<HandlerFn>,
@@ -84,6 +87,8 @@ pub struct Pool {
     pub(crate) hold_max: usize,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) shutdown_grace: Duration,
+    /// How long a handler may run on after its token fired before it is abandoned.
+    pub(crate) cancel_grace: Duration,
     pub(crate) worker_name: String,
     pub(crate) handlers: HashMap<String, HandlerFn>,
     pub(crate) fallback: Option<HandlerFn>,
@@ -115,6 +120,7 @@ impl PoolBuilder {
             prefetch: None,
             heartbeat_interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS_DEFAULT),
             shutdown_grace: Duration::from_millis(SHUTDOWN_GRACE_MS_DEFAULT),
+            cancel_grace: Duration::from_millis(crate::limits::CANCEL_GRACE_MS),
             worker_name: None,
             handlers: HashMap::new(),
             fallback: None,
@@ -150,6 +156,14 @@ impl PoolBuilder {
     /// clock runs, so keep it near the concurrency for long tasks.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
+        self
+    }
+
+    /// How long a handler may go on after its token fired (deadline, cancel or
+    /// shutdown) before the pool drops it and fails the task (default 1 s). A
+    /// handler that stops a child process wants room for its kill grace here.
+    pub fn cancel_grace(mut self, d: Duration) -> Self {
+        self.cancel_grace = d;
         self
     }
 
@@ -246,6 +260,12 @@ impl PoolBuilder {
                 min_ms: HEARTBEAT_INTERVAL_MS_MIN,
             });
         }
+        if self.cancel_grace > Duration::from_millis(crate::limits::CANCEL_GRACE_MS_MAX) {
+            return Err(ConfigError::CancelGraceTooLong {
+                got: self.cancel_grace,
+                max_ms: crate::limits::CANCEL_GRACE_MS_MAX,
+            });
+        }
         let worker_name = self
             .worker_name
             .unwrap_or_else(|| format!("weir-worker-{}", std::process::id()));
@@ -267,6 +287,7 @@ impl PoolBuilder {
             hold_max: self.concurrency.max(prefetch),
             heartbeat_interval: self.heartbeat_interval,
             shutdown_grace: self.shutdown_grace,
+            cancel_grace: self.cancel_grace,
             worker_name,
             handlers: self.handlers,
             fallback: self.fallback,

@@ -33,7 +33,8 @@
 //! - `Err(HandlerError::Retry)` → fail with `retry: true`; `Err(Fatal)` → fail with
 //!   `retry: false`;
 //! - a panic → fail with the panic message, `retry: true`;
-//! - the handler ignores its token for `CANCEL_GRACE_MS` after it fired → its
+//! - the handler ignores its token for the cancel grace (`CANCEL_GRACE_MS` unless
+//!   set with `cancel_grace`) after it fired → its
 //!   future is dropped and the task failed ("timeout: handler did not finish within
 //!   timeout_ms" after the deadline, retried; not retried after a cancel; "worker
 //!   shut down", retried, at shutdown). A handler blocking a thread cannot be

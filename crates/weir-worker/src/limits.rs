@@ -17,6 +17,8 @@ pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 30_000;
 /// How long a handler has to return after its token fired (deadline, cancel or
 /// shutdown) before it is abandoned: its future is dropped and its task failed.
 pub const CANCEL_GRACE_MS: u64 = 1_000;
+/// Longest cancel grace a pool accepts.
+pub const CANCEL_GRACE_MS_MAX: u64 = 600_000;
 /// Long-poll `wait_ms` of a lease when the pool has free slots and nothing came.
 pub const LEASE_WAIT_MS_IDLE: u64 = 1_000;
 /// Shortest long-poll when several queues take turns at the idle long-poll.

@@ -102,6 +102,7 @@ pub(crate) struct Shared {
     pub(crate) handlers: HashMap<String, HandlerFn>,
     pub(crate) fallback: Option<HandlerFn>,
     pub(crate) heartbeat_interval: Duration,
+    pub(crate) cancel_grace: Duration,
     pub(crate) worker_name: String,
     /// The handled kinds, comma-separated, for the unknown-kind error.
     pub(crate) kinds: String,
@@ -155,6 +156,7 @@ impl Pool {
             handlers: self.handlers,
             fallback: self.fallback,
             heartbeat_interval: self.heartbeat_interval,
+            cancel_grace: self.cancel_grace,
             worker_name: self.worker_name.clone(),
             kinds,
             counters: counters.clone(),

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use weir_client::{AckItem, Client, Error};
 
-use crate::limits::{CANCEL_GRACE_MS, HEARTBEAT_INTERVAL_MS_MIN};
+use crate::limits::HEARTBEAT_INTERVAL_MS_MIN;
 use crate::pool::{Leased, Shared};
 use crate::settle::Settlement;
 use crate::task::{CancelReason, Ctx, Task};
@@ -24,7 +24,7 @@ use crate::HandlerResult;
 enum Outcome {
     /// It returned, or panicked.
     Finished(Result<HandlerResult, JoinError>),
-    /// It did not return within `CANCEL_GRACE_MS` of its token firing; its future
+    /// It did not return within the cancel grace of its token firing; its future
     /// was dropped.
     Abandoned(CancelReason),
 }
@@ -108,7 +108,7 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
     // A task that waited for a slot beats at once: its lease clock ran meanwhile.
     let hb_first = (leased_at + hb_interval).max(start);
     let mut heartbeat: Option<AbortOnDrop> = None;
-    let cancel_grace = Duration::from_millis(CANCEL_GRACE_MS);
+    let cancel_grace = shared.cancel_grace;
     let mut abandon_at = deadline + cancel_grace;
     let mut cancel_seen = false;
 
@@ -198,7 +198,8 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
                 ),
                 CancelReason::Canceled => (
                     format!(
-                        "canceled: handler did not stop within {CANCEL_GRACE_MS} ms of the cancel"
+                        "canceled: handler did not stop within {} ms of the cancel",
+                        shared.cancel_grace.as_millis()
                     ),
                     false,
                 ),

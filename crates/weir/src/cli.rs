@@ -31,6 +31,8 @@ pub enum Command {
     Queues(ClientArgs),
     /// Load-generate against a server and report throughput and latency.
     Bench(BenchArgs),
+    /// Run a worker pool that runs a shell command per task.
+    Worker(WorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +217,59 @@ pub struct BenchArgs {
     pub client: ClientArgs,
 }
 
+/// `weir worker --exec CMD`: every flag also reads `WEIR_WORKER_*` (the server
+/// and token read the `WEIR_SERVER` and `WEIR_TOKEN` every client command shares).
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Shell command run per task through `sh -c`: the payload (JSON) on stdin,
+    /// WEIR_TASK_ID, WEIR_QUEUE, WEIR_KIND and WEIR_ATTEMPT in its environment.
+    /// Exit 0 acks with stdout as the result (JSON if it parses, else a string);
+    /// any other exit fails the attempt with the end of stderr.
+    #[arg(long, env = "WEIR_WORKER_EXEC")]
+    pub exec: String,
+    /// Queue to lease from; repeat for several (`name` or `name=weight`, weights
+    /// sharing out the leases among queues; a comma-separated list in the env).
+    #[arg(
+        long = "queue",
+        env = "WEIR_WORKER_QUEUE",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub queues: Vec<String>,
+    /// Commands running at once.
+    #[arg(long, env = "WEIR_WORKER_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Tasks leased ahead of a free slot, so the next command starts without a
+    /// round trip [default: the pool's].
+    #[arg(long, env = "WEIR_WORKER_PREFETCH")]
+    pub prefetch: Option<usize>,
+    /// How often a running task's lease is renewed; the answer also tells the
+    /// worker that the task was canceled [default: the pool's].
+    #[arg(long, env = "WEIR_WORKER_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// On SIGTERM/SIGINT: how long running commands may take to finish before
+    /// they are killed.
+    #[arg(long, env = "WEIR_WORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Between SIGTERM and SIGKILL when a command is stopped (deadline, cancel,
+    /// shutdown). At most 10 minutes.
+    #[arg(long, env = "WEIR_WORKER_KILL_GRACE", default_value = "2s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+    /// Largest stdout a command may print (the task's result); more fails the
+    /// task.
+    #[arg(long, env = "WEIR_WORKER_OUTPUT_BYTES_MAX", default_value_t = 1 << 20)]
+    pub output_bytes_max: usize,
+    /// Name the worker gives the server when it leases [default: weir-exec@HOST:PID].
+    #[arg(long, env = "WEIR_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Base URL of the server.
+    #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7700")]
+    pub server: String,
+    /// Bearer token to send.
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +306,33 @@ mod tests {
         assert_eq!(b.duration, Duration::from_secs(2));
         assert_eq!(b.tasks, Some(20_000));
         assert!(b.spawn);
+    }
+
+    #[test]
+    fn parses_a_worker_line() {
+        let cli = Cli::try_parse_from([
+            "weir",
+            "worker",
+            "--exec",
+            "cat",
+            "--queue",
+            "a",
+            "--queue",
+            "b=3,c",
+            "--kill-grace",
+            "500ms",
+        ])
+        .unwrap();
+        let Command::Worker(w) = cli.command else {
+            panic!("not worker")
+        };
+        assert_eq!(w.exec, "cat");
+        assert_eq!(w.queues, ["a", "b=3", "c"]);
+        assert_eq!(w.concurrency, 4);
+        assert_eq!(w.kill_grace, Duration::from_millis(500));
+        assert_eq!(w.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(w.output_bytes_max, 1 << 20);
+        assert!(Cli::try_parse_from(["weir", "worker", "--exec", "cat"]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod duration;
 mod serve;
+mod worker;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -22,11 +23,14 @@ use tracing_subscriber::EnvFilter;
 use cli::{Cli, Command};
 
 /// Exit code of a configuration error (as clap's usage errors).
-const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve(_)));
+    init_tracing(matches!(
+        cli.command,
+        Command::Serve(_) | Command::Worker(_)
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,6 +56,13 @@ fn main() -> ExitCode {
             Command::Task(cmd) => commands::task(cmd).await,
             Command::Queues(args) => commands::queues(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Worker(args) => match worker::config(&args) {
+                Ok(config) => worker::run(config).await,
+                Err(serve::ConfigError(msg)) => {
+                    eprintln!("error: {msg}");
+                    Ok(ExitCode::from(EXIT_CONFIG))
+                }
+            },
         }
     });
     match result {
@@ -65,7 +76,7 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr (stdout is for results and the `listening` line). The
 /// filter comes from `WEIR_LOG`, else `RUST_LOG`, else `info` for the server and
-/// `warn` for client commands (the storage engine's own info lines are noise to
+/// the worker, `warn` for client commands (the storage engine's own info lines are noise to
 /// an operator, so they start at `warn`).
 fn init_tracing(server: bool) {
     let default = if server {
