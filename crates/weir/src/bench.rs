@@ -279,11 +279,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// The scenarios to run, in order, without repeats; `all` stands for every one.
 fn expand(asked: &[Scenario]) -> Vec<Scenario> {
-    const EVERY: [Scenario; 4] = [
+    const EVERY: [Scenario; 5] = [
         Scenario::Enqueue,
         Scenario::Batch,
         Scenario::E2e,
         Scenario::Latency,
+        Scenario::Redelivery,
     ];
     let mut out = Vec::new();
     for s in asked {
@@ -344,6 +345,7 @@ async fn run_scenarios(
             Scenario::Batch => batch(args, shared).await?,
             Scenario::E2e => e2e(args, shared).await?,
             Scenario::Latency => latency(args, shared).await?,
+            Scenario::Redelivery => redelivery(shared).await?,
             Scenario::All => unreachable!("expanded above"),
         };
         if args.client.json {
@@ -365,6 +367,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Batch => "batch",
         Scenario::E2e => "e2e",
         Scenario::Latency => "latency",
+        Scenario::Redelivery => "redelivery",
         Scenario::All => "all",
     }
 }
@@ -794,6 +797,91 @@ async fn latency(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report
     Ok(report)
 }
 
+/// Tasks the redelivery scenario abandons.
+const REDELIVERY_TASKS: u64 = 50;
+/// Their `timeout_ms`: short, so the scenario takes seconds (the lease adds the
+/// server's grace, which the lease's `lease_expires_at` includes).
+const REDELIVERY_TIMEOUT_MS: u64 = 500;
+/// Longest a redelivery scenario waits for the tasks to come back.
+const REDELIVERY_WAIT_MS_MAX: u64 = 120_000;
+
+/// A "worker" leases tasks and dies (never acks); another long-polls the queue.
+/// Records, per task, how long after its lease's `lease_expires_at` it was leased
+/// again (SPEC §11: at most lease expiry + 1 s).
+async fn redelivery(shared: Arc<Shared>) -> anyhow::Result<Report> {
+    let client = shared.client(2)?;
+    let tasks: Vec<EnqueueOptions> = (0..REDELIVERY_TASKS)
+        .map(|i| {
+            EnqueueOptions::new(serde_json::json!({ "i": i })).timeout_ms(REDELIVERY_TIMEOUT_MS)
+        })
+        .collect();
+    client
+        .enqueue_batch(&shared.queue, &tasks)
+        .await
+        .context("enqueueing")?;
+    let first = client
+        .lease(
+            &shared.queue,
+            REDELIVERY_TASKS as u32,
+            5_000,
+            Some("doomed"),
+        )
+        .await
+        .context("leasing")?;
+    let expires: std::collections::HashMap<String, i64> = first
+        .iter()
+        .filter_map(|t| {
+            let at = chrono::DateTime::parse_from_rfc3339(&t.lease_expires_at).ok()?;
+            Some((t.id.clone(), at.timestamp_micros()))
+        })
+        .collect();
+    let started = Instant::now();
+    let mut hist = latency_histogram()?;
+    let mut back = 0u64;
+    while back < first.len() as u64
+        && started.elapsed() < Duration::from_millis(REDELIVERY_WAIT_MS_MAX)
+    {
+        let again = client
+            .lease(
+                &shared.queue,
+                REDELIVERY_TASKS as u32,
+                10_000,
+                Some("survivor"),
+            )
+            .await?;
+        let now_us = (unix_nanos() / 1_000) as i64;
+        let acks: Vec<AckItem> = again
+            .into_iter()
+            .filter_map(|t| {
+                let late_us = now_us - expires.get(&t.id)?;
+                hist.saturating_record(late_us.max(1) as u64);
+                back += 1;
+                Some(AckItem {
+                    id: t.id,
+                    lease_id: t.lease_id,
+                    result: Value::Null,
+                })
+            })
+            .collect();
+        client.settle(&acks, &[]).await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut report = shared.report(
+        "redelivery",
+        back,
+        secs,
+        back == first.len() as u64 && back > 0,
+    );
+    let ms = |us: u64| us as f64 / 1_000.0;
+    if !hist.is_empty() {
+        report.p50_ms = Some(ms(hist.value_at_quantile(0.50)));
+        report.p90_ms = Some(ms(hist.value_at_quantile(0.90)));
+        report.p99_ms = Some(ms(hist.value_at_quantile(0.99)));
+        report.max_ms = Some(ms(hist.max()));
+    }
+    Ok(report)
+}
+
 /// A `weir serve` child on a free loopback port with a fresh data directory.
 struct Spawned {
     child: tokio::process::Child,
@@ -885,7 +973,8 @@ mod tests {
                 Scenario::Latency,
                 Scenario::Enqueue,
                 Scenario::Batch,
-                Scenario::E2e
+                Scenario::E2e,
+                Scenario::Redelivery
             ]
         );
         assert_eq!(expand(&[Scenario::E2e, Scenario::E2e]), vec![Scenario::E2e]);

@@ -148,6 +148,8 @@ pub enum Scenario {
     E2e,
     /// Enqueue-to-lease latency at a fixed rate.
     Latency,
+    /// How late after its lease expiry a task a worker abandoned is leased again.
+    Redelivery,
     /// Every scenario above, in that order.
     All,
 }
