@@ -617,3 +617,76 @@ async fn weights_spread_leases() {
     assert!((85..=95).contains(&a), "{a} of 120 from a");
     server.stop().await;
 }
+
+/// errgroup end to end: in a fail-fast group, one member fails for good while
+/// others run; the running handlers' tokens fire (reason `Canceled`), the queued
+/// members never start, and the group and its members end failed / canceled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fail_fast_group_cancels_running_and_queued_members() {
+    let server = Server::start().await;
+    let (started_tx, mut started_rx) = mpsc::channel::<String>(16);
+    let (fired_tx, mut fired_rx) = mpsc::channel::<Option<CancelReason>>(16);
+    let started_count = Arc::new(AtomicUsize::new(0));
+    let count = started_count.clone();
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("grp", 1)
+        // Three handlers at once, one task leased per free slot: three members
+        // run and the other three stay queued on the server.
+        .concurrency(3)
+        .prefetch(1)
+        .handler("wait", move |t: Task, ctx: Ctx| {
+            let (started, fired, count) = (started_tx.clone(), fired_tx.clone(), count.clone());
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                started.send(t.id).await.unwrap();
+                ctx.cancelled().await;
+                fired.send(ctx.cancel_reason()).await.unwrap();
+                Err(HandlerError::retry("stopped"))
+            }
+        })
+        .handler("boom", |_t: Task, _ctx: Ctx| async move {
+            Err(HandlerError::fatal("boom"))
+        })
+        .build()
+        .unwrap();
+    // FIFO: two "wait" members, the failing one, then three more "wait" members
+    // that are still queued when it fails.
+    let mut tasks: Vec<EnqueueOptions> = (0..5).map(|i| task("wait", json!(i))).collect();
+    tasks.insert(2, task("boom", json!("x")));
+    let group = server.client.group("grp", &tasks, true).await.unwrap();
+    let running = Running::start(pool);
+    for _ in 0..2 {
+        started_rx.recv().await.unwrap();
+    }
+    let err = group
+        .wait(Duration::from_millis(WAIT_MS))
+        .await
+        .unwrap_err();
+    match err {
+        weir_client::WaitError::GroupFailed { error, .. } => {
+            assert_eq!(error.as_deref(), Some("boom"))
+        }
+        other => panic!("{other:?}"),
+    }
+    for id in group.task_ids() {
+        let t = server.finished(id).await;
+        if t.kind == "boom" {
+            assert_eq!(t.state, TaskState::Dead);
+        } else {
+            assert_eq!(t.state, TaskState::Canceled, "{t:?}");
+            assert!(t.attempt <= 1, "a canceled member is not retried: {t:?}");
+        }
+    }
+    let report = running.stop().await;
+    // Every member that started saw its token fire because of the cancel; a slot
+    // freed by the failing member may have started one more before the cancel was
+    // committed, never all of them.
+    let started = started_count.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&started), "{started} started; {report:?}");
+    for _ in 0..started {
+        assert_eq!(fired_rx.recv().await.unwrap(), Some(CancelReason::Canceled));
+    }
+    let view = server.client.get_group(group.id()).await.unwrap();
+    assert_eq!((view.counts.dead, view.counts.canceled), (1, 5));
+    server.stop().await;
+}
