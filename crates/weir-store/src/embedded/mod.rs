@@ -233,17 +233,19 @@ impl EmbeddedBroker {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
     ) -> Result<T, StoreError> {
+        let gone = || {
+            if self.shared.failed.load(Ordering::SeqCst) {
+                StoreError::Internal("store failed earlier; restart required".into())
+            } else {
+                StoreError::Closed
+            }
+        };
         if self.shared.failed.load(Ordering::Relaxed) {
-            return Err(StoreError::Internal(
-                "store failed earlier; restart required".into(),
-            ));
+            return Err(gone());
         }
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ops.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     fn view(&self, record: TaskRecord) -> Result<TaskView, StoreError> {

@@ -147,11 +147,33 @@ impl After {
     }
 }
 
+/// Marks the store failed if the writer thread ends by a panic: every later write
+/// is refused with a clear error and `/readyz` answers 503, instead of callers
+/// finding a closed channel.
+struct FailOnPanic(Arc<Shared>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, Ordering::SeqCst);
+            tracing::error!("the writer thread panicked; the store refuses writes until restarted");
+        }
+    }
+}
+
 fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let _guard = FailOnPanic(shared.clone());
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .expect("writer runtime");
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the writer's runtime");
+            shared.failed.store(true, Ordering::SeqCst);
+            return;
+        }
+    };
     rt.block_on(async move {
         let mut deferred: Vec<Op> = Vec::new();
         let mut next_purge_ms = 0u64;
@@ -694,8 +716,19 @@ fn expire_leases(
         if at > now {
             break;
         }
-        let lease = st.take_lease(id).expect("every deadline has its lease");
-        let mut rec = lease.record.expect("only filled leases have deadlines");
+        // Every deadline belongs to a filled lease (see `State::take_lease` and the
+        // lease path); if that ever breaks, drop the stray entry rather than loop.
+        let Some(lease) = st.take_lease(id) else {
+            debug_assert!(false, "lease deadline without its lease");
+            st.lease_deadlines.remove(&(at, id));
+            tracing::error!(task = %TaskId(id), "lease deadline without its lease; dropped");
+            continue;
+        };
+        let Some(mut rec) = lease.record else {
+            debug_assert!(false, "deadline on a lease that was never filled");
+            tracing::error!(task = %TaskId(id), "deadline on an unfilled lease; dropped");
+            continue;
+        };
         let mut res = machine::lease_expired(&mut rec, now);
         if res.is_ok_and(|n| !n.is_terminal()) && groups::closed(st, &rec) {
             res = machine::cancel(&mut rec, now).map(|_| rec.state);
