@@ -169,6 +169,8 @@ pub struct Task {
     pub idempotency_key: Option<String>,
     pub cancel_requested: bool,
     pub lease_expires_at: Option<String>,
+    /// The worker holding the lease, while the task is active.
+    pub worker: Option<String>,
     /// Response fields this client does not know, kept so `--json` output shows
     /// everything the server said.
     #[serde(flatten)]

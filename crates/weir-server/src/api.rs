@@ -285,7 +285,10 @@ async fn lease(
     if let Some(w) = &b.worker {
         validate::text("worker", w, s.config.limits.worker_name_bytes_max)?;
     }
-    let leased = s.broker.lease(&queue, max as usize, wait).await?;
+    let leased = s
+        .broker
+        .lease_for(&queue, max as usize, wait, b.worker.as_deref())
+        .await?;
     let tasks = leased.into_iter().map(LeasedJson::from).collect();
     Ok(Json(LeaseResponse { tasks }).into_response())
 }

@@ -183,6 +183,8 @@ pub struct TaskJson {
     pub idempotency_key: Option<String>,
     pub cancel_requested: bool,
     pub lease_expires_at: Option<String>,
+    /// The worker holding the lease (active tasks whose worker named itself).
+    pub worker: Option<String>,
 }
 
 impl From<TaskView> for TaskJson {
@@ -208,6 +210,7 @@ impl From<TaskView> for TaskJson {
             idempotency_key: r.idempotency_key,
             cancel_requested: r.cancel_requested,
             lease_expires_at: v.lease_expires_ms.map(rfc3339),
+            worker: v.worker,
         }
     }
 }

@@ -138,6 +138,7 @@ async fn enqueue_lease_ack_get_result() {
     let (st, v) = s.get(&format!("/v1/tasks/{id}")).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["state"], "active");
+    assert_eq!(v["worker"], "w1");
 
     let (st, v) = s
         .post(

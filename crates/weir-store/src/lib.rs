@@ -41,6 +41,8 @@ pub struct TaskView {
     pub payload: Bytes,
     /// When the current lease runs out (active tasks only).
     pub lease_expires_ms: Option<u64>,
+    /// The worker holding the lease, if it named itself (active tasks only).
+    pub worker: Option<String>,
 }
 
 /// Identifies one lease of one task; a stale one is refused with 409.
@@ -178,13 +180,24 @@ pub trait Broker: Send + Sync + 'static {
     async fn wait(&self, id: TaskId, wait: Duration) -> Result<Option<TaskView>, StoreError>;
     /// Cancels a queued task, or requests cancel of an active one.
     async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError>;
-    /// Leases up to `max` tasks, waiting up to `wait` for the first one.
+    /// Leases up to `max` tasks, waiting up to `wait` for the first one. `worker`
+    /// names the holder, shown on the active task's view.
+    async fn lease_for(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+        worker: Option<&str>,
+    ) -> Result<Vec<Leased>, StoreError>;
+    /// `lease_for` without a worker name.
     async fn lease(
         &self,
         queue: &str,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<Leased>, StoreError>;
+    ) -> Result<Vec<Leased>, StoreError> {
+        self.lease_for(queue, max, wait, None).await
+    }
     /// Acks and fails, each judged on its own; answers once all are durable.
     async fn settle(
         &self,

@@ -260,13 +260,20 @@ impl EmbeddedBroker {
 /// from disk.
 fn overlay(st: &State, record: TaskRecord, payload: Bytes, now_ms: u64) -> TaskView {
     let (record, lease_expires_ms) = overlay_record(st, record, now_ms);
+    let worker = st
+        .leases
+        .get(&record.id.0)
+        .filter(|_| record.state == TaskState::Active)
+        .and_then(|l| l.worker.as_deref().map(str::to_owned));
     TaskView {
         record,
         payload,
         lease_expires_ms,
+        worker,
     }
 }
 
+/// The record as a reader sees it, and its lease expiry if active.
 fn overlay_record(st: &State, mut record: TaskRecord, now_ms: u64) -> (TaskRecord, Option<u64>) {
     let mut lease_expires_ms = None;
     if !record.state.is_terminal() {
@@ -394,13 +401,18 @@ impl Broker for EmbeddedBroker {
         self.view(record)
     }
 
-    async fn lease(
+    async fn lease_for(
         &self,
         queue: &str,
         max: usize,
         wait: Duration,
+        worker: Option<&str>,
     ) -> Result<Vec<Leased>, StoreError> {
         let limits = &self.shared.config.limits;
+        if let Some(w) = worker {
+            weir_core::validate::text("worker", w, limits.worker_name_bytes_max)?;
+        }
+        let worker: Option<Arc<str>> = worker.map(Arc::from);
         weir_core::validate::queue_name(queue, limits)?;
         weir_core::validate::range("max", max as u64, 1, limits.lease_tasks_max as u64)?;
         let deadline = tokio::time::Instant::now() + wait;
@@ -413,7 +425,7 @@ impl Broker for EmbeddedBroker {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.try_lease(queue, max)?;
+            let got = self.try_lease(queue, max, worker.as_ref())?;
             if !got.is_empty() {
                 return Ok(got);
             }
@@ -664,7 +676,12 @@ impl EmbeddedBroker {
 
     /// Takes up to `max` pending tasks of `queue` and leases them. Tasks past their
     /// deadline are handed to the writer to end dead instead.
-    fn try_lease(&self, queue: &str, max: usize) -> Result<Vec<Leased>, StoreError> {
+    fn try_lease(
+        &self,
+        queue: &str,
+        max: usize,
+        worker: Option<&Arc<str>>,
+    ) -> Result<Vec<Leased>, StoreError> {
         let now = self.shared.now_ms();
         let mut woken = Vec::new();
         // Step 1, under the lock: pop ids and hold them with placeholder leases.
@@ -691,6 +708,7 @@ impl EmbeddedBroker {
                         expires_ms: u64::MAX,
                         record: None,
                         cancel_requested: false,
+                        worker: worker.cloned(),
                     },
                 );
                 taken.push((id, lease_id));

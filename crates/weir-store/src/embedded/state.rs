@@ -45,6 +45,8 @@ pub struct Lease {
     pub record: Option<TaskRecord>,
     /// A cancel arrived while active (kept here too for the filling instant).
     pub cancel_requested: bool,
+    /// The worker that asked for the lease, if it named itself.
+    pub worker: Option<Arc<str>>,
 }
 
 /// A group that still has open members (finished groups live on disk only).
