@@ -88,6 +88,20 @@ pub async fn run(listen: SocketAddr, config: ServeConfig) -> anyhow::Result<()> 
     weir_server::serve(listener, config, shutdown).await
 }
 
+/// Opts this process out of transparent huge pages. The store's memtables churn
+/// through fresh memory; with THP every first touch of a 2 MiB region made the
+/// kernel zero all of it, which profiles showed as 9–20% of server time
+/// (`clear_page_erms`). Without THP, end to end was +12% and batched ingest +5%
+/// (BENCHMARKS.md). Failure only costs that speed, so it is logged, not fatal.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and touches no memory
+    // of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not disable transparent huge pages");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,19 +157,5 @@ mod tests {
     #[test]
     fn bad_backoff_is_refused() {
         assert!(config(&args(&["--backoff-base-ms", "10", "--backoff-cap-ms", "5"])).is_err());
-    }
-}
-
-/// Opts this process out of transparent huge pages. The store's memtables churn
-/// through fresh memory; with THP every first touch of a 2 MiB region made the
-/// kernel zero all of it, which profiles showed as 9–20% of server time
-/// (`clear_page_erms`). Without THP, end to end was +12% and batched ingest +5%
-/// (BENCHMARKS.md). Failure only costs that speed, so it is logged, not fatal.
-fn disable_transparent_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and touches no memory
-    // of ours.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not disable transparent huge pages");
     }
 }
