@@ -12,7 +12,6 @@ mod groups;
 mod state;
 mod writer;
 
-use std::cmp::Reverse;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -693,7 +692,7 @@ impl EmbeddedBroker {
             };
             let mut taken = Vec::new();
             while taken.len() < max {
-                let Some((Reverse(priority), id)) = st.queue(q).pending.pop_first() else {
+                let Some((priority, id)) = st.queue(q).pending.pop_first() else {
                     break;
                 };
                 st.count(q, Some(TaskState::Pending), Some(TaskState::Active));
@@ -744,7 +743,7 @@ impl EmbeddedBroker {
                     (Err(e), _) | (_, Err(e)) => {
                         // Put it back so that nothing is lost; report loudly.
                         if let Some(l) = st.take_lease(id) {
-                            st.queue(l.queue).pending.insert((Reverse(l.priority), id));
+                            st.queue(l.queue).pending.insert(l.priority, id);
                             st.count(l.queue, None, Some(TaskState::Pending));
                         }
                         failure = Some(e);
