@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub retention_ms: u64,
     /// How long shutdown waits for in-flight requests before it gives up on them.
     pub shutdown_grace_ms: u64,
+    /// Memtable size per keyspace of the embedded store, in bytes.
+    pub memtable_bytes_max: u64,
 }
 
 impl ServeConfig {
@@ -42,6 +44,7 @@ impl ServeConfig {
             lease_grace_ms: weir_core::limits::LEASE_GRACE_MS_DEFAULT,
             retention_ms: weir_core::limits::RETENTION_MS_DEFAULT,
             shutdown_grace_ms: 10_000,
+            memtable_bytes_max: weir_store::embedded::MEMTABLE_BYTES_DEFAULT,
         }
     }
 }
@@ -52,6 +55,7 @@ pub fn open_store(config: &ServeConfig) -> anyhow::Result<EmbeddedBroker> {
     ec.limits = config.limits.clone();
     ec.backoff = config.backoff;
     ec.lease_grace_ms = config.lease_grace_ms;
+    ec.memtable_bytes_max = config.memtable_bytes_max;
     EmbeddedBroker::open(ec)
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", config.data_dir.display()))
 }

@@ -56,6 +56,16 @@ pub fn config(args: &ServeArgs) -> Result<(SocketAddr, ServeConfig), ConfigError
         }
         config.limits.payload_bytes_max = v;
     }
+    if let Some(v) = args.memtable_bytes_max {
+        let min = weir_store::embedded::MEMTABLE_BYTES_MIN;
+        if !(min..=(1 << 32)).contains(&v) {
+            return Err(ConfigError(format!(
+                "--memtable-bytes-max must be between {min} and {} bytes",
+                1u64 << 32
+            )));
+        }
+        config.memtable_bytes_max = v;
+    }
     Ok((args.listen, config))
 }
 

@@ -47,6 +47,14 @@ const WRITER_TICK_MS_MAX: u64 = 100;
 /// Most expired tasks removed in one writer round.
 const RETENTION_PURGE_BATCH_MAX: usize = 4096;
 
+/// Default memtable size per keyspace. 16 MiB cut peak RSS while ingesting 10M
+/// 1 KiB tasks from 967 to 765 MB, but cost 25-28% of throughput with small
+/// payloads (BENCHMARKS.md); the default keeps throughput, and
+/// `--memtable-bytes-max` trades it for memory.
+pub const MEMTABLE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest memtable size accepted (fjall needs room for its largest write).
+pub const MEMTABLE_BYTES_MIN: u64 = 4 * 1024 * 1024;
+
 /// Configuration of the embedded store.
 #[derive(Clone)]
 pub struct EmbeddedConfig {
@@ -57,6 +65,9 @@ pub struct EmbeddedConfig {
     pub lease_grace_ms: u64,
     /// fjall block cache, in bytes.
     pub cache_bytes: u64,
+    /// Size at which a keyspace's memtable is sealed and flushed, in bytes; bounds
+    /// the memory writes hold before they reach sorted tables.
+    pub memtable_bytes_max: u64,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -68,6 +79,7 @@ impl EmbeddedConfig {
             backoff: Backoff::default(),
             lease_grace_ms: weir_core::limits::LEASE_GRACE_MS_DEFAULT,
             cache_bytes: 64 * 1024 * 1024,
+            memtable_bytes_max: MEMTABLE_BYTES_DEFAULT,
             clock: Arc::new(SystemClock),
         }
     }
@@ -88,7 +100,11 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    fn open(dir: &std::path::Path, cache_bytes: u64) -> Result<Disk, StoreError> {
+    fn open(
+        dir: &std::path::Path,
+        cache_bytes: u64,
+        memtable_bytes: u64,
+    ) -> Result<Disk, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| internal("create data dir", e))?;
         let db = Database::builder(dir)
             .cache_size(cache_bytes)
@@ -97,8 +113,10 @@ impl Disk {
             .open()
             .map_err(|e| internal("open store", e))?;
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(|e| internal("open keyspace", e))
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
+            })
+            .map_err(|e| internal("open keyspace", e))
         };
         Ok(Disk {
             tasks: ks(disk::KS_TASKS)?,
@@ -187,7 +205,11 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Opens (or creates) the store and rebuilds the dispatch indexes from disk.
     pub fn open(config: EmbeddedConfig) -> Result<EmbeddedBroker, StoreError> {
-        let disk = Disk::open(&config.data_dir, config.cache_bytes)?;
+        let disk = Disk::open(
+            &config.data_dir,
+            config.cache_bytes,
+            config.memtable_bytes_max,
+        )?;
         let now = config.clock.now_ms();
         let mut state = State {
             next_lease_id: rand::thread_rng().gen(),
