@@ -375,26 +375,7 @@ impl Broker for EmbeddedBroker {
         queue: &str,
         tasks: Vec<EnqueueTask>,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        let limits = &self.shared.config.limits;
-        weir_core::validate::queue_name(queue, limits)?;
-        if tasks.is_empty() || tasks.len() > limits.batch_tasks_max {
-            return Err(weir_core::validate::InvalidInput::invalid(
-                "tasks",
-                format!("a batch holds 1 to {} tasks", limits.batch_tasks_max),
-            )
-            .into());
-        }
-        // Records are built and encoded here, on the caller's task, so the single
-        // writer thread only copies bytes into the commit.
-        let now = self.shared.now_ms();
-        let items = tasks
-            .into_iter()
-            .map(|t| {
-                let id = self.shared.next_id(now);
-                let record = machine::create(id, queue, t.task, now);
-                Prepared::new(record, t.payload)
-            })
-            .collect();
+        let items = self.prepare(queue, tasks, None, "batch")?;
         self.submit(|reply| Op::Enqueue {
             queue: queue.to_owned(),
             items,
@@ -518,15 +499,6 @@ impl Broker for EmbeddedBroker {
         tasks: Vec<EnqueueTask>,
         fail_fast: bool,
     ) -> Result<GroupCreated, StoreError> {
-        let limits = &self.shared.config.limits;
-        weir_core::validate::queue_name(queue, limits)?;
-        if tasks.is_empty() || tasks.len() > limits.batch_tasks_max {
-            return Err(weir_core::validate::InvalidInput::invalid(
-                "tasks",
-                format!("a group holds 1 to {} tasks", limits.batch_tasks_max),
-            )
-            .into());
-        }
         if tasks.iter().any(|t| t.task.idempotency_key.is_some()) {
             return Err(weir_core::validate::InvalidInput::invalid(
                 "idempotency_key",
@@ -534,17 +506,9 @@ impl Broker for EmbeddedBroker {
             )
             .into());
         }
-        let now = self.shared.now_ms();
-        let id = self.shared.next_id(now);
+        let id = self.shared.next_id(self.shared.now_ms());
         let retention_ms = tasks.iter().map(|t| t.task.retention_ms).max().unwrap_or(0);
-        let items = tasks
-            .into_iter()
-            .map(|t| {
-                let mut record = machine::create(self.shared.next_id(now), queue, t.task, now);
-                record.group = Some(id);
-                Prepared::new(record, t.payload)
-            })
-            .collect();
+        let items = self.prepare(queue, tasks, Some(id), "group")?;
         self.submit(|reply| Op::CreateGroup {
             id,
             queue: queue.to_owned(),
@@ -600,6 +564,36 @@ impl Broker for EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
+    /// Validates a batch of new tasks and builds their records, encoded here on the
+    /// caller's task so the single writer thread only copies bytes into the commit.
+    /// `what` names the batch in errors ("batch", "group").
+    fn prepare(
+        &self,
+        queue: &str,
+        tasks: Vec<EnqueueTask>,
+        group: Option<TaskId>,
+        what: &str,
+    ) -> Result<Vec<Prepared>, StoreError> {
+        let limits = &self.shared.config.limits;
+        weir_core::validate::queue_name(queue, limits)?;
+        if tasks.is_empty() || tasks.len() > limits.batch_tasks_max {
+            return Err(weir_core::validate::InvalidInput::invalid(
+                "tasks",
+                format!("a {what} holds 1 to {} tasks", limits.batch_tasks_max),
+            )
+            .into());
+        }
+        let now = self.shared.now_ms();
+        Ok(tasks
+            .into_iter()
+            .map(|t| {
+                let mut record = machine::create(self.shared.next_id(now), queue, t.task, now);
+                record.group = group;
+                Prepared::new(record, t.payload)
+            })
+            .collect())
+    }
+
     /// The task's current view, `None` if unknown.
     fn view_of(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
         match self.shared.disk.record(id)? {
