@@ -121,7 +121,7 @@ pub enum TaskCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Wait until a task is terminal. Exit code 0: completed; 1: dead or canceled;
+    /// Wait until a task is terminal. Exit code 0: completed; 4: dead or canceled;
     /// 3: not terminal when the timeout passed.
     Wait {
         /// Task id.

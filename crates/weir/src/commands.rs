@@ -16,7 +16,9 @@ use crate::duration::as_ms;
 const WAIT_CALL_MS_MAX: u64 = 60_000;
 
 /// `task wait` exit codes.
-const EXIT_DEAD_OR_CANCELED: u8 = 1;
+/// Distinct from 1 (an error), so a script can tell "the task failed" from "the
+/// command failed".
+const EXIT_DEAD_OR_CANCELED: u8 = 4;
 const EXIT_NOT_TERMINAL: u8 = 3;
 
 /// Builds a client from the shared flags.

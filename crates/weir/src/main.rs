@@ -1,6 +1,6 @@
 //! The `weir` binary: parses the command line and hands off to the command's
-//! module. Exit codes: 0 success, 1 failure (and `task wait`'s dead/canceled),
-//! 2 bad usage or configuration, 3 `task wait` timed out.
+//! module. Exit codes: 0 success, 1 failure, 2 bad usage or configuration,
+//! 3 `task wait` timed out, 4 `task wait` saw the task end dead or canceled.
 
 mod bench;
 mod cli;

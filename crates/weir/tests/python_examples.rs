@@ -2,11 +2,12 @@
 //! so the README's any-language worker stays true. Without python3 the test fails
 //! on CI (`CI=true`) and is skipped with a note elsewhere.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 /// Tasks the producer enqueues and the worker handles.
@@ -40,26 +41,8 @@ async fn python_worker_and_producer() {
         return;
     }
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/python");
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn weir serve");
-    let mut stdout = BufReader::new(server.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(SCRIPT_TIMEOUT, stdout.next_line())
-        .await
-        .expect("weir serve announces its address")
-        .unwrap()
-        .expect("a listening line");
-    let base = line
-        .strip_prefix("weir listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let server = common::start_server(&[]).await;
+    let base = server.base.clone();
 
     let count = COUNT.to_string();
     let worker = Command::new("python3")

@@ -10,55 +10,29 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use weir_client::{Client, EnqueueOptions, Task, TaskState};
+
+mod common;
+use common::Server;
 
 /// Longest any single step may take before the test fails instead of hanging.
 const STEP: Duration = Duration::from_secs(30);
 /// A queue name for every test (each test has its own server).
 const QUEUE: &str = "work";
 
-/// A `weir serve` child on a free port with a fresh data dir.
-struct Server {
-    _child: Child,
-    /// Kept open so the server never writes into a closed pipe.
-    _stdout: Lines<BufReader<ChildStdout>>,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
 async fn start_server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .args(["--lease-grace-ms", "200"])
-        .args(["--backoff-base-ms", "5", "--backoff-cap-ms", "10"])
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn weir serve");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(STEP, stdout.next_line())
-        .await
-        .expect("weir serve announces its address")
-        .unwrap()
-        .expect("a listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("weir listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Server {
-        _child: child,
-        _stdout: stdout,
-        base: addr,
-        _dir: dir,
-    }
+    common::start_server(&[
+        "--lease-grace-ms",
+        "200",
+        "--backoff-base-ms",
+        "5",
+        "--backoff-cap-ms",
+        "10",
+    ])
+    .await
 }
 
 /// A `weir worker --exec` child whose stderr lines the test can wait for (they are
