@@ -23,8 +23,8 @@ pub use types::{
 };
 
 use types::{
-    AckRequest, BatchRequest, BatchResponse, FailRequest, GroupRequest, LeaseOnly, LeaseRequest,
-    LeaseResponse, QueuesResponse, SettleRequest, StateResponse,
+    AckRequest, BatchRequest, BatchResponse, FailRequest, GroupRequest, HeartbeatWait, LeaseOnly,
+    LeaseRequest, LeaseResponse, QueuesResponse, SettleRequest, StateResponse,
 };
 
 /// Longest a request that does not long-poll may take before it fails as a
@@ -254,6 +254,23 @@ impl Client {
         let rb = self
             .request(Method::POST, &format!("/v1/tasks/{}/heartbeat", seg(id)))
             .json(&LeaseOnly { lease_id });
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    /// `POST /v1/tasks/{id}/heartbeat` with `wait_ms`: extends the lease, then waits
+    /// up to `wait_ms` for a cancel request (answering at once when one is made),
+    /// and extends the lease again.
+    pub async fn heartbeat_wait(
+        &self,
+        id: &str,
+        lease_id: &str,
+        wait_ms: u64,
+    ) -> Result<Heartbeat, Error> {
+        let rb = self
+            .request(Method::POST, &format!("/v1/tasks/{}/heartbeat", seg(id)))
+            .timeout(Duration::from_millis(wait_ms + LONG_POLL_SLACK_MS))
+            .json(&HeartbeatWait { lease_id, wait_ms });
         let (status, body) = execute(rb).await?;
         decode(status, &body)
     }

@@ -238,6 +238,12 @@ pub(crate) struct LeaseOnly<'a> {
     pub lease_id: &'a str,
 }
 
+#[derive(Serialize)]
+pub(crate) struct HeartbeatWait<'a> {
+    pub lease_id: &'a str,
+    pub wait_ms: u64,
+}
+
 #[derive(Deserialize)]
 pub(crate) struct StateResponse {
     pub state: TaskState,

@@ -411,11 +411,15 @@ async fn heartbeat(
 ) -> ApiResult {
     let id = task_id(&id)?;
     let bytes = read_body(&headers, body, ENVELOPE_BYTES_MAX).await?;
-    let b: LeaseIdBody = parse(&bytes)?;
-    let hb = s
-        .broker
-        .heartbeat(id, lease_id("lease_id", &b.lease_id)?)
-        .await?;
+    let b: HeartbeatBody = parse(&bytes)?;
+    let lease_id = lease_id("lease_id", &b.lease_id)?;
+    let hb = match b.wait_ms {
+        None | Some(0) => s.broker.heartbeat(id, lease_id).await?,
+        Some(_) => {
+            let wait = wait("wait_ms", b.wait_ms, &s.config)?;
+            s.broker.watch(id, lease_id, wait).await?
+        }
+    };
     Ok(Json(HeartbeatResponse {
         lease_expires_at: rfc3339(hb.lease_expires_ms),
         cancel_requested: hb.cancel_requested,

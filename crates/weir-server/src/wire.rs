@@ -81,6 +81,15 @@ pub struct LeaseIdBody {
     pub lease_id: String,
 }
 
+/// A heartbeat; with `wait_ms` it also waits (up to that long) for a cancel request,
+/// so a worker learns of a cancel as soon as it is made.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    pub lease_id: String,
+    pub wait_ms: Option<u64>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckItem<'a> {

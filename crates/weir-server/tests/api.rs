@@ -799,3 +799,49 @@ async fn queue_count_is_bounded() {
     assert_eq!(v["queues"].as_array().unwrap().len(), 2);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn heartbeat_with_wait_returns_as_soon_as_a_cancel_is_requested() {
+    let s = Server::start().await;
+    let id = s.enqueue("hb", json!({"payload": 1})).await;
+    let t = s.lease("hb", json!({})).await.remove(0);
+    let lease = t["lease_id"].clone();
+    let (st, v) = s
+        .post(
+            &format!("/v1/tasks/{id}/heartbeat"),
+            json!({"lease_id": lease, "wait_ms": 60001}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("wait_ms"))
+    );
+    let (base, http, path) = (
+        s.base.clone(),
+        s.http.clone(),
+        format!("/v1/tasks/{id}/heartbeat"),
+    );
+    let body = json!({"lease_id": lease, "wait_ms": 30000});
+    let parked = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let v: Value = http
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v, started.elapsed())
+    });
+    let (st, _) = s.post(&format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    let (v, took) = parked.await.unwrap();
+    assert_eq!(v["cancel_requested"], true, "{v}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the heartbeat waited out its wait_ms"
+    );
+    s.stop().await;
+}

@@ -652,6 +652,46 @@ pub async fn group_member_retried_after_fail_fast_is_canceled(b: &dyn Broker) {
     assert_eq!(v.record.state, TaskState::Canceled);
 }
 
+pub async fn watch_returns_when_a_cancel_is_requested<B: Broker + Clone>(b: B) {
+    let id = one(&b, "c16", task("k"), "1").await;
+    let l = b.lease("c16", 1, Duration::ZERO).await.unwrap().remove(0);
+    // Nothing happens: the watch beats, waits its time, beats again.
+    let hb = b
+        .watch(id, l.lease_id, Duration::from_millis(5))
+        .await
+        .unwrap();
+    assert!(!hb.cancel_requested);
+    // A GET long-poll and a watch are parked when the cancel comes.
+    let watcher = {
+        let b = b.clone();
+        tokio::spawn(async move { b.watch(id, l.lease_id, WAIT).await })
+    };
+    let getter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.wait(id, WAIT).await })
+    };
+    let started = tokio::time::Instant::now();
+    b.cancel(id).await.unwrap();
+    let hb = watcher.await.unwrap().unwrap();
+    assert!(hb.cancel_requested);
+    assert!(started.elapsed() < WAIT, "the watch waited out its time");
+    // The GET waits for the end, not for the cancel request.
+    b.settle(vec![Settle::Ack {
+        id,
+        lease_id: l.lease_id,
+        result: None,
+    }])
+    .await
+    .unwrap();
+    let v = getter.await.unwrap().unwrap().unwrap();
+    assert_eq!(v.record.state, TaskState::Canceled);
+    // A watch on a stale lease is refused like a heartbeat.
+    assert!(matches!(
+        b.watch(id, l.lease_id, WAIT).await,
+        Err(StoreError::StaleLease)
+    ));
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh broker (`B: Broker + Clone`) for each test.
 #[macro_export]
@@ -670,6 +710,11 @@ macro_rules! conformance_tests {
         async fn long_poll_lease_wakes_on_enqueue() {
             let b = $make.await;
             $crate::conformance::long_poll_lease_wakes_on_enqueue(b).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn watch_returns_when_a_cancel_is_requested() {
+            let b = $make.await;
+            $crate::conformance::watch_returns_when_a_cancel_is_requested(b).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn wait_wakes_when_terminal() {

@@ -207,6 +207,18 @@ pub trait Broker: Send + Sync + 'static {
     async fn release(&self, id: TaskId, lease_id: LeaseId) -> Result<TaskState, StoreError>;
     /// Extends a lease by the task's timeout plus grace.
     async fn heartbeat(&self, id: TaskId, lease_id: LeaseId) -> Result<Heartbeat, StoreError>;
+    /// A heartbeat that, unless a cancel is already requested, waits up to `wait`
+    /// for one (or for the task to end), then beats again: a worker learns of a
+    /// cancel as soon as it is requested. Backends without push just beat once.
+    async fn watch(
+        &self,
+        id: TaskId,
+        lease_id: LeaseId,
+        wait: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        let _ = wait;
+        self.heartbeat(id, lease_id).await
+    }
     /// Enqueues `tasks` as one group, all durable or none. With `fail_fast`, the first
     /// member to end dead fails the group and cancels the others.
     async fn create_group(

@@ -167,8 +167,10 @@ impl PoolBuilder {
         self
     }
 
-    /// How often a running task's lease is extended and its cancel flag read
-    /// (default 500 ms; never less often than a third of the task's `timeout_ms`).
+    /// How often a running task's lease is extended (default 2 s; never less often
+    /// than a third of the task's `timeout_ms`). Each heartbeat waits on the server
+    /// for a cancel request in between, so a cancel reaches the handler at once
+    /// whatever this is (after the task's first 25 ms).
     pub fn heartbeat_interval(mut self, d: Duration) -> Self {
         self.heartbeat_interval = d;
         self

@@ -7,9 +7,10 @@ pub const CONCURRENCY_DEFAULT: usize = 16;
 pub const CONCURRENCY_MAX: usize = 65_536;
 /// Most tasks one lease request may ask for (the server's `lease_tasks_max`).
 pub const PREFETCH_MAX: usize = 1_000;
-/// Heartbeat period of a running task by default: a cancel reaches its handler
-/// within about this long (plus one request).
-pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 500;
+/// How long one heartbeat of a running task waits for a cancel request before it
+/// returns and is re-armed (each re-arm extends the lease). A cancel does not wait
+/// for it: the server answers the parked heartbeat as soon as one is requested.
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 2_000;
 /// Shortest heartbeat period; a shorter one floods the server for nothing.
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
 /// How long running handlers may take to finish after shutdown was requested.
@@ -17,6 +18,9 @@ pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 30_000;
 /// How long a handler has to return after its token fired (deadline, cancel or
 /// shutdown) before it is abandoned: its future is dropped and its task failed.
 pub const CANCEL_GRACE_MS: u64 = 1_000;
+/// How long a task runs before its first heartbeat, which is also a watch for
+/// cancel requests: tasks shorter than this never pay for a request.
+pub const WATCH_DELAY_MS: u64 = 25;
 /// Longest cancel grace a pool accepts.
 pub const CANCEL_GRACE_MS_MAX: u64 = 600_000;
 /// Long-poll `wait_ms` of a lease when the pool has free slots and nothing came.

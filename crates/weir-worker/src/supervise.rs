@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use weir_client::{AckItem, Client, Error};
 
-use crate::limits::HEARTBEAT_INTERVAL_MS_MIN;
+use crate::limits::{HEARTBEAT_INTERVAL_MS_MIN, WATCH_DELAY_MS};
 use crate::pool::{Leased, Shared};
 use crate::settle::Settlement;
 use crate::task::{CancelReason, Ctx, Task};
@@ -105,8 +105,11 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
         .heartbeat_interval
         .min(timeout / 3)
         .max(Duration::from_millis(HEARTBEAT_INTERVAL_MS_MIN));
-    // A task that waited for a slot beats at once: its lease clock ran meanwhile.
-    let hb_first = (leased_at + hb_interval).max(start);
+    // The first (watching) heartbeat starts shortly after the task does, so a cancel
+    // reaches all but the shortest tasks at once, and tasks that end sooner cost no
+    // request. A task that waited for a slot beats at once: its lease clock ran.
+    let hb_first = (start + hb_interval.min(Duration::from_millis(WATCH_DELAY_MS)))
+        .min((leased_at + hb_interval).max(start));
     let mut heartbeat: Option<AbortOnDrop> = None;
     let cancel_grace = shared.cancel_grace;
     let mut abandon_at = deadline + cancel_grace;
@@ -212,8 +215,10 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
     }
 }
 
-/// Extends the lease every `interval` and fires the token when the server says the
-/// task was canceled, or that the lease is gone.
+/// Keeps the lease alive and fires the token when the task is canceled (or the lease
+/// is gone). Each heartbeat is a long-poll that waits up to `interval` for a cancel
+/// request, so a cancel reaches the handler within a round trip; once a cancel was
+/// seen, or when a beat fails, it falls back to one plain beat per `interval`.
 async fn heartbeat_loop(
     client: Client,
     id: String,
@@ -221,12 +226,22 @@ async fn heartbeat_loop(
     ctx: Ctx,
     interval: Duration,
 ) {
+    let wait_ms = interval.as_millis() as u64;
     loop {
-        match client.heartbeat(&id, &lease_id).await {
+        let asked = Instant::now();
+        let beat = if ctx.cancel_reason() == Some(CancelReason::Canceled) {
+            client.heartbeat(&id, &lease_id).await
+        } else {
+            client.heartbeat_wait(&id, &lease_id, wait_ms).await
+        };
+        let mut pause = true;
+        match beat {
             Ok(hb) => {
                 if hb.cancel_requested && ctx.cancel_with(CancelReason::Canceled) {
                     tracing::info!("task canceled; token cancelled");
                 }
+                // A watch that waited its time can be re-armed at once.
+                pause = hb.cancel_requested;
             }
             Err(Error::Conflict { .. } | Error::NotFound) => {
                 if ctx.cancel_with(CancelReason::LeaseLost) {
@@ -236,7 +251,12 @@ async fn heartbeat_loop(
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
-        tokio::time::sleep(interval).await;
+        // Never beat in a tight loop: a beat that came back early (a server that
+        // does not wait, an error) is followed by the rest of the interval.
+        let spent = asked.elapsed();
+        if pause || spent < interval / 2 {
+            tokio::time::sleep(interval.saturating_sub(spent).max(interval / 2)).await;
+        }
     }
 }
 

@@ -249,8 +249,9 @@ pub struct WorkerArgs {
     /// round trip [default: the pool's].
     #[arg(long, env = "WEIR_WORKER_PREFETCH")]
     pub prefetch: Option<usize>,
-    /// How often a running task's lease is renewed; the answer also tells the
-    /// worker that the task was canceled [default: the pool's].
+    /// How often a running task's lease is renewed (a cancel does not wait for it:
+    /// each heartbeat is parked on the server until a cancel or this interval)
+    /// [default: 2s].
     #[arg(long, env = "WEIR_WORKER_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
     /// On SIGTERM/SIGINT: how long running commands may take to finish before

@@ -128,6 +128,8 @@ fn cascade(
                 TaskId(m).to_bytes().to_vec(),
                 disk::encode_ready(&entry),
             );
+            // A worker watching this lease learns of the cancel at once.
+            after.fire.push(m);
             continue;
         }
         // Not leased: queued (cancel now), or changing state in this very round

@@ -533,6 +533,38 @@ impl Broker for EmbeddedBroker {
         self.group_view(id)?.ok_or(StoreError::GroupNotFound)
     }
 
+    async fn watch(
+        &self,
+        id: TaskId,
+        lease_id: LeaseId,
+        wait: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        // Registered before the first beat reads the cancel flag, so a cancel
+        // between the two still wakes us.
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock().waiters.entry(id.0).or_default().push(tx);
+        let first = self.heartbeat(id, lease_id).await;
+        let now = self.shared.now_ms();
+        let hb = match first {
+            Ok(hb) if !hb.cancel_requested && !wait.is_zero() => hb,
+            other => {
+                drop(rx);
+                self.drop_waiter(id);
+                return other;
+            }
+        };
+        // Never wait past half of what is left of the lease, so it cannot run out
+        // while the worker is parked here.
+        let left = Duration::from_millis(hb.lease_expires_ms.saturating_sub(now) / 2);
+        tokio::select! {
+            _ = rx => {}
+            _ = tokio::time::sleep(wait.min(left)) => {}
+            _ = self.shared.closing.cancelled() => {}
+        }
+        self.drop_waiter(id);
+        self.heartbeat(id, lease_id).await
+    }
+
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         Ok(self.shared.lock().queue_infos())
     }
@@ -611,29 +643,36 @@ impl EmbeddedBroker {
         read: impl Fn() -> Result<Option<T>, StoreError>,
         done: impl Fn(&T) -> bool,
     ) -> Result<Option<T>, StoreError> {
-        // Registered before the first read, so an end between the read and the
-        // wait still wakes us.
-        let (tx, rx) = oneshot::channel();
-        self.shared.lock().waiters.entry(id.0).or_default().push(tx);
-        let first = read();
-        let finished = match &first {
-            Ok(Some(v)) => done(v),
-            _ => true,
-        };
-        if !finished && !self.shared.closing.is_cancelled() {
-            tokio::select! {
-                _ = rx => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shared.closing.cancelled() => {}
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the read, so an end between the read and the wait
+            // still wakes us. A wake is a hint, not a verdict (a cancel request
+            // also fires a task's waiters): the loop reads again.
+            let (tx, rx) = oneshot::channel();
+            self.shared.lock().waiters.entry(id.0).or_default().push(tx);
+            let view = read();
+            let finished = match &view {
+                Ok(Some(v)) => done(v),
+                _ => true,
+            };
+            if finished
+                || self.shared.closing.is_cancelled()
+                || tokio::time::Instant::now() >= deadline
+            {
+                drop(rx);
+                self.drop_waiter(id);
+                return view;
             }
-        } else {
-            drop(rx);
+            let woken = tokio::select! {
+                _ = rx => true,
+                _ = tokio::time::sleep_until(deadline) => false,
+                _ = self.shared.closing.cancelled() => false,
+            };
+            self.drop_waiter(id);
+            if !woken {
+                return read();
+            }
         }
-        self.drop_waiter(id);
-        if finished {
-            return first;
-        }
-        read()
     }
 
     /// Drops closed waiters of `id` (ours, after it fired or timed out), so a task

@@ -689,6 +689,8 @@ fn plan_cancel(
             id.to_bytes().to_vec(),
             disk::encode_ready(&ready_entry(&rec, true)),
         );
+        // A worker watching this lease learns of the cancel at once.
+        after.fire.push(id.0);
         return Some(Ok(active));
     }
     let q = st.intern(&rec.queue);
