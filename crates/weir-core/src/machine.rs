@@ -172,7 +172,7 @@ pub fn release(rec: &mut TaskRecord, now_ms: u64) -> Result<TaskState, Transitio
 pub enum Cancel {
     /// The task was queued and is now canceled.
     Canceled,
-    /// The task is active; its worker will learn of the cancel on its next heartbeat.
+    /// The task is active; its worker learns of the cancel from its heartbeat.
     Requested,
 }
 

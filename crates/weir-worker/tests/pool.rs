@@ -300,7 +300,7 @@ async fn cancel_reaches_a_running_handler_within_a_second() {
     let (fired_tx, mut fired_rx) = mpsc::channel::<(Instant, Option<CancelReason>)>(4);
     let pool = PoolBuilder::new(server.client.clone())
         .queue("long", 1)
-        // The default heartbeat (500 ms): this measures what users get.
+        // The default heartbeat: this measures what users get.
         .handler("wait", move |t: Task, ctx: Ctx| {
             let started = started_tx.clone();
             let fired = fired_tx.clone();
