@@ -346,6 +346,7 @@ async fn run_scenarios(
             Scenario::E2e => e2e(args, shared).await?,
             Scenario::Latency => latency(args, shared).await?,
             Scenario::Redelivery => redelivery(shared).await?,
+            Scenario::Drain => drain(args, shared).await?,
             Scenario::All => unreachable!("expanded above"),
         };
         if args.client.json {
@@ -368,6 +369,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::E2e => "e2e",
         Scenario::Latency => "latency",
         Scenario::Redelivery => "redelivery",
+        Scenario::Drain => "drain",
         Scenario::All => "all",
     }
 }
@@ -880,6 +882,62 @@ async fn redelivery(shared: Arc<Shared>) -> anyhow::Result<Report> {
         report.max_ms = Some(ms(hist.max()));
     }
     Ok(report)
+}
+
+/// `--consumers` loops of lease (up to `--lease-max`) → one `POST /v1/acks`, until
+/// `--drain-queue` has nothing pending: how fast weir dispatches a backlog it
+/// absorbed earlier (peak shaving's second half).
+async fn drain(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> {
+    let queue = args
+        .drain_queue
+        .clone()
+        .context("the drain scenario needs --drain-queue NAME")?;
+    let probe = shared.client(1)?;
+    let before = probe
+        .queue(&queue)
+        .await
+        .context("reading the queue to drain")?;
+    let n = before.counts.pending + before.counts.scheduled;
+    let _progress = Progress::start("drain", &shared, n);
+    let started = Instant::now();
+    let mut consumers = JoinSet::new();
+    for c in 0..args.consumers {
+        let client = shared.client(1)?;
+        let (shared, queue) = (Arc::clone(&shared), queue.clone());
+        let lease_max = args.lease_max;
+        consumers.spawn(async move {
+            let worker = format!("bench-drain-{c}");
+            while !shared.stopped() {
+                let Some(leased) = retrying(&shared, "lease", || {
+                    client.lease(&queue, lease_max, 0, Some(&worker))
+                })
+                .await
+                else {
+                    break;
+                };
+                if leased.is_empty() {
+                    break;
+                }
+                let acks: Vec<AckItem> = leased
+                    .into_iter()
+                    .map(|t| AckItem {
+                        id: t.id,
+                        lease_id: t.lease_id,
+                        result: Value::Null,
+                    })
+                    .collect();
+                if let Some(r) = retrying(&shared, "settle", || client.settle(&acks, &[])).await {
+                    let ok = r.acks.iter().filter(|o| o.ok).count() as u64;
+                    shared.errors(acks.len() as u64 - ok, "ack", "refused");
+                    shared.stats.done.fetch_add(ok, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    join_all(&mut consumers).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let done = shared.stats.done.load(Ordering::Relaxed);
+    Ok(shared.report("drain", done, secs, done >= n))
 }
 
 /// A `weir serve` child on a free loopback port with a fresh data directory.

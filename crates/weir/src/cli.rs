@@ -154,6 +154,9 @@ pub enum Scenario {
     Latency,
     /// How late after its lease expiry a task a worker abandoned is leased again.
     Redelivery,
+    /// Lease and ack everything already queued in `--drain-queue` (a backlog), as
+    /// fast as `--consumers` can. Not part of `all`.
+    Drain,
     /// Every scenario above, in that order.
     All,
 }
@@ -210,6 +213,9 @@ pub struct BenchArgs {
     /// Pad each payload to about this many bytes of JSON.
     #[arg(long, env = "WEIR_BENCH_PAYLOAD_BYTES", default_value_t = 0)]
     pub payload_bytes: usize,
+    /// The queue the `drain` scenario empties.
+    #[arg(long, env = "WEIR_BENCH_DRAIN_QUEUE")]
+    pub drain_queue: Option<String>,
     /// Prefix of the queues the scenarios use (each run makes fresh ones).
     #[arg(long, env = "WEIR_BENCH_QUEUE_PREFIX", default_value = "bench")]
     pub queue_prefix: String,
