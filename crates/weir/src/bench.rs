@@ -571,32 +571,9 @@ async fn e2e(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> {
                 if leased.is_empty() {
                     continue;
                 }
-                let acks: Vec<AckItem> = leased
-                    .into_iter()
-                    .map(|t| AckItem {
-                        id: t.id,
-                        lease_id: t.lease_id,
-                        result: Value::Null,
-                    })
-                    .collect();
-                let count = acks.len() as u64;
-                let outcome = retrying(&shared, "settle", || client.settle(&acks, &[])).await;
+                let count = leased.len() as u64;
+                ack_all(&shared, &client, leased).await;
                 last_ack = Some(Instant::now());
-                let ok = match outcome {
-                    Some(r) => {
-                        let ok = r.acks.iter().filter(|o| o.ok).count() as u64;
-                        if let Some(bad) = r.acks.iter().find(|o| !o.ok) {
-                            shared.errors(
-                                count - ok,
-                                "ack",
-                                bad.error.as_deref().unwrap_or("refused"),
-                            );
-                        }
-                        ok
-                    }
-                    None => 0,
-                };
-                shared.stats.done.fetch_add(ok, Ordering::Relaxed);
                 settled.fetch_add(count, Ordering::Relaxed);
             }
             last_ack
@@ -884,6 +861,31 @@ async fn redelivery(shared: Arc<Shared>) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Acks every leased task in one `POST /v1/acks`; counts the acked ones as done
+/// and the refused ones as errors.
+async fn ack_all(shared: &Shared, client: &Client, leased: Vec<weir_client::LeasedTask>) {
+    let acks: Vec<AckItem> = leased
+        .into_iter()
+        .map(|t| AckItem {
+            id: t.id,
+            lease_id: t.lease_id,
+            result: Value::Null,
+        })
+        .collect();
+    let Some(r) = retrying(shared, "settle", || client.settle(&acks, &[])).await else {
+        return;
+    };
+    let ok = r.acks.iter().filter(|o| o.ok).count() as u64;
+    if let Some(bad) = r.acks.iter().find(|o| !o.ok) {
+        shared.errors(
+            acks.len() as u64 - ok,
+            "ack",
+            bad.error.as_deref().unwrap_or("refused"),
+        );
+    }
+    shared.stats.done.fetch_add(ok, Ordering::Relaxed);
+}
+
 /// `--consumers` loops of lease (up to `--lease-max`) → one `POST /v1/acks`, until
 /// `--drain-queue` has nothing pending: how fast weir dispatches a backlog it
 /// absorbed earlier (peak shaving's second half).
@@ -918,19 +920,7 @@ async fn drain(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> 
                 if leased.is_empty() {
                     break;
                 }
-                let acks: Vec<AckItem> = leased
-                    .into_iter()
-                    .map(|t| AckItem {
-                        id: t.id,
-                        lease_id: t.lease_id,
-                        result: Value::Null,
-                    })
-                    .collect();
-                if let Some(r) = retrying(&shared, "settle", || client.settle(&acks, &[])).await {
-                    let ok = r.acks.iter().filter(|o| o.ok).count() as u64;
-                    shared.errors(acks.len() as u64 - ok, "ack", "refused");
-                    shared.stats.done.fetch_add(ok, Ordering::Relaxed);
-                }
+                ack_all(&shared, &client, leased).await;
             }
         });
     }
