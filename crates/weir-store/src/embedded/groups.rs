@@ -125,7 +125,7 @@ fn cascade(
             };
             batch.insert(
                 &disk.ready,
-                TaskId(m).to_bytes().to_vec(),
+                TaskId(m).to_bytes(),
                 disk::encode_ready(&entry),
             );
             // A worker watching this lease learns of the cancel at once.
@@ -177,7 +177,7 @@ fn write_group(
     }
     batch.insert(
         &disk.groups,
-        TaskId(gid).to_bytes().to_vec(),
+        TaskId(gid).to_bytes(),
         disk::encode_group(&g.record),
     );
     if state.is_terminal() && !g.notified {

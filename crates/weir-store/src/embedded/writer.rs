@@ -338,11 +338,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                             retention_ms,
                             members: members.clone(),
                         };
-                        batch.insert(
-                            &disk.groups,
-                            id.to_bytes().to_vec(),
-                            disk::encode_group(&record),
-                        );
+                        batch.insert(&disk.groups, id.to_bytes(), disk::encode_group(&record));
                         let tally = GroupTally {
                             total: members.len() as u32,
                             fail_fast,
@@ -385,8 +381,8 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
             let Some(state) = TaskState::from_index(entry.state as usize) else {
                 continue;
             };
-            batch.remove(&disk.tasks, id.to_bytes().to_vec());
-            batch.remove(&disk.payloads, id.to_bytes().to_vec());
+            batch.remove(&disk.tasks, id.to_bytes());
+            batch.remove(&disk.payloads, id.to_bytes());
             batch.remove(&disk.terminal, disk::terminal_key(&entry.queue, state, id));
             batch.remove(&disk.expiry, key);
             if let Some(k) = &entry.idempotency_key {
@@ -541,16 +537,13 @@ fn plan_enqueue(
                 continue;
             }
             round_idem.insert((q, key.clone()), (rec.id, rec.state));
-            batch.insert(
-                &disk.idem,
-                disk::idem_key(queue, key),
-                rec.id.to_bytes().to_vec(),
-            );
+            batch.insert(&disk.idem, disk::idem_key(queue, key), rec.id.to_bytes());
         }
         let k = rec.id.to_bytes();
-        batch.insert(&disk.tasks, k.to_vec(), p.record_bytes);
-        batch.insert(&disk.payloads, k.to_vec(), p.payload.to_vec());
-        batch.insert(&disk.ready, k.to_vec(), p.ready_bytes);
+        batch.insert(&disk.tasks, k, p.record_bytes);
+        // The payload is copied once, from the request body into the batch.
+        batch.insert(&disk.payloads, k, &p.payload[..]);
+        batch.insert(&disk.ready, k, p.ready_bytes);
         *added.entry(q).or_default() += 1;
         after
             .queued
@@ -601,14 +594,10 @@ fn plan_settle(
         finish(disk, batch, after, q, &rec);
     } else {
         debug_assert_eq!(next, TaskState::Scheduled);
-        batch.insert(
-            &disk.tasks,
-            id.to_bytes().to_vec(),
-            disk::encode_record(&rec),
-        );
+        batch.insert(&disk.tasks, id.to_bytes(), disk::encode_record(&rec));
         batch.insert(
             &disk.ready,
-            id.to_bytes().to_vec(),
+            id.to_bytes(),
             disk::encode_ready(&ready_entry(&rec, false)),
         );
         after.queued.push((q, id.0, rec.priority, rec.run_at_ms));
@@ -686,7 +675,7 @@ fn plan_cancel(
         // Durable, so that a restart ends the task canceled rather than re-running it.
         batch.insert(
             &disk.ready,
-            id.to_bytes().to_vec(),
+            id.to_bytes(),
             disk::encode_ready(&ready_entry(&rec, true)),
         );
         // A worker watching this lease learns of the cancel at once.
@@ -742,7 +731,7 @@ fn expire_leases(
             Ok(_) => {
                 batch.insert(
                     &shared.disk.tasks,
-                    rec.id.to_bytes().to_vec(),
+                    rec.id.to_bytes(),
                     disk::encode_record(&rec),
                 );
                 after
@@ -811,19 +800,19 @@ pub(crate) fn finish(
 /// and removes it from `ready`. The payload stays until retention removes the task.
 pub(crate) fn write_terminal(disk: &Disk, batch: &mut OwnedWriteBatch, rec: &TaskRecord) {
     debug_assert!(rec.state.is_terminal());
-    let k = rec.id.to_bytes().to_vec();
-    batch.insert(&disk.tasks, k.clone(), disk::encode_record(rec));
+    let k = rec.id.to_bytes();
+    batch.insert(&disk.tasks, k, disk::encode_record(rec));
     batch.remove(&disk.ready, k);
     let expires = rec.expires_at_ms();
     batch.insert(
         &disk.terminal,
         disk::terminal_key(&rec.queue, rec.state, rec.id),
-        expires.unwrap_or(u64::MAX).to_be_bytes().to_vec(),
+        expires.unwrap_or(u64::MAX).to_be_bytes(),
     );
     if let Some(at) = expires {
         batch.insert(
             &disk.expiry,
-            disk::expiry_key(at, rec.id).to_vec(),
+            disk::expiry_key(at, rec.id),
             disk::encode_expiry(&disk::ExpiryEntry {
                 queue: rec.queue.clone(),
                 state: rec.state.index() as u8,
