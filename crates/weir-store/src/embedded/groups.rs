@@ -28,6 +28,22 @@ pub(crate) fn closed(st: &State, rec: &TaskRecord) -> bool {
         .is_some_and(|g| g.tally.state().is_terminal())
 }
 
+/// After a transition that leaves `rec` queued again (a retry, a release, an
+/// expired lease): if its group has failed or was canceled meanwhile, cancel it
+/// instead. Returns the task's state either way.
+pub(crate) fn cancel_if_closed(
+    st: &State,
+    rec: &mut TaskRecord,
+    next: TaskState,
+    now: u64,
+) -> Result<TaskState, machine::TransitionError> {
+    if next.is_terminal() || !closed(st, rec) {
+        return Ok(next);
+    }
+    machine::cancel(rec, now)?;
+    Ok(rec.state)
+}
+
 /// A new group's in-memory state.
 pub(crate) fn open(record: GroupRecord, done: Vec<bool>, tally: GroupTally) -> GroupMem {
     GroupMem {

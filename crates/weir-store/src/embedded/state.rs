@@ -242,6 +242,20 @@ impl State {
         Some(lease)
     }
 
+    /// Takes the lease of `id` if `lease_id` is its current, filled lease; `None`
+    /// for a stale or unknown lease (nothing changes then).
+    pub fn take_held_lease(&mut self, id: u128, lease_id: u64) -> Option<(QueueIdx, TaskRecord)> {
+        let held = self
+            .leases
+            .get(&id)
+            .is_some_and(|l| l.lease_id == lease_id && l.record.is_some());
+        if !held {
+            return None;
+        }
+        let lease = self.take_lease(id)?;
+        Some((lease.queue, lease.record?))
+    }
+
     /// Wakes every long-poll waiting for this task to end.
     pub fn fire_waiters(&mut self, id: u128) {
         if let Some(waiters) = self.waiters.remove(&id) {

@@ -569,27 +569,17 @@ fn plan_settle(
     let (id, lease_id) = match &item {
         Settle::Ack { id, lease_id, .. } | Settle::Fail { id, lease_id, .. } => (*id, *lease_id),
     };
-    let held = st
-        .leases
-        .get(&id.0)
-        .is_some_and(|l| l.lease_id == lease_id.0 && l.record.is_some());
-    if !held {
-        return Err(StoreError::StaleLease);
-    }
-    let lease = st.take_lease(id.0).expect("lease checked above");
-    let q = lease.queue;
-    let mut rec = lease.record.expect("lease checked above");
-    let mut next = match item {
+    let (q, mut rec) = st
+        .take_held_lease(id.0, lease_id.0)
+        .ok_or(StoreError::StaleLease)?;
+    let next = match item {
         Settle::Ack { result, .. } => machine::complete(&mut rec, result.map(|b| b.to_vec()), now)?,
         Settle::Fail { error, retry, .. } => {
             let unit: f64 = rand::thread_rng().gen();
             machine::fail(&mut rec, error, retry, &shared.config.backoff, unit, now)?
         }
     };
-    if !next.is_terminal() && groups::closed(st, &rec) {
-        machine::cancel(&mut rec, now)?;
-        next = rec.state;
-    }
+    let next = groups::cancel_if_closed(st, &mut rec, next, now)?;
     if next.is_terminal() {
         finish(disk, batch, after, q, &rec);
     } else {
@@ -614,27 +604,18 @@ fn plan_release(
     lease_id: LeaseId,
     now: u64,
 ) -> Result<TaskState, StoreError> {
-    let held = st
-        .leases
-        .get(&id.0)
-        .is_some_and(|l| l.lease_id == lease_id.0 && l.record.is_some());
-    if !held {
-        return Err(StoreError::StaleLease);
-    }
-    let lease = st.take_lease(id.0).expect("lease checked above");
-    let mut rec = lease.record.expect("lease checked above");
-    let mut next = machine::release(&mut rec, now)?;
-    if !next.is_terminal() && groups::closed(st, &rec) {
-        machine::cancel(&mut rec, now)?;
-        next = rec.state;
-    }
+    let (q, mut rec) = st
+        .take_held_lease(id.0, lease_id.0)
+        .ok_or(StoreError::StaleLease)?;
+    let next = machine::release(&mut rec, now)?;
+    let next = groups::cancel_if_closed(st, &mut rec, next, now)?;
     if next.is_terminal() {
-        finish(disk, batch, after, lease.queue, &rec);
+        finish(disk, batch, after, q, &rec);
     } else {
         // The disk record was never told of this attempt, so it needs no write.
         after
             .queued
-            .push((lease.queue, id.0, rec.priority, now.min(rec.run_at_ms)));
+            .push((q, id.0, rec.priority, now.min(rec.run_at_ms)));
     }
     Ok(next)
 }
@@ -720,10 +701,8 @@ fn expire_leases(
             tracing::error!(task = %TaskId(id), "deadline on an unfilled lease; dropped");
             continue;
         };
-        let mut res = machine::lease_expired(&mut rec, now);
-        if res.is_ok_and(|n| !n.is_terminal()) && groups::closed(st, &rec) {
-            res = machine::cancel(&mut rec, now).map(|_| rec.state);
-        }
+        let res = machine::lease_expired(&mut rec, now)
+            .and_then(|next| groups::cancel_if_closed(st, &mut rec, next, now));
         match res {
             Ok(next) if next.is_terminal() => {
                 finish(&shared.disk, batch, after, lease.queue, &rec);
