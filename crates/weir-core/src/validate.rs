@@ -29,6 +29,20 @@ impl InvalidInput {
         }
     }
 
+    /// The same error, its field named inside a larger document (`tasks[3].`).
+    pub fn prefixed(self, prefix: &str) -> InvalidInput {
+        match self {
+            InvalidInput::Invalid { field, detail } => InvalidInput::Invalid {
+                field: format!("{prefix}{field}"),
+                detail,
+            },
+            InvalidInput::TooLarge { field, detail } => InvalidInput::TooLarge {
+                field: format!("{prefix}{field}"),
+                detail,
+            },
+        }
+    }
+
     pub fn field(&self) -> &str {
         match self {
             InvalidInput::Invalid { field, .. } | InvalidInput::TooLarge { field, .. } => field,

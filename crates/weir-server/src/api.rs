@@ -108,39 +108,38 @@ fn now_ms() -> u64 {
     weir_store::Clock::now_ms(&weir_store::SystemClock)
 }
 
-/// Validates one task of an enqueue request. `prefix` names it in errors
-/// (`""` for a single enqueue, `"tasks[3]."` in a batch).
+/// Validates one task of an enqueue request. Fields are named as in a single
+/// enqueue; a batch prefixes them (`tasks[3].`) only when there is an error, so the
+/// success path allocates no names.
 fn new_task(
     body: &Bytes,
     b: EnqueueBody<'_>,
-    prefix: &str,
     config: &ServeConfig,
     now: u64,
 ) -> Result<EnqueueTask, InvalidInput> {
     let l = &config.limits;
-    let f = |name: &str| format!("{prefix}{name}");
     let payload = b.payload.get().as_bytes();
-    validate::size(&f("payload"), payload.len(), l.payload_bytes_max)?;
+    validate::size("payload", payload.len(), l.payload_bytes_max)?;
     let kind = b.kind.unwrap_or_else(|| KIND_DEFAULT.to_owned());
-    validate::kind(&kind, l).map_err(|e| InvalidInput::invalid(f("kind"), e.to_string()))?;
+    validate::kind(&kind, l)?;
     let run_at_ms = match (b.delay_ms, b.run_at) {
         (Some(_), Some(_)) => {
             return Err(InvalidInput::invalid(
-                f("run_at"),
+                "run_at",
                 "give delay_ms or run_at, not both",
             ))
         }
         (Some(d), None) => {
-            validate::range(&f("delay_ms"), d, 0, l.delay_ms_max)?;
+            validate::range("delay_ms", d, 0, l.delay_ms_max)?;
             Some(now + d)
         }
         (None, Some(t)) => {
             let at = parse_rfc3339(&t).ok_or_else(|| {
-                InvalidInput::invalid(f("run_at"), format!("{t:?} is not an RFC 3339 time"))
+                InvalidInput::invalid("run_at", format!("{t:?} is not an RFC 3339 time"))
             })?;
             if at > now + l.delay_ms_max {
                 return Err(InvalidInput::invalid(
-                    f("run_at"),
+                    "run_at",
                     "is further ahead than the delay limit",
                 ));
             }
@@ -150,24 +149,24 @@ fn new_task(
     };
     let max_attempts = b.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT);
     validate::range(
-        &f("max_attempts"),
+        "max_attempts",
         max_attempts as u64,
         1,
         l.max_attempts_max as u64,
     )?;
     let timeout_ms = b.timeout_ms.unwrap_or(TIMEOUT_MS_DEFAULT);
-    validate::range(&f("timeout_ms"), timeout_ms, 1, l.timeout_ms_max)?;
+    validate::range("timeout_ms", timeout_ms, 1, l.timeout_ms_max)?;
     let deadline_ms = match b.deadline {
         None => None,
         Some(t) => Some(parse_rfc3339(&t).ok_or_else(|| {
-            InvalidInput::invalid(f("deadline"), format!("{t:?} is not an RFC 3339 time"))
+            InvalidInput::invalid("deadline", format!("{t:?} is not an RFC 3339 time"))
         })?),
     };
     if let Some(k) = &b.idempotency_key {
-        validate::text(&f("idempotency_key"), k, l.idempotency_key_bytes_max)?;
+        validate::text("idempotency_key", k, l.idempotency_key_bytes_max)?;
     }
     let retention_ms = b.retention_ms.unwrap_or(config.retention_ms);
-    validate::range(&f("retention_ms"), retention_ms, 0, l.delay_ms_max)?;
+    validate::range("retention_ms", retention_ms, 0, l.delay_ms_max)?;
     Ok(EnqueueTask {
         task: NewTask {
             kind,
@@ -194,7 +193,7 @@ async fn enqueue(
     let limit = s.config.limits.payload_bytes_max + ENVELOPE_BYTES_MAX;
     let bytes = read_body(&headers, body, limit).await?;
     let parsed: EnqueueBody = parse(&bytes)?;
-    let task = new_task(&bytes, parsed, "", &s.config, now_ms())?;
+    let task = new_task(&bytes, parsed, &s.config, now_ms())?;
     let out = s.broker.enqueue(&queue, vec![task]).await?.remove(0);
     let status = if out.created {
         StatusCode::CREATED
@@ -235,7 +234,9 @@ async fn enqueue_batch(
         .tasks
         .into_iter()
         .enumerate()
-        .map(|(i, t)| new_task(&bytes, t, &format!("tasks[{i}]."), &s.config, now))
+        .map(|(i, t)| {
+            new_task(&bytes, t, &s.config, now).map_err(|e| e.prefixed(&format!("tasks[{i}].")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let out = s.broker.enqueue(&queue, tasks).await?;
     let created = out.iter().filter(|e| e.created).count();
@@ -521,13 +522,9 @@ async fn create_group(State(s): State<AppState>, headers: HeaderMap, body: Body)
                 "tasks of a group cannot carry idempotency keys",
             ));
         }
-        tasks.push(new_task(
-            &bytes,
-            t,
-            &format!("tasks[{i}]."),
-            &s.config,
-            now,
-        )?);
+        tasks.push(
+            new_task(&bytes, t, &s.config, now).map_err(|e| e.prefixed(&format!("tasks[{i}].")))?,
+        );
     }
     let created = s
         .broker
