@@ -186,11 +186,17 @@ impl Shared {
 
     /// A new time-ordered id, strictly greater than every id issued before it here.
     fn next_id(&self, now_ms: u64) -> TaskId {
+        self.next_ids(now_ms, 1)
+    }
+
+    /// The first of `n` consecutive new ids (`first .. first + n`), all greater than
+    /// every id issued before: one lock for a whole batch.
+    fn next_ids(&self, now_ms: u64, n: usize) -> TaskId {
         let fresh = TaskId::new(now_ms, rand::thread_rng().gen::<u128>()).0;
         let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
-        let id = if fresh > *last { fresh } else { *last + 1 };
-        *last = id;
-        TaskId(id)
+        let first = if fresh > *last { fresh } else { *last + 1 };
+        *last = first + n.saturating_sub(1) as u128;
+        TaskId(first)
     }
 }
 
@@ -616,10 +622,12 @@ impl EmbeddedBroker {
             .into());
         }
         let now = self.shared.now_ms();
+        let first = self.shared.next_ids(now, tasks.len()).0;
         Ok(tasks
             .into_iter()
-            .map(|t| {
-                let mut record = machine::create(self.shared.next_id(now), queue, t.task, now);
+            .zip(first..)
+            .map(|(t, id)| {
+                let mut record = machine::create(TaskId(id), queue, t.task, now);
                 record.group = group;
                 Prepared::new(record, t.payload)
             })
