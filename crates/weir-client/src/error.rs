@@ -47,11 +47,17 @@ pub enum Error {
 
 impl Error {
     /// True for errors worth retrying the same request after a pause: overload
-    /// (429, 503) and transport failures.
+    /// (429, 503), a server whose disk is full (507: it takes writes again once
+    /// space is freed) and transport failures.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::RateLimited { .. } | Error::Server { status: 503, .. } | Error::Transport(_)
+            Error::RateLimited { .. }
+                | Error::Server {
+                    status: 503 | 507,
+                    ..
+                }
+                | Error::Transport(_)
         )
     }
 }
@@ -216,6 +222,7 @@ mod tests {
     fn transient_classification() {
         assert!(error_from_response(429, None, b"").is_transient());
         assert!(error_from_response(503, None, b"").is_transient());
+        assert!(error_from_response(507, None, b"").is_transient());
         assert!(!error_from_response(500, None, b"").is_transient());
         assert!(!error_from_response(400, None, b"").is_transient());
         assert!(!error_from_response(404, None, b"").is_transient());

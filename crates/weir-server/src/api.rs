@@ -590,15 +590,17 @@ async fn get_queue(State(s): State<AppState>, Path(queue): Path<String>) -> ApiR
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.broker.is_ready() {
-        "ready".into_response()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Unavailable",
-            "the store is not ready",
-        )
-        .into_response()
+    match s.broker.readiness() {
+        Ok(()) => "ready".into_response(),
+        // The same problem document a write would get, but always 503: a load
+        // balancer reads only "not ready", the type and detail say why.
+        Err(e) => {
+            let mut err = ApiError::from(e);
+            if err.status == StatusCode::INTERNAL_SERVER_ERROR {
+                err.detail = "the store failed and the server is restarting".into();
+            }
+            err.status = StatusCode::SERVICE_UNAVAILABLE;
+            err.into_response()
+        }
     }
 }

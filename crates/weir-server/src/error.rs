@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use weir_core::validate::InvalidInput;
-use weir_store::StoreError;
+use weir_store::{Outage, StoreError};
 
 /// An error answered to the client.
 #[derive(Debug)]
@@ -156,6 +156,38 @@ impl From<StoreError> for ApiError {
                     "the server is shutting down",
                 );
                 err.retry_after_secs = Some(1);
+                err
+            }
+            StoreError::Unavailable {
+                cause,
+                detail,
+                retry_after_ms,
+            } => {
+                tracing::debug!(cause = cause.as_str(), error = %detail, "store unavailable");
+                let (status, title, what) = match cause {
+                    Outage::DiskFull => (
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "Disk full",
+                        "the store's disk is full",
+                    ),
+                    Outage::TooManyOpenFiles => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Too many open files",
+                        "the server has no file descriptors left",
+                    ),
+                    Outage::Io => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Storage unavailable",
+                        "the store cannot write right now",
+                    ),
+                };
+                let mut err = ApiError::new(
+                    status,
+                    cause.as_str(),
+                    title,
+                    format!("{what}; nothing of this request was stored, and writes resume by themselves when the cause clears: retry later"),
+                );
+                err.retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
                 err
             }
             StoreError::Internal(detail) => {

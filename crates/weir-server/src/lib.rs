@@ -102,6 +102,12 @@ pub async fn serve(
     tokio::select! {
         r = server => r?,
         _ = drained => tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still open after the grace period; closing anyway"),
+        // A failed fsync may have lost written data: exit non-zero at once so a
+        // supervisor restarts the server and recovery reads what is really on disk.
+        detail = broker.fatal() => {
+            tracing::error!(error = %detail, "the store failed; exiting so that a restart recovers it");
+            return Err(anyhow::anyhow!("the store failed: {detail}"));
+        }
     }
     broker
         .close()

@@ -160,8 +160,53 @@ pub enum StoreError {
     TooManyQueues { limit: usize },
     #[error("the store is shutting down")]
     Closed,
+    /// The store cannot take writes for now, for a cause that can clear (a full
+    /// disk, no file descriptors left, an I/O error before fsync). Nothing of the
+    /// failed call was made durable; the store heals by itself.
+    #[error("the store is unavailable ({}): {detail}", cause.as_str())]
+    Unavailable {
+        cause: Outage,
+        detail: String,
+        retry_after_ms: u64,
+    },
     #[error("storage failure: {0}")]
     Internal(String),
+}
+
+/// Why a store refuses writes for now. Each names its cause in the problem `type`
+/// a client sees, so an operator knows what to fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outage {
+    /// The disk (or the filesystem quota) holding the store is full.
+    DiskFull,
+    /// The process has no file descriptors left.
+    TooManyOpenFiles,
+    /// Another I/O error while writing (before any fsync), or the store is reopening.
+    Io,
+}
+
+impl Outage {
+    /// The stable slug of the cause (`urn:weir:problem:<slug>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outage::DiskFull => "disk-full",
+            Outage::TooManyOpenFiles => "too-many-open-files",
+            Outage::Io => "storage-unavailable",
+        }
+    }
+
+    /// The cause of an I/O error, by its errno (`None` for an error with none).
+    pub fn of_io(e: &std::io::Error) -> Option<Outage> {
+        use rustix::io::Errno;
+        let errno = Errno::from_io_error(e)?;
+        Some(if errno == Errno::NOSPC || errno == Errno::DQUOT {
+            Outage::DiskFull
+        } else if errno == Errno::MFILE || errno == Errno::NFILE {
+            Outage::TooManyOpenFiles
+        } else {
+            Outage::Io
+        })
+    }
 }
 
 /// The storage boundary. Implementations own durability (an `Ok` from a mutating
@@ -233,8 +278,16 @@ pub trait Broker: Send + Sync + 'static {
     async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError>;
     /// Every known queue with its counts.
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
-    /// Whether the store can take writes (false after a failed commit or shutdown).
-    fn is_ready(&self) -> bool;
+    /// Whether the store can take writes now; the error says why not (an outage it
+    /// is healing from, shutdown, or a fatal failure).
+    fn readiness(&self) -> Result<(), StoreError>;
+    /// Resolves when the store has failed in a way only a restart can repair (a
+    /// failed fsync may have lost written data: recovery from disk must run). The
+    /// server then exits non-zero so a supervisor restarts it. Never resolves for a
+    /// store that has no such failure.
+    async fn fatal(&self) -> String {
+        std::future::pending().await
+    }
     /// Wakes every long-poll so it answers now; later long-polls do not wait.
     fn begin_shutdown(&self);
     /// Flushes and stops background work. Later calls fail with `Closed`.

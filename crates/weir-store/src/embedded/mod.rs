@@ -12,9 +12,10 @@ mod groups;
 mod state;
 mod writer;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,8 +28,8 @@ use weir_core::{Backoff, Limits, TaskId, TaskRecord, TaskState};
 
 use crate::clock::{Clock, SystemClock};
 use crate::{
-    Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, QueueInfo,
-    Settle, StoreError, TaskView,
+    Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, Outage,
+    QueueInfo, Settle, StoreError, TaskView,
 };
 use disk::ReadyEntry;
 use state::{Lease, State};
@@ -86,7 +87,6 @@ impl EmbeddedConfig {
 }
 
 /// The fjall database and its keyspaces.
-#[derive(Clone)]
 pub(crate) struct Disk {
     pub db: Database,
     pub tasks: Keyspace,
@@ -105,18 +105,27 @@ impl Disk {
         cache_bytes: u64,
         memtable_bytes: u64,
     ) -> Result<Disk, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| internal("create data dir", e))?;
+        std::fs::create_dir_all(dir).map_err(|e| match Outage::of_io(&e) {
+            Some(cause @ (Outage::DiskFull | Outage::TooManyOpenFiles)) => {
+                StoreError::Unavailable {
+                    cause,
+                    detail: format!("create data dir: {e}"),
+                    retry_after_ms: 1000,
+                }
+            }
+            _ => internal("create data dir", e),
+        })?;
         let db = Database::builder(dir)
             .cache_size(cache_bytes)
             // We persist explicitly after each group commit.
             .manual_journal_persist(true)
             .open()
-            .map_err(|e| internal("open store", e))?;
+            .map_err(|e| storage("open store", e))?;
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
             })
-            .map_err(|e| internal("open keyspace", e))
+            .map_err(|e| storage("open keyspace", e))
         };
         Ok(Disk {
             tasks: ks(disk::KS_TASKS)?,
@@ -135,7 +144,7 @@ impl Disk {
         match self
             .tasks
             .get(id.to_bytes())
-            .map_err(|e| internal("read task", e))?
+            .map_err(|e| storage("read task", e))?
         {
             None => Ok(None),
             Some(v) => disk::decode_record(id, &v)
@@ -148,7 +157,7 @@ impl Disk {
         match self
             .payloads
             .get(id.to_bytes())
-            .map_err(|e| internal("read payload", e))?
+            .map_err(|e| storage("read payload", e))?
         {
             Some(v) => Ok(Bytes::copy_from_slice(&v)),
             None => Err(StoreError::Internal(format!("task {id} has no payload"))),
@@ -160,20 +169,163 @@ pub(crate) fn internal(context: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("{context}: {e}"))
 }
 
+/// A storage engine error as the caller should see it: a full disk or a shortage
+/// of file descriptors is an outage that clears (`Unavailable`, 503), anything
+/// else is internal.
+pub(crate) fn storage(context: &str, e: fjall::Error) -> StoreError {
+    match io_cause(&e) {
+        Some(cause @ (Outage::DiskFull | Outage::TooManyOpenFiles)) => StoreError::Unavailable {
+            cause,
+            detail: format!("{context}: {e}"),
+            retry_after_ms: 1000,
+        },
+        _ => internal(context, e),
+    }
+}
+
+/// The outage an engine error stems from, if an I/O error with an errno is in its
+/// source chain.
+pub(crate) fn io_cause(e: &fjall::Error) -> Option<Outage> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Outage::of_io(io);
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// Why the engine refused a write when its error carries no errno (fjall answers
+/// `Poisoned` once a background flush failed): probe the two shortages that clear
+/// by themselves.
+pub(crate) fn diagnose(dir: &std::path::Path) -> Outage {
+    if let Err(e) = std::fs::File::open(dir) {
+        if let Some(cause @ (Outage::DiskFull | Outage::TooManyOpenFiles)) = Outage::of_io(&e) {
+            return cause;
+        }
+    }
+    match rustix::fs::statvfs(dir) {
+        Ok(vfs) if vfs.f_bavail.saturating_mul(vfs.f_frsize) < writer::DISK_FREE_BYTES_MIN => {
+            Outage::DiskFull
+        }
+        _ => Outage::Io,
+    }
+}
+
+/// Whether the store takes writes, and if not, why.
+#[derive(Clone, Debug)]
+pub(crate) enum Health {
+    Ok,
+    /// A write failed for a cause that can clear (see `Outage`); the writer is
+    /// reopening the store from disk and retries at `retry_at_ms`.
+    Outage {
+        cause: Outage,
+        detail: String,
+        retry_at_ms: u64,
+    },
+    /// An fsync failed (the kernel may have dropped written pages) or the writer
+    /// died: only a restart, with recovery from disk, is safe.
+    Failed {
+        detail: String,
+    },
+}
+
+/// `Shared::health_code` values, so the request path checks health without a lock.
+const HEALTH_OK: u8 = 0;
+const HEALTH_OUTAGE: u8 = 1;
+const HEALTH_FAILED: u8 = 2;
+
 /// State shared by request tasks and the writer thread.
 pub(crate) struct Shared {
-    pub disk: Disk,
+    /// The open database. `None` while the writer reopens it after an outage;
+    /// readers then answer `Unavailable`. Only the writer replaces it.
+    disk: RwLock<Option<Arc<Disk>>>,
     pub state: Mutex<State>,
     pub config: EmbeddedConfig,
     /// Set when shutdown begins: long-polls stop waiting.
     pub closing: CancellationToken,
-    /// Set when a commit failed: the store refuses writes from then on, loudly.
-    pub failed: AtomicBool,
+    /// Why writes are refused, if they are (`health_code` mirrors its kind).
+    health: Mutex<Health>,
+    health_code: AtomicU8,
+    /// Fired once the store has failed fatally (`Health::Failed`).
+    pub fatal: CancellationToken,
     /// Last issued id, to keep ids strictly increasing within this process.
     pub last_id: Mutex<u128>,
 }
 
 impl Shared {
+    /// The open database, or why there is none right now.
+    pub fn disk(&self) -> Result<Arc<Disk>, StoreError> {
+        let disk = self.disk.read().unwrap_or_else(|p| p.into_inner()).clone();
+        disk.ok_or_else(|| self.refusal())
+    }
+
+    /// Takes the database away (readers answer `Unavailable` until `put_disk`).
+    pub fn take_disk(&self) -> Option<Arc<Disk>> {
+        self.disk.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub fn put_disk(&self, disk: Disk) {
+        *self.disk.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(disk));
+    }
+
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_health(&self, health: Health) {
+        let code = match &health {
+            Health::Ok => HEALTH_OK,
+            Health::Outage { .. } => HEALTH_OUTAGE,
+            Health::Failed { .. } => HEALTH_FAILED,
+        };
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        // Fatal is final: nothing heals a failed fsync but a restart.
+        if matches!(*h, Health::Failed { .. }) {
+            return;
+        }
+        *h = health;
+        self.health_code.store(code, Ordering::SeqCst);
+        drop(h);
+        if code == HEALTH_FAILED {
+            self.fatal.cancel();
+        }
+    }
+
+    /// Ok if writes are taken now; else the error that says why not.
+    pub fn write_gate(&self) -> Result<(), StoreError> {
+        if self.health_code.load(Ordering::Relaxed) == HEALTH_OK {
+            Ok(())
+        } else {
+            Err(self.refusal())
+        }
+    }
+
+    /// The error for a call the store cannot serve now, from its health.
+    pub fn refusal(&self) -> StoreError {
+        match self.health() {
+            Health::Outage {
+                cause,
+                detail,
+                retry_at_ms,
+            } => StoreError::Unavailable {
+                cause,
+                detail,
+                retry_after_ms: retry_at_ms.saturating_sub(self.now_ms()).max(1000),
+            },
+            Health::Failed { detail } => StoreError::Internal(detail),
+            Health::Ok => StoreError::Unavailable {
+                cause: Outage::Io,
+                detail: "the store is reopening".into(),
+                retry_after_ms: 1000,
+            },
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug that already failed its request;
         // the state itself is still consistent between whole operations.
@@ -217,36 +369,21 @@ impl EmbeddedBroker {
             config.memtable_bytes_max,
         )?;
         let now = config.clock.now_ms();
-        let mut state = State {
-            next_lease_id: rand::thread_rng().gen(),
-            ..State::default()
-        };
-        let to_cancel = recover(&disk, &mut state, now)?;
+        let (state, kept, batch) = load(&disk, now, &HashSet::new())?;
+        debug_assert!(kept.is_empty(), "nothing is leased at open");
+        if !batch.is_empty() {
+            writer::commit(&disk, &config.data_dir, batch).map_err(StoreError::from)?;
+        }
         let shared = Arc::new(Shared {
-            disk,
+            disk: RwLock::new(Some(Arc::new(disk))),
             state: Mutex::new(state),
             config,
             closing: CancellationToken::new(),
-            failed: AtomicBool::new(false),
+            health: Mutex::new(Health::Ok),
+            health_code: AtomicU8::new(HEALTH_OK),
+            fatal: CancellationToken::new(),
             last_id: Mutex::new(0),
         });
-        finish_canceled(&shared, to_cancel, now)?;
-        {
-            // Groups after the canceled tasks are final, so their tallies see them.
-            let mut st = shared.lock();
-            let finished = groups::recover(&shared.disk, &mut st)?;
-            if !finished.is_empty() {
-                let mut batch = shared.disk.db.batch();
-                groups::finish_recovered(&shared.disk, &mut st, &mut batch, finished, now);
-                drop(st);
-                batch.commit().map_err(|e| internal("commit", e))?;
-                shared
-                    .disk
-                    .db
-                    .persist(fjall::PersistMode::SyncAll)
-                    .map_err(|e| internal("fsync", e))?;
-            }
-        }
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_OPS_MAX);
         let handle = writer::spawn(shared.clone(), rx)?;
         Ok(EmbeddedBroker {
@@ -260,23 +397,18 @@ impl EmbeddedBroker {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
     ) -> Result<T, StoreError> {
-        let gone = || {
-            if self.shared.failed.load(Ordering::SeqCst) {
-                StoreError::Internal("store failed earlier; restart required".into())
-            } else {
-                StoreError::Closed
-            }
+        let gone = || match self.shared.health() {
+            Health::Failed { detail } => StoreError::Internal(detail),
+            _ => StoreError::Closed,
         };
-        if self.shared.failed.load(Ordering::Relaxed) {
-            return Err(gone());
-        }
+        self.shared.write_gate()?;
         let (tx, rx) = oneshot::channel();
         self.ops.send(make(tx)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 
     fn view(&self, record: TaskRecord) -> Result<TaskView, StoreError> {
-        let payload = self.shared.disk.payload(record.id)?;
+        let payload = self.shared.disk()?.payload(record.id)?;
         let now = self.shared.now_ms();
         let st = self.shared.lock();
         Ok(overlay(&st, record, payload, now))
@@ -318,13 +450,40 @@ fn overlay_record(st: &State, mut record: TaskRecord, now_ms: u64) -> (TaskRecor
     (record, lease_expires_ms)
 }
 
+/// Rebuilds the in-memory state from disk: dispatch indexes, counts, open groups.
+/// Tasks whose cancel was requested while they were active end canceled, except
+/// those in `leased`: they still run under a lease the caller carries over, and are
+/// returned. The writes this needs (canceled tasks, finished groups) are in the
+/// returned batch, for the caller to commit before it uses the state.
+pub(crate) fn load(
+    disk: &Disk,
+    now_ms: u64,
+    leased: &HashSet<u128>,
+) -> Result<(State, Vec<TaskId>, fjall::OwnedWriteBatch), StoreError> {
+    let mut st = State {
+        next_lease_id: rand::thread_rng().gen(),
+        ..State::default()
+    };
+    let (kept, to_cancel): (Vec<TaskId>, Vec<TaskId>) = recover(disk, &mut st, now_ms)?
+        .into_iter()
+        .partition(|id| leased.contains(&id.0));
+    let mut batch = disk.db.batch();
+    finish_canceled(disk, &mut st, &mut batch, to_cancel, now_ms)?;
+    // Groups after the canceled tasks are final, so their tallies see them.
+    let finished = groups::recover(disk, &mut st)?;
+    if !finished.is_empty() {
+        groups::finish_recovered(disk, &mut st, &mut batch, finished, now_ms);
+    }
+    Ok((st, kept, batch))
+}
+
 /// Rebuilds the dispatch indexes and counts from the `ready` and `terminal`
 /// keyspaces. Returns tasks whose cancel was requested while they were active when
 /// the server stopped: they end canceled.
 fn recover(disk: &Disk, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, StoreError> {
     let mut to_cancel = Vec::new();
     for item in disk.ready.iter() {
-        let (k, v) = item.into_inner().map_err(|e| internal("scan ready", e))?;
+        let (k, v) = item.into_inner().map_err(|e| storage("scan ready", e))?;
         let id = disk::id_from_key("ready", &k).map_err(|e| internal("recover", e))?;
         let entry = disk::decode_ready(&v).map_err(|e| internal("recover", e))?;
         let q = st.intern(&entry.queue);
@@ -335,7 +494,7 @@ fn recover(disk: &Disk, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, Stor
         st.insert_queued(q, id.0, entry.priority, entry.run_at_ms, now_ms);
     }
     for item in disk.terminal.iter() {
-        let k = item.key().map_err(|e| internal("scan terminal", e))?;
+        let k = item.key().map_err(|e| storage("scan terminal", e))?;
         let (queue, state, _) = disk::parse_terminal_key(&k).map_err(|e| internal("recover", e))?;
         let q = st.intern(queue);
         st.count(q, None, Some(state));
@@ -343,15 +502,16 @@ fn recover(disk: &Disk, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, Stor
     Ok(to_cancel)
 }
 
-/// Durably cancels tasks found with a pending cancel request at startup.
-fn finish_canceled(shared: &Shared, ids: Vec<TaskId>, now_ms: u64) -> Result<(), StoreError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut batch = shared.disk.db.batch();
-    let mut st = shared.lock();
+/// Ends canceled the tasks found with a pending cancel request and no lease.
+fn finish_canceled(
+    disk: &Disk,
+    st: &mut State,
+    batch: &mut fjall::OwnedWriteBatch,
+    ids: Vec<TaskId>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
     for id in ids {
-        let Some(mut rec) = shared.disk.record(id)? else {
+        let Some(mut rec) = disk.record(id)? else {
             return Err(StoreError::Internal(format!(
                 "ready task {id} has no record"
             )));
@@ -361,17 +521,11 @@ fn finish_canceled(shared: &Shared, ids: Vec<TaskId>, now_ms: u64) -> Result<(),
         rec.attempt += 1;
         let next = machine::release(&mut rec, now_ms)?;
         debug_assert_eq!(next, TaskState::Canceled);
-        writer::write_terminal(&shared.disk, &mut batch, &rec);
+        writer::write_terminal(disk, batch, &rec);
         let q = st.intern(&rec.queue);
         st.count(q, None, Some(TaskState::Canceled));
     }
-    drop(st);
-    batch.commit().map_err(|e| internal("commit", e))?;
-    shared
-        .disk
-        .db
-        .persist(fjall::PersistMode::SyncAll)
-        .map_err(|e| internal("fsync", e))
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -575,8 +729,20 @@ impl Broker for EmbeddedBroker {
         Ok(self.shared.lock().queue_infos())
     }
 
-    fn is_ready(&self) -> bool {
-        !self.shared.failed.load(Ordering::Relaxed) && !self.shared.closing.is_cancelled()
+    fn readiness(&self) -> Result<(), StoreError> {
+        self.shared.write_gate()?;
+        if self.shared.closing.is_cancelled() {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    async fn fatal(&self) -> String {
+        self.shared.fatal.cancelled().await;
+        match self.shared.health() {
+            Health::Failed { detail } => detail,
+            _ => "the store failed".into(),
+        }
     }
 
     fn begin_shutdown(&self) {
@@ -597,7 +763,11 @@ impl Broker for EmbeddedBroker {
                 .map_err(|e| internal("join writer", e))?
                 .map_err(|_| StoreError::Internal("writer thread panicked".into()))?;
         }
-        Ok(())
+        // A store that failed (its final fsync included) must not look cleanly shut.
+        match self.shared.health() {
+            Health::Failed { detail } => Err(StoreError::Internal(detail)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -636,7 +806,7 @@ impl EmbeddedBroker {
 
     /// The task's current view, `None` if unknown.
     fn view_of(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
-        match self.shared.disk.record(id)? {
+        match self.shared.disk()?.record(id)? {
             None => Ok(None),
             Some(rec) => self.view(rec).map(Some),
         }
@@ -698,11 +868,11 @@ impl EmbeddedBroker {
     /// A group's view: its stored record, its state from memory while open, and its
     /// members as `get` would show them.
     fn group_view(&self, id: TaskId) -> Result<Option<GroupView>, StoreError> {
-        let disk = &self.shared.disk;
+        let disk = self.shared.disk()?;
         let Some(v) = disk
             .groups
             .get(id.to_bytes())
-            .map_err(|e| internal("read group", e))?
+            .map_err(|e| storage("read group", e))?
         else {
             return Ok(None);
         };
@@ -784,15 +954,24 @@ impl EmbeddedBroker {
             return Ok(Vec::new());
         }
         // Step 2, without the lock: read records and payloads.
+        let disk = self.shared.disk();
         let mut loaded = Vec::with_capacity(taken.len());
         for &(id, lease_id) in &taken {
             let tid = TaskId(id);
-            let rec = self.shared.disk.record(tid).and_then(|r| {
-                r.ok_or_else(|| StoreError::Internal(format!("pending task {tid} has no record")))
-            });
-            let payload = self.shared.disk.payload(tid);
+            let (rec, payload) = match &disk {
+                Ok(disk) => (
+                    disk.record(tid).and_then(|r| {
+                        r.ok_or_else(|| {
+                            StoreError::Internal(format!("pending task {tid} has no record"))
+                        })
+                    }),
+                    disk.payload(tid),
+                ),
+                Err(_) => (Err(self.shared.refusal()), Err(self.shared.refusal())),
+            };
             loaded.push((id, lease_id, rec, payload));
         }
+        drop(disk);
         // Step 3, under the lock: start each attempt and arm its lease timer.
         let grace = self.shared.config.lease_grace_ms;
         let mut out = Vec::with_capacity(loaded.len());
@@ -813,8 +992,11 @@ impl EmbeddedBroker {
                         continue;
                     }
                 };
-                let lease = st.leases.get(&id).expect("placeholder lease is held");
-                debug_assert_eq!(lease.lease_id, lease_id);
+                // The placeholder is gone only if the store was reopened meanwhile and
+                // the task is pending again there: it is not ours to start.
+                let Some(lease) = st.leases.get(&id).filter(|l| l.lease_id == lease_id) else {
+                    continue;
+                };
                 let cancel_requested = lease.cancel_requested;
                 rec.cancel_requested |= cancel_requested;
                 if groups::closed(&st, &rec) {
@@ -828,7 +1010,9 @@ impl EmbeddedBroker {
                 match machine::start(&mut rec, now) {
                     Ok(Start::Started) => {
                         let expires = now.saturating_add(rec.timeout_ms).saturating_add(grace);
-                        let lease = st.leases.get_mut(&id).expect("placeholder lease is held");
+                        let Some(lease) = st.leases.get_mut(&id) else {
+                            unreachable!("the placeholder was found under this lock");
+                        };
                         lease.expires_ms = expires;
                         lease.record = Some(rec.clone());
                         st.lease_deadlines.insert((expires, id));
@@ -872,7 +1056,9 @@ impl EmbeddedBroker {
             }
         }
         if let Some(e) = failure {
-            tracing::error!(error = %e, "lease failed to read a task");
+            if !matches!(e, StoreError::Unavailable { .. }) {
+                tracing::error!(error = %e, "lease failed to read a task");
+            }
             if out.is_empty() {
                 return Err(e);
             }
@@ -883,7 +1069,11 @@ impl EmbeddedBroker {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let _ = self.disk.db.persist(fjall::PersistMode::SyncAll);
+        if let Some(disk) = self.take_disk() {
+            if !matches!(self.health(), Health::Failed { .. }) {
+                let _ = disk.db.persist(fjall::PersistMode::SyncAll);
+            }
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 //! leases) and retention run in the same rounds, so no two threads ever write.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +18,12 @@ use weir_core::{GroupTally, TaskId, TaskRecord, TaskState};
 
 use super::groups::{self, GroupEvent};
 use super::state::{QueueIdx, State};
-use super::{disk, internal, ready_entry, Disk, Shared};
+use super::{diagnose, disk, internal, io_cause, load, ready_entry, Disk, Health, Shared};
 use super::{
     RETENTION_PURGE_BATCH_MAX, WRITER_OPS_PER_COMMIT_MAX, WRITER_TASKS_PER_COMMIT_MAX,
     WRITER_TICK_MS_MAX,
 };
-use crate::{Enqueued, GroupCreated, LeaseId, Settle, StoreError};
+use crate::{Enqueued, GroupCreated, LeaseId, Outage, Settle, StoreError};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -114,7 +113,32 @@ pub(crate) fn spawn(
 }
 
 /// Sends one op's answer once the round's commit is known (`Some` if it failed).
-type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Answer = Box<dyn FnOnce(Option<&CommitError>) + Send>;
+
+/// Why a commit failed.
+#[derive(Clone, Debug)]
+pub(crate) enum CommitError {
+    /// Nothing was fsynced, and the cause can clear: the store reopens from disk
+    /// (the engine refuses writes after any failed write) and takes writes again.
+    Outage { cause: Outage, detail: String },
+    /// An fsync failed. The kernel may have dropped pages it had accepted, so what
+    /// the engine believes is on disk may not be: only a restart with recovery is
+    /// safe.
+    Fatal(String),
+}
+
+impl From<CommitError> for StoreError {
+    fn from(e: CommitError) -> StoreError {
+        match e {
+            CommitError::Outage { cause, detail } => StoreError::Unavailable {
+                cause,
+                detail,
+                retry_after_ms: 1000,
+            },
+            CommitError::Fatal(detail) => StoreError::Internal(detail),
+        }
+    }
+}
 
 /// Effects that wait for the commit: answers, and memory changes that must not be
 /// seen before the data is durable.
@@ -137,9 +161,9 @@ pub(crate) struct After {
 impl After {
     fn reply<T: Send + 'static>(&mut self, tx: Reply<T>, value: Result<T, StoreError>) {
         self.replies
-            .push(Box::new(move |failed: Option<&StoreError>| {
+            .push(Box::new(move |failed: Option<&CommitError>| {
                 let value = match failed {
-                    Some(e) => Err(StoreError::Internal(e.to_string())),
+                    Some(e) => Err(e.clone().into()),
                     None => value,
                 };
                 let _ = tx.send(value);
@@ -148,15 +172,17 @@ impl After {
 }
 
 /// Marks the store failed if the writer thread ends by a panic: every later write
-/// is refused with a clear error and `/readyz` answers 503, instead of callers
-/// finding a closed channel.
+/// is refused with a clear error, `/readyz` answers 503 and the server exits
+/// non-zero, instead of callers finding a closed channel.
 struct FailOnPanic(Arc<Shared>);
 
 impl Drop for FailOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.failed.store(true, Ordering::SeqCst);
             tracing::error!("the writer thread panicked; the store refuses writes until restarted");
+            self.0.set_health(Health::Failed {
+                detail: "the store's writer thread panicked; restart required".into(),
+            });
         }
     }
 }
@@ -170,13 +196,16 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the writer's runtime");
-            shared.failed.store(true, Ordering::SeqCst);
+            shared.set_health(Health::Failed {
+                detail: format!("cannot start the store's writer: {e}"),
+            });
             return;
         }
     };
     rt.block_on(async move {
         let mut deferred: Vec<Op> = Vec::new();
         let mut next_purge_ms = 0u64;
+        let mut memo = HealMemo::default();
         loop {
             let now = shared.now_ms();
             let next_due = shared.lock().next_due_ms().unwrap_or(u64::MAX);
@@ -209,20 +238,298 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
             if purge {
                 next_purge_ms = now + 1000;
             }
-            let stop = round(&shared, ops, &mut deferred, purge);
-            if stop {
-                break;
+            match round(&shared, ops, &mut deferred, purge) {
+                Outcome::Next => {}
+                Outcome::Stop => break,
+                Outcome::Failed(CommitError::Outage { cause, detail }) => {
+                    if heal(&shared, &mut rx, &mut deferred, &mut memo, cause, detail).await {
+                        break;
+                    }
+                }
+                Outcome::Failed(CommitError::Fatal(detail)) => {
+                    fail(&shared, &mut rx, &mut deferred, detail).await;
+                    break;
+                }
             }
         }
-        if let Err(e) = shared.disk.db.persist(PersistMode::SyncAll) {
-            tracing::error!(error = %e, "final fsync failed");
+        if let Ok(disk) = shared.disk() {
+            if matches!(shared.health(), Health::Ok) {
+                if let Err(e) = disk.db.persist(PersistMode::SyncAll) {
+                    tracing::error!(error = %e, "final fsync failed");
+                    shared.set_health(Health::Failed {
+                        detail: format!("final fsync failed: {e}"),
+                    });
+                }
+            }
         }
     });
 }
 
-/// One group commit. Returns true when a `Stop` was processed.
-fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> bool {
-    let disk = &shared.disk;
+/// How a round ended.
+enum Outcome {
+    Next,
+    /// A `Stop` was processed.
+    Stop,
+    /// The commit failed; every op of the round was answered with the error.
+    Failed(CommitError),
+}
+
+/// Most time between two attempts to reopen the store after an outage.
+const HEAL_RETRY_MS_MAX: u64 = 2_000;
+/// First pause between two attempts to reopen the store.
+const HEAL_RETRY_MS_MIN: u64 = 50;
+/// An outage that starts within this long of the last heal counts as a repeat:
+/// the probe that said the cause had cleared was wrong (a quota, say), so writes
+/// are held back longer each time instead of failing and reopening in a loop.
+const HEAL_REPEAT_WINDOW_MS: u64 = 10_000;
+/// Free space the store's disk must have again before writes resume after the
+/// disk was full.
+pub(crate) const DISK_FREE_BYTES_MIN: u64 = 4 * 1024 * 1024;
+
+/// What the writer remembers of past outages, to back off when they repeat.
+#[derive(Default)]
+struct HealMemo {
+    last_healed: Option<std::time::Instant>,
+    hold_ms: u64,
+}
+
+/// Recovers from an outage without a restart. The engine refuses every write after
+/// a failed one, so the store is reopened from disk: the torn tail of the failed
+/// commit is discarded by the engine's recovery, the dispatch state is rebuilt from
+/// what is durable, and what only memory knew (leases, long-poll waiters) is
+/// carried over. Reads work again as soon as the reopen succeeds; writes resume
+/// once the cause has cleared (free space is back, a file can be opened). Until
+/// then every write answers `Unavailable` with the cause, and attempts back off to
+/// `HEAL_RETRY_MS_MAX`. Returns true if a `Stop` arrived meanwhile (it has been
+/// answered).
+async fn heal(
+    shared: &Arc<Shared>,
+    rx: &mut mpsc::Receiver<Op>,
+    deferred: &mut Vec<Op>,
+    memo: &mut HealMemo,
+    mut cause: Outage,
+    mut detail: String,
+) -> bool {
+    let started = std::time::Instant::now();
+    let repeat = memo
+        .last_healed
+        .is_some_and(|t| t.elapsed() < Duration::from_millis(HEAL_REPEAT_WINDOW_MS));
+    memo.hold_ms = if repeat {
+        (memo.hold_ms * 2).clamp(HEAL_RETRY_MS_MIN, HEAL_RETRY_MS_MAX)
+    } else {
+        0
+    };
+    let hold = Duration::from_millis(memo.hold_ms);
+    let mut pause = HEAL_RETRY_MS_MIN;
+    let mut attempts = 0u32;
+    let mut reopened = false;
+    if !repeat {
+        tracing::warn!(cause = cause.as_str(), error = %detail, "the store refuses writes; reopening it, and writes resume when the cause clears");
+    }
+    loop {
+        shared.set_health(Health::Outage {
+            cause,
+            detail: detail.clone(),
+            retry_at_ms: shared.now_ms() + pause.max(hold.as_millis() as u64),
+        });
+        if !reopened {
+            // Readers answer `Unavailable` from here until the new database is in.
+            drop(shared.take_disk());
+            attempts += 1;
+            match reopen(shared) {
+                Ok(()) => reopened = true,
+                Err(CommitError::Fatal(d)) => {
+                    fail(shared, rx, deferred, d).await;
+                    return true;
+                }
+                Err(CommitError::Outage {
+                    cause: c,
+                    detail: d,
+                }) => {
+                    if attempts == 1 || c != cause {
+                        tracing::warn!(cause = c.as_str(), error = %d, "reopening the store failed; retrying");
+                    }
+                    (cause, detail) = (c, d);
+                }
+            }
+        }
+        if reopened && started.elapsed() >= hold && cleared(shared, cause) {
+            shared.set_health(Health::Ok);
+            memo.last_healed = Some(std::time::Instant::now());
+            tracing::info!(
+                cause = cause.as_str(),
+                attempts,
+                outage_ms = started.elapsed().as_millis() as u64,
+                "the store takes writes again"
+            );
+            return false;
+        }
+        if refuse_for(shared, rx, deferred, Duration::from_millis(pause)).await {
+            return true;
+        }
+        pause = (pause * 2).min(HEAL_RETRY_MS_MAX);
+    }
+}
+
+/// Whether the cause of an outage looks gone.
+fn cleared(shared: &Shared, cause: Outage) -> bool {
+    let dir = &shared.config.data_dir;
+    match cause {
+        Outage::DiskFull => rustix::fs::statvfs(dir)
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize) >= DISK_FREE_BYTES_MIN)
+            .unwrap_or(false),
+        Outage::TooManyOpenFiles => std::fs::File::open(dir).is_ok(),
+        Outage::Io => true,
+    }
+}
+
+/// After a fatal failure: answer every op with the failure until `Stop` (the
+/// server exits on `Shared::fatal`; this keeps callers from hanging meanwhile).
+async fn fail(
+    shared: &Arc<Shared>,
+    rx: &mut mpsc::Receiver<Op>,
+    deferred: &mut Vec<Op>,
+    detail: String,
+) {
+    tracing::error!(error = %detail, "the store failed; it refuses writes, and the server must restart so that recovery runs");
+    shared.set_health(Health::Failed { detail });
+    drop(shared.take_disk());
+    while !refuse_for(
+        shared,
+        rx,
+        deferred,
+        Duration::from_millis(HEAL_RETRY_MS_MAX),
+    )
+    .await
+    {}
+}
+
+/// Answers every op that arrives within `wait` with the store's refusal. Returns
+/// true if a `Stop` arrived (it is answered).
+async fn refuse_for(
+    shared: &Shared,
+    rx: &mut mpsc::Receiver<Op>,
+    deferred: &mut Vec<Op>,
+    wait: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    let mut pending: Vec<Op> = std::mem::take(deferred);
+    loop {
+        for op in pending.drain(..) {
+            if refuse(shared, op) {
+                return true;
+            }
+        }
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(op)) => pending.push(op),
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Answers one op with the store's refusal; true if it was a `Stop`.
+fn refuse(shared: &Shared, op: Op) -> bool {
+    let e = || shared.refusal();
+    match op {
+        Op::Enqueue { reply, .. } => drop(reply.send(Err(e()))),
+        Op::Settle { reply, .. } => drop(reply.send(Err(e()))),
+        Op::Cancel { reply, .. } => drop(reply.send(Err(e()))),
+        Op::Release { reply, .. } => drop(reply.send(Err(e()))),
+        Op::CreateGroup { reply, .. } => drop(reply.send(Err(e()))),
+        Op::CancelGroup { reply, .. } => drop(reply.send(Err(e()))),
+        // Tasks found dead or canceled by the lease path: the rebuilt state has
+        // them pending again, and the lease path finds them again.
+        Op::Finalize { .. } => {}
+        Op::Stop { reply } => {
+            let _ = reply.send(());
+            return true;
+        }
+    }
+    false
+}
+
+/// Opens the database again and swaps it and the state rebuilt from it in.
+fn reopen(shared: &Shared) -> Result<(), CommitError> {
+    let config = &shared.config;
+    let outage = |e: StoreError| match e {
+        StoreError::Unavailable { cause, detail, .. } => CommitError::Outage { cause, detail },
+        other => CommitError::Outage {
+            cause: Outage::Io,
+            detail: other.to_string(),
+        },
+    };
+    let disk = Disk::open(
+        &config.data_dir,
+        config.cache_bytes,
+        config.memtable_bytes_max,
+    )
+    .map_err(outage)?;
+    let now = shared.now_ms();
+    let leased: std::collections::HashSet<u128> = shared.lock().leases.keys().copied().collect();
+    let (mut fresh, kept, batch) = load(&disk, now, &leased).map_err(outage)?;
+    if !batch.is_empty() {
+        commit(&disk, &config.data_dir, batch)?;
+    }
+    let mut st = shared.lock();
+    carry_over(&mut st, &mut fresh, &kept);
+    *st = fresh;
+    drop(st);
+    shared.put_disk(disk);
+    Ok(())
+}
+
+/// Moves what only memory knows from the old state into one rebuilt from disk:
+/// the queues' long-poll `Notify`s (parked leases hold them), task and group
+/// waiters, and every lease whose task the rebuilt state has pending (a lease is
+/// not durable, so on disk a leased task is pending) or, in `kept`, active with a
+/// cancel requested. Leases settled in the failed commit are gone: their tasks are
+/// pending again and will be delivered again (at least once).
+fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
+    let mut map = Vec::with_capacity(old.queues.len());
+    for q in &old.queues {
+        let i = fresh.intern(&q.name);
+        fresh.queues[i as usize].notify = q.notify.clone();
+        map.push(i);
+    }
+    fresh.waiters = std::mem::take(&mut old.waiters);
+    fresh.next_lease_id = old.next_lease_id;
+    let kept: std::collections::HashSet<u128> = kept.iter().map(|t| t.0).collect();
+    for (id, mut lease) in old.leases.drain() {
+        let q = map[lease.queue as usize];
+        lease.queue = q;
+        if kept.contains(&id) {
+            lease.cancel_requested = true;
+            if let Some(r) = lease.record.as_mut() {
+                r.cancel_requested = true;
+            }
+        } else if fresh.queues[q as usize].pending.remove(lease.priority, id) {
+            fresh.count(q, Some(TaskState::Pending), None);
+        } else {
+            continue;
+        }
+        fresh.count(q, None, Some(TaskState::Active));
+        if lease.expires_ms != u64::MAX {
+            fresh.lease_deadlines.insert((lease.expires_ms, id));
+        }
+        fresh.leases.insert(id, lease);
+    }
+}
+
+/// One group commit.
+fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> Outcome {
+    let Ok(disk) = shared.disk() else {
+        // Only `heal` and `fail` take the database away, and they run in this
+        // thread; answer rather than panic if that ever breaks.
+        debug_assert!(false, "a round without a database");
+        for op in ops {
+            if refuse(shared, op) {
+                return Outcome::Stop;
+            }
+        }
+        return Outcome::Next;
+    };
+    let disk = &*disk;
     let now = shared.now_ms();
     let mut batch = disk.db.batch();
     let mut after = After::default();
@@ -244,7 +551,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     {
         let mut st = shared.lock();
         st.promote_due(now, &mut woken);
-        expire_leases(shared, &mut st, &mut batch, &mut after, now);
+        expire_leases(disk, &mut st, &mut batch, &mut after, now);
         let mut round_idem: HashMap<(QueueIdx, String), (TaskId, TaskState)> = HashMap::new();
         let mut added: HashMap<QueueIdx, u64> = HashMap::new();
         for (op, pre) in ops.into_iter().zip(pre) {
@@ -260,6 +567,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     };
                     let res = plan_enqueue(
                         shared,
+                        disk,
                         &mut st,
                         &mut batch,
                         &mut after,
@@ -275,7 +583,9 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                 Op::Settle { items, reply } => {
                     let res = items
                         .into_iter()
-                        .map(|item| plan_settle(shared, &mut st, &mut batch, &mut after, item, now))
+                        .map(|item| {
+                            plan_settle(shared, disk, &mut st, &mut batch, &mut after, item, now)
+                        })
                         .collect();
                     after.reply(reply, Ok(res));
                 }
@@ -317,6 +627,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     let existing = vec![None; items.len()];
                     let res = plan_enqueue(
                         shared,
+                        disk,
                         &mut st,
                         &mut batch,
                         &mut after,
@@ -402,11 +713,23 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     let failure = if batch.is_empty() {
         None
     } else {
-        commit(shared, batch).err()
+        commit(disk, &shared.config.data_dir, batch).err()
     };
     if let Some(e) = &failure {
-        tracing::error!(error = %e, "group commit failed; the store now refuses writes");
-        shared.failed.store(true, Ordering::SeqCst);
+        // Nothing of this round is applied to memory or answered as done; `heal`
+        // (or `fail`) rebuilds memory from what is durable. The health changes
+        // before any caller hears of the failure, so none sees a ready store after.
+        tracing::error!(error = ?e, "group commit failed");
+        shared.set_health(match e {
+            CommitError::Outage { cause, detail } => Health::Outage {
+                cause: *cause,
+                detail: detail.clone(),
+                retry_at_ms: now + HEAL_RETRY_MS_MIN,
+            },
+            CommitError::Fatal(detail) => Health::Failed {
+                detail: detail.clone(),
+            },
+        });
     } else {
         let mut st = shared.lock();
         for (q, id, priority, run_at) in after.queued.drain(..) {
@@ -435,18 +758,38 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     }
     if let Some(stop) = after.stop {
         let _ = stop.send(());
-        return true;
+        return Outcome::Stop;
     }
-    false
+    match failure {
+        Some(e) => Outcome::Failed(e),
+        None => Outcome::Next,
+    }
 }
 
-fn commit(shared: &Shared, batch: OwnedWriteBatch) -> Result<(), StoreError> {
-    batch.commit().map_err(|e| internal("commit", e))?;
-    shared
-        .disk
-        .db
-        .persist(PersistMode::SyncAll)
-        .map_err(|e| internal("fsync", e))
+/// Makes a batch durable: written to the journal, handed to the OS, then fsynced.
+/// The write and the fsync are separate steps so that a failed write (a full disk,
+/// no file descriptor for a new journal, EIO) is told apart from a failed fsync:
+/// the first leaves nothing half-acknowledged and the store can reopen; after the
+/// second, the engine's view of the disk cannot be trusted (`CommitError::Fatal`).
+/// `dir` is for diagnosing errors that carry no errno.
+pub(crate) fn commit(
+    disk: &Disk,
+    dir: &std::path::Path,
+    batch: OwnedWriteBatch,
+) -> Result<(), CommitError> {
+    let outage = |what: &str, e: fjall::Error| CommitError::Outage {
+        cause: io_cause(&e).unwrap_or_else(|| diagnose(dir)),
+        detail: format!("{what}: {e}"),
+    };
+    batch.commit().map_err(|e| outage("write", e))?;
+    disk.db
+        .persist(PersistMode::Buffer)
+        .map_err(|e| outage("write", e))?;
+    disk.db.persist(PersistMode::SyncAll).map_err(|e| match e {
+        // Poisoned by a background flush between the two steps: no fsync ran.
+        fjall::Error::Poisoned => outage("fsync", e),
+        e => CommitError::Fatal(format!("fsync failed: {e}; restart required")),
+    })
 }
 
 /// What an operation needed read from disk before the round took the lock.
@@ -491,6 +834,7 @@ fn current_state(st: &State, rec: &TaskRecord, now: u64) -> TaskState {
 #[allow(clippy::too_many_arguments)]
 fn plan_enqueue(
     shared: &Shared,
+    disk: &Disk,
     st: &mut State,
     batch: &mut OwnedWriteBatch,
     after: &mut After,
@@ -501,7 +845,6 @@ fn plan_enqueue(
     existing: Vec<Option<TaskRecord>>,
     now: u64,
 ) -> Result<Vec<Enqueued>, StoreError> {
-    let disk = &shared.disk;
     let q = st.try_intern(queue, shared.config.limits.queues_max)?;
     let limit = shared.config.limits.queue_tasks_max;
     let c = st.queue(q).counts;
@@ -559,13 +902,13 @@ fn plan_enqueue(
 
 fn plan_settle(
     shared: &Shared,
+    disk: &Disk,
     st: &mut State,
     batch: &mut OwnedWriteBatch,
     after: &mut After,
     item: Settle,
     now: u64,
 ) -> Result<TaskState, StoreError> {
-    let disk = &shared.disk;
     let (id, lease_id) = match &item {
         Settle::Ack { id, lease_id, .. } | Settle::Fail { id, lease_id, .. } => (*id, *lease_id),
     };
@@ -678,7 +1021,7 @@ fn plan_cancel(
 }
 
 fn expire_leases(
-    shared: &Shared,
+    disk: &Disk,
     st: &mut State,
     batch: &mut OwnedWriteBatch,
     after: &mut After,
@@ -705,14 +1048,10 @@ fn expire_leases(
             .and_then(|next| groups::cancel_if_closed(st, &mut rec, next, now));
         match res {
             Ok(next) if next.is_terminal() => {
-                finish(&shared.disk, batch, after, lease.queue, &rec);
+                finish(disk, batch, after, lease.queue, &rec);
             }
             Ok(_) => {
-                batch.insert(
-                    &shared.disk.tasks,
-                    rec.id.to_bytes(),
-                    disk::encode_record(&rec),
-                );
+                batch.insert(&disk.tasks, rec.id.to_bytes(), disk::encode_record(&rec));
                 after
                     .queued
                     .push((lease.queue, id, rec.priority, rec.run_at_ms));
