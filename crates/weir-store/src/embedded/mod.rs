@@ -70,6 +70,9 @@ pub struct EmbeddedConfig {
     /// the memory writes hold before they reach sorted tables.
     pub memtable_bytes_max: u64,
     pub clock: Arc<dyn Clock>,
+    /// Longest that writes are held back after an outage that repeats soon after
+    /// the last heal (see `writer::heal`).
+    pub outage_hold_ms_max: u64,
 }
 
 impl EmbeddedConfig {
@@ -82,6 +85,7 @@ impl EmbeddedConfig {
             cache_bytes: 64 * 1024 * 1024,
             memtable_bytes_max: MEMTABLE_BYTES_DEFAULT,
             clock: Arc::new(SystemClock),
+            outage_hold_ms_max: writer::HEAL_RETRY_MS_MAX,
         }
     }
 }
@@ -252,6 +256,9 @@ pub(crate) struct Shared {
     pub fatal: CancellationToken,
     /// Last issued id, to keep ids strictly increasing within this process.
     pub last_id: Mutex<u128>,
+    /// Tests: the next non-empty commit fails as an outage, writing nothing.
+    #[cfg(test)]
+    pub inject_outage: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -383,6 +390,8 @@ impl EmbeddedBroker {
             health_code: AtomicU8::new(HEALTH_OK),
             fatal: CancellationToken::new(),
             last_id: Mutex::new(0),
+            #[cfg(test)]
+            inject_outage: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_OPS_MAX);
         let handle = writer::spawn(shared.clone(), rx)?;

@@ -25,7 +25,23 @@ fn config(dir: &std::path::Path) -> EmbeddedConfig {
         cap_ms: 4,
     };
     c.cache_bytes = 4 * 1024 * 1024;
+    // Outages in the simulation come in quick succession; don't hold writes back.
+    c.outage_hold_ms_max = 0;
     c
+}
+
+/// Waits until the store takes writes again after an outage (the writer reopens
+/// it in the background).
+async fn until_healed(b: &EmbeddedBroker) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.readiness().is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store did not heal: {:?}",
+            b.readiness()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 async fn fresh() -> EmbeddedBroker {
@@ -469,6 +485,45 @@ mod simulation {
                             };
                         }
                     }
+                }
+                95..=99 => {
+                    // Outage: the next commit fails. The op that hit it changes
+                    // nothing, the store heals by itself, and leases survive — but
+                    // the lease of a settle that failed is gone: its task is
+                    // pending again with its attempt unspent (or canceled, if a
+                    // cancel was requested), exactly as after a restart.
+                    s.shared
+                        .inject_outage
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    if !active.is_empty() && rng.gen_bool(0.5) {
+                        let id = active[rng.gen_range(0..active.len())];
+                        let m = model.get_mut(&id).unwrap();
+                        let res = s
+                            .settle(vec![Settle::Ack {
+                                id,
+                                lease_id: m.lease.unwrap(),
+                                result: None,
+                            }])
+                            .await;
+                        assert!(
+                            matches!(res, Err(StoreError::Unavailable { .. })),
+                            "seed {seed} step {step}: settle in an outage: {res:?}"
+                        );
+                        m.attempt -= 1;
+                        m.lease = None;
+                        m.state = if m.cancel_requested {
+                            TaskState::Canceled
+                        } else {
+                            TaskState::Pending
+                        };
+                    } else {
+                        let res = s.enqueue(QUEUE, vec![item(task("k"), "{}")]).await;
+                        assert!(
+                            matches!(res, Err(StoreError::Unavailable { .. })),
+                            "seed {seed} step {step}: enqueue in an outage: {res:?}"
+                        );
+                    }
+                    until_healed(&s).await;
                 }
                 _ => {}
             }

@@ -275,7 +275,7 @@ enum Outcome {
 }
 
 /// Most time between two attempts to reopen the store after an outage.
-const HEAL_RETRY_MS_MAX: u64 = 2_000;
+pub(crate) const HEAL_RETRY_MS_MAX: u64 = 2_000;
 /// First pause between two attempts to reopen the store.
 const HEAL_RETRY_MS_MIN: u64 = 50;
 /// An outage that starts within this long of the last heal counts as a repeat:
@@ -315,7 +315,9 @@ async fn heal(
         .last_healed
         .is_some_and(|t| t.elapsed() < Duration::from_millis(HEAL_REPEAT_WINDOW_MS));
     memo.hold_ms = if repeat {
-        (memo.hold_ms * 2).clamp(HEAL_RETRY_MS_MIN, HEAL_RETRY_MS_MAX)
+        (memo.hold_ms * 2)
+            .max(HEAL_RETRY_MS_MIN)
+            .min(shared.config.outage_hold_ms_max)
     } else {
         0
     };
@@ -710,8 +712,22 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
         n.notify_waiters();
     }
 
+    // Tests inject an outage at a commit: nothing is written, as when the write
+    // fails before anything reached the journal.
+    #[cfg(test)]
+    let injected = !batch.is_empty()
+        && shared
+            .inject_outage
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+    #[cfg(not(test))]
+    let injected = false;
     let failure = if batch.is_empty() {
         None
+    } else if injected {
+        Some(CommitError::Outage {
+            cause: Outage::Io,
+            detail: "injected".into(),
+        })
     } else {
         commit(disk, &shared.config.data_dir, batch).err()
     };
