@@ -66,6 +66,11 @@ pub(crate) enum Op {
         id: TaskId,
         reply: Reply<()>,
     },
+    /// Delete an empty queue, at the end of the round (`State::delete_queue`).
+    DeleteQueue {
+        queue: String,
+        reply: Reply<()>,
+    },
     /// Drain, persist and exit.
     Stop {
         reply: oneshot::Sender<()>,
@@ -79,7 +84,11 @@ impl Op {
             Op::Enqueue { items, .. } | Op::CreateGroup { items, .. } => items.len(),
             Op::Settle { items, .. } => items.len(),
             Op::Finalize { records } => records.len(),
-            Op::Cancel { .. } | Op::Release { .. } | Op::CancelGroup { .. } | Op::Stop { .. } => 1,
+            Op::Cancel { .. }
+            | Op::Release { .. }
+            | Op::CancelGroup { .. }
+            | Op::DeleteQueue { .. }
+            | Op::Stop { .. } => 1,
         }
     }
 }
@@ -227,6 +236,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     let mut batch = disk.db.batch();
     let mut after = After::default();
     let mut woken: Vec<Arc<Notify>> = Vec::new();
+    let mut deletes: Vec<(String, Reply<()>)> = Vec::new();
 
     // Reads that need no lock happen first, so the lock is held only for memory work.
     let pre: Vec<Pre> = ops.iter().map(|op| pre_read(disk, op)).collect();
@@ -372,6 +382,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     };
                     after.reply(reply, res);
                 }
+                Op::DeleteQueue { queue, reply } => deletes.push((queue, reply)),
                 Op::Stop { reply } => after.stop = Some(reply),
             }
         }
@@ -424,6 +435,15 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
         for gid in after.fire.drain(..) {
             st.fire_waiters(gid);
         }
+        // Last, once every task of the round is counted again.
+        for (queue, reply) in deletes.drain(..) {
+            let res = st.delete_queue(&queue);
+            after.reply(reply, res);
+        }
+    }
+    // After a failed commit nothing is deleted; `reply` answers the failure.
+    for (_, reply) in deletes {
+        after.reply(reply, Ok(()));
     }
     woken.sort_by_key(|n| Arc::as_ptr(n) as usize);
     woken.dedup_by_key(|n| Arc::as_ptr(n) as usize);
