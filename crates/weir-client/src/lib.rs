@@ -297,6 +297,14 @@ impl Client {
         Ok(resp.queues)
     }
 
+    /// `DELETE /v1/queues/{queue}`: removes an empty queue. A queue that still holds
+    /// tasks (finished ones included) is `Error::Conflict` with its counts in the
+    /// detail; an unknown one `Error::NotFound`.
+    pub async fn delete_queue(&self, name: &str) -> Result<(), Error> {
+        let rb = self.request(Method::DELETE, &format!("/v1/queues/{}", seg(name)));
+        execute(rb).await.map(drop)
+    }
+
     /// `GET /v1/queues/{queue}`: one queue with its config.
     pub async fn queue(&self, name: &str) -> Result<QueueInfo, Error> {
         self.get_json(&format!("/v1/queues/{}", seg(name)), None)

@@ -36,7 +36,10 @@ pub struct Limits {
     /// Most tasks (scheduled + pending + active) one queue may hold; beyond it an
     /// enqueue answers 429 (the queue is full), never drops.
     pub queue_tasks_max: u64,
-    /// Most queues one server holds (a queue is created by its first enqueue or lease).
+    /// Most queues one server holds (a queue is created by its first enqueue, never
+    /// by a lease or a read, and removed by `DELETE /v1/queues/{queue}` once empty).
+    /// Also the most queue names lease long-polls may wait on before those queues
+    /// exist (the embedded store's `State::parked`).
     pub queues_max: usize,
 }
 

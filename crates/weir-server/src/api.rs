@@ -35,7 +35,7 @@ const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/queues", get(list_queues))
-        .route("/v1/queues/{queue}", get(get_queue))
+        .route("/v1/queues/{queue}", get(get_queue).delete(delete_queue))
         .route("/v1/queues/{queue}/tasks", post(enqueue))
         .route("/v1/queues/{queue}/tasks:batch", post(enqueue_batch))
         .route("/v1/queues/{queue}/lease", post(lease))
@@ -93,9 +93,51 @@ fn task_id(s: &str) -> Result<TaskId, ApiError> {
     })
 }
 
+fn group_id(s: &str) -> Result<TaskId, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::invalid(
+            "id",
+            format!("{s:?} is not a group id (a 26-character ULID)"),
+        )
+    })
+}
+
 fn lease_id(field: &str, s: &str) -> Result<LeaseId, ApiError> {
     s.parse()
-        .map_err(|_| ApiError::invalid(field, "lease_id is not a lease id (16 hex digits)"))
+        .map_err(|_| ApiError::invalid(field, "lease_id is not a lease id (32 hex digits)"))
+}
+
+/// The query string of a long-poll GET. Its only parameter is `wait_ms`, so an error
+/// names either the unknown parameter or `wait_ms`.
+fn wait_query(
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<WaitQuery, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| {
+        let text = e.body_text();
+        let unknown = text
+            .split("unknown field `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next());
+        match unknown {
+            Some(name) => ApiError::invalid(
+                name,
+                format!("unknown query parameter {name:?}; the only one is wait_ms"),
+            ),
+            None => ApiError::invalid("wait_ms", text),
+        }
+    })
+}
+
+/// An RFC 3339 time field as milliseconds since the Unix epoch.
+fn time_ms(field: &str, text: &str) -> Result<u64, InvalidInput> {
+    let ms = parse_rfc3339(text)
+        .ok_or_else(|| InvalidInput::invalid(field, format!("{text:?} is not an RFC 3339 time")))?;
+    u64::try_from(ms).map_err(|_| {
+        InvalidInput::invalid(
+            field,
+            format!("{text:?} is before 1970-01-01T00:00:00Z, the earliest time weir takes"),
+        )
+    })
 }
 
 fn wait(field: &str, wait_ms: Option<u64>, config: &ServeConfig) -> Result<Duration, ApiError> {
@@ -134,9 +176,7 @@ fn new_task(
             Some(now + d)
         }
         (None, Some(t)) => {
-            let at = parse_rfc3339(&t).ok_or_else(|| {
-                InvalidInput::invalid("run_at", format!("{t:?} is not an RFC 3339 time"))
-            })?;
+            let at = time_ms("run_at", &t)?;
             if at > now + l.delay_ms_max {
                 return Err(InvalidInput::invalid(
                     "run_at",
@@ -158,9 +198,7 @@ fn new_task(
     validate::range("timeout_ms", timeout_ms, 1, l.timeout_ms_max)?;
     let deadline_ms = match b.deadline {
         None => None,
-        Some(t) => Some(parse_rfc3339(&t).ok_or_else(|| {
-            InvalidInput::invalid("deadline", format!("{t:?} is not an RFC 3339 time"))
-        })?),
+        Some(t) => Some(time_ms("deadline", &t)?),
     };
     if let Some(k) = &b.idempotency_key {
         validate::text("idempotency_key", k, l.idempotency_key_bytes_max)?;
@@ -250,7 +288,7 @@ async fn get_task(
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let id = task_id(&id)?;
-    let Query(q) = query.map_err(|e| ApiError::invalid("wait_ms", e.body_text()))?;
+    let q = wait_query(query)?;
     let wait = wait("wait_ms", q.wait_ms, &s.config)?;
     let view = if wait.is_zero() {
         s.broker.get(id).await?
@@ -542,8 +580,8 @@ async fn get_group(
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let id = task_id(&id)?;
-    let Query(q) = query.map_err(|e| ApiError::invalid("wait_ms", e.body_text()))?;
+    let id = group_id(&id)?;
+    let q = wait_query(query)?;
     let wait = wait("wait_ms", q.wait_ms, &s.config)?;
     let view = s
         .broker
@@ -554,7 +592,7 @@ async fn get_group(
 }
 
 async fn cancel_group(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let id = task_id(&id)?;
+    let id = group_id(&id)?;
     let view = s.broker.cancel_group(id).await?;
     Ok(Json(GroupJson::from(view)).into_response())
 }
@@ -587,6 +625,18 @@ async fn get_queue(State(s): State<AppState>, Path(queue): Path<String>) -> ApiR
         counts: q.counts.into(),
     })
     .into_response())
+}
+
+/// Removes an empty queue: 204; 409 with its counts if it holds any task.
+async fn delete_queue(State(s): State<AppState>, Path(queue): Path<String>) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    match s.broker.delete_queue(&queue).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(StoreError::QueueNotFound) => {
+            Err(ApiError::not_found(format!("no queue named {queue}")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

@@ -19,6 +19,9 @@ pub struct ApiError {
     pub detail: String,
     pub field: Option<String>,
     pub retry_after_secs: Option<u64>,
+    /// RFC 9457 extension members, added to the problem document as they are
+    /// (boxed: most errors have none, and `ApiError` travels in every `Result`).
+    pub extensions: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 #[derive(Serialize)]
@@ -30,6 +33,8 @@ struct Problem<'a> {
     detail: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extensions: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
@@ -46,6 +51,7 @@ impl ApiError {
             detail: detail.into(),
             field: None,
             retry_after_secs: None,
+            extensions: None,
         }
     }
 
@@ -141,6 +147,29 @@ impl From<StoreError> for ApiError {
                 err.retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
                 err
             }
+            StoreError::QueueNotFound => ApiError::not_found("no queue with this name"),
+            StoreError::QueueNotEmpty { queue, counts } => {
+                let held: Vec<String> = weir_core::TaskState::ALL
+                    .iter()
+                    .filter(|s| counts.get(**s) > 0)
+                    .map(|s| format!("{} {}", counts.get(*s), s.as_str()))
+                    .collect();
+                let mut err = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "queue-not-empty",
+                    "Queue not empty",
+                    format!(
+                        "queue {queue} still holds tasks ({}); only an empty queue can be deleted",
+                        held.join(", ")
+                    ),
+                );
+                let counts = serde_json::to_value(crate::wire::CountsJson::from(counts))
+                    .unwrap_or_default();
+                let mut ext = serde_json::Map::new();
+                ext.insert("counts".into(), counts);
+                err.extensions = Some(Box::new(ext));
+                err
+            }
             StoreError::TooManyQueues { limit } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "too-many-queues",
@@ -211,6 +240,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: &self.detail,
             field: self.field.as_deref(),
+            extensions: self.extensions.as_deref(),
         })
         .unwrap_or_default();
         let mut resp = (self.status, body).into_response();

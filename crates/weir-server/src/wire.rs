@@ -153,9 +153,10 @@ pub fn rfc3339(ms: u64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-pub fn parse_rfc3339(s: &str) -> Option<u64> {
+/// Milliseconds since the Unix epoch; negative before 1970.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let t = DateTime::parse_from_rfc3339(s).ok()?;
-    u64::try_from(t.timestamp_millis()).ok()
+    Some(t.timestamp_millis())
 }
 
 /// JSON text that the store holds, written into a response as is (no parse into a

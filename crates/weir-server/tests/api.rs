@@ -94,6 +94,11 @@ impl Server {
         self.call("GET", path, None).await
     }
 
+    async fn delete_queue(&self, queue: &str) -> (StatusCode, Value) {
+        self.call("DELETE", &format!("/v1/queues/{queue}"), None)
+            .await
+    }
+
     async fn enqueue(&self, queue: &str, body: Value) -> String {
         let (s, v) = self.post(&format!("/v1/queues/{queue}/tasks"), body).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -212,7 +217,7 @@ async fn batch_enqueue_and_batch_settle() {
         .iter()
         .map(|t| json!({"id": t["id"], "lease_id": t["lease_id"], "error": "nope", "retry": false}))
         .collect();
-    fails[1]["lease_id"] = json!("0000000000000000");
+    fails[1]["lease_id"] = json!("00000000000000000000000000000000");
     let (st, v) = s
         .post("/v1/acks", json!({"acks": acks, "fails": fails}))
         .await;
@@ -395,7 +400,7 @@ async fn error_paths() {
 
     // Stale leases: on ack, fail, release and heartbeat; nothing changes.
     let t = s.lease("q", json!({})).await.remove(0);
-    let stale = json!({"lease_id": "0123456789abcdef"});
+    let stale = json!({"lease_id": "0123456789abcdef0123456789abcdef"});
     for action in ["ack", "fail", "release", "heartbeat"] {
         let (st, v) = s
             .post(&format!("/v1/tasks/{id}/{action}"), stale.clone())
@@ -791,8 +796,9 @@ async fn queue_count_is_bounded() {
     let (st, v) = s.post("/v1/queues/q3/tasks", json!({"payload": 1})).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     problem(&v, "too-many-queues");
-    let (st, _) = s.post("/v1/queues/q4/lease", json!({})).await;
-    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    // A lease makes no queue, so it is not refused either.
+    let (st, v) = s.post("/v1/queues/q4/lease", json!({})).await;
+    assert_eq!((st, v), (StatusCode::OK, json!({"tasks": []})));
     // Existing queues still work.
     s.enqueue("q1", json!({"payload": 2})).await;
     let (_, v) = s.get("/v1/queues").await;
@@ -843,5 +849,207 @@ async fn heartbeat_with_wait_returns_as_soon_as_a_cancel_is_requested() {
         took < Duration::from_secs(30),
         "the heartbeat waited out its wait_ms"
     );
+    s.stop().await;
+}
+
+/// A problem's `field` and `detail`.
+fn field_detail(v: &Value) -> (String, String) {
+    (
+        v["field"].as_str().unwrap_or_default().to_owned(),
+        v["detail"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn lease_on_an_unknown_queue_creates_nothing() {
+    let s = Server::start_with(|c| c.limits.queues_max = 1).await;
+    for i in 0..5 {
+        let path = format!("/v1/queues/ghost{i}/lease");
+        for body in [json!({}), json!({"wait_ms": 5, "worker": "w"})] {
+            let (st, v) = s.post(&path, body).await;
+            assert_eq!((st, v), (StatusCode::OK, json!({"tasks": []})));
+        }
+    }
+    let (_, v) = s.get("/v1/queues").await;
+    assert_eq!(v["queues"], json!([]));
+    let (st, _) = s.get("/v1/queues/ghost0").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // The one queue allowed is still free; a long-poll on it, made before the queue
+    // exists, gets its first task.
+    let (base, http) = (s.base.clone(), s.http.clone());
+    let waiter = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let v: Value = http
+            .post(format!("{base}/v1/queues/later/lease"))
+            .json(&json!({"wait_ms": 30000}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v, started.elapsed())
+    });
+    let id = s.enqueue("later", json!({"payload": 1})).await;
+    let (v, took) = waiter.await.unwrap();
+    assert_eq!(v["tasks"][0]["id"], id.as_str(), "{v}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the lease waited out its wait_ms"
+    );
+    let (_, v) = s.get("/v1/queues").await;
+    assert_eq!(v["queues"].as_array().unwrap().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn delete_queue_only_when_empty() {
+    let s = Server::start().await;
+    let (st, v) = s.delete_queue("nope").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    problem(&v, "not-found");
+    let (st, v) = s.delete_queue("a%20b").await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("queue"))
+    );
+    // Not empty: 409 with the counts.
+    s.enqueue("full", json!({"payload": 1})).await;
+    let (st, v) = s.delete_queue("full").await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    problem(&v, "queue-not-empty");
+    assert_eq!(v["counts"]["pending"], 1, "{v}");
+    assert_eq!(v["counts"]["completed"], 0, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("1 pending"), "{v}");
+    let (st, _) = s.get("/v1/queues/full").await;
+    assert_eq!(st, StatusCode::OK);
+    // Empty once retention removed its only task: deleted, and gone.
+    let id = s
+        .enqueue("brief", json!({"payload": 1, "retention_ms": 0}))
+        .await;
+    let t = s.lease("brief", json!({})).await.remove(0);
+    let (st, _) = s
+        .post(
+            &format!("/v1/tasks/{id}/ack"),
+            json!({"lease_id": t["lease_id"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    // Retention runs about once a second and signals nothing: ask, within a bound.
+    let purged_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    while s.get(&format!("/v1/tasks/{id}")).await.0 != StatusCode::NOT_FOUND {
+        assert!(tokio::time::Instant::now() < purged_by, "never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (st, v) = s.delete_queue("brief").await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let (st, _) = s.get("/v1/queues/brief").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = s.delete_queue("brief").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, v) = s.get("/v1/queues").await;
+    assert_eq!(v["queues"].as_array().unwrap().len(), 1, "{v}");
+    s.enqueue("brief", json!({"payload": 2})).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lease_ids_are_random_128_bit_and_a_wrong_one_is_refused() {
+    let s = Server::start().await;
+    let tasks: Vec<Value> = (0..4).map(|i| json!({"payload": i})).collect();
+    let (st, _) = s
+        .post("/v1/queues/r/tasks:batch", json!({"tasks": tasks}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let mut leased = s.lease("r", json!({"max": 2})).await;
+    leased.extend(s.lease("r", json!({"max": 2})).await);
+    let ids: Vec<u128> = leased
+        .iter()
+        .map(|t| {
+            let text = t["lease_id"].as_str().unwrap();
+            assert_eq!(text.len(), 32, "{text}");
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{text}"
+            );
+            u128::from_str_radix(text, 16).unwrap()
+        })
+        .collect();
+    for w in ids.windows(2) {
+        // Not a counter: even the high halves differ (odds 2^-64 by chance).
+        assert_ne!(w[0] >> 64, w[1] >> 64, "{:032x} {:032x}", w[0], w[1]);
+    }
+    // A well-formed id that is not the task's lease: 409, and nothing changes.
+    let t = &leased[0];
+    let id = t["id"].as_str().unwrap();
+    let wrong = format!("{:032x}", ids[0] ^ 1);
+    let (st, v) = s
+        .post(&format!("/v1/tasks/{id}/ack"), json!({"lease_id": wrong}))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    problem(&v, "stale-lease");
+    // The old 64-bit form is not a lease id at all.
+    let (st, v) = s
+        .post(
+            &format!("/v1/tasks/{id}/ack"),
+            json!({"lease_id": "0123456789abcdef"}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("lease_id"))
+    );
+    let (st, _) = s
+        .post(
+            &format!("/v1/tasks/{id}/ack"),
+            json!({"lease_id": t["lease_id"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn errors_name_the_right_thing() {
+    let s = Server::start().await;
+    let id = s.enqueue("e", json!({"payload": 1})).await;
+    // An unknown query parameter is named, not blamed on wait_ms.
+    let (st, v) = s.get(&format!("/v1/tasks/{id}?bogus=1")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (field, detail) = field_detail(&v);
+    assert_eq!(field, "bogus", "{v}");
+    assert!(detail.contains("bogus"), "{v}");
+    let (st, v) = s.get(&format!("/v1/tasks/{id}?wait_ms=soon")).await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("wait_ms"))
+    );
+    // Group ids are group ids.
+    let (st, v) = s.get("/v1/groups/nope?wait_ms=5").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(field_detail(&v).1.contains("not a group id"), "{v}");
+    let (st, v) = s.post("/v1/groups/nope/cancel", json!({})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(field_detail(&v).1.contains("not a group id"), "{v}");
+    let (st, v) = s.get("/v1/groups/01ARZ3NDEKTSV4RRFFQ69G5FAV?bogus=1").await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("bogus"))
+    );
+    // A time before 1970 is a valid RFC 3339 time, out of range.
+    for field in ["run_at", "deadline"] {
+        let (st, v) = s
+            .post(
+                "/v1/queues/e/tasks",
+                json!({"payload": 1, field: "1969-07-20T20:17:40Z"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        let (f, detail) = field_detail(&v);
+        assert_eq!(f, field);
+        assert!(detail.contains("before 1970-01-01T00:00:00Z"), "{v}");
+        assert!(!detail.contains("not an RFC 3339"), "{v}");
+    }
     s.stop().await;
 }

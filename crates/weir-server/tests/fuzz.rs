@@ -14,7 +14,7 @@ const ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
 /// Every endpoint that takes a body, with a valid body for it.
 fn endpoints() -> Vec<(String, Value)> {
-    let lease = json!({"lease_id": "0123456789abcdef", "result": {"ok": true}});
+    let lease = json!({"lease_id": "0123456789abcdef0123456789abcdef", "result": {"ok": true}});
     let mut e = vec![
         (
             "/v1/queues/q/tasks".to_owned(),
@@ -30,7 +30,7 @@ fn endpoints() -> Vec<(String, Value)> {
         ),
         (
             "/v1/acks".to_owned(),
-            json!({"acks": [{"id": ID, "lease_id": "0123456789abcdef", "result": 1}], "fails": []}),
+            json!({"acks": [{"id": ID, "lease_id": "0123456789abcdef0123456789abcdef", "result": 1}], "fails": []}),
         ),
         (
             "/v1/groups".to_owned(),
@@ -38,7 +38,7 @@ fn endpoints() -> Vec<(String, Value)> {
         ),
         (
             format!("/v1/tasks/{ID}/fail"),
-            json!({"lease_id": "0123456789abcdef", "error": "e", "retry": true}),
+            json!({"lease_id": "0123456789abcdef0123456789abcdef", "error": "e", "retry": true}),
         ),
     ];
     for action in ["ack", "release", "heartbeat", "cancel"] {

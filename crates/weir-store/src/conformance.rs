@@ -692,6 +692,149 @@ pub async fn watch_returns_when_a_cancel_is_requested<B: Broker + Clone>(b: B) {
     ));
 }
 
+async fn queue_names(b: &dyn Broker) -> Vec<String> {
+    b.queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.name)
+        .collect()
+}
+
+pub async fn lease_on_unknown_queue_creates_nothing(b: &dyn Broker) {
+    assert!(b.lease("u1", 10, Duration::ZERO).await.unwrap().is_empty());
+    assert!(b
+        .lease_for("u1", 10, Duration::from_millis(5), Some("w"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!queue_names(b).await.contains(&"u1".to_owned()));
+    assert!(matches!(
+        b.delete_queue("u1").await,
+        Err(StoreError::QueueNotFound)
+    ));
+}
+
+pub async fn long_poll_lease_on_a_new_queue_wakes_on_its_first_enqueue<B: Broker + Clone>(b: B) {
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lease("u2", 1, WAIT).await })
+    };
+    // Waiting (or about to) creates nothing.
+    assert!(!queue_names(&b).await.contains(&"u2".to_owned()));
+    let started = tokio::time::Instant::now();
+    let id = one(&b, "u2", task("k"), "1").await;
+    let leased = waiter.await.unwrap().unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].record.id, id);
+    assert!(started.elapsed() < WAIT);
+    assert!(queue_names(&b).await.contains(&"u2".to_owned()));
+}
+
+pub async fn delete_queue_only_when_empty(b: &dyn Broker) {
+    assert!(matches!(
+        b.delete_queue("d0").await,
+        Err(StoreError::QueueNotFound)
+    ));
+    assert!(matches!(
+        b.delete_queue("bad name").await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Every state keeps a queue, retained finished tasks included.
+    let id = one(b, "d1", task("k"), "1").await;
+    let not_empty = |r: Result<(), StoreError>, state: TaskState| match r {
+        Err(StoreError::QueueNotEmpty { queue, counts }) => {
+            assert_eq!(queue, "d1");
+            assert_eq!(counts.get(state), 1, "{counts:?}");
+            assert_eq!(counts.0.iter().sum::<u64>(), 1, "{counts:?}");
+        }
+        other => panic!("delete of a queue with a {state:?} task: {other:?}"),
+    };
+    not_empty(b.delete_queue("d1").await, TaskState::Pending);
+    let l = b.lease("d1", 1, Duration::ZERO).await.unwrap().remove(0);
+    not_empty(b.delete_queue("d1").await, TaskState::Active);
+    b.settle(vec![Settle::Ack {
+        id,
+        lease_id: l.lease_id,
+        result: None,
+    }])
+    .await
+    .unwrap();
+    not_empty(b.delete_queue("d1").await, TaskState::Completed);
+    let mut later = task("k");
+    later.run_at_ms = Some(now_ms() + 3_600_000);
+    let scheduled = one(b, "d1b", later, "1").await;
+    match b.delete_queue("d1b").await {
+        Err(StoreError::QueueNotEmpty { counts, .. }) => {
+            assert_eq!(counts.get(TaskState::Scheduled), 1)
+        }
+        other => panic!("delete of a queue with a scheduled task: {other:?}"),
+    }
+    b.cancel(scheduled).await.unwrap();
+    assert!(queue_names(b).await.contains(&"d1".to_owned()));
+
+    // A queue whose only task was removed by retention is empty: it can go.
+    let mut brief = task("k");
+    brief.retention_ms = 0;
+    let id = one(b, "d2", brief, "1").await;
+    let l = b.lease("d2", 1, Duration::ZERO).await.unwrap().remove(0);
+    b.settle(vec![Settle::Ack {
+        id,
+        lease_id: l.lease_id,
+        result: None,
+    }])
+    .await
+    .unwrap();
+    let purged_by = tokio::time::Instant::now() + WAIT;
+    // Retention has no event to wait on: ask until the task is gone, within a bound.
+    while b.get(id).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < purged_by, "never purged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.delete_queue("d2").await.unwrap();
+    assert!(!queue_names(b).await.contains(&"d2".to_owned()));
+    assert!(matches!(
+        b.delete_queue("d2").await,
+        Err(StoreError::QueueNotFound)
+    ));
+    // The next enqueue makes it again, fresh.
+    let id = one(b, "d2", task("k"), "2").await;
+    let q = b
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "d2")
+        .unwrap();
+    assert_eq!(q.counts.0, [0, 1, 0, 0, 0, 0]);
+    let l = b.lease("d2", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(l[0].record.id, id);
+}
+
+pub async fn lease_ids_are_random(b: &dyn Broker) {
+    let items = (0..16).map(|i| item(task("k"), &i.to_string())).collect();
+    b.enqueue("c17", items).await.unwrap();
+    let mut ids: Vec<crate::LeaseId> = Vec::new();
+    for max in [8, 1, 1, 6] {
+        let got = b.lease("c17", max, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), max);
+        ids.extend(got.iter().map(|l| l.lease_id));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for w in ids.windows(2) {
+        // Not a counter: consecutive ids differ in both halves (by chance the same
+        // half has odds of 2^-64).
+        assert_ne!(w[0].0 >> 64, w[1].0 >> 64, "{:?}", w);
+        assert_ne!(w[0].0 as u64, w[1].0 as u64, "{:?}", w);
+    }
+    for id in &ids {
+        assert!(seen.insert(*id), "lease id {id} handed out twice");
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(text.parse::<crate::LeaseId>(), Ok(*id));
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh broker (`B: Broker + Clone`) for each test.
 #[macro_export]
@@ -705,11 +848,19 @@ macro_rules! conformance_tests {
             deadline_passed_is_dead_not_started, batch_settle_reports_each,
             bad_queue_name_changes_nothing, group_completes_with_results_in_order,
             group_fail_fast_cancels_the_rest, group_without_fail_fast_runs_everything,
-            group_cancel_cancels_members, group_member_retried_after_fail_fast_is_canceled);
+            group_cancel_cancels_members, group_member_retried_after_fail_fast_is_canceled,
+            lease_on_unknown_queue_creates_nothing, delete_queue_only_when_empty,
+            lease_ids_are_random);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn long_poll_lease_wakes_on_enqueue() {
             let b = $make.await;
             $crate::conformance::long_poll_lease_wakes_on_enqueue(b).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn long_poll_lease_on_a_new_queue_wakes_on_its_first_enqueue() {
+            let b = $make.await;
+            $crate::conformance::long_poll_lease_on_a_new_queue_wakes_on_its_first_enqueue(b)
+                .await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn watch_returns_when_a_cancel_is_requested() {

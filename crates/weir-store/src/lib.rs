@@ -45,23 +45,33 @@ pub struct TaskView {
     pub worker: Option<String>,
 }
 
-/// Identifies one lease of one task; a stale one is refused with 409.
+/// Identifies one lease of one task; a stale one is refused with 409. Holding a
+/// lease id is what lets a caller settle a task, so backends make them unguessable:
+/// 128 random bits from a CSPRNG, written as 32 lowercase hex digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LeaseId(pub u64);
+pub struct LeaseId(pub u128);
+
+impl LeaseId {
+    /// A fresh random lease id (`rand::thread_rng` is a CSPRNG).
+    pub fn random() -> LeaseId {
+        LeaseId(rand::Rng::gen(&mut rand::thread_rng()))
+    }
+}
 
 impl fmt::Display for LeaseId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        write!(f, "{:032x}", self.0)
     }
 }
 
 impl FromStr for LeaseId {
     type Err = ();
+    /// Exactly 32 hex digits (`from_str_radix` alone would also take a sign).
     fn from_str(s: &str) -> Result<LeaseId, ()> {
-        if s.len() != 16 {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(());
         }
-        u64::from_str_radix(s, 16).map(LeaseId).map_err(|_| ())
+        u128::from_str_radix(s, 16).map(LeaseId).map_err(|_| ())
     }
 }
 
@@ -158,6 +168,11 @@ pub enum StoreError {
     },
     #[error("the server already holds its limit of {limit} queues")]
     TooManyQueues { limit: usize },
+    #[error("queue not found")]
+    QueueNotFound,
+    /// `delete_queue` of a queue that still holds tasks (retained finished ones too).
+    #[error("queue {queue} is not empty")]
+    QueueNotEmpty { queue: String, counts: Counts },
     #[error("the store is shutting down")]
     Closed,
     /// The store cannot take writes for now, for a cause that can clear (a full
@@ -276,8 +291,14 @@ pub trait Broker: Send + Sync + 'static {
     async fn group(&self, id: TaskId, wait: Duration) -> Result<Option<GroupView>, StoreError>;
     /// Cancels every non-terminal member and marks the group canceled.
     async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError>;
-    /// Every known queue with its counts.
+    /// Every known queue with its counts. A queue exists from its first enqueue
+    /// until `delete_queue`; a lease or a read never creates one.
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
+    /// Removes an empty queue: one holding no task in any state, retained finished
+    /// tasks included. `QueueNotFound` if unknown, `QueueNotEmpty` (with its counts)
+    /// otherwise. Lease long-polls parked on it keep waiting, as on an unknown queue,
+    /// and the next enqueue creates it afresh.
+    async fn delete_queue(&self, queue: &str) -> Result<(), StoreError>;
     /// Whether the store can take writes now; the error says why not (an outage it
     /// is healing from, shutdown, or a fatal failure).
     fn readiness(&self) -> Result<(), StoreError>;
@@ -292,4 +313,39 @@ pub trait Broker: Send + Sync + 'static {
     fn begin_shutdown(&self);
     /// Flushes and stops background work. Later calls fail with `Closed`.
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaseId;
+
+    #[test]
+    fn lease_ids_are_32_hex_digits_both_ways() {
+        let id = LeaseId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(id.to_string(), "0123456789abcdef0011223344556677");
+        assert_eq!(id.to_string().parse::<LeaseId>(), Ok(id));
+        assert_eq!(LeaseId(1).to_string().len(), 32);
+        assert_eq!(
+            "0123456789ABCDEF0011223344556677".parse::<LeaseId>(),
+            Ok(id)
+        );
+        for bad in [
+            "",
+            "0123456789abcdef",                  // the old 64-bit form
+            "0123456789abcdef00112233445566778", // 33 digits
+            "+123456789abcdef0011223344556677",  // a sign from_str_radix would take
+            "0123456789abcdef001122334455667g",
+        ] {
+            assert!(bad.parse::<LeaseId>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn random_lease_ids_differ_in_both_halves() {
+        let a = LeaseId::random().0;
+        let b = LeaseId::random().0;
+        // Each half colliding by chance has odds of 2^-64.
+        assert_ne!(a >> 64, b >> 64);
+        assert_ne!(a as u64, b as u64);
+    }
 }

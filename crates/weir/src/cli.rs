@@ -1,12 +1,16 @@
 //! The command line as clap parses it (raw arguments). Every flag can also come
 //! from a `WEIR_*` environment variable; commands turn these into validated
-//! configuration before they start anything.
+//! configuration before they start anything. A boolean flag keeps
+//! `ArgAction::SetTrue` (the bare flag means true) with `BoolishValueParser`, so
+//! its variable may say 1/0, true/false, yes/no or on/off (clap's default parser
+//! took only true/false: `WEIR_JSON=1` was refused).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
 
@@ -29,6 +33,9 @@ pub enum Command {
     Task(TaskCommand),
     /// List queues with their task counts.
     Queues(ClientArgs),
+    /// Manage one queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Load-generate against a server and report throughput and latency.
     Bench(BenchArgs),
     /// Run a worker pool that runs a shell command per task.
@@ -64,7 +71,7 @@ pub struct ServeArgs {
     pub memtable_bytes_max: Option<u64>,
     /// Allow listening on a non-loopback address although there is no
     /// authentication yet: anyone who can reach the port controls the queue.
-    #[arg(long, env = "WEIR_INSECURE_PUBLIC_BIND")]
+    #[arg(long, env = "WEIR_INSECURE_PUBLIC_BIND", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub insecure_public_bind: bool,
 }
 
@@ -74,11 +81,11 @@ pub struct ClientArgs {
     /// Base URL of the server.
     #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
-    /// Bearer token to send.
-    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    /// Bearer token to send. Hidden until the server has authentication.
+    #[arg(long, env = "WEIR_TOKEN", hide = true)]
     pub token: Option<String>,
     /// Machine-readable JSON output.
-    #[arg(long, env = "WEIR_JSON")]
+    #[arg(long, env = "WEIR_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -141,6 +148,18 @@ pub enum TaskCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Delete an empty queue (one holding no task in any state, finished ones
+    /// included); a queue that is not empty is refused with its counts.
+    Delete {
+        /// Queue name.
+        queue: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 /// What `weir bench` measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -174,7 +193,7 @@ pub struct BenchArgs {
     pub scenario: Vec<Scenario>,
     /// Start `weir serve` on a free loopback port with a fresh data dir, and stop
     /// it at the end, instead of using --server.
-    #[arg(long, env = "WEIR_BENCH_SPAWN")]
+    #[arg(long, env = "WEIR_BENCH_SPAWN", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub spawn: bool,
     /// With --spawn: the directory the temporary data dir is made in
     /// [default: ./target].
@@ -278,8 +297,8 @@ pub struct WorkerArgs {
     /// Base URL of the server.
     #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
-    /// Bearer token to send.
-    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    /// Bearer token to send. Hidden until the server has authentication.
+    #[arg(long, env = "WEIR_TOKEN", hide = true)]
     pub token: Option<String>,
 }
 

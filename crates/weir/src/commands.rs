@@ -1,5 +1,5 @@
-//! The client commands: `weir enqueue`, `weir task get|wait|cancel` and
-//! `weir queues`. Concise text by default, one JSON document with `--json`.
+//! The client commands: `weir enqueue`, `weir task get|wait|cancel`, `weir queues`
+//! and `weir queue delete`. Concise text by default, one JSON document with `--json`.
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use weir_client::{Client, EnqueueOptions, QueueInfo, Task, TaskState};
 
-use crate::cli::{ClientArgs, EnqueueArgs, TaskCommand};
-use crate::duration::as_ms;
+use crate::cli::{ClientArgs, EnqueueArgs, QueueCommand, TaskCommand};
+use crate::duration::{as_ms, format_duration};
 
 /// Longest single long-poll `task wait` asks the server for (its `wait_ms` limit).
 const WAIT_CALL_MS_MAX: u64 = 60_000;
@@ -115,7 +115,13 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             Ok(match task.state {
                 TaskState::Completed => ExitCode::SUCCESS,
                 TaskState::Dead | TaskState::Canceled => ExitCode::from(EXIT_DEAD_OR_CANCELED),
-                _ => ExitCode::from(EXIT_NOT_TERMINAL),
+                state => {
+                    eprintln!(
+                        "timed out after {}; task {id} is still {state}",
+                        format_duration(timeout)
+                    );
+                    ExitCode::from(EXIT_NOT_TERMINAL)
+                }
             })
         }
         TaskCommand::Cancel { id, client: args } => {
@@ -146,6 +152,30 @@ pub async fn queues(args: ClientArgs) -> anyhow::Result<ExitCode> {
         print!("{}", queue_table(&queues));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        QueueCommand::Delete {
+            queue,
+            client: args,
+        } => {
+            match client(&args)?.delete_queue(&queue).await {
+                Ok(()) => {}
+                Err(weir_client::Error::NotFound) => bail!("no queue named {queue}"),
+                Err(weir_client::Error::Conflict { detail }) => {
+                    bail!("queue {queue} was not deleted: {detail}")
+                }
+                Err(e) => return Err(e).with_context(|| format!("deleting queue {queue}")),
+            }
+            if args.json {
+                print_json(&json!({ "queue": queue, "deleted": true }))?;
+            } else {
+                println!("deleted queue {queue}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Queues as an aligned text table, names left, counts right.

@@ -39,6 +39,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
 }
 
+/// A duration as a person would write it back: `30s`, `5m`, `1500ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = as_ms(d);
+    match ms {
+        0 => "0s".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 /// A duration flag's value in whole milliseconds, for the wire.
 pub fn as_ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
@@ -69,6 +81,20 @@ mod tests {
             );
         }
         assert_eq!(parse_duration("0.5ms").unwrap(), Duration::from_micros(500));
+    }
+
+    #[test]
+    fn formats_back() {
+        for (text, shown) in [
+            ("30s", "30s"),
+            ("20ms", "20ms"),
+            ("1.5s", "1500ms"),
+            ("5m", "5m"),
+            ("120m", "2h"),
+            ("0", "0s"),
+        ] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), shown);
+        }
     }
 
     #[test]

@@ -1,19 +1,31 @@
 //! The client commands of the `weir` binary against a real server: enqueue, task
-//! get / wait / cancel, queues, with their exit codes and `--json` output.
+//! get / wait / cancel, queues, queue delete, with their exit codes and `--json`
+//! output; and what `--help` and boolean environment variables say and take.
 
-use std::process::Output;
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod common;
 
 async fn weir(server: &str, args: &[&str]) -> Output {
+    weir_env(server, args, &[]).await
+}
+
+async fn weir_env(server: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
         .env("WEIR_SERVER", server)
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run weir")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn json(out: &Output) -> Value {
@@ -55,13 +67,13 @@ async fn enqueue_get_wait_cancel_and_queues() {
     assert_eq!(v["payload"]["to"], "a@b");
     assert_eq!(v["priority"], 3);
 
-    // Not terminal within the timeout: exit 3.
+    // Not terminal within the timeout: exit 3, and it says so.
     let out = weir(&s, &["task", "wait", &id, "--timeout", "20ms"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(3),
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("timed out after 20ms; task {id} is still pending")),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr(&out)
     );
 
     // Canceled: `task wait` reports it with exit 4, distinct from an error (1).
@@ -92,5 +104,131 @@ async fn enqueue_get_wait_cancel_and_queues() {
     let v = json(&weir(&s, &["queues", "--json"]).await);
     assert_eq!(v["queues"][0]["counts"]["pending"], 0);
 
+    server.child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_names_every_command_and_hides_the_token() {
+    let out = weir("http://127.0.0.1:1", &["--help"]).await;
+    let help = String::from_utf8_lossy(&out.stdout);
+    let about = help.lines().next().unwrap_or_default();
+    for command in [
+        "serve", "enqueue", "task", "queues", "queue", "worker", "bench",
+    ] {
+        assert!(about.contains(command), "{command} missing from {about:?}");
+    }
+    // There is no authentication yet, so no token to offer.
+    for command in [
+        &["queues", "--help"][..],
+        &["worker", "--help"],
+        &["task", "get", "--help"],
+    ] {
+        let out = weir("http://127.0.0.1:1", command).await;
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(!help.contains("--token"), "{command:?}:\n{help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boolean_variables_take_1_0_yes_no() {
+    let mut server = common::start_server(&[]).await;
+    let s = server.base.clone();
+    for yes in ["1", "true", "yes", "on", "YES"] {
+        let out = weir_env(&s, &["queues"], &[("WEIR_JSON", yes)]).await;
+        assert_eq!(json(&out), json!({"queues": []}), "WEIR_JSON={yes}");
+    }
+    for no in ["0", "false", "no", "off"] {
+        let out = weir_env(&s, &["queues"], &[("WEIR_JSON", no)]).await;
+        assert!(out.status.success(), "WEIR_JSON={no}: {}", stderr(&out));
+        assert!(out.stdout.starts_with(b"QUEUE"), "WEIR_JSON={no}");
+    }
+    // The bare flag still means true; a value that is neither is a usage error.
+    assert_eq!(
+        json(&weir(&s, &["queues", "--json"]).await),
+        json!({"queues": []})
+    );
+    let out = weir_env(&s, &["queues"], &[("WEIR_JSON", "maybe")]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    server.child.kill().await.unwrap();
+
+    // The variable the refusal recommends is taken as written there.
+    let public = |value: &'static str| {
+        let dir = tempfile::tempdir().unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+            .arg(dir.path())
+            .env("WEIR_INSECURE_PUBLIC_BIND", value)
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn weir serve");
+        (child, dir)
+    };
+    let (mut refused, _dir) = public("no");
+    let status = tokio::time::timeout(Duration::from_secs(30), refused.wait())
+        .await
+        .expect("a refused serve exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let (mut child, _dir) = public("1");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("weir serve announces its address")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("weir listening on http://0.0.0.0:"),
+        "{line:?}"
+    );
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_delete_takes_only_an_empty_queue() {
+    let mut server = common::start_server(&["--lease-grace-ms", "0"]).await;
+    let s = server.base.clone();
+    let out = weir(&s, &["queue", "delete", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no queue named nope"),
+        "{}",
+        stderr(&out)
+    );
+
+    json(&weir(&s, &["enqueue", "full", "--json"]).await);
+    let out = weir(&s, &["queue", "delete", "full"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("1 pending"), "{}", stderr(&out));
+
+    // A queue whose only task retention removed is empty.
+    let http = reqwest::Client::new();
+    let v: Value = http
+        .post(format!("{s}/v1/queues/brief/tasks"))
+        .json(&json!({"payload": 1, "retention_ms": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["id"].as_str().unwrap();
+    let client = weir_client::Client::new(&s).unwrap();
+    let t = client.lease("brief", 1, 0, None).await.unwrap().remove(0);
+    client.ack(id, &t.lease_id, &json!(null)).await.unwrap();
+    // Retention runs about once a second and signals nothing: ask, within a bound.
+    let purged_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.get(id).await.is_ok() {
+        assert!(tokio::time::Instant::now() < purged_by, "never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v = json(&weir(&s, &["queue", "delete", "brief", "--json"]).await);
+    assert_eq!(v, json!({"queue": "brief", "deleted": true}));
+    let v = json(&weir(&s, &["queues", "--json"]).await);
+    assert_eq!(v["queues"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["queues"][0]["name"], "full");
     server.child.kill().await.unwrap();
 }

@@ -469,10 +469,7 @@ pub(crate) fn load(
     now_ms: u64,
     leased: &HashSet<u128>,
 ) -> Result<(State, Vec<TaskId>, fjall::OwnedWriteBatch), StoreError> {
-    let mut st = State {
-        next_lease_id: rand::thread_rng().gen(),
-        ..State::default()
-    };
+    let mut st = State::default();
     let (kept, to_cancel): (Vec<TaskId>, Vec<TaskId>) = recover(disk, &mut st, now_ms)?
         .into_iter()
         .partition(|id| leased.contains(&id.0));
@@ -586,13 +583,22 @@ impl Broker for EmbeddedBroker {
         let worker: Option<Arc<str>> = worker.map(Arc::from);
         weir_core::validate::queue_name(queue, limits)?;
         weir_core::validate::range("max", max as u64, 1, limits.lease_tasks_max as u64)?;
+        // A lease never creates its queue: on a queue nobody enqueued to it finds
+        // nothing, and a long-poll waits under the name (`State::lease_notify`).
+        if wait.is_zero() {
+            return self.try_lease(queue, max, worker.as_ref());
+        }
         let deadline = tokio::time::Instant::now() + wait;
-        let notify = {
-            let mut st = self.shared.lock();
-            let q = st.try_intern(queue, limits.queues_max)?;
-            st.queue(q).notify.clone()
+        let mut parked = ParkedWaiter {
+            shared: &self.shared,
+            queue,
+            registered: false,
         };
         loop {
+            let notify =
+                self.shared
+                    .lock()
+                    .lease_notify(queue, &mut parked.registered, limits.queues_max);
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -602,6 +608,11 @@ impl Broker for EmbeddedBroker {
             }
             if self.shared.closing.is_cancelled() {
                 return Ok(Vec::new());
+            }
+            // The queue was created or deleted since we chose what to wait on: the
+            // wakeup we would need goes to another `Notify`, so choose again.
+            if !self.shared.lock().is_lease_notify(queue, &notify) {
+                continue;
             }
             tokio::select! {
                 _ = &mut notified => {}
@@ -736,6 +747,16 @@ impl Broker for EmbeddedBroker {
 
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         Ok(self.shared.lock().queue_infos())
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {
+        weir_core::validate::queue_name(queue, &self.shared.config.limits)?;
+        // The writer deletes it between rounds, when no index of it is in flight.
+        self.submit(|reply| Op::DeleteQueue {
+            queue: queue.to_owned(),
+            reply,
+        })
+        .await
     }
 
     fn readiness(&self) -> Result<(), StoreError> {
@@ -926,7 +947,7 @@ impl EmbeddedBroker {
         let now = self.shared.now_ms();
         let mut woken = Vec::new();
         // Step 1, under the lock: pop ids and hold them with placeholder leases.
-        let taken: Vec<(u128, u64)> = {
+        let taken: Vec<(u128, u128)> = {
             let mut st = self.shared.lock();
             st.promote_due(now, &mut woken);
             let Some(&q) = st.queue_index.get(queue) else {
@@ -938,8 +959,7 @@ impl EmbeddedBroker {
                     break;
                 };
                 st.count(q, Some(TaskState::Pending), Some(TaskState::Active));
-                let lease_id = st.next_lease_id;
-                st.next_lease_id = st.next_lease_id.wrapping_add(1);
+                let lease_id = LeaseId::random().0;
                 st.leases.insert(
                     id,
                     Lease {
@@ -1073,6 +1093,22 @@ impl EmbeddedBroker {
             }
         }
         Ok(out)
+    }
+}
+
+/// A lease long-poll's registration in `State::parked`, if it made one; dropping
+/// it (the call returned or its request went away) leaves.
+struct ParkedWaiter<'a> {
+    shared: &'a Shared,
+    queue: &'a str,
+    registered: bool,
+}
+
+impl Drop for ParkedWaiter<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.shared.lock().unpark(self.queue);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! In-memory dispatch state of the embedded store: per-queue priority order of
 //! pending tasks, the timer of scheduled tasks, active leases and their expiries,
-//! and the waiters of long-polls.
+//! and the waiters of long-polls (including lease long-polls on queues that do not
+//! exist yet, which wait by name without creating the queue).
 //!
 //! It sits behind one `std::sync::Mutex` (see `EmbeddedBroker`): every critical
 //! section is a few map operations, never I/O and never an `.await`, so a plain
@@ -19,7 +20,9 @@ use super::disk::GroupRecord;
 
 use crate::{Counts, QueueInfo};
 
-/// Index of a queue in `State::queues`.
+/// Index of a queue in `State::queues`. A deleted queue's slot is a tombstone
+/// until `intern` reuses it for a new queue; `delete_queue` runs only when nothing
+/// outside `State` holds the index (see there).
 pub type QueueIdx = u32;
 
 /// One queue's dispatch state.
@@ -88,7 +91,7 @@ impl PendingSet {
 
 /// A task leased to a worker.
 pub struct Lease {
-    pub lease_id: u64,
+    pub lease_id: u128,
     pub queue: QueueIdx,
     pub priority: i32,
     /// When the lease runs out; `u64::MAX` while the lease is being filled.
@@ -115,11 +118,31 @@ pub struct GroupMem {
     pub notified: bool,
 }
 
+/// Lease long-polls waiting on a queue that does not exist, under its name.
+pub struct Parked {
+    /// Woken by the queue's enqueues once the queue exists: `intern` adopts it as
+    /// the new queue's `notify`.
+    pub notify: Arc<Notify>,
+    /// How many long-polls are registered; the entry goes when the last one leaves.
+    pub waiters: usize,
+}
+
 /// All of the embedded store's mutable dispatch state.
 #[derive(Default)]
 pub struct State {
+    /// Queue slots by `QueueIdx`; a deleted queue leaves a tombstone (an empty name,
+    /// never a valid queue name) whose index is in `free_queues`.
     pub queues: Vec<QueueState>,
+    /// Live queues by name: the only way to a queue's index.
     pub queue_index: HashMap<Arc<str>, QueueIdx>,
+    /// Tombstoned slots of `queues`, reused before the vector grows.
+    pub free_queues: Vec<QueueIdx>,
+    /// Lease long-polls on queues that do not exist, by name; at most `queues_max`
+    /// names (the lease path passes the limit). Never listed, never a queue.
+    pub parked: HashMap<Arc<str>, Parked>,
+    /// Woken whenever a queue is created: the lease long-polls that found `parked`
+    /// full wait on it, then look again.
+    pub parked_overflow: Arc<Notify>,
     /// Scheduled tasks by (run_at, id) → (queue, priority).
     pub scheduled: BTreeMap<(u64, u128), (QueueIdx, i32)>,
     /// Active tasks by id.
@@ -128,27 +151,42 @@ pub struct State {
     pub lease_deadlines: BTreeSet<(u64, u128)>,
     /// Long-polls waiting for a task to become terminal.
     pub waiters: HashMap<u128, Vec<oneshot::Sender<()>>>,
-    /// Next lease id to hand out (seeded at random so ids differ across restarts).
-    pub next_lease_id: u64,
     /// Groups with open members.
     pub groups: HashMap<u128, GroupMem>,
 }
 
 impl State {
-    /// The queue's index, creating its state on first use.
+    /// The queue's index, creating its state on first use (only for tasks: an
+    /// enqueue, or recovery of tasks found on disk).
     pub fn intern(&mut self, name: &str) -> QueueIdx {
         if let Some(&i) = self.queue_index.get(name) {
             return i;
         }
-        let i = self.queues.len() as QueueIdx;
+        debug_assert!(!name.is_empty(), "an empty name marks a tombstone");
         let name: Arc<str> = Arc::from(name);
-        self.queues.push(QueueState {
+        // Lease long-polls parked on the name are woken by this queue's enqueues.
+        let notify = match self.parked.get(&name) {
+            Some(p) => p.notify.clone(),
+            None => Arc::new(Notify::new()),
+        };
+        let queue = QueueState {
             name: name.clone(),
             pending: PendingSet::default(),
             counts: [0; 6],
-            notify: Arc::new(Notify::new()),
-        });
+            notify,
+        };
+        let i = match self.free_queues.pop() {
+            Some(i) => {
+                self.queues[i as usize] = queue;
+                i
+            }
+            None => {
+                self.queues.push(queue);
+                (self.queues.len() - 1) as QueueIdx
+            }
+        };
         self.queue_index.insert(name, i);
+        self.parked_overflow.notify_waiters();
         i
     }
 
@@ -158,14 +196,112 @@ impl State {
         name: &str,
         queues_max: usize,
     ) -> Result<QueueIdx, crate::StoreError> {
-        if !self.queue_index.contains_key(name) && self.queues.len() >= queues_max {
+        if !self.queue_index.contains_key(name) && self.queue_index.len() >= queues_max {
             return Err(crate::StoreError::TooManyQueues { limit: queues_max });
         }
         Ok(self.intern(name))
     }
 
     pub fn queue(&mut self, i: QueueIdx) -> &mut QueueState {
-        &mut self.queues[i as usize]
+        let q = &mut self.queues[i as usize];
+        debug_assert!(!q.name.is_empty(), "queue index {i} is a tombstone");
+        q
+    }
+
+    /// Removes an empty queue (no task in any state, retained ones included),
+    /// tombstoning its slot for reuse. Its lease long-polls are woken so that they
+    /// park under the name instead (see `lease_notify`).
+    ///
+    /// Only the writer calls this, after a round has published everything it
+    /// planned: then no `QueueIdx` of this queue lives outside `State` (every task
+    /// the round touched is counted again, and a count of zero means no pending
+    /// entry, scheduled timer entry or lease refers to it).
+    pub fn delete_queue(&mut self, name: &str) -> Result<(), crate::StoreError> {
+        let Some(&i) = self.queue_index.get(name) else {
+            return Err(crate::StoreError::QueueNotFound);
+        };
+        let counts = self.queues[i as usize].counts;
+        if counts.iter().any(|&c| c > 0) {
+            return Err(crate::StoreError::QueueNotEmpty {
+                queue: name.to_owned(),
+                counts: Counts(counts),
+            });
+        }
+        debug_assert_eq!(self.queues[i as usize].pending.len(), 0);
+        self.queue_index.remove(name);
+        let dead = std::mem::replace(
+            &mut self.queues[i as usize],
+            QueueState {
+                name: Arc::from(""),
+                pending: PendingSet::default(),
+                counts: [0; 6],
+                notify: Arc::new(Notify::new()),
+            },
+        );
+        self.free_queues.push(i);
+        dead.notify.notify_waiters();
+        Ok(())
+    }
+
+    /// The `Notify` a lease long-poll on `name` waits on: the queue's own if it
+    /// exists; else the name's entry in `parked`, registering the caller there once
+    /// (`*parked` records that, for `unpark`); else, with `parked` full at
+    /// `parked_max` names, `parked_overflow`.
+    pub fn lease_notify(
+        &mut self,
+        name: &str,
+        parked: &mut bool,
+        parked_max: usize,
+    ) -> Arc<Notify> {
+        if let Some(&i) = self.queue_index.get(name) {
+            return self.queues[i as usize].notify.clone();
+        }
+        if let Some(p) = self.parked.get_mut(name) {
+            if !*parked {
+                p.waiters += 1;
+                *parked = true;
+            }
+            return p.notify.clone();
+        }
+        debug_assert!(!*parked, "a registered waiter's entry is gone");
+        if self.parked.len() >= parked_max {
+            return self.parked_overflow.clone();
+        }
+        let notify = Arc::new(Notify::new());
+        self.parked.insert(
+            Arc::from(name),
+            Parked {
+                notify: notify.clone(),
+                waiters: 1,
+            },
+        );
+        *parked = true;
+        notify
+    }
+
+    /// Whether `notify` is still the one a lease long-poll on `name` must wait on
+    /// (a queue created or deleted since `lease_notify` changes it).
+    pub fn is_lease_notify(&self, name: &str, notify: &Arc<Notify>) -> bool {
+        let current = match self.queue_index.get(name) {
+            Some(&i) => &self.queues[i as usize].notify,
+            None => match self.parked.get(name) {
+                Some(p) => &p.notify,
+                None => &self.parked_overflow,
+            },
+        };
+        Arc::ptr_eq(current, notify)
+    }
+
+    /// A long-poll registered by `lease_notify` leaves.
+    pub fn unpark(&mut self, name: &str) {
+        if let Some(p) = self.parked.get_mut(name) {
+            p.waiters -= 1;
+            if p.waiters == 0 {
+                self.parked.remove(name);
+            }
+        } else {
+            debug_assert!(false, "unpark of {name} without its entry");
+        }
     }
 
     /// Moves a count from one state to another (either may be `None`).
@@ -244,7 +380,7 @@ impl State {
 
     /// Takes the lease of `id` if `lease_id` is its current, filled lease; `None`
     /// for a stale or unknown lease (nothing changes then).
-    pub fn take_held_lease(&mut self, id: u128, lease_id: u64) -> Option<(QueueIdx, TaskRecord)> {
+    pub fn take_held_lease(&mut self, id: u128, lease_id: u128) -> Option<(QueueIdx, TaskRecord)> {
         let held = self
             .leases
             .get(&id)
@@ -279,6 +415,7 @@ impl State {
         let mut v: Vec<QueueInfo> = self
             .queues
             .iter()
+            .filter(|q| !q.name.is_empty())
             .map(|q| QueueInfo {
                 name: q.name.to_string(),
                 counts: Counts(q.counts),
@@ -291,7 +428,73 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use super::PendingSet;
+    use std::sync::Arc;
+
+    use weir_core::TaskState;
+
+    use super::{PendingSet, State};
+    use crate::StoreError;
+
+    #[test]
+    fn deleted_queue_slots_are_tombstones_reused_by_the_next_queue() {
+        let mut st = State::default();
+        let a = st.intern("a");
+        let b = st.intern("b");
+        st.insert_queued(b, 7, 0, 0, 0);
+        assert!(matches!(
+            st.delete_queue("b"),
+            Err(StoreError::QueueNotEmpty { .. })
+        ));
+        assert!(matches!(
+            st.delete_queue("zz"),
+            Err(StoreError::QueueNotFound)
+        ));
+        st.delete_queue("a").unwrap();
+        assert!(matches!(
+            st.delete_queue("a"),
+            Err(StoreError::QueueNotFound)
+        ));
+        let names =
+            |st: &State| -> Vec<String> { st.queue_infos().into_iter().map(|q| q.name).collect() };
+        assert_eq!(names(&st), ["b"]);
+        let c = st.intern("c");
+        assert_eq!(c, a, "the free slot is reused");
+        assert_eq!(st.queues.len(), 2);
+        assert_eq!(st.queue(c).counts, [0; 6]);
+        assert_eq!(names(&st), ["b", "c"]);
+        assert_eq!(st.queues[b as usize].counts[TaskState::Pending.index()], 1);
+    }
+
+    #[test]
+    fn parked_waiters_are_bounded_and_adopted_by_the_queue() {
+        let mut st = State::default();
+        let (mut p1, mut p2, mut p3) = (false, false, false);
+        let n1 = st.lease_notify("q1", &mut p1, 1);
+        assert!(p1);
+        let again = st.lease_notify("q1", &mut p1, 1);
+        assert!(Arc::ptr_eq(&n1, &again));
+        assert_eq!(st.parked["q1"].waiters, 1, "one registration per long-poll");
+        let n1b = st.lease_notify("q1", &mut p2, 1);
+        assert!(Arc::ptr_eq(&n1, &n1b));
+        assert_eq!(st.parked["q1"].waiters, 2);
+        // Full: another name waits on the overflow notify, unregistered.
+        let n3 = st.lease_notify("q3", &mut p3, 1);
+        assert!(!p3);
+        assert!(Arc::ptr_eq(&n3, &st.parked_overflow));
+        assert!(st.is_lease_notify("q3", &n3));
+        // The first enqueue adopts the parked notify; nothing is a queue before it.
+        assert!(st.queue_infos().is_empty());
+        let q = st.intern("q1");
+        assert!(Arc::ptr_eq(&st.queue(q).notify, &n1));
+        assert!(st.is_lease_notify("q1", &n1));
+        st.unpark("q1");
+        st.unpark("q1");
+        assert!(st.parked.is_empty());
+        // A deleted queue's waiters must choose again.
+        let own = st.lease_notify("q1", &mut false, 1);
+        st.delete_queue("q1").unwrap();
+        assert!(!st.is_lease_notify("q1", &own));
+    }
 
     #[test]
     fn pending_pops_by_priority_then_id_and_removes_anywhere() {

@@ -272,6 +272,189 @@ async fn groups_survive_restart() {
     assert!(v.finished_ms.is_some());
 }
 
+/// Waits until `n` lease long-polls are registered under `queue` in `parked`.
+async fn parked_on(b: &EmbeddedBroker, queue: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.shared.lock().parked.get(queue).map_or(0, |p| p.waiters) != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} waiters never parked on {queue}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn names(b: &EmbeddedBroker) -> Vec<String> {
+    b.queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.name)
+        .collect()
+}
+
+/// Runs one task through `queue` and lets retention remove it, so the queue exists
+/// with every count at zero.
+async fn emptied(b: &EmbeddedBroker, clock: &crate::clock::OffsetClock, queue: &str) {
+    let mut t = task("k");
+    t.retention_ms = 1000;
+    let id = b.enqueue(queue, vec![item(t, "1")]).await.unwrap()[0].id;
+    let l = b.lease(queue, 1, Duration::ZERO).await.unwrap().remove(0);
+    b.settle(vec![Settle::Ack {
+        id,
+        lease_id: l.lease_id,
+        result: None,
+    }])
+    .await
+    .unwrap();
+    clock.advance(10_000);
+    // The writer's timer rounds (every <= 100 ms) run retention; nothing signals it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.get(id).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(names(b).await.contains(&queue.to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_unknown_queues_do_not_count_toward_queues_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.queues_max = 2;
+    let b = EmbeddedBroker::open(c).unwrap();
+    b.enqueue("a", vec![item(task("k"), "1")]).await.unwrap();
+    for name in ["x1", "x2", "x3"] {
+        assert!(b.lease(name, 1, Duration::ZERO).await.unwrap().is_empty());
+        assert!(b
+            .lease(name, 1, Duration::from_millis(2))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    b.enqueue("b", vec![item(task("k"), "1")]).await.unwrap();
+    assert!(matches!(
+        b.enqueue("c", vec![item(task("k"), "1")]).await,
+        Err(StoreError::TooManyQueues { limit: 2 })
+    ));
+    assert_eq!(names(&b).await, ["a", "b"]);
+    assert!(b.shared.lock().parked.is_empty(), "long-polls left entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_lease_wakes_on_the_first_enqueue_and_leaves_nothing() {
+    let b = fresh().await;
+    let lease = |q: &'static str| {
+        let b = b.clone();
+        tokio::spawn(async move { b.lease(q, 1, WAIT).await })
+    };
+    let (w1, w2) = (lease("new"), lease("new"));
+    parked_on(&b, "new", 2).await;
+    assert!(!names(&b).await.contains(&"new".to_owned()));
+    let items = (0..2).map(|i| item(task("k"), &i.to_string())).collect();
+    b.enqueue("new", items).await.unwrap();
+    assert_eq!(w1.await.unwrap().unwrap().len(), 1);
+    assert_eq!(w2.await.unwrap().unwrap().len(), 1);
+    // A long-poll whose request goes away leaves too.
+    let w3 = lease("gone");
+    parked_on(&b, "gone", 1).await;
+    w3.abort();
+    assert!(w3.await.is_err());
+    assert!(b.shared.lock().parked.is_empty());
+    assert_eq!(names(&b).await, ["new"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_names_are_bounded_and_the_overflow_still_wakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.queues_max = 2;
+    let b = EmbeddedBroker::open(c).unwrap();
+    let lease = |q: &'static str| {
+        let b = b.clone();
+        tokio::spawn(async move { b.lease(q, 1, WAIT).await })
+    };
+    let (w1, w2) = (lease("p1"), lease("p2"));
+    parked_on(&b, "p1", 1).await;
+    parked_on(&b, "p2", 1).await;
+    let w3 = lease("p3");
+    // The third name finds the registry full and waits on the overflow notify.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while Arc::strong_count(&b.shared.lock().parked_overflow) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "p3 never waited");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(b.shared.lock().parked.len(), 2);
+    let id = b.enqueue("p3", vec![item(task("k"), "3")]).await.unwrap()[0].id;
+    assert_eq!(w3.await.unwrap().unwrap()[0].record.id, id);
+    // A registered name is woken too (two queues is the limit: p2 is not made).
+    b.enqueue("p1", vec![item(task("k"), "1")]).await.unwrap();
+    assert_eq!(w1.await.unwrap().unwrap().len(), 1);
+    w2.abort();
+    assert!(w2.await.is_err());
+    assert!(b.shared.lock().parked.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_queue_frees_its_slot_and_stays_deleted_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(crate::clock::OffsetClock::default());
+    let mut c = config(dir.path());
+    c.clock = clock.clone();
+    c.limits.queues_max = 2;
+    let s = TestStore {
+        broker: EmbeddedBroker::open(c.clone()).unwrap(),
+        _dir: dir,
+    };
+    emptied(&s, &clock, "old").await;
+    s.enqueue("b", vec![item(task("k"), "b")]).await.unwrap();
+    assert!(matches!(
+        s.enqueue("c", vec![item(task("k"), "c")]).await,
+        Err(StoreError::TooManyQueues { .. })
+    ));
+    s.delete_queue("old").await.unwrap();
+    s.enqueue("c", vec![item(task("k"), "c")]).await.unwrap();
+    // The tombstoned slot was reused: the slot vector did not grow.
+    assert_eq!(s.shared.lock().queues.len(), 2);
+    let infos = s.queues().await.unwrap();
+    let got: Vec<(&str, [u64; 6])> = infos.iter().map(|q| (&q.name[..], q.counts.0)).collect();
+    assert_eq!(got, [("b", [0, 1, 0, 0, 0, 0]), ("c", [0, 1, 0, 0, 0, 0])]);
+    let s = reopen(s).await;
+    assert_eq!(names(&s).await, ["b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_parked_on_a_deleted_queue_keeps_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(crate::clock::OffsetClock::default());
+    let mut c = config(dir.path());
+    c.clock = clock.clone();
+    let b = EmbeddedBroker::open(c).unwrap();
+    emptied(&b, &clock, "old").await;
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lease("old", 1, WAIT).await })
+    };
+    // It waits on the queue's own notify (the queue exists)...
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let waiting = || {
+        let st = b.shared.lock();
+        let q = st.queue_index["old"];
+        Arc::strong_count(&st.queues[q as usize].notify) >= 2
+    };
+    while !waiting() {
+        assert!(tokio::time::Instant::now() < deadline, "never waited");
+        tokio::task::yield_now().await;
+    }
+    // ...and after the delete, under the name.
+    b.delete_queue("old").await.unwrap();
+    parked_on(&b, "old", 1).await;
+    assert!(!waiter.is_finished());
+    let id = b.enqueue("old", vec![item(task("k"), "2")]).await.unwrap()[0].id;
+    assert_eq!(waiter.await.unwrap().unwrap()[0].record.id, id);
+    assert!(b.shared.lock().parked.is_empty());
+}
+
 /// Model-based simulation: seeded random sequences of enqueue (with priorities),
 /// lease, ack, fail, release, cancel and restart, checked after every step against
 /// a model of what each task's state must be, what the next lease must return,

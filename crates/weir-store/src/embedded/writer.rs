@@ -65,6 +65,11 @@ pub(crate) enum Op {
         id: TaskId,
         reply: Reply<()>,
     },
+    /// Delete an empty queue, at the end of the round (`State::delete_queue`).
+    DeleteQueue {
+        queue: String,
+        reply: Reply<()>,
+    },
     /// Drain, persist and exit.
     Stop {
         reply: oneshot::Sender<()>,
@@ -78,7 +83,11 @@ impl Op {
             Op::Enqueue { items, .. } | Op::CreateGroup { items, .. } => items.len(),
             Op::Settle { items, .. } => items.len(),
             Op::Finalize { records } => records.len(),
-            Op::Cancel { .. } | Op::Release { .. } | Op::CancelGroup { .. } | Op::Stop { .. } => 1,
+            Op::Cancel { .. }
+            | Op::Release { .. }
+            | Op::CancelGroup { .. }
+            | Op::DeleteQueue { .. }
+            | Op::Stop { .. } => 1,
         }
     }
 }
@@ -440,6 +449,7 @@ fn refuse(shared: &Shared, op: Op) -> bool {
         Op::Release { reply, .. } => drop(reply.send(Err(e()))),
         Op::CreateGroup { reply, .. } => drop(reply.send(Err(e()))),
         Op::CancelGroup { reply, .. } => drop(reply.send(Err(e()))),
+        Op::DeleteQueue { reply, .. } => drop(reply.send(Err(e()))),
         // Tasks found dead or canceled by the lease path: the rebuilt state has
         // them pending again, and the lease path finds them again.
         Op::Finalize { .. } => {}
@@ -482,23 +492,37 @@ fn reopen(shared: &Shared) -> Result<(), CommitError> {
 }
 
 /// Moves what only memory knows from the old state into one rebuilt from disk:
-/// the queues' long-poll `Notify`s (parked leases hold them), task and group
-/// waiters, and every lease whose task the rebuilt state has pending (a lease is
+/// the queues (even those without tasks) and their long-poll `Notify`s, the lease
+/// long-polls parked on names that are no queue, task and group waiters, and
+/// every lease whose task the rebuilt state has pending (a lease is
 /// not durable, so on disk a leased task is pending) or, in `kept`, active with a
 /// cancel requested. Leases settled in the failed commit are gone: their tasks are
 /// pending again and will be delivered again (at least once).
 fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
     let mut map = Vec::with_capacity(old.queues.len());
     for q in &old.queues {
+        if q.name.is_empty() {
+            // A deleted queue's slot: no lease refers to it.
+            map.push(QueueIdx::MAX);
+            continue;
+        }
         let i = fresh.intern(&q.name);
         fresh.queues[i as usize].notify = q.notify.clone();
         map.push(i);
     }
+    fresh.parked = std::mem::take(&mut old.parked);
+    fresh.parked_overflow = old.parked_overflow.clone();
     fresh.waiters = std::mem::take(&mut old.waiters);
-    fresh.next_lease_id = old.next_lease_id;
     let kept: std::collections::HashSet<u128> = kept.iter().map(|t| t.0).collect();
     for (id, mut lease) in old.leases.drain() {
-        let q = map[lease.queue as usize];
+        let q = map
+            .get(lease.queue as usize)
+            .copied()
+            .unwrap_or(QueueIdx::MAX);
+        if q == QueueIdx::MAX {
+            debug_assert!(false, "a lease on a deleted queue");
+            continue;
+        }
         lease.queue = q;
         if kept.contains(&id) {
             lease.cancel_requested = true;
@@ -536,6 +560,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     let mut batch = disk.db.batch();
     let mut after = After::default();
     let mut woken: Vec<Arc<Notify>> = Vec::new();
+    let mut deletes: Vec<(String, Reply<()>)> = Vec::new();
 
     // Reads that need no lock happen first, so the lock is held only for memory work.
     let pre: Vec<Pre> = ops.iter().map(|op| pre_read(disk, op)).collect();
@@ -685,6 +710,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     };
                     after.reply(reply, res);
                 }
+                Op::DeleteQueue { queue, reply } => deletes.push((queue, reply)),
                 Op::Stop { reply } => after.stop = Some(reply),
             }
         }
@@ -763,6 +789,15 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
         for gid in after.fire.drain(..) {
             st.fire_waiters(gid);
         }
+        // Last, once every task of the round is counted again.
+        for (queue, reply) in deletes.drain(..) {
+            let res = st.delete_queue(&queue);
+            after.reply(reply, res);
+        }
+    }
+    // After a failed commit nothing is deleted; `reply` answers the failure.
+    for (_, reply) in deletes {
+        after.reply(reply, Ok(()));
     }
     woken.sort_by_key(|n| Arc::as_ptr(n) as usize);
     woken.dedup_by_key(|n| Arc::as_ptr(n) as usize);
