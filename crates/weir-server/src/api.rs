@@ -120,6 +120,7 @@ fn new_task(
     let l = &config.limits;
     let payload = b.payload.get().as_bytes();
     validate::size("payload", payload.len(), l.payload_bytes_max)?;
+    validate::json_value("payload", payload, l)?;
     let kind = b.kind.unwrap_or_else(|| KIND_DEFAULT.to_owned());
     validate::kind(&kind, l)?;
     let run_at_ms = match (b.delay_ms, b.run_at) {
@@ -303,6 +304,7 @@ fn result_bytes(
     let Some(r) = result else { return Ok(None) };
     let text = r.get().as_bytes();
     validate::size(field, text.len(), config.limits.result_bytes_max)?;
+    validate::json_value(field, text, &config.limits)?;
     Ok(Some(body.slice_ref(text)))
 }
 
