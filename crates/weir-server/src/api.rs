@@ -80,8 +80,11 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .map_err(|_| too_large())
 }
 
+/// Parses a request body, which must be a JSON object (see [`Object`]).
 fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_body(&e))
+    serde_json::from_slice(bytes)
+        .map(|Object(t)| t)
+        .map_err(|e| ApiError::bad_body(&e))
 }
 
 fn task_id(s: &str) -> Result<TaskId, ApiError> {

@@ -969,3 +969,61 @@ async fn poison_json_is_refused_at_the_door() {
     assert_eq!(v["acks"][0]["state"], "completed", "{v}");
     s.stop().await;
 }
+
+/// serde's derive reads a struct from an array of its fields in order; no request
+/// body, and no struct inside one, may be positional.
+#[tokio::test]
+async fn request_bodies_are_objects_not_arrays() {
+    let s = Server::start().await;
+    let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    let lease = "0123456789abcdef";
+    let cases = [
+        (
+            "/v1/queues/q/tasks".to_owned(),
+            // All ten fields in declaration order: accepted as a task until now.
+            r#"[{"a":1},"email.send",7,null,null,null,null,null,null,null]"#.to_owned(),
+        ),
+        (
+            "/v1/queues/q/tasks:batch".into(),
+            r#"[[{"payload":1}]]"#.into(),
+        ),
+        (
+            "/v1/queues/q/tasks:batch".into(),
+            r#"{"tasks":[[{"a":1},"email.send"]]}"#.into(),
+        ),
+        ("/v1/groups".into(), r#"["q",[{"payload":1}],false]"#.into()),
+        ("/v1/groups".into(), r#"{"queue":"q","tasks":[[1]]}"#.into()),
+        ("/v1/queues/q/lease".into(), "[1,0]".into()),
+        (format!("/v1/tasks/{id}/ack"), format!(r#"["{lease}",1]"#)),
+        (
+            format!("/v1/tasks/{id}/fail"),
+            format!(r#"["{lease}","e",false]"#),
+        ),
+        (format!("/v1/tasks/{id}/release"), format!(r#"["{lease}"]"#)),
+        (
+            format!("/v1/tasks/{id}/heartbeat"),
+            format!(r#"["{lease}",0]"#),
+        ),
+        ("/v1/acks".into(), "[[],[]]".into()),
+        (
+            "/v1/acks".into(),
+            format!(r#"{{"acks":[["{id}","{lease}",1]]}}"#),
+        ),
+        (
+            "/v1/acks".into(),
+            format!(r#"{{"fails":[["{id}","{lease}","e",true]]}}"#),
+        ),
+    ];
+    for (path, body) in cases {
+        let (st, v) = post_text(&s, &path, body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
+        problem(&v, "invalid-body");
+        assert!(
+            v["detail"].as_str().unwrap().contains("JSON object"),
+            "{path} {body}: {v}"
+        );
+    }
+    let (_, v) = s.get("/v1/queues").await;
+    assert_eq!(v["queues"], json!([]), "nothing was enqueued: {v}");
+    s.stop().await;
+}
