@@ -37,11 +37,14 @@ pub enum Error {
     #[error("transport error")]
     Transport(#[source] reqwest::Error),
     /// The server answered success with a body this client does not understand.
+    /// `body` is that answer as is, so a caller can still show it (a task whose
+    /// payload no typed decode takes, say).
     #[error("could not decode the server's answer (HTTP {status})")]
     Decode {
         status: u16,
         #[source]
         source: serde_json::Error,
+        body: bytes::Bytes,
     },
 }
 

@@ -19,12 +19,13 @@ pub use error::{error_from_response, Error};
 pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{
     AckItem, Counts, EnqueueOptions, Enqueued, FailItem, Group, GroupCreated, GroupState,
-    GroupTask, Heartbeat, LeasedTask, QueueInfo, SettleOutcome, SettleResponse, Task, TaskState,
+    GroupTask, Heartbeat, LeaseBatch, LeasedTask, QueueInfo, SettleOutcome, SettleResponse, Task,
+    TaskState, UndecodableTask,
 };
 
 use types::{
-    AckRequest, BatchRequest, BatchResponse, FailRequest, GroupRequest, HeartbeatWait, LeaseOnly,
-    LeaseRequest, LeaseResponse, QueuesResponse, SettleRequest, StateResponse,
+    decode_lease, AckRequest, BatchRequest, BatchResponse, FailRequest, GroupRequest,
+    HeartbeatWait, LeaseOnly, LeaseRequest, QueuesResponse, SettleRequest, StateResponse,
 };
 
 /// Longest a request that does not long-poll may take before it fails as a
@@ -123,7 +124,9 @@ impl Client {
         Ok(resp.ids)
     }
 
-    /// `GET /v1/tasks/{id}`.
+    /// `GET /v1/tasks/{id}`. A task this client cannot decode into a [`Task`] (a
+    /// payload deeper than serde_json's 128 levels, say) is an [`Error::Decode`]
+    /// whose `body` is the server's JSON as is.
     pub async fn get(&self, id: &str) -> Result<Task, Error> {
         self.get_json(&format!("/v1/tasks/{}", seg(id)), None).await
     }
@@ -191,14 +194,18 @@ impl Client {
     // ---- worker ----
 
     /// `POST /v1/queues/{queue}/lease`: up to `max` tasks, waiting up to `wait_ms`
-    /// for the first. An empty list means nothing came in time.
+    /// for the first. An empty batch means nothing came in time.
+    ///
+    /// Tasks are decoded one by one: one this client cannot decode is set apart in
+    /// [`LeaseBatch::undecodable`] with its id and lease id, and the others come
+    /// through. The caller holds its lease and should fail it (without retry).
     pub async fn lease(
         &self,
         queue: &str,
         max: u32,
         wait_ms: u64,
         worker: Option<&str>,
-    ) -> Result<Vec<LeasedTask>, Error> {
+    ) -> Result<LeaseBatch, Error> {
         let rb = self
             .request(Method::POST, &format!("/v1/queues/{}/lease", seg(queue)))
             .timeout(Duration::from_millis(wait_ms + LONG_POLL_SLACK_MS))
@@ -208,8 +215,11 @@ impl Client {
                 worker,
             });
         let (status, body) = execute(rb).await?;
-        let resp: LeaseResponse = decode(status, &body)?;
-        Ok(resp.tasks)
+        decode_lease(&body).map_err(|source| Error::Decode {
+            status: status.as_u16(),
+            source,
+            body,
+        })
     }
 
     /// `POST /v1/tasks/{id}/ack`.
@@ -376,11 +386,12 @@ async fn execute(rb: RequestBuilder) -> Result<(StatusCode, Bytes), Error> {
     ))
 }
 
-/// Reads a success body.
-fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, Error> {
+/// Reads a success body; one this client cannot decode is kept in the error.
+fn decode<T: DeserializeOwned>(status: StatusCode, body: &Bytes) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|source| Error::Decode {
         status: status.as_u16(),
         source,
+        body: body.clone(),
     })
 }
 

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A task's state. `Unknown` stands for a state name this client does not know (a
@@ -205,9 +206,92 @@ pub(crate) struct LeaseRequest<'a> {
     pub worker: Option<&'a str>,
 }
 
-#[derive(Deserialize)]
-pub(crate) struct LeaseResponse {
+/// A leased task this client could not read into a [`LeasedTask`]: say its payload
+/// nests deeper than serde_json's 128 levels or holds a lone surrogate escape (from
+/// a server without those checks, or stored before it had them), or a field has a
+/// type this client does not expect. Its lease is real: fail it without retry (it
+/// will not decode next time either), or it comes back when the lease runs out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UndecodableTask {
+    pub id: String,
+    /// Proof of the lease, for the fail.
+    pub lease_id: String,
+    /// Why the task could not be decoded (serde_json's message).
+    pub error: String,
+    /// The task's JSON text as the server sent it.
+    pub raw: String,
+}
+
+/// What one lease request handed out: the tasks this client could decode, and
+/// apart from them those it could not, so one bad task never costs its batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LeaseBatch {
     pub tasks: Vec<LeasedTask>,
+    pub undecodable: Vec<UndecodableTask>,
+}
+
+impl LeaseBatch {
+    /// How many tasks were leased, decodable or not.
+    pub fn len(&self) -> usize {
+        self.tasks.len() + self.undecodable.len()
+    }
+
+    /// Nothing was leased.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Deserialize)]
+struct LeaseResponse {
+    tasks: Vec<LeasedTask>,
+}
+
+/// The lease answer, each task kept as its text.
+#[derive(Deserialize)]
+struct RawLeaseResponse<'a> {
+    #[serde(borrow)]
+    tasks: Vec<&'a RawValue>,
+}
+
+/// All a worker needs to fail a task. Reading it skips every other field without
+/// decoding it (serde_json skips values without a depth limit and without pairing
+/// surrogates), so a poison payload cannot stop it.
+#[derive(Deserialize)]
+struct LeaseIds {
+    id: String,
+    lease_id: String,
+}
+
+/// Reads a lease answer task by task. The whole answer is decoded at once first,
+/// the fast path; only when that fails is each task decoded on its own, so the
+/// undecodable ones are set apart. A task whose `id` and `lease_id` cannot be read
+/// either could not be failed or released anyway: that is an error for the whole
+/// answer (a server that does not speak this API).
+pub(crate) fn decode_lease(body: &[u8]) -> Result<LeaseBatch, serde_json::Error> {
+    if let Ok(resp) = serde_json::from_slice::<LeaseResponse>(body) {
+        return Ok(LeaseBatch {
+            tasks: resp.tasks,
+            undecodable: Vec::new(),
+        });
+    }
+    let raw: RawLeaseResponse = serde_json::from_slice(body)?;
+    let mut batch = LeaseBatch::default();
+    for task in raw.tasks {
+        match serde_json::from_str::<LeasedTask>(task.get()) {
+            Ok(t) => batch.tasks.push(t),
+            Err(e) => {
+                let ids: LeaseIds = serde_json::from_str(task.get())?;
+                batch.undecodable.push(UndecodableTask {
+                    id: ids.id,
+                    lease_id: ids.lease_id,
+                    error: e.to_string(),
+                    raw: task.get().to_owned(),
+                });
+            }
+        }
+    }
+    Ok(batch)
 }
 
 #[derive(Serialize)]
@@ -375,6 +459,86 @@ mod tests {
         assert_eq!(t.extra.get("new_field"), Some(&json!(true)));
         let t: Task = serde_json::from_value(json!({"id": "x", "state": "paused"})).unwrap();
         assert_eq!(t.state, TaskState::Unknown);
+    }
+
+    /// A lease answer's task, its payload as raw JSON text.
+    fn leased(id: &str, payload: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","queue":"q","kind":"k","payload":{payload},"attempt":1,"max_attempts":5,"lease_id":"l-{id}","lease_expires_at":"2030-01-01T00:00:00.000Z","timeout_ms":1000,"deadline":null}}"#
+        )
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn a_lease_decodes_whole_when_it_can() {
+        let body = format!(
+            r#"{{"tasks":[{},{}]}}"#,
+            leased("a", "1"),
+            leased("b", r#"{"ok":1}"#)
+        );
+        let batch = decode_lease(body.as_bytes()).unwrap();
+        assert_eq!(batch.len(), 2);
+        assert!(batch.undecodable.is_empty());
+        assert_eq!(batch.tasks[1].payload, json!({"ok": 1}));
+        assert_eq!(batch.tasks[1].lease_id, "l-b");
+        assert!(decode_lease(br#"{"tasks":[]}"#).unwrap().is_empty());
+    }
+
+    /// Issue 6: one task no typed decode takes must not cost its batch-mates.
+    #[test]
+    fn a_lease_sets_undecodable_tasks_apart() {
+        let bad = [
+            ("deep", nested(200)),
+            ("deeper", nested(100_000)),
+            ("lone", r#""\ud800""#.to_owned()),
+            ("lone-low", r#"{"k":"\udc00"}"#.to_owned()),
+        ];
+        let mut tasks = vec![leased("ok1", r#"{"ok":1}"#)];
+        tasks.extend(bad.iter().map(|(id, p)| leased(id, p)));
+        tasks.push(leased("ok2", "[1,2]"));
+        // A field of the wrong type is undecodable too.
+        tasks.push(leased("typed", "1").replace(r#""attempt":1"#, r#""attempt":"one""#));
+        let body = format!(r#"{{"tasks":[{}]}}"#, tasks.join(","));
+        let batch = decode_lease(body.as_bytes()).unwrap();
+
+        let ok: Vec<&str> = batch.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ok, ["ok1", "ok2"]);
+        assert_eq!(batch.tasks[1].payload, json!([1, 2]));
+        let ids: Vec<&str> = batch.undecodable.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["deep", "deeper", "lone", "lone-low", "typed"]);
+        for u in &batch.undecodable {
+            assert_eq!(u.lease_id, format!("l-{}", u.id));
+            assert!(!u.error.is_empty());
+            assert!(
+                u.raw.starts_with(&format!(r#"{{"id":"{}""#, u.id)),
+                "{}",
+                u.id
+            );
+        }
+        assert!(
+            batch.undecodable[0].error.contains("recursion limit"),
+            "{:?}",
+            batch.undecodable[0]
+        );
+        assert!(
+            batch.undecodable[2].error.contains("hex escape"),
+            "{:?}",
+            batch.undecodable[2]
+        );
+        assert_eq!(batch.undecodable[2].raw, tasks[3]);
+        assert_eq!(batch.len(), 7);
+    }
+
+    #[test]
+    fn a_lease_without_ids_is_an_error() {
+        // An undecodable task without a lease id can be neither failed nor released.
+        let task = leased("x", &nested(200)).replace(r#""lease_id":"l-x","#, "");
+        assert!(decode_lease(format!(r#"{{"tasks":[{task}]}}"#).as_bytes()).is_err());
+        assert!(decode_lease(b"not json").is_err());
+        assert!(decode_lease(br#"{"tasks":{}}"#).is_err());
     }
 
     #[test]

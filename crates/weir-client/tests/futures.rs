@@ -32,7 +32,7 @@ async fn task_future_resolves_on_ack() {
         let h = handle.clone();
         tokio::spawn(async move { h.wait(WAIT).await })
     };
-    let t = c.lease("f", 1, 5000, None).await.unwrap().remove(0);
+    let t = c.lease("f", 1, 5000, None).await.unwrap().tasks.remove(0);
     assert_eq!(t.id, handle.id());
     c.ack(&t.id, &t.lease_id, &json!({"done": true}))
         .await
@@ -57,7 +57,7 @@ async fn group_future_gives_results_in_order_or_the_first_failure() {
     let (c, _stop, _dir) = server().await;
     let tasks: Vec<EnqueueOptions> = (0..3).map(|i| EnqueueOptions::new(json!(i))).collect();
     let g = c.group("g", &tasks, true).await.unwrap();
-    let leased = c.lease("g", 3, 5000, None).await.unwrap();
+    let leased = c.lease("g", 3, 5000, None).await.unwrap().tasks;
     for t in leased.iter().rev() {
         c.ack(&t.id, &t.lease_id, &json!(t.payload.as_i64().unwrap() * 10))
             .await
@@ -69,7 +69,7 @@ async fn group_future_gives_results_in_order_or_the_first_failure() {
     );
 
     let g = c.group("g2", &tasks, true).await.unwrap();
-    let leased = c.lease("g2", 1, 5000, None).await.unwrap();
+    let leased = c.lease("g2", 1, 5000, None).await.unwrap().tasks;
     c.fail(&leased[0].id, &leased[0].lease_id, "broken", false)
         .await
         .unwrap();

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod group;
 pub mod id;
+pub mod json;
 pub mod limits;
 pub mod machine;
 pub mod task;

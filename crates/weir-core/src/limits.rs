@@ -9,6 +9,10 @@ pub struct Limits {
     pub payload_bytes_max: usize,
     /// Largest result a worker may ack with, in bytes of JSON text.
     pub result_bytes_max: usize,
+    /// Deepest nesting of arrays and objects in a stored JSON value (payload,
+    /// result). Well under what clients decode (serde_json stops at 128 levels,
+    /// Python's `json` near 1000), so every client can read every value back.
+    pub json_depth_max: usize,
     /// Largest error text a worker may fail a task with (longer text is rejected).
     pub error_bytes_max: usize,
     /// Most tasks in one batch enqueue, and most items in one batch of acks/fails.
@@ -48,6 +52,7 @@ impl Default for Limits {
         Limits {
             payload_bytes_max: 1024 * 1024,
             result_bytes_max: 1024 * 1024,
+            json_depth_max: 64,
             error_bytes_max: 64 * 1024,
             batch_tasks_max: 1000,
             lease_tasks_max: 1000,

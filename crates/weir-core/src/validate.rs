@@ -114,6 +114,14 @@ pub fn size(field: &str, len: usize, max: usize) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// A JSON value the server stores and hands out again (a payload, a result): within
+/// `json_depth_max` levels of nesting and valid Unicode, so every client can decode
+/// it. `text` is already valid JSON (a `RawValue`); its size is checked apart.
+pub fn json_value(field: &str, text: &[u8], limits: &Limits) -> Result<(), InvalidInput> {
+    crate::json::check(text, limits.json_depth_max)
+        .map_err(|problem| InvalidInput::invalid(field, problem.to_string()))
+}
+
 /// A number in `min..=max`.
 pub fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), InvalidInput> {
     if value < min || value > max {
@@ -153,5 +161,18 @@ mod tests {
         assert!(text("key", "a\nb", 10).is_err());
         assert!(text("key", "abc", 2).is_err());
         assert!(text("key", "abc", 3).is_ok());
+    }
+
+    #[test]
+    fn json_values_name_their_field() {
+        let l = Limits::default();
+        assert_eq!(json_value("payload", br#"{"ok":1}"#, &l), Ok(()));
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let e = json_value("payload", deep.as_bytes(), &l).unwrap_err();
+        assert_eq!(e.field(), "payload");
+        assert!(e.to_string().contains("the limit is 64"), "{e}");
+        let e = json_value("result", br#""\ud800""#, &l).unwrap_err();
+        assert_eq!(e.field(), "result");
+        assert!(e.to_string().contains("lone surrogate"), "{e}");
     }
 }

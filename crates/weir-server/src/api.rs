@@ -80,8 +80,11 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .map_err(|_| too_large())
 }
 
+/// Parses a request body, which must be a JSON object (see [`Object`]).
 fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_body(&e))
+    serde_json::from_slice(bytes)
+        .map(|Object(t)| t)
+        .map_err(|e| ApiError::bad_body(&e))
 }
 
 fn task_id(s: &str) -> Result<TaskId, ApiError> {
@@ -162,6 +165,7 @@ fn new_task(
     let l = &config.limits;
     let payload = b.payload.get().as_bytes();
     validate::size("payload", payload.len(), l.payload_bytes_max)?;
+    validate::json_value("payload", payload, l)?;
     let kind = b.kind.unwrap_or_else(|| KIND_DEFAULT.to_owned());
     validate::kind(&kind, l)?;
     let run_at_ms = match (b.delay_ms, b.run_at) {
@@ -341,6 +345,7 @@ fn result_bytes(
     let Some(r) = result else { return Ok(None) };
     let text = r.get().as_bytes();
     validate::size(field, text.len(), config.limits.result_bytes_max)?;
+    validate::json_value(field, text, &config.limits)?;
     Ok(Some(body.slice_ref(text)))
 }
 

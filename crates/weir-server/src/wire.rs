@@ -2,11 +2,53 @@
 //! format stays stable while the core changes. Requests reject unknown fields;
 //! payloads and results are carried as raw JSON text, never re-parsed into values.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use weir_store::{Counts, GroupView, Leased, TaskView};
+
+/// A request struct that must come as a JSON object. serde's derive also reads a
+/// struct from an array of its fields in declaration order (`[{"a":1},"email.send",
+/// 7]`): that order is no part of the API, and such a request would change meaning
+/// whenever a field is added. Every request body is read through this
+/// (`api::parse`), and so is every struct inside one ([`objects`]).
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Object<T>, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of named fields (not an array of them)")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        d.deserialize_map(ObjectVisitor(PhantomData)).map(Object)
+    }
+}
+
+/// A list of request structs, each of which must be a JSON object.
+fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let items = Vec::<Object<T>>::deserialize(d)?;
+    // `Object<T>` has `T`'s layout, so this reuses the allocation.
+    Ok(items.into_iter().map(|Object(t)| t).collect())
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +70,7 @@ pub struct EnqueueBody<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "objects")]
     pub tasks: Vec<EnqueueBody<'a>>,
 }
 
@@ -111,9 +153,9 @@ pub struct FailItem {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettleBody<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "objects")]
     pub acks: Vec<AckItem<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub fails: Vec<FailItem>,
 }
 
@@ -300,7 +342,7 @@ pub struct QueuesResponse {
 #[serde(deny_unknown_fields)]
 pub struct GroupBody<'a> {
     pub queue: String,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "objects")]
     pub tasks: Vec<EnqueueBody<'a>>,
     #[serde(default)]
     pub fail_fast: bool,

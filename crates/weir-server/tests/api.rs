@@ -1053,3 +1053,185 @@ async fn errors_name_the_right_thing() {
     }
     s.stop().await;
 }
+
+/// Posts `body` as is (a JSON text too deep for `serde_json::Value` to build or
+/// write).
+async fn post_text(s: &Server, path: &str, body: String) -> (StatusCode, Value) {
+    let resp = s
+        .http
+        .post(format!("{}{path}", s.base))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// `[[…[1]…]]`, `depth` levels deep.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// Issue 6: values that pass serde_json's RawValue parse but that clients cannot
+/// decode (serde_json stops at 128 levels, Python near 1000, no Rust `String`
+/// holds a lone surrogate) are refused where they come in, naming the field.
+#[tokio::test]
+async fn poison_json_is_refused_at_the_door() {
+    let s = Server::start().await;
+    let poison = [nested(200), nested(100_000), r#""\ud800""#.to_owned()];
+    let refused = |st: StatusCode, v: &Value, field: &str| {
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        problem(v, "invalid-field");
+        assert_eq!(v["field"], field, "{v}");
+    };
+
+    // One task.
+    for p in &poison {
+        let (st, v) = post_text(
+            &s,
+            "/v1/queues/poison/tasks",
+            format!(r#"{{"payload":{p}}}"#),
+        )
+        .await;
+        refused(st, &v, "payload");
+    }
+    let (st, v) = post_text(
+        &s,
+        "/v1/queues/poison/tasks",
+        format!(r#"{{"payload":{}}}"#, nested(64)),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "64 levels is the limit: {v}");
+    let (st, v) = post_text(
+        &s,
+        "/v1/queues/poison/tasks",
+        format!(r#"{{"payload":{}}}"#, nested(65)),
+    )
+    .await;
+    refused(st, &v, "payload");
+    assert!(v["detail"].as_str().unwrap().contains("64"), "{v}");
+    let (st, v) = post_text(
+        &s,
+        "/v1/queues/poison/tasks",
+        r#"{"payload":"\ud800"}"#.into(),
+    )
+    .await;
+    refused(st, &v, "payload");
+    assert!(
+        v["detail"].as_str().unwrap().contains("lone surrogate"),
+        "{v}"
+    );
+    // A surrogate pair, and an escaped backslash before `u`, are fine.
+    let (st, v) = post_text(
+        &s,
+        "/v1/queues/poison/tasks",
+        r#"{"payload":["\ud83d\ude00","\\ud800"]}"#.into(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let id = s.enqueue("poison", json!({"payload": {"ok": 1}})).await;
+
+    // A batch and a group name the item.
+    for p in &poison {
+        let body = format!(r#"{{"tasks":[{{"payload":{{"ok":1}}}},{{"payload":{p}}}]}}"#);
+        let (st, v) = post_text(&s, "/v1/queues/poison/tasks:batch", body).await;
+        refused(st, &v, "tasks[1].payload");
+        let body =
+            format!(r#"{{"queue":"poison","tasks":[{{"payload":{p}}},{{"payload":{{"ok":1}}}}]}}"#);
+        let (st, v) = post_text(&s, "/v1/groups", body).await;
+        refused(st, &v, "tasks[0].payload");
+    }
+
+    // Results, alone and in a settle batch; the lease survives every refusal.
+    let mut leased = s.lease("poison", json!({"max": 10})).await;
+    leased.retain(|t| t["id"] == id.as_str());
+    let t = leased.pop().expect("the valid task is leased");
+    assert_eq!(t["payload"], json!({"ok": 1}));
+    let (tid, lease) = (t["id"].as_str().unwrap(), t["lease_id"].as_str().unwrap());
+    for p in &poison {
+        let body = format!(r#"{{"lease_id":"{lease}","result":{p}}}"#);
+        let (st, v) = post_text(&s, &format!("/v1/tasks/{tid}/ack"), body).await;
+        refused(st, &v, "result");
+        let body = format!(r#"{{"acks":[{{"id":"{tid}","lease_id":"{lease}","result":{p}}}]}}"#);
+        let (st, v) = post_text(&s, "/v1/acks", body).await;
+        refused(st, &v, "acks[0].result");
+    }
+    // Error text is a JSON string read into a Rust `String`, which refuses a lone
+    // surrogate already.
+    let body = format!(r#"{{"lease_id":"{lease}","error":"\udc00","retry":false}}"#);
+    let (st, v) = post_text(&s, &format!("/v1/tasks/{tid}/fail"), body).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    problem(&v, "invalid-body");
+    let body = format!(r#"{{"fails":[{{"id":"{tid}","lease_id":"{lease}","error":"\ud800"}}]}}"#);
+    let (st, v) = post_text(&s, "/v1/acks", body).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = s
+        .post(
+            "/v1/acks",
+            json!({"acks": [{"id": tid, "lease_id": lease, "result": {"ok": 1}}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["acks"][0]["state"], "completed", "{v}");
+    s.stop().await;
+}
+
+/// serde's derive reads a struct from an array of its fields in order; no request
+/// body, and no struct inside one, may be positional.
+#[tokio::test]
+async fn request_bodies_are_objects_not_arrays() {
+    let s = Server::start().await;
+    let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    let lease = "0123456789abcdef";
+    let cases = [
+        (
+            "/v1/queues/q/tasks".to_owned(),
+            // All ten fields in declaration order: accepted as a task until now.
+            r#"[{"a":1},"email.send",7,null,null,null,null,null,null,null]"#.to_owned(),
+        ),
+        (
+            "/v1/queues/q/tasks:batch".into(),
+            r#"[[{"payload":1}]]"#.into(),
+        ),
+        (
+            "/v1/queues/q/tasks:batch".into(),
+            r#"{"tasks":[[{"a":1},"email.send"]]}"#.into(),
+        ),
+        ("/v1/groups".into(), r#"["q",[{"payload":1}],false]"#.into()),
+        ("/v1/groups".into(), r#"{"queue":"q","tasks":[[1]]}"#.into()),
+        ("/v1/queues/q/lease".into(), "[1,0]".into()),
+        (format!("/v1/tasks/{id}/ack"), format!(r#"["{lease}",1]"#)),
+        (
+            format!("/v1/tasks/{id}/fail"),
+            format!(r#"["{lease}","e",false]"#),
+        ),
+        (format!("/v1/tasks/{id}/release"), format!(r#"["{lease}"]"#)),
+        (
+            format!("/v1/tasks/{id}/heartbeat"),
+            format!(r#"["{lease}",0]"#),
+        ),
+        ("/v1/acks".into(), "[[],[]]".into()),
+        (
+            "/v1/acks".into(),
+            format!(r#"{{"acks":[["{id}","{lease}",1]]}}"#),
+        ),
+        (
+            "/v1/acks".into(),
+            format!(r#"{{"fails":[["{id}","{lease}","e",true]]}}"#),
+        ),
+    ];
+    for (path, body) in cases {
+        let (st, v) = post_text(&s, &path, body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
+        problem(&v, "invalid-body");
+        assert!(
+            v["detail"].as_str().unwrap().contains("JSON object"),
+            "{path} {body}: {v}"
+        );
+    }
+    let (_, v) = s.get("/v1/queues").await;
+    assert_eq!(v["queues"], json!([]), "nothing was enqueued: {v}");
+    s.stop().await;
+}

@@ -39,7 +39,10 @@
 //!   timeout_ms" after the deadline, retried; not retried after a cancel; "worker
 //!   shut down", retried, at shutdown). A handler blocking a thread cannot be
 //!   dropped; it is only no longer waited for.
-//! - a kind with no handler and no fallback → fail with `retry: false`.
+//! - a kind with no handler and no fallback → fail with `retry: false`;
+//! - a task the client cannot decode (a payload nested past serde_json's limit or
+//!   holding a lone surrogate, stored before the server refused those) → fail with
+//!   `retry: false` before any handler runs; the rest of its lease batch runs.
 
 mod builder;
 pub mod limits;

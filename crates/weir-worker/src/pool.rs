@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-use weir_client::{Client, Error, LeasedTask};
+use weir_client::{Client, Error, LeaseBatch, LeasedTask, UndecodableTask};
 
 use crate::builder::{HandlerFn, Pool};
 use crate::limits::{
@@ -43,8 +43,8 @@ pub struct PoolReport {
     /// Acks the server accepted (a task canceled while it ran ends `canceled`
     /// though its ack is counted here).
     pub completed: u64,
-    /// Fails the server accepted: handler errors, panics, unknown kinds, and
-    /// abandoned handlers.
+    /// Fails the server accepted: handler errors, panics, unknown kinds, tasks the
+    /// client could not decode, and abandoned handlers.
     pub failed: u64,
     /// Leased tasks handed back unstarted at shutdown (no attempt spent).
     pub released: u64,
@@ -193,7 +193,7 @@ impl Pool {
                 stop.clone(),
                 hard.clone(),
                 tracker.clone(),
-                results_tx,
+                results_tx.clone(),
             )
             .instrument(tracing::info_span!("dispatcher")),
         );
@@ -204,8 +204,15 @@ impl Pool {
             worker_name: self.worker_name,
         };
         let mut leaser = tokio::spawn(
-            lease_loop(shared.clone(), lease_cfg, hold, work_tx, stop.clone())
-                .instrument(tracing::info_span!("lease_loop")),
+            lease_loop(
+                shared.clone(),
+                lease_cfg,
+                hold,
+                work_tx,
+                results_tx,
+                stop.clone(),
+            )
+            .instrument(tracing::info_span!("lease_loop")),
         );
 
         let lease_result = tokio::select! {
@@ -241,8 +248,8 @@ impl Pool {
             hard.cancel();
             tracker.wait().await;
         }
-        // Every results sender (the dispatcher's and the supervisors') is gone now,
-        // so the flusher drains what is left and ends.
+        // Every results sender (the lease loop's, the dispatcher's and the
+        // supervisors') is gone now, so the flusher drains what is left and ends.
         let flush_result = flusher.await;
         let report = counters.report();
         tracing::info!(?report, "worker pool stopped");
@@ -275,12 +282,14 @@ fn lease_retryable(e: &Error) -> bool {
 }
 
 /// Leases while there are free hold slots, until `stop`. Ends with an error only
-/// when the server refuses leasing for good.
+/// when the server refuses leasing for good. A leased task the client could not
+/// decode is failed from here at once (see [`fail_undecodable`]).
 async fn lease_loop(
     shared: Arc<Shared>,
     cfg: LeaseConfig,
     hold: Arc<Semaphore>,
     work: mpsc::Sender<Leased>,
+    results: mpsc::Sender<Settlement>,
     stop: CancellationToken,
 ) -> Result<(), (String, Error)> {
     let weights: Vec<u32> = cfg.queues.iter().map(|(_, w)| *w).collect();
@@ -306,7 +315,7 @@ async fn lease_loop(
         let want = 1 + extra;
 
         let got = lease_round(&shared.client, &cfg, &mut picker, want).await;
-        let (queue, tasks) = match got {
+        let (queue, batch) = match got {
             Ok(got) => {
                 backoff = Duration::from_millis(LEASE_RETRY_BACKOFF_MS_MIN);
                 got
@@ -326,8 +335,16 @@ async fn lease_loop(
                 continue;
             }
         };
-        debug_assert!(tasks.len() <= want, "the server gave more than asked");
+        debug_assert!(batch.len() <= want, "the server gave more than asked");
+        // An undecodable task's slot comes back at once with the unused ones: it
+        // is settled without running.
+        let LeaseBatch { tasks, undecodable } = batch;
         hold.add_permits(want.saturating_sub(tasks.len()));
+        for task in undecodable {
+            // The flusher outlives this loop, so this fails only if it panicked;
+            // the lease then runs out instead.
+            let _ = results.send(fail_undecodable(&queue, task)).await;
+        }
         let leased_at = Instant::now();
         let mut unsent = Vec::new();
         for task in tasks {
@@ -352,6 +369,16 @@ async fn lease_loop(
     }
 }
 
+/// A leased task the client could not decode (a payload nested deeper than
+/// serde_json's limit or holding a lone surrogate, from a server that did not
+/// check, or stored before it did): no handler can take it, and it will not decode
+/// next time either, so it is failed at once without retry. Its batch-mates run.
+fn fail_undecodable(queue: &str, task: UndecodableTask) -> Settlement {
+    let error = format!("the worker could not decode this task: {}", task.error);
+    tracing::warn!(id = %task.id, queue, error = %error, "failing a task without retry");
+    Settlement::fail(task.id, task.lease_id, &error, false)
+}
+
 /// One lease request (or a few, over several queues): the queue that answered and
 /// what it gave, possibly nothing.
 async fn lease_round(
@@ -359,7 +386,7 @@ async fn lease_round(
     cfg: &LeaseConfig,
     picker: &mut QueuePicker,
     want: usize,
-) -> Result<(String, Vec<LeasedTask>), (String, Error)> {
+) -> Result<(String, LeaseBatch), (String, Error)> {
     let lease = |i: usize, wait_ms: u64| {
         let queue = cfg.queues[i].0.clone();
         async move {
@@ -367,7 +394,7 @@ async fn lease_round(
                 .lease(&queue, want as u32, wait_ms, Some(&cfg.worker_name))
                 .await
             {
-                Ok(tasks) => Ok((queue, tasks)),
+                Ok(batch) => Ok((queue, batch)),
                 Err(e) => Err((queue, e)),
             }
         }

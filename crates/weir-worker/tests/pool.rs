@@ -690,3 +690,186 @@ async fn a_fail_fast_group_cancels_running_and_queued_members() {
     assert_eq!((view.counts.dead, view.counts.canceled), (1, 5));
     server.stop().await;
 }
+
+/// What the fake server below was sent.
+#[derive(Default)]
+struct Recorded {
+    acks: Vec<Value>,
+    fails: Vec<Value>,
+    releases: usize,
+}
+
+/// A stand-in for a weir server, for what a real one no longer hands out: a
+/// lease batch holding tasks no typed decode takes (a real server refuses them at
+/// the door now, but a task stored before that, or an older server, still leases
+/// them). Its first lease answers `batch` as is; later ones park until `closing`
+/// (or their `wait_ms`) and answer nothing. It records every settle and release.
+struct FakeServer {
+    base: String,
+    recorded: Arc<Mutex<Recorded>>,
+    /// The number of settled items so far.
+    settled: tokio::sync::watch::Receiver<usize>,
+    closing: weir_worker::CancellationToken,
+}
+
+impl FakeServer {
+    async fn start(batch: String) -> FakeServer {
+        use axum::extract::State;
+        use axum::routing::post;
+
+        #[derive(Clone)]
+        struct St {
+            batch: Arc<Mutex<Option<String>>>,
+            recorded: Arc<Mutex<Recorded>>,
+            settled: Arc<tokio::sync::watch::Sender<usize>>,
+            closing: weir_worker::CancellationToken,
+        }
+        fn answer(body: String) -> ([(&'static str, &'static str); 1], String) {
+            ([("content-type", "application/json")], body)
+        }
+        let lease = move |State(st): State<St>, body: axum::Json<Value>| async move {
+            let first = st.batch.lock().unwrap().take();
+            if let Some(batch) = first {
+                return answer(batch);
+            }
+            let wait = Duration::from_millis(body["wait_ms"].as_u64().unwrap_or(0));
+            let _ = tokio::time::timeout(wait, st.closing.cancelled()).await;
+            answer(r#"{"tasks":[]}"#.to_owned())
+        };
+        let settle = |State(st): State<St>, body: axum::Json<Value>| async move {
+            let outcome = |items: &Value, state: &str| -> Vec<Value> {
+                let items = items.as_array().cloned().unwrap_or_default();
+                items
+                    .iter()
+                    .map(|i| json!({"id": i["id"], "ok": true, "state": state}))
+                    .collect()
+            };
+            let outcomes = json!({
+                "acks": outcome(&body["acks"], "completed"),
+                "fails": outcome(&body["fails"], "dead"),
+            });
+            let mut r = st.recorded.lock().unwrap();
+            r.acks
+                .extend(body["acks"].as_array().cloned().unwrap_or_default());
+            r.fails
+                .extend(body["fails"].as_array().cloned().unwrap_or_default());
+            st.settled.send_replace(r.acks.len() + r.fails.len());
+            answer(outcomes.to_string())
+        };
+        let release = |State(st): State<St>| async move {
+            st.recorded.lock().unwrap().releases += 1;
+            answer(r#"{"state":"pending"}"#.to_owned())
+        };
+        let heartbeat = || async {
+            answer(
+                r#"{"lease_expires_at":"2100-01-01T00:00:00.000Z","cancel_requested":false}"#
+                    .to_owned(),
+            )
+        };
+
+        let (settled_tx, settled) = tokio::sync::watch::channel(0);
+        let st = St {
+            batch: Arc::new(Mutex::new(Some(batch))),
+            recorded: Arc::default(),
+            settled: Arc::new(settled_tx),
+            closing: weir_worker::CancellationToken::new(),
+        };
+        let (recorded, closing) = (st.recorded.clone(), st.closing.clone());
+        let app = axum::Router::new()
+            .route("/v1/queues/{queue}/lease", post(lease))
+            .route("/v1/acks", post(settle))
+            .route("/v1/tasks/{id}/release", post(release))
+            .route("/v1/tasks/{id}/heartbeat", post(heartbeat))
+            .with_state(st);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeServer {
+            base: format!("http://{addr}"),
+            recorded,
+            settled,
+            closing,
+        }
+    }
+}
+
+/// A lease answer's task, its payload given as raw JSON text.
+fn leased_json(id: &str, payload: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","queue":"poison","kind":"echo","payload":{payload},"attempt":1,"max_attempts":5,"lease_id":"lease-{id}","lease_expires_at":"2100-01-01T00:00:00.000Z","timeout_ms":30000,"deadline":null}}"#
+    )
+}
+
+/// Issue 6: a leased task the client cannot decode is failed alone, at once and
+/// without retry; its batch-mates run and are acked. (Before, the whole batch was
+/// undecodable: nothing ran and every lease ran out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undecodable_task_fails_alone_and_its_batch_mates_complete() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let batch = format!(
+        r#"{{"tasks":[{},{},{},{}]}}"#,
+        leased_json("ok-1", r#"{"n":1}"#),
+        leased_json("deep", &deep),
+        leased_json("lone", r#""\ud800""#),
+        leased_json("ok-2", r#"{"n":2}"#),
+    );
+    let fake = FakeServer::start(batch).await;
+    let pool = PoolBuilder::new(Client::new(&fake.base).unwrap())
+        .queue("poison", 1)
+        .concurrency(4)
+        .prefetch(4)
+        .handler("echo", |t: Task, _ctx: Ctx| async move { Ok(t.payload) })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+
+    let mut settled = fake.settled.clone();
+    tokio::time::timeout(
+        Duration::from_millis(WAIT_MS),
+        settled.wait_for(|n| *n >= 4),
+    )
+    .await
+    .expect("all four tasks settled in time")
+    .unwrap();
+    fake.closing.cancel();
+    let report = running.stop().await;
+
+    assert_eq!(
+        report,
+        PoolReport {
+            completed: 2,
+            failed: 2,
+            ..PoolReport::default()
+        }
+    );
+    let r = fake.recorded.lock().unwrap();
+    let mut acks: Vec<(String, Value)> = r
+        .acks
+        .iter()
+        .map(|a| (a["id"].as_str().unwrap().to_owned(), a["result"].clone()))
+        .collect();
+    acks.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        acks,
+        [
+            ("ok-1".to_owned(), json!({"n": 1})),
+            ("ok-2".to_owned(), json!({"n": 2}))
+        ]
+    );
+    let mut fails: Vec<&str> = r.fails.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    fails.sort_unstable();
+    assert_eq!(fails, ["deep", "lone"], "each failed exactly once");
+    for f in &r.fails {
+        assert_eq!(f["retry"], false, "{f}");
+        assert_eq!(
+            f["lease_id"],
+            format!("lease-{}", f["id"].as_str().unwrap())
+        );
+        let error = f["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("the worker could not decode this task: "),
+            "{error}"
+        );
+    }
+    assert_eq!(r.releases, 0);
+}

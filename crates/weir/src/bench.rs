@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use weir_client::{AckItem, Client, EnqueueOptions, Error};
+use weir_client::{AckItem, Client, EnqueueOptions, Error, LeaseBatch, LeasedTask};
 
 use crate::cli::{BenchArgs, Scenario};
 use crate::serve::LISTENING_PREFIX;
@@ -145,6 +145,17 @@ impl Shared {
 
     fn error(&self, what: &str, e: impl std::fmt::Display) {
         self.errors(1, what, e);
+    }
+
+    /// The tasks of a lease. Any the client could not decode count as errors (the
+    /// bench leases only its own payloads, so there should be none) and are left
+    /// to their leases.
+    fn decoded(&self, batch: LeaseBatch) -> Vec<LeasedTask> {
+        if let Some(u) = batch.undecodable.first() {
+            let detail = format!("task {} could not be decoded: {}", u.id, u.error);
+            self.errors(batch.undecodable.len() as u64, "lease", detail);
+        }
+        batch.tasks
     }
 
     /// Counts `n` failures of `what`; remembers the first, and stops the scenario
@@ -568,6 +579,7 @@ async fn e2e(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> {
                     tokio::time::sleep(Duration::from_millis(LEASE_ERROR_PAUSE_MS)).await;
                     continue;
                 };
+                let leased = shared.decoded(leased);
                 if leased.is_empty() {
                     continue;
                 }
@@ -673,6 +685,7 @@ async fn latency(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report
                     tokio::time::sleep(Duration::from_millis(LEASE_ERROR_PAUSE_MS)).await;
                     continue;
                 };
+                let leased = shared.decoded(leased);
                 if leased.is_empty() {
                     continue;
                 }
@@ -807,6 +820,7 @@ async fn redelivery(shared: Arc<Shared>) -> anyhow::Result<Report> {
         )
         .await
         .context("leasing")?;
+    let first = shared.decoded(first);
     let expires: std::collections::HashMap<String, i64> = first
         .iter()
         .filter_map(|t| {
@@ -828,6 +842,7 @@ async fn redelivery(shared: Arc<Shared>) -> anyhow::Result<Report> {
                 Some("survivor"),
             )
             .await?;
+        let again = shared.decoded(again);
         let now_us = (unix_nanos() / 1_000) as i64;
         let acks: Vec<AckItem> = again
             .into_iter()
@@ -863,7 +878,7 @@ async fn redelivery(shared: Arc<Shared>) -> anyhow::Result<Report> {
 
 /// Acks every leased task in one `POST /v1/acks`; counts the acked ones as done
 /// and the refused ones as errors.
-async fn ack_all(shared: &Shared, client: &Client, leased: Vec<weir_client::LeasedTask>) {
+async fn ack_all(shared: &Shared, client: &Client, leased: Vec<LeasedTask>) {
     let acks: Vec<AckItem> = leased
         .into_iter()
         .map(|t| AckItem {
@@ -917,6 +932,7 @@ async fn drain(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> 
                 else {
                     break;
                 };
+                let leased = shared.decoded(leased);
                 if leased.is_empty() {
                     break;
                 }

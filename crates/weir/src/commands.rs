@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use weir_client::{Client, EnqueueOptions, QueueInfo, Task, TaskState};
 
@@ -79,11 +80,9 @@ fn parse_payload(text: &str) -> anyhow::Result<Value> {
 pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TaskCommand::Get { id, client: args } => {
-            let task = client(&args)?
-                .get(&id)
-                .await
+            let task = shown(client(&args)?.get(&id).await)
                 .with_context(|| format!("getting task {id}"))?;
-            print_task(&task, args.json)?;
+            task.print(args.json)?;
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::Wait {
@@ -97,11 +96,9 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let wait_ms = as_ms(left).min(WAIT_CALL_MS_MAX);
                 let called = Instant::now();
-                let task = c
-                    .wait(&id, wait_ms)
-                    .await
+                let task = shown(c.wait(&id, wait_ms).await)
                     .with_context(|| format!("waiting for task {id}"))?;
-                if task.state.is_terminal() || left.is_zero() {
+                if task.state().is_terminal() || left.is_zero() {
                     break task;
                 }
                 // A server that answers a long-poll early (a shorter wait limit
@@ -111,8 +108,8 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep(left.min(Duration::from_millis(100))).await;
                 }
             };
-            print_task(&task, args.json)?;
-            Ok(match task.state {
+            task.print(args.json)?;
+            Ok(match task.state() {
                 TaskState::Completed => ExitCode::SUCCESS,
                 TaskState::Dead | TaskState::Canceled => ExitCode::from(EXIT_DEAD_OR_CANCELED),
                 state => {
@@ -125,8 +122,12 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             })
         }
         TaskCommand::Cancel { id, client: args } => {
-            let task = match client(&args)?.cancel(&id).await {
-                Ok(task) => task,
+            let task = match shown(client(&args)?.cancel(&id).await) {
+                Ok(Shown::Typed(task)) => *task,
+                Ok(raw) => {
+                    raw.print(args.json)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 Err(weir_client::Error::Conflict { detail }) => {
                     bail!("task {id} cannot be canceled: {detail}")
                 }
@@ -221,6 +222,71 @@ fn queue_table(queues: &[QueueInfo]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A task as the server answered it: decoded, or its JSON as is when this client
+/// cannot decode it (a payload nested past serde_json's 128 levels or holding a
+/// lone surrogate, stored before the server refused those).
+enum Shown {
+    Typed(Box<Task>),
+    Raw {
+        /// Read from the raw JSON alone; `Unknown` if even that fails.
+        state: TaskState,
+        /// Why the typed decode failed.
+        error: String,
+        /// The server's answer.
+        body: String,
+    },
+}
+
+/// A client's answer as a [`Shown`] task: an undecodable one is shown raw rather
+/// than be an error.
+fn shown(answer: Result<Task, weir_client::Error>) -> Result<Shown, weir_client::Error> {
+    match answer {
+        Ok(task) => Ok(Shown::Typed(Box::new(task))),
+        Err(weir_client::Error::Decode { source, body, .. }) => {
+            /// Skipping the other fields decodes none of them, so the poison in
+            /// the payload cannot stop this.
+            #[derive(Deserialize)]
+            struct StateOnly {
+                #[serde(default)]
+                state: TaskState,
+            }
+            let state = serde_json::from_slice::<StateOnly>(&body)
+                .map(|s| s.state)
+                .unwrap_or_default();
+            Ok(Shown::Raw {
+                state,
+                error: source.to_string(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Shown {
+    fn state(&self) -> TaskState {
+        match self {
+            Shown::Typed(task) => task.state,
+            Shown::Raw { state, .. } => *state,
+        }
+    }
+
+    /// Prints the task; a raw one as the server's JSON, in both modes, with a note
+    /// on stderr.
+    fn print(&self, as_json: bool) -> anyhow::Result<()> {
+        match self {
+            Shown::Typed(task) => print_task(task, as_json),
+            Shown::Raw { error, body, .. } => {
+                eprintln!(
+                    "note: this task cannot be decoded ({error}); showing the server's JSON as is"
+                );
+                println!("{}", body.trim_end());
+                Ok(())
+            }
+        }
+    }
 }
 
 fn print_task(task: &Task, as_json: bool) -> anyhow::Result<()> {

@@ -217,7 +217,12 @@ async fn queue_delete_takes_only_an_empty_queue() {
         .unwrap();
     let id = v["id"].as_str().unwrap();
     let client = weir_client::Client::new(&s).unwrap();
-    let t = client.lease("brief", 1, 0, None).await.unwrap().remove(0);
+    let t = client
+        .lease("brief", 1, 0, None)
+        .await
+        .unwrap()
+        .tasks
+        .remove(0);
     client.ack(id, &t.lease_id, &json!(null)).await.unwrap();
     // Retention runs about once a second and signals nothing: ask, within a bound.
     let purged_by = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -231,4 +236,68 @@ async fn queue_delete_takes_only_an_empty_queue() {
     assert_eq!(v["queues"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["queues"][0]["name"], "full");
     server.child.kill().await.unwrap();
+}
+
+/// A stand-in server that answers every request `200` with `body`: a task view no
+/// typed decode takes, which a real server no longer stores but one that ran
+/// before its checks may still hold.
+async fn fake_server(body: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            tokio::spawn(async move {
+                // GET and POST /cancel carry no body: the head is the request.
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Issue 6: `weir task get` shows a task it cannot decode as the server's JSON,
+/// in both modes, rather than failing; `task wait` still reads its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_task_is_shown_raw() {
+    let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"{{"id":"{id}","queue":"poison","kind":"k","state":"dead","attempt":5,"max_attempts":5,"payload":{deep},"result":null,"last_error":"\ud800 lease expired without ack"}}"#
+    );
+    let s = fake_server(body.clone()).await;
+
+    let out = weir(&s, &["task", "get", id]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), body);
+    assert!(stderr.contains("cannot be decoded"), "{stderr}");
+
+    let out = weir(&s, &["task", "get", id, "--json"]).await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), body);
+
+    // Dead: exit 4, as for a task that decodes.
+    let out = weir(&s, &["task", "wait", id, "--timeout", "5s"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), body);
 }
