@@ -165,8 +165,11 @@ def settle(server, acks, fails):
             try:
                 call(server, "POST", path + "/ack", {"lease_id": a["lease_id"], "result": a["result"]})
                 continue
-            except ApiError as refused:
-                if refused.status == 409:
+            except (ApiError, urllib.error.URLError, ConnectionError) as refused:
+                # A result over the server's limit may be refused before it is
+                # sent whole; the server then closes the connection, and we see
+                # a broken pipe instead of the 413.
+                if getattr(refused, "status", None) == 409:
                     items.append({"id": a["id"], "error": str(refused)})
                     continue
                 error = text(f"the server refused the result: {refused}")
