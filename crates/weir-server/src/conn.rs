@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -176,6 +177,27 @@ impl std::fmt::Display for BodyReadTimeout {
 }
 
 impl std::error::Error for BodyReadTimeout {}
+
+/// Connections the kernel queues for us while the accept loop is at the cap (the
+/// kernel caps it at `net.core.somaxconn`, 4,096 by default since Linux 5.4).
+/// tokio's and std's `bind` ask for 128, which a burst at the cap overflows at
+/// once; past the backlog, clients' SYNs are dropped and they retry after 1 s, 3 s,
+/// 7 s... nginx asks for 511, Go for `somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` with [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind`: a restarted server can bind while connections of
+    // the previous one are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Longest back-off between two failed accepts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
