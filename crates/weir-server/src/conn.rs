@@ -216,7 +216,8 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// descriptor per refused client, the very thing the cap is there to bound, and
 /// closing an accepted socket before reading its request makes the kernel send a
 /// reset that can destroy the 503 before the client reads it. A queued client is
-/// served as soon as a slot frees; a burst longer than the idle timeout frees them.
+/// served as soon as a slot frees, and a slot held by an idle client frees after
+/// `idle_timeout_ms`.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -245,11 +246,11 @@ pub(crate) async fn accept_loop(
             }
             Err(_) => {
                 full.reached(limits.connections_max);
-                // The semaphore is never closed.
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    unreachable!("the connection semaphore is never closed")
-                };
-                slot
+                slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the connection semaphore is never closed")
             }
         };
         let (stream, peer) = loop {
@@ -510,7 +511,10 @@ impl Deadlines {
             } else {
                 self.phase = Phase::Idle;
                 self.deadline = Instant::now() + self.timeouts.idle;
-                // Bytes read up to now belonged to the request just answered.
+                // Bytes read up to now belonged to the request just answered. (The
+                // first bytes of a pipelined request read in the same poll are
+                // missed too: that request's head gets the idle timeout, not the
+                // header timeout, until its next bytes arrive.)
                 self.activity.bytes_read.store(false, Ordering::Relaxed);
             }
         }
