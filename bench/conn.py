@@ -3,8 +3,8 @@
 
   conn.py memory WEIR_BIN [--connections 2000]
       Server RSS per idle keep-alive connection (one request answered, then idle)
-      and per parked long-poll (a lease with wait_ms 60000 on an empty queue):
-      (VmRSS with N connections - VmRSS before) / N.
+      and per parked long-poll (a lease with wait_ms 60000 on an empty queue),
+      each on a fresh server: (VmRSS with N connections - VmRSS before) / N.
 
   conn.py flood WEIR_BIN [--nofile 512] [--connections 600] [--batches 40]
       Issue 6's scenario: the server under `prlimit --nofile=N`, N connections
@@ -89,7 +89,8 @@ def settle_rss(pid):
     return last
 
 
-def memory(args):
+def memory_of(args, kind):
+    """Server RSS per connection of `kind` (idle or parked), on a fresh server."""
     n = args.connections
     with tempfile.TemporaryDirectory(dir=args.data_dir) as d:
         proc, addr = start(args.bin, d)
@@ -98,39 +99,35 @@ def memory(args):
             request(warm, "GET", "/healthz")
             read_response(warm)
             before = settle_rss(proc.pid)
-            idle = []
-            for _ in range(n):
-                s = socket.create_connection(addr)
-                request(s, "GET", "/healthz")
-                assert read_response(s) == 200
-                idle.append(s)
-            with_idle = settle_rss(proc.pid)
-            for s in idle:
-                s.close()
-            time.sleep(1)
-            before_poll = settle_rss(proc.pid)
+            held = []
             body = json.dumps({"wait_ms": 60000}).encode()
-            parked = []
             for _ in range(n):
                 s = socket.create_connection(addr)
-                request(s, "POST", "/v1/queues/parked/lease", body)
-                parked.append(s)
-            # The last long-poll is parked once a later request is answered.
+                if kind == "idle":
+                    request(s, "GET", "/healthz")
+                    assert read_response(s) == 200
+                else:
+                    request(s, "POST", "/v1/queues/parked/lease", body)
+                held.append(s)
+            # Every request sent before this one has been read by now.
             request(warm, "GET", "/v1/queues")
             read_response(warm)
-            with_parked = settle_rss(proc.pid)
-            print(json.dumps({
-                "connections": n,
-                "rss_before_kib": before,
-                "rss_idle_kib": with_idle,
-                "idle_bytes_per_connection": round((with_idle - before) * 1024 / n),
-                "rss_before_poll_kib": before_poll,
-                "rss_parked_kib": with_parked,
-                "parked_bytes_per_connection": round((with_parked - before_poll) * 1024 / n),
-            }))
+            after = settle_rss(proc.pid)
+            return {
+                f"{kind}_rss_before_kib": before,
+                f"{kind}_rss_after_kib": after,
+                f"{kind}_bytes_per_connection": round((after - before) * 1024 / n),
+            }
         finally:
             proc.kill()
             proc.wait()
+
+
+def memory(args):
+    out = {"connections": args.connections}
+    out.update(memory_of(args, "idle"))
+    out.update(memory_of(args, "parked"))
+    print(json.dumps(out))
 
 
 def flood(args):

@@ -333,6 +333,7 @@ async fn bad_bodies_and_paths_answer_problem_json() {
     let mut c = s.connect().await;
     let r = exchange(&mut c, &get("/v1/tasks/%ff")).await;
     r.assert_problem(400, "invalid-path");
+    assert_eq!(r.json()["field"], "id");
     let r = exchange(&mut c, &get("/v1/queues/%c3%28")).await;
     r.assert_problem(400, "invalid-path");
 
