@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +18,7 @@ use weir_core::{NewTask, TaskId};
 use weir_store::{Broker, EnqueueTask, LeaseId, Settle, StoreError};
 
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::wire::*;
 use crate::ServeConfig;
 
@@ -65,7 +66,8 @@ pub fn router(state: AppState) -> Router {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Reads a request body of at most `limit` bytes; more is a 413.
+/// Reads a request body of at most `limit` bytes; more is a 413, and a body that
+/// cannot be read a 400 or 408 (`ApiError::unreadable_body`).
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("the request body exceeds {limit} bytes"));
     let declared = headers
@@ -77,7 +79,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
     axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| too_large())
+        .map_err(|e| ApiError::unreadable_body(&e, limit))
 }
 
 /// Parses a request body, which must be a JSON object (see [`Object`]).

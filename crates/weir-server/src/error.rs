@@ -9,6 +9,8 @@ use serde::Serialize;
 use weir_core::validate::InvalidInput;
 use weir_store::{Outage, StoreError};
 
+use crate::conn::BodyReadTimeout;
+
 /// An error answered to the client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -80,6 +82,39 @@ impl ApiError {
             "too-large",
             "Too large",
             detail,
+        )
+    }
+
+    /// Reading a request body of at most `limit` bytes failed: 413 if it was
+    /// longer, 408 if it did not arrive within `body_read_timeout_ms`, and 400 if
+    /// it could not be decoded (a malformed chunk, a connection closed mid-body).
+    pub fn unreadable_body(e: &axum::Error, limit: usize) -> ApiError {
+        // The cause sits somewhere down the chain of wrappers (axum's, hyper's).
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut innermost = cause;
+        while let Some(c) = cause {
+            if c.is::<http_body_util::LengthLimitError>() {
+                return ApiError::too_large(format!("the request body exceeds {limit} bytes"));
+            }
+            if let Some(t) = c.downcast_ref::<BodyReadTimeout>() {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "Request body timeout",
+                    t.to_string(),
+                );
+            }
+            innermost = Some(c);
+            cause = c.source();
+        }
+        // hyper's outer errors only say "error reading a body from connection";
+        // the innermost one says what was wrong with it.
+        let why = innermost.map_or_else(|| e.to_string(), |c| c.to_string());
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "Invalid request body",
+            format!("the request body could not be read: {why}"),
         )
     }
 

@@ -73,6 +73,19 @@ pub struct ServeArgs {
     /// authentication yet: anyone who can reach the port controls the queue.
     #[arg(long, env = "WEIR_INSECURE_PUBLIC_BIND", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub insecure_public_bind: bool,
+    /// Most client connections open at once; more wait in the listen backlog
+    /// [default: the open-file limit minus the store's reserve].
+    #[arg(long, env = "WEIR_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+    /// Time a client has to send a request's line and headers [default: 10s].
+    #[arg(long, env = "WEIR_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// Time a keep-alive connection may wait for its next request [default: 120s].
+    #[arg(long, env = "WEIR_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Time a client has to send a request's body [default: 60s].
+    #[arg(long, env = "WEIR_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
 }
 
 /// Flags shared by every command that talks to a server.

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => match serve::config(&args) {
+            Command::Serve(args) => match serve::config(&args, serve::raise_open_files_limit()) {
                 Ok((listen, config)) => {
                     serve::run(listen, config).await.map(|()| ExitCode::SUCCESS)
                 }

@@ -19,8 +19,9 @@ pub const LISTENING_PREFIX: &str = "weir listening on http://";
 #[derive(Debug)]
 pub struct ConfigError(pub String);
 
-/// Checks the flags and builds the server's configuration.
-pub fn config(args: &ServeArgs) -> Result<(SocketAddr, ServeConfig), ConfigError> {
+/// Checks the flags and builds the server's configuration. `files_max` is the
+/// process's open-file limit, shared between connections and the store.
+pub fn config(args: &ServeArgs, files_max: u64) -> Result<(SocketAddr, ServeConfig), ConfigError> {
     if !args.listen.ip().is_loopback() && !args.insecure_public_bind {
         return Err(ConfigError(format!(
             "refusing to listen on non-loopback address {} without authentication; \
@@ -66,7 +67,96 @@ pub fn config(args: &ServeArgs) -> Result<(SocketAddr, ServeConfig), ConfigError
         }
         config.memtable_bytes_max = v;
     }
+    conn_config(args, files_max, &mut config)?;
     Ok((args.listen, config))
+}
+
+/// The connection cap and timeouts.
+fn conn_config(
+    args: &ServeArgs,
+    files_max: u64,
+    config: &mut ServeConfig,
+) -> Result<(), ConfigError> {
+    use weir_server::conn::{FileBudget, FILES_MAX_MIN, FILES_OTHER_RESERVED};
+    if files_max < FILES_MAX_MIN {
+        return Err(ConfigError(format!(
+            "the open-file limit is {files_max}; weir serve needs at least {FILES_MAX_MIN} \
+             (raise it with `ulimit -n` or LimitNOFILE=)"
+        )));
+    }
+    let budget = FileBudget::for_files_max(files_max);
+    config.store_files_cached_max = budget.store_files_cached_max;
+    config.conn.connections_max = budget.connections_max;
+    if let Some(n) = args.connections_max {
+        if n == 0 {
+            return Err(ConfigError("--connections-max must be at least 1".into()));
+        }
+        if n > budget.connections_max {
+            // The operator's call, but a flood of connections can then take the
+            // descriptors the store needs to write.
+            tracing::warn!(
+                connections_max = n,
+                files_max,
+                store_files_reserved = budget.store_files_cached_max + FILES_OTHER_RESERVED,
+                "--connections-max leaves the store less than its reserve of the open-file limit"
+            );
+        }
+        config.conn.connections_max = n;
+    }
+    let timeouts = [
+        (
+            "--header-timeout",
+            args.header_timeout,
+            &mut config.conn.header_read_timeout_ms,
+        ),
+        (
+            "--idle-timeout",
+            args.idle_timeout,
+            &mut config.conn.idle_timeout_ms,
+        ),
+        (
+            "--body-timeout",
+            args.body_timeout,
+            &mut config.conn.body_read_timeout_ms,
+        ),
+    ];
+    for (flag, value, ms) in timeouts {
+        if let Some(d) = value {
+            let v = crate::duration::as_ms(d);
+            if v == 0 {
+                return Err(ConfigError(format!("{flag} must be at least 1ms")));
+            }
+            *ms = v;
+        }
+    }
+    Ok(())
+}
+
+/// Raises this process's soft limit on open files to its hard limit (a process
+/// may, unprivileged) and returns the soft limit then in force. Connections and
+/// the store share it; many systems start services with a soft limit of 1,024
+/// and a far higher hard one.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` of ours.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return weir_server::conn::open_files_max();
+    }
+    if limit.rlim_cur < limit.rlim_max && limit.rlim_max != libc::RLIM_INFINITY {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one `rlimit` of ours.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise the open-file limit");
+    }
+    limit.rlim_cur
 }
 
 /// Runs the server; returns after a graceful shutdown.
@@ -85,16 +175,20 @@ pub async fn run(listen: SocketAddr, config: ServeConfig) -> anyhow::Result<()> 
         tracing::info!(signal = name, "shutting down");
     };
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener =
+        weir_server::conn::listen(listen).with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{LISTENING_PREFIX}{local}").context("writing to stdout")?;
         out.flush().context("flushing stdout")?;
     }
-    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "listening");
+    tracing::info!(
+        addr = %local,
+        data_dir = %config.data_dir.display(),
+        connections_max = config.conn.connections_max,
+        "listening"
+    );
     weir_server::serve(listener, config, shutdown).await
 }
 
@@ -117,6 +211,13 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use clap::Parser;
+
+    /// An open-file limit for the tests that do not care about it.
+    const FILES: u64 = 20_000;
+
+    fn config(args: &ServeArgs) -> Result<(SocketAddr, ServeConfig), ConfigError> {
+        super::config(args, FILES)
+    }
 
     fn args(extra: &[&str]) -> ServeArgs {
         let mut argv = vec!["weir", "serve"];
@@ -162,6 +263,47 @@ mod tests {
         assert_eq!(c.lease_grace_ms, 7);
         assert_eq!((c.backoff.base_ms, c.backoff.cap_ms), (10, 20));
         assert_eq!(c.limits.payload_bytes_max, 100);
+    }
+
+    #[test]
+    fn connection_flags_reach_the_config() {
+        let (_, c) = config(&args(&[])).unwrap();
+        let budget = weir_server::FileBudget::for_files_max(FILES);
+        assert_eq!(c.conn.connections_max, budget.connections_max);
+        assert_eq!(c.store_files_cached_max, budget.store_files_cached_max);
+        assert_eq!(
+            (
+                c.conn.header_read_timeout_ms,
+                c.conn.idle_timeout_ms,
+                c.conn.body_read_timeout_ms
+            ),
+            (10_000, 120_000, 60_000)
+        );
+        let (_, c) = config(&args(&[
+            "--connections-max",
+            "7",
+            "--header-timeout",
+            "500ms",
+            "--idle-timeout",
+            "2s",
+            "--body-timeout",
+            "3s",
+        ]))
+        .unwrap();
+        assert_eq!(c.conn.connections_max, 7);
+        assert_eq!(
+            (
+                c.conn.header_read_timeout_ms,
+                c.conn.idle_timeout_ms,
+                c.conn.body_read_timeout_ms
+            ),
+            (500, 2_000, 3_000)
+        );
+        assert!(config(&args(&["--connections-max", "0"])).is_err());
+        assert!(config(&args(&["--idle-timeout", "0s"])).is_err());
+        assert!(super::config(&args(&[]), 100).is_err());
+        let (_, c) = super::config(&args(&[]), 1024).unwrap();
+        assert_eq!(c.conn.connections_max, 640);
     }
 
     #[test]

@@ -55,6 +55,10 @@ const RETENTION_PURGE_BATCH_MAX: usize = 4096;
 pub const MEMTABLE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Smallest memtable size accepted (fjall needs room for its largest write).
 pub const MEMTABLE_BYTES_MIN: u64 = 4 * 1024 * 1024;
+/// Default of `EmbeddedConfig::files_cached_max`: fjall's own default on Linux.
+pub const FILES_CACHED_DEFAULT: usize = 900;
+/// Fewest table files kept open (fjall refuses fewer than 10).
+pub const FILES_CACHED_MIN: usize = 16;
 
 /// Configuration of the embedded store.
 #[derive(Clone)]
@@ -69,6 +73,10 @@ pub struct EmbeddedConfig {
     /// Size at which a keyspace's memtable is sealed and flushed, in bytes; bounds
     /// the memory writes hold before they reach sorted tables.
     pub memtable_bytes_max: u64,
+    /// Most table files fjall keeps open (its descriptor cache; a miss reopens the
+    /// file). The server sizes it with its connection cap so that the two together
+    /// stay under the process's open-file limit.
+    pub files_cached_max: usize,
     pub clock: Arc<dyn Clock>,
     /// Longest that writes are held back after an outage that repeats soon after
     /// the last heal (see `writer::heal`).
@@ -84,6 +92,7 @@ impl EmbeddedConfig {
             lease_grace_ms: weir_core::limits::LEASE_GRACE_MS_DEFAULT,
             cache_bytes: 64 * 1024 * 1024,
             memtable_bytes_max: MEMTABLE_BYTES_DEFAULT,
+            files_cached_max: FILES_CACHED_DEFAULT,
             clock: Arc::new(SystemClock),
             outage_hold_ms_max: writer::HEAL_RETRY_MS_MAX,
         }
@@ -108,6 +117,7 @@ impl Disk {
         dir: &std::path::Path,
         cache_bytes: u64,
         memtable_bytes: u64,
+        files_cached: usize,
     ) -> Result<Disk, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| match Outage::of_io(&e) {
             Some(cause @ (Outage::DiskFull | Outage::TooManyOpenFiles)) => {
@@ -121,6 +131,7 @@ impl Disk {
         })?;
         let db = Database::builder(dir)
             .cache_size(cache_bytes)
+            .max_cached_files(Some(files_cached.max(FILES_CACHED_MIN)))
             // We persist explicitly after each group commit.
             .manual_journal_persist(true)
             .open()
@@ -374,6 +385,7 @@ impl EmbeddedBroker {
             &config.data_dir,
             config.cache_bytes,
             config.memtable_bytes_max,
+            config.files_cached_max,
         )?;
         let now = config.clock.now_ms();
         let (state, kept, batch) = load(&disk, now, &HashSet::new())?;

@@ -475,6 +475,7 @@ fn reopen(shared: &Shared) -> Result<(), CommitError> {
         &config.data_dir,
         config.cache_bytes,
         config.memtable_bytes_max,
+        config.files_cached_max,
     )
     .map_err(outage)?;
     let now = shared.now_ms();

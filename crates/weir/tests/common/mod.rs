@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 /// Longest a server may take to announce its address.
 const ANNOUNCE: Duration = Duration::from_secs(30);
@@ -20,23 +20,68 @@ pub struct Server {
     _stdout: Lines<BufReader<ChildStdout>>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The server's log lines, if `Options::capture_stderr` asked for them.
+    pub stderr: Option<Lines<BufReader<ChildStderr>>>,
     _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        self.base.strip_prefix("http://").unwrap()
+    }
+}
+
+/// How to start a server, beyond `start_server`'s defaults.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// A command that runs the server, e.g. `["prlimit", "--nofile=512:512"]`.
+    pub wrapper: &'a [&'a str],
+    /// Flags after `serve --listen 127.0.0.1:0 --data-dir DIR`.
+    pub extra: &'a [&'a str],
+    /// `WEIR_LOG` [default: `warn`].
+    pub log: Option<&'a str>,
+    /// Pipe stderr into `Server::stderr` instead of inheriting it.
+    pub capture_stderr: bool,
 }
 
 /// Starts `weir serve --listen 127.0.0.1:0` with `extra` flags.
 pub async fn start_server(extra: &[&str]) -> Server {
+    start_server_with(Options {
+        extra,
+        ..Options::default()
+    })
+    .await
+}
+
+/// Starts `weir serve --listen 127.0.0.1:0` as `options` say.
+pub async fn start_server_with(options: Options<'_>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+    let bin = env!("CARGO_BIN_EXE_weir");
+    let mut command = match options.wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
-        .args(extra)
-        .env("WEIR_LOG", "warn")
+        .args(options.extra)
+        .env("WEIR_LOG", options.log.unwrap_or("warn"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(if options.capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .kill_on_drop(true)
         .spawn()
         .expect("spawn weir serve");
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stderr = child.stderr.take().map(|e| BufReader::new(e).lines());
     let line = tokio::time::timeout(ANNOUNCE, stdout.next_line())
         .await
         .expect("weir serve announces its address")
@@ -51,6 +96,7 @@ pub async fn start_server(extra: &[&str]) -> Server {
         child,
         _stdout: stdout,
         base,
+        stderr,
         _dir: dir,
     }
 }

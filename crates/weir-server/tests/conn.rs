@@ -1,0 +1,449 @@
+//! The connection layer on a real socket: the header, idle and body timeouts, the
+//! connection cap, and the answers to requests that fail below the router. Raw
+//! `TcpStream`s, because an HTTP client would never send what these tests send.
+//! Timeouts are a few hundred ms so the tests are quick; each asserts that a close
+//! came no sooner than its timeout and that other clients were served meanwhile.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use weir_server::ServeConfig;
+
+/// Bound on anything a test waits for that should happen; a hang fails the test
+/// instead of blocking it.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig::new(dir.path().to_path_buf());
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(weir_server::serve(listener, config, async move {
+            let _ = rx.await;
+        }));
+        Server {
+            addr,
+            stop: Some(tx),
+            done: Some(done),
+            _dir: dir,
+        }
+    }
+
+    async fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// One parsed response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// A problem+json document with this `type` slug.
+    fn assert_problem(&self, status: u16, slug: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        let v = self.json();
+        assert_eq!(v["type"], format!("urn:weir:problem:{slug}"), "{v}");
+        assert_eq!(v["status"], status, "{v}");
+    }
+}
+
+/// Reads one response (with a Content-Length body), or `None` if the server
+/// closed the connection first.
+async fn read_response(s: &mut TcpStream) -> Option<Resp> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut resp = Resp {
+        status,
+        head,
+        body: buf[head_end..].to_vec(),
+    };
+    let len: usize = resp
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap());
+    while resp.body.len() < len {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => resp.body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(resp)
+}
+
+async fn exchange(s: &mut TcpStream, request: &[u8]) -> Resp {
+    s.write_all(request).await.unwrap();
+    tokio::time::timeout(PATIENCE, read_response(s))
+        .await
+        .expect("an answer in time")
+        .expect("an answer, not a closed connection")
+}
+
+/// Waits until the server closes `s` (EOF or reset) and returns what it sent
+/// before that.
+async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection in time");
+    got
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+fn post(path: &str, body: &Value) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+const SHORT_MS: u64 = 300;
+
+#[tokio::test]
+async fn a_half_sent_head_is_closed_at_the_header_timeout_while_others_are_served() {
+    let s = Server::start(|c| {
+        c.conn.header_read_timeout_ms = SHORT_MS;
+        c.conn.idle_timeout_ms = 60_000;
+    })
+    .await;
+    let mut slow = s.connect().await;
+    let started = Instant::now();
+    slow.write_all(b"POST /v1/queues/q/tasks HTTP/1.1\r\nHost: t\r\nContent-Le")
+        .await
+        .unwrap();
+
+    // Another client is served while the slow one holds its connection.
+    let mut other = s.connect().await;
+    let r = exchange(
+        &mut other,
+        &post("/v1/queues/q/tasks", &json!({"payload": 1})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let served = started.elapsed();
+
+    let got = until_closed(&mut slow).await;
+    let closed = started.elapsed();
+    assert!(got.is_empty(), "no answer to a request never sent: {got:?}");
+    assert!(
+        closed >= Duration::from_millis(SHORT_MS),
+        "closed after {closed:?}"
+    );
+    assert!(served < closed, "served {served:?}, closed {closed:?}");
+
+    // A kept-alive connection gets the header timeout again for its next request,
+    // counted from its first byte: not the (long) idle timeout.
+    let r = exchange(&mut other, &get("/healthz")).await;
+    assert_eq!(r.status, 200);
+    other.write_all(b"GET /heal").await.unwrap();
+    let started = Instant::now();
+    assert!(until_closed(&mut other).await.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(SHORT_MS));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_but_a_long_poll_is_not() {
+    let s = Server::start(|c| {
+        c.conn.idle_timeout_ms = SHORT_MS;
+        c.conn.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    // A long-poll three times the idle timeout: a request in flight is not idle.
+    let mut polling = s.connect().await;
+    let wait_ms = 3 * SHORT_MS;
+    polling
+        .write_all(&post(
+            "/v1/queues/lp/lease",
+            &json!({"wait_ms": wait_ms, "max": 1}),
+        ))
+        .await
+        .unwrap();
+    let poll_started = Instant::now();
+
+    let mut idle = s.connect().await;
+    let r = exchange(&mut idle, &get("/healthz")).await;
+    assert_eq!(r.status, 200);
+    let idle_since = Instant::now();
+    assert!(until_closed(&mut idle).await.is_empty());
+    let idled = idle_since.elapsed();
+    assert!(
+        idled >= Duration::from_millis(SHORT_MS),
+        "closed after {idled:?}"
+    );
+
+    let r = tokio::time::timeout(PATIENCE, read_response(&mut polling))
+        .await
+        .unwrap()
+        .expect("the long-poll is answered, not cut");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), json!({"tasks": []}));
+    assert!(poll_started.elapsed() >= Duration::from_millis(wait_ms));
+    // And the connection is kept alive after it, until it idles out in turn.
+    let r = exchange(&mut polling, &get("/healthz")).await;
+    assert_eq!(r.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_answered_408_at_the_body_timeout() {
+    let s = Server::start(|c| {
+        c.conn.body_read_timeout_ms = SHORT_MS;
+        c.conn.header_read_timeout_ms = 60_000;
+        c.conn.idle_timeout_ms = 60_000;
+    })
+    .await;
+    let mut slow = s.connect().await;
+    slow.write_all(
+        b"POST /v1/queues/q/tasks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"payload\": ",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+
+    let mut other = s.connect().await;
+    let r = exchange(
+        &mut other,
+        &post("/v1/queues/q/tasks", &json!({"payload": 2})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let served = started.elapsed();
+
+    let r = tokio::time::timeout(PATIENCE, read_response(&mut slow))
+        .await
+        .unwrap()
+        .expect("an answer to the stalled request");
+    let answered = started.elapsed();
+    r.assert_problem(408, "body-timeout");
+    assert!(
+        answered >= Duration::from_millis(SHORT_MS),
+        "answered after {answered:?}"
+    );
+    assert!(served < answered);
+    // The rest of that body can never be told from a next request: closed.
+    assert!(until_closed(&mut slow).await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_and_paths_answer_problem_json() {
+    let s = Server::start(|_| {}).await;
+
+    // A malformed chunk size is a bad body (400), not a large one (413).
+    let mut c = s.connect().await;
+    let r = exchange(
+        &mut c,
+        b"POST /v1/queues/q/tasks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\nzz\r\n{\"payload\": 1}\r\n0\r\n\r\n",
+    )
+    .await;
+    r.assert_problem(400, "invalid-body");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{r:?}"
+    );
+
+    // A body over the limit is still 413.
+    let mut c = s.connect().await;
+    let r = exchange(
+        &mut c,
+        b"POST /v1/queues/q/lease HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n",
+    )
+    .await;
+    r.assert_problem(413, "too-large");
+
+    // A chunked body over the limit, without a declared length: 413 too.
+    let mut c = s.connect().await;
+    let chunk = "x".repeat(70 * 1024);
+    let mut req =
+        b"POST /v1/queues/q/lease HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    req.extend_from_slice(format!("{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len()).as_bytes());
+    let r = exchange(&mut c, &req).await;
+    r.assert_problem(413, "too-large");
+
+    // Percent-encoding that is not UTF-8.
+    let mut c = s.connect().await;
+    let r = exchange(&mut c, &get("/v1/tasks/%ff")).await;
+    r.assert_problem(400, "invalid-path");
+    assert_eq!(r.json()["field"], "id");
+    let r = exchange(&mut c, &get("/v1/queues/%c3%28")).await;
+    r.assert_problem(400, "invalid-path");
+
+    // No such route, and a route without that method.
+    let r = exchange(&mut c, &get("/v2/nothing")).await;
+    r.assert_problem(404, "not-found");
+    let r = exchange(&mut c, &get("/v1/acks")).await;
+    r.assert_problem(405, "method-not-allowed");
+    s.stop().await;
+}
+
+/// hyper answers a request it cannot parse itself, before any service of ours
+/// runs, with a bare status line (no body) and closes: there is no hook to shape
+/// that answer. These pin the statuses and the limits we set.
+#[tokio::test]
+async fn unparseable_requests_get_hypers_bare_status_and_a_close() {
+    let s = Server::start(|_| {}).await;
+    let head_max = weir_server::conn::REQUEST_HEAD_BYTES_MAX_DEFAULT;
+
+    let long_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(head_max)
+    );
+    let long_uri = format!(
+        "GET /healthz?{} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(head_max)
+    );
+    let cases: [(&[u8], u16); 4] = [
+        (b"GARBAGE\r\n\r\n", 400),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
+            400,
+        ),
+        (long_header.as_bytes(), 431),
+        (long_uri.as_bytes(), 431),
+    ];
+    for (request, status) in cases {
+        let mut c = s.connect().await;
+        c.write_all(request).await.unwrap();
+        let got = until_closed(&mut c).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status} expected, got {text:?}"
+        );
+    }
+
+    // A head just under the limit is served.
+    let mut c = s.connect().await;
+    let fits = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(head_max - 100)
+    );
+    assert_eq!(exchange(&mut c, fits.as_bytes()).await.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_a_new_connection_waits_for_a_free_slot() {
+    const CAP: usize = 4;
+    let s = Server::start(|c| c.conn.connections_max = CAP).await;
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let mut c = s.connect().await;
+        assert_eq!(exchange(&mut c, &get("/healthz")).await.status, 200);
+        held.push(c);
+    }
+    // The kernel completes the handshake, but the server does not accept it: the
+    // request sits unread for as long as every slot is taken. (A fixed wait is the
+    // only way to see that something does not happen.)
+    let mut extra = s.connect().await;
+    extra.write_all(&get("/healthz")).await.unwrap();
+    let early =
+        tokio::time::timeout(Duration::from_millis(SHORT_MS), read_response(&mut extra)).await;
+    assert!(early.is_err(), "served beyond the cap: {early:?}");
+    // Every held connection is still served meanwhile.
+    for c in &mut held {
+        assert_eq!(exchange(c, &get("/healthz")).await.status, 200);
+    }
+
+    drop(held.pop());
+    let r = tokio::time::timeout(PATIENCE, read_response(&mut extra))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_finishes_long_polls() {
+    let s = Server::start(|_| {}).await;
+    let mut idle = s.connect().await;
+    assert_eq!(exchange(&mut idle, &get("/healthz")).await.status, 200);
+    let mut polling = s.connect().await;
+    polling
+        .write_all(&post("/v1/queues/sd/lease", &json!({"wait_ms": 60000})))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    s.stop().await;
+    // Well inside the 10 s grace: nothing waited for the idle connection.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(until_closed(&mut idle).await.is_empty());
+    // Answered at once if the server had read it (the broker wakes long-polls),
+    // closed unanswered if it had not.
+    let got = until_closed(&mut polling).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 503"),
+        "{text:?}"
+    );
+}
