@@ -39,9 +39,9 @@ use tracing::Instrument;
 
 /// Default of [`ConnLimits::header_read_timeout_ms`].
 pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
-/// Default of [`ConnLimits::idle_timeout_ms`] (nginx uses 75 s, Go's and envoy's
-/// defaults are longer; workers and producers reuse their connections, so a slot
-/// held by an idle client is cheap compared to a new connection every few minutes).
+/// Default of [`ConnLimits::idle_timeout_ms`] (nginx uses 75 s, envoy an hour, Go
+/// none; workers and producers reuse their connections, so a slot held by an idle
+/// client is cheap compared to a new connection every few minutes).
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 120_000;
 /// Default of [`ConnLimits::body_read_timeout_ms`]: the largest request
 /// (`request_bytes_max`, 64 MiB) arrives in time at ~9 Mbit/s.
@@ -59,8 +59,8 @@ pub const STORE_FILES_CACHED_MIN: usize = 64;
 /// Descriptors reserved besides the store's table cache: its journals, the tables
 /// a flush or compaction is writing, its lock and version files, the data
 /// directory opened to fsync it, plus stdio, the listener, epoll and the runtime's
-/// wakers. A running server holds about 40 of these; 128 leaves room for bursts
-/// of compaction.
+/// wakers. A fresh server holds 14 (2 of them the store's); 128 leaves room for
+/// journals kept until their memtables are flushed and for concurrent compactions.
 pub const FILES_OTHER_RESERVED: usize = 128;
 /// Smallest open-file limit `weir serve` starts with: below it the reserve above
 /// leaves almost nothing for connections.
