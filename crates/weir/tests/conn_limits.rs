@@ -196,6 +196,7 @@ async fn the_accept_loop_survives_running_out_of_descriptors() {
         extra: &["--connections-max", "1000"],
         log: Some("warn,weir_server=info"),
         capture_stderr: true,
+        ..Options::default()
     })
     .await;
     let (log_tx, mut log) = mpsc::unbounded_channel();

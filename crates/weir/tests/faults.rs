@@ -5,15 +5,14 @@
 //! acknowledged task intact; a failed fsync makes the server exit non-zero so that
 //! a restart recovers it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-/// Longest a server may take to announce its address, or to exit once told to.
+/// Longest a server may take to exit once its fsync failed.
 const PROCESS_WAIT: Duration = Duration::from_secs(30);
 /// Most batches sent while waiting for a fault to surface, so a test always ends.
 const BATCHES_MAX: usize = 200;
@@ -42,7 +41,7 @@ fn shim() -> PathBuf {
 
 /// A `weir serve` with the shim preloaded.
 struct Faulty {
-    child: Child,
+    server: common::Server,
     base: String,
     ctl: PathBuf,
     /// Everything the server logged, filled by a background task.
@@ -51,48 +50,33 @@ struct Faulty {
 
 impl Faulty {
     async fn start(data: &Path, ctl: &Path, extra: &[&str]) -> Faulty {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .env("WEIR_LOG", "info")
-            .env("LD_PRELOAD", shim())
-            .env("WEIR_FAULTFS_DIR", ctl)
-            .env("WEIR_FAULTFS_ROOT", data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn weir serve");
+        let shim = shim();
+        let mut server = common::start_server_with(common::Options {
+            extra,
+            log: Some("info"),
+            capture_stderr: true,
+            data_dir: Some(data),
+            env: &[
+                ("LD_PRELOAD", shim.as_os_str()),
+                ("WEIR_FAULTFS_DIR", ctl.as_os_str()),
+                ("WEIR_FAULTFS_ROOT", data.as_os_str()),
+            ],
+            ..common::Options::default()
+        })
+        .await;
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
+        let mut lines = server.stderr.take().expect("stderr is captured");
         let sink = log.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
             }
         });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(PROCESS_WAIT, stdout.next_line())
-            .await
-            .expect("weir serve announces its address")
-            .unwrap()
-            .expect("a listening line");
-        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-        let base = line
-            .trim()
-            .strip_prefix("weir listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
         Faulty {
-            child,
-            base,
+            base: server.base.clone(),
+            server,
             ctl: ctl.to_owned(),
             log,
         }
@@ -333,7 +317,7 @@ async fn a_failed_fsync_exits_non_zero_and_a_restart_recovers() {
             resp.status()
         );
     }
-    let status = tokio::time::timeout(PROCESS_WAIT, s.child.wait())
+    let status = tokio::time::timeout(PROCESS_WAIT, s.server.child.wait())
         .await
         .expect("the server exits after a failed fsync")
         .unwrap();

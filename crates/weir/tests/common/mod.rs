@@ -22,7 +22,8 @@ pub struct Server {
     pub base: String,
     /// The server's log lines, if `Options::capture_stderr` asked for them.
     pub stderr: Option<Lines<BufReader<ChildStderr>>>,
-    _dir: tempfile::TempDir,
+    /// The data directory, when the server made its own.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -43,6 +44,11 @@ pub struct Options<'a> {
     pub log: Option<&'a str>,
     /// Pipe stderr into `Server::stderr` instead of inheriting it.
     pub capture_stderr: bool,
+    /// The data directory [default: a fresh one, removed with the server]; a
+    /// given one outlives the server, for restarts.
+    pub data_dir: Option<&'a std::path::Path>,
+    /// More environment variables for the server.
+    pub env: &'a [(&'a str, &'a std::ffi::OsStr)],
 }
 
 /// Starts `weir serve --listen 127.0.0.1:0` with `extra` flags.
@@ -56,7 +62,15 @@ pub async fn start_server(extra: &[&str]) -> Server {
 
 /// Starts `weir serve --listen 127.0.0.1:0` as `options` say.
 pub async fn start_server_with(options: Options<'_>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = match options.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().unwrap()),
+    };
+    let data_dir = match (&dir, options.data_dir) {
+        (Some(d), _) => d.path().to_owned(),
+        (None, Some(d)) => d.to_owned(),
+        (None, None) => unreachable!(),
+    };
     let bin = env!("CARGO_BIN_EXE_weir");
     let mut command = match options.wrapper.split_first() {
         Some((program, args)) => {
@@ -68,9 +82,10 @@ pub async fn start_server_with(options: Options<'_>) -> Server {
     };
     let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .arg(&data_dir)
         .args(options.extra)
         .env("WEIR_LOG", options.log.unwrap_or("warn"))
+        .envs(options.env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(if options.capture_stderr {
             Stdio::piped()
