@@ -74,12 +74,35 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        if n <= REFUSED_BODY_DRAIN_BYTES_MAX {
+            drain(body).await;
+        }
         return Err(too_large());
     }
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|e| ApiError::unreadable_body(&e, limit))
+}
+
+/// A body declared larger than its route takes is still read, and dropped, up to
+/// this many bytes before the 413 goes out: a client that writes its whole body
+/// before it reads the answer (most do) then sees the 413 rather than a reset in
+/// the middle of its send — nginx's "lingering close". A larger body is refused
+/// unread and its connection closed.
+const REFUSED_BODY_DRAIN_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Reads and drops a refused body, frame by frame, stopping at its end, at an
+/// error (the body timeout included), or past `REFUSED_BODY_DRAIN_BYTES_MAX`.
+async fn drain(mut body: Body) {
+    use http_body_util::BodyExt;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len());
+        if seen > REFUSED_BODY_DRAIN_BYTES_MAX {
+            break;
+        }
+    }
 }
 
 /// Parses a request body, which must be a JSON object (see [`Object`]).

@@ -1235,3 +1235,37 @@ async fn request_bodies_are_objects_not_arrays() {
     assert_eq!(v["queues"], json!([]), "nothing was enqueued: {v}");
     s.stop().await;
 }
+
+/// A body declared over its route's limit is read and dropped before the 413, so a
+/// client that sends it whole (as most do before reading) sees the 413 instead of a
+/// reset mid-send. (Before, the 413 went out at once and the connection closed with
+/// the body unread; the Python worker saw a broken pipe.)
+#[tokio::test]
+async fn an_oversized_body_sent_whole_gets_its_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let addr = s.base.strip_prefix("http://").unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // An ack takes 1 MiB of result plus its envelope; this is 6 MB.
+    let len = 6_000_000;
+    let head = format!(
+        "POST /v1/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV/ack HTTP/1.1\r\nhost: weir\r\n\
+          connection: close\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        tcp.write_all(&chunk[..n])
+            .await
+            .unwrap_or_else(|e| panic!("the body could not be sent whole: {e} after {sent} bytes"));
+        sent += n;
+    }
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("urn:weir:problem:too-large"), "{answer}");
+    s.stop().await;
+}
