@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_core::{GroupState, NewTask, TaskId, TaskState};
 
-use crate::{Broker, EnqueueTask, Settle, StoreError};
+use crate::{Broker, EnqueueTask, LeaseId, Settle, StoreError};
 
 /// Long enough that a correct backend never hits it; a hang fails the test instead
 /// of passing it.
@@ -25,6 +25,18 @@ pub fn task(kind: &str) -> NewTask {
         idempotency_key: None,
         retention_ms: 3_600_000,
     }
+}
+
+/// Acks `id` under `lease_id` without a result (the call must succeed; the ack
+/// itself may be refused, which the caller checks if it matters).
+pub async fn ack(b: &(impl Broker + ?Sized), id: TaskId, lease_id: LeaseId) {
+    b.settle(vec![Settle::Ack {
+        id,
+        lease_id,
+        result: None,
+    }])
+    .await
+    .unwrap();
 }
 
 pub fn item(task: NewTask, payload: &str) -> EnqueueTask {
@@ -676,13 +688,7 @@ pub async fn watch_returns_when_a_cancel_is_requested<B: Broker + Clone>(b: B) {
     assert!(hb.cancel_requested);
     assert!(started.elapsed() < WAIT, "the watch waited out its time");
     // The GET waits for the end, not for the cancel request.
-    b.settle(vec![Settle::Ack {
-        id,
-        lease_id: l.lease_id,
-        result: None,
-    }])
-    .await
-    .unwrap();
+    ack(&b, id, l.lease_id).await;
     let v = getter.await.unwrap().unwrap().unwrap();
     assert_eq!(v.record.state, TaskState::Canceled);
     // A watch on a stale lease is refused like a heartbeat.
@@ -753,13 +759,7 @@ pub async fn delete_queue_only_when_empty(b: &dyn Broker) {
     not_empty(b.delete_queue("d1").await, TaskState::Pending);
     let l = b.lease("d1", 1, Duration::ZERO).await.unwrap().remove(0);
     not_empty(b.delete_queue("d1").await, TaskState::Active);
-    b.settle(vec![Settle::Ack {
-        id,
-        lease_id: l.lease_id,
-        result: None,
-    }])
-    .await
-    .unwrap();
+    ack(b, id, l.lease_id).await;
     not_empty(b.delete_queue("d1").await, TaskState::Completed);
     let mut later = task("k");
     later.run_at_ms = Some(now_ms() + 3_600_000);
@@ -778,13 +778,7 @@ pub async fn delete_queue_only_when_empty(b: &dyn Broker) {
     brief.retention_ms = 0;
     let id = one(b, "d2", brief, "1").await;
     let l = b.lease("d2", 1, Duration::ZERO).await.unwrap().remove(0);
-    b.settle(vec![Settle::Ack {
-        id,
-        lease_id: l.lease_id,
-        result: None,
-    }])
-    .await
-    .unwrap();
+    ack(b, id, l.lease_id).await;
     let purged_by = tokio::time::Instant::now() + WAIT;
     // Retention has no event to wait on: ask until the task is gone, within a bound.
     while b.get(id).await.unwrap().is_some() {

@@ -2,7 +2,7 @@
 //! store with a data directory has.
 
 use super::*;
-use crate::conformance::{item, task, WAIT};
+use crate::conformance::{ack, item, task, WAIT};
 use crate::Settle;
 
 struct TestStore {
@@ -185,13 +185,7 @@ async fn retention_removes_finished_tasks_and_their_keys() {
     t.idempotency_key = Some("once".into());
     let id = b.enqueue("ret", vec![item(t.clone(), "1")]).await.unwrap()[0].id;
     let l = b.lease("ret", 1, WAIT).await.unwrap().remove(0);
-    b.settle(vec![Settle::Ack {
-        id,
-        lease_id: l.lease_id,
-        result: None,
-    }])
-    .await
-    .unwrap();
+    ack(&b, id, l.lease_id).await;
     assert!(b.get(id).await.unwrap().is_some());
     clock.advance(10_000);
     // Retention runs in the writer's rounds; an enqueue forces rounds until it ran.
@@ -235,22 +229,10 @@ async fn groups_survive_restart() {
     // A running group with one member done, and a finished one.
     let open = s.create_group("gr", items(2), true).await.unwrap();
     let l = s.lease("gr", 1, WAIT).await.unwrap().remove(0);
-    s.settle(vec![Settle::Ack {
-        id: l.record.id,
-        lease_id: l.lease_id,
-        result: None,
-    }])
-    .await
-    .unwrap();
+    ack(&s.broker, l.record.id, l.lease_id).await;
     let done = s.create_group("gr2", items(1), true).await.unwrap();
     let l = s.lease("gr2", 1, WAIT).await.unwrap().remove(0);
-    s.settle(vec![Settle::Ack {
-        id: l.record.id,
-        lease_id: l.lease_id,
-        result: None,
-    }])
-    .await
-    .unwrap();
+    ack(&s.broker, l.record.id, l.lease_id).await;
 
     let s = reopen(s).await;
     let v = s.group(done.id, Duration::ZERO).await.unwrap().unwrap();
@@ -300,13 +282,7 @@ async fn emptied(b: &EmbeddedBroker, clock: &crate::clock::OffsetClock, queue: &
     t.retention_ms = 1000;
     let id = b.enqueue(queue, vec![item(t, "1")]).await.unwrap()[0].id;
     let l = b.lease(queue, 1, Duration::ZERO).await.unwrap().remove(0);
-    b.settle(vec![Settle::Ack {
-        id,
-        lease_id: l.lease_id,
-        result: None,
-    }])
-    .await
-    .unwrap();
+    ack(b, id, l.lease_id).await;
     clock.advance(10_000);
     // The writer's timer rounds (every <= 100 ms) run retention; nothing signals it.
     let deadline = tokio::time::Instant::now() + WAIT;
