@@ -228,7 +228,23 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
                 match tokio::time::timeout(Duration::from_millis(sleep_ms), rx.recv()).await {
                     Ok(Some(op)) => ops.push(op),
                     Ok(None) => break,
-                    Err(_) => {}
+                    Err(_) => {
+                        // Idle: find out now, not at the next write, whether a
+                        // background flush failed (the engine then refuses all
+                        // writes), so the store heals before anyone is refused.
+                        if let Some((cause, detail)) = poisoned(&shared) {
+                            shared.set_health(Health::Outage {
+                                cause,
+                                detail: detail.clone(),
+                                retry_at_ms: shared.now_ms() + HEAL_RETRY_MS_MIN,
+                            });
+                            if heal(&shared, &mut rx, &mut deferred, &mut memo, cause, detail).await
+                            {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
                 }
             }
             // A round is bounded both in operations and in the tasks they carry, so
@@ -272,6 +288,20 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
             }
         }
     });
+}
+
+/// Whether the engine refuses writes after a failure in one of its background
+/// flushes; if so, the outage's cause and detail. fjall has no public probe: a
+/// `Buffer` persist with nothing buffered checks its poison flag and does no I/O.
+fn poisoned(shared: &Shared) -> Option<(Outage, String)> {
+    let disk = shared.disk().ok()?;
+    match disk.db.persist(PersistMode::Buffer) {
+        Err(fjall::Error::Poisoned) => Some((
+            diagnose(&shared.config.data_dir),
+            "a background flush of the store failed".into(),
+        )),
+        _ => None,
+    }
 }
 
 /// How a round ended.
