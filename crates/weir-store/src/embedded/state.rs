@@ -84,6 +84,12 @@ impl PendingSet {
         Some((priority, id))
     }
 
+    pub fn contains(&self, priority: i32, id: u128) -> bool {
+        self.by_priority
+            .get(&Reverse(priority))
+            .is_some_and(|ids| ids.contains(&id))
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

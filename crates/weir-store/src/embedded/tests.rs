@@ -709,3 +709,34 @@ mod simulation {
         }
     }
 }
+
+/// Tasks the lease path took out to end dead or canceled, when that cannot be
+/// written during an outage, go back to pending (else they would sit in no index
+/// until a restart); a task the rebuilt state already has pending is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_finalize_puts_its_tasks_back() {
+    let b = fresh().await;
+    let id = b.enqueue("fin", vec![item(task("k"), "1")]).await.unwrap()[0].id;
+    let mut rec = b.shared.disk().unwrap().record(id).unwrap().unwrap();
+    {
+        // What the lease path does before it hands a task to the writer to end.
+        let mut st = b.shared.lock();
+        let q = st.queue_index["fin"];
+        assert_eq!(st.queue(q).pending.pop_first(), Some((0, id.0)));
+        st.count(q, Some(TaskState::Pending), None);
+    }
+    rec.state = TaskState::Dead;
+    writer::requeue(&b.shared, vec![rec.clone()]);
+    let pending = |b: &EmbeddedBroker| {
+        b.shared.lock().queue_infos()[0]
+            .counts
+            .get(TaskState::Pending)
+    };
+    assert_eq!(pending(&b), 1);
+    // Already pending again (as after a rebuild): not counted twice.
+    writer::requeue(&b.shared, vec![rec]);
+    assert_eq!(pending(&b), 1);
+    let l = b.lease("fin", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].record.id, id);
+}

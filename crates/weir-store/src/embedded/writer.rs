@@ -233,11 +233,6 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
                         // background flush failed (the engine then refuses all
                         // writes), so the store heals before anyone is refused.
                         if let Some((cause, detail)) = poisoned(&shared) {
-                            shared.set_health(Health::Outage {
-                                cause,
-                                detail: detail.clone(),
-                                retry_at_ms: shared.now_ms() + HEAL_RETRY_MS_MIN,
-                            });
                             if heal(&shared, &mut rx, &mut deferred, &mut memo, cause, detail).await
                             {
                                 break;
@@ -412,16 +407,10 @@ async fn heal(
     }
 }
 
-/// Whether the cause of an outage looks gone.
+/// Whether the cause of an outage looks gone: the probe that diagnoses an outage
+/// no longer finds it.
 fn cleared(shared: &Shared, cause: Outage) -> bool {
-    let dir = &shared.config.data_dir;
-    match cause {
-        Outage::DiskFull => rustix::fs::statvfs(dir)
-            .map(|v| v.f_bavail.saturating_mul(v.f_frsize) >= DISK_FREE_BYTES_MIN)
-            .unwrap_or(false),
-        Outage::TooManyOpenFiles => std::fs::File::open(dir).is_ok(),
-        Outage::Io => true,
-    }
+    cause == Outage::Io || diagnose(&shared.config.data_dir) != cause
 }
 
 /// After a fatal failure: answer every op with the failure until `Stop` (the
@@ -480,15 +469,33 @@ fn refuse(shared: &Shared, op: Op) -> bool {
         Op::CreateGroup { reply, .. } => drop(reply.send(Err(e()))),
         Op::CancelGroup { reply, .. } => drop(reply.send(Err(e()))),
         Op::DeleteQueue { reply, .. } => drop(reply.send(Err(e()))),
-        // Tasks found dead or canceled by the lease path: the rebuilt state has
-        // them pending again, and the lease path finds them again.
-        Op::Finalize { .. } => {}
+        Op::Finalize { records } => requeue(shared, records),
         Op::Stop { reply } => {
             let _ = reply.send(());
             return true;
         }
     }
     false
+}
+
+/// Puts back tasks the lease path took out to end (dead past their deadline, or
+/// canceled with their group) when that cannot be written now: they are pending on
+/// disk, so they go back to pending, and the lease path judges them again once
+/// writes resume. A task already in an index is left alone: the state was rebuilt
+/// from disk since it was taken out, and has it pending again.
+pub(super) fn requeue(shared: &Shared, records: Vec<TaskRecord>) {
+    let now = shared.now_ms();
+    let mut st = shared.lock();
+    for rec in records {
+        let id = rec.id.0;
+        let q = st.intern(&rec.queue);
+        let indexed = st.leases.contains_key(&id)
+            || st.scheduled.contains_key(&(rec.run_at_ms, id))
+            || st.queue(q).pending.contains(rec.priority, id);
+        if !indexed {
+            st.insert_queued(q, id, rec.priority, rec.run_at_ms.min(now), now);
+        }
+    }
 }
 
 /// Opens the database again and swaps it and the state rebuilt from it in.
