@@ -119,16 +119,8 @@ impl Disk {
         memtable_bytes: u64,
         files_cached: usize,
     ) -> Result<Disk, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| match Outage::of_io(&e) {
-            Some(cause @ (Outage::DiskFull | Outage::TooManyOpenFiles)) => {
-                StoreError::Unavailable {
-                    cause,
-                    detail: format!("create data dir: {e}"),
-                    retry_after_ms: 1000,
-                }
-            }
-            _ => internal("create data dir", e),
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| outage_or_internal("create data dir", Outage::of_io(&e), e))?;
         let db = Database::builder(dir)
             .cache_size(cache_bytes)
             .max_cached_files(Some(files_cached.max(FILES_CACHED_MIN)))
@@ -188,7 +180,16 @@ pub(crate) fn internal(context: &str, e: impl std::fmt::Display) -> StoreError {
 /// of file descriptors is an outage that clears (`Unavailable`, 503), anything
 /// else is internal.
 pub(crate) fn storage(context: &str, e: fjall::Error) -> StoreError {
-    match io_cause(&e) {
+    outage_or_internal(context, io_cause(&e), e)
+}
+
+/// `Unavailable` for an error whose cause clears by itself, else `Internal`.
+fn outage_or_internal(
+    context: &str,
+    cause: Option<Outage>,
+    e: impl std::fmt::Display,
+) -> StoreError {
+    match cause {
         Some(cause @ (Outage::DiskFull | Outage::TooManyOpenFiles)) => StoreError::Unavailable {
             cause,
             detail: format!("{context}: {e}"),
@@ -428,8 +429,9 @@ impl EmbeddedBroker {
         rx.await.map_err(|_| gone())?
     }
 
-    fn view(&self, record: TaskRecord) -> Result<TaskView, StoreError> {
-        let payload = self.shared.disk()?.payload(record.id)?;
+    /// The view of `record`, read from `disk` with its payload.
+    fn view(&self, disk: &Disk, record: TaskRecord) -> Result<TaskView, StoreError> {
+        let payload = disk.payload(record.id)?;
         let now = self.shared.now_ms();
         let st = self.shared.lock();
         Ok(overlay(&st, record, payload, now))
@@ -578,7 +580,7 @@ impl Broker for EmbeddedBroker {
 
     async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError> {
         let record = self.submit(|reply| Op::Cancel { id, reply }).await?;
-        self.view(record)
+        self.view(&*self.shared.disk()?, record)
     }
 
     async fn lease_for(
@@ -848,9 +850,10 @@ impl EmbeddedBroker {
 
     /// The task's current view, `None` if unknown.
     fn view_of(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
-        match self.shared.disk()?.record(id)? {
+        let disk = self.shared.disk()?;
+        match disk.record(id)? {
             None => Ok(None),
-            Some(rec) => self.view(rec).map(Some),
+            Some(rec) => self.view(&disk, rec).map(Some),
         }
     }
 
