@@ -910,8 +910,8 @@ impl EmbeddedBroker {
         }
     }
 
-    /// A group's view: its stored record, its state from memory while open, and its
-    /// members as `get` would show them.
+    /// A group's view: its stored record and state, and its members as `get` would
+    /// show them.
     fn group_view(&self, id: TaskId) -> Result<Option<GroupView>, StoreError> {
         let disk = self.shared.disk()?;
         let Some(v) = disk
@@ -928,14 +928,17 @@ impl EmbeddedBroker {
                 members.push(r);
             }
         }
+        // The state comes from the stored record, read before the members: the
+        // writer stores a group's new state in the same batch as the member records
+        // that caused it, so members read afterwards are at least that new. (The
+        // tally in memory runs ahead of the disk while a batch is being built; a
+        // view taking its state from there could say "failed" beside members that
+        // still look active.)
+        let state = weir_core::GroupState::from_index(record.state).ok_or_else(|| {
+            StoreError::Internal(format!("group {id} has state {}", record.state))
+        })?;
         let now = self.shared.now_ms();
         let st = self.shared.lock();
-        let state = match st.groups.get(&id.0) {
-            Some(g) => g.tally.state(),
-            None => weir_core::GroupState::from_index(record.state).ok_or_else(|| {
-                StoreError::Internal(format!("group {id} has state {}", record.state))
-            })?,
-        };
         let tasks = members
             .into_iter()
             .map(|r| overlay_record(&st, r, now).0)
