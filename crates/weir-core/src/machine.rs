@@ -30,7 +30,9 @@ pub const LEASE_EXPIRED_ERROR: &str = "lease expired without ack";
 
 /// A new record for `task` created at `now_ms`.
 pub fn create(id: TaskId, queue: &str, task: NewTask, now_ms: u64) -> TaskRecord {
-    let run_at_ms = task.run_at_ms.unwrap_or(now_ms);
+    let run_at_ms = task
+        .run_at_ms
+        .unwrap_or_else(|| now_ms.saturating_add(task.delay_ms));
     let state = if run_at_ms > now_ms {
         TaskState::Scheduled
     } else {
@@ -216,6 +218,7 @@ mod tests {
             kind: "k".into(),
             priority: 0,
             run_at_ms: None,
+            delay_ms: 0,
             max_attempts,
             timeout_ms: 1000,
             deadline_ms: None,

@@ -71,8 +71,13 @@ impl TaskState {
 pub struct NewTask {
     pub kind: String,
     pub priority: i32,
-    /// When the task may first run; `None` means at once.
+    /// When the task may first run; `None` means `delay_ms` after the store's
+    /// clock reads at creation. The store resolves a delay, not the HTTP handler,
+    /// so that with many servers on one store the store's clock (Redis `TIME`)
+    /// decides, not the clock of whichever server answered.
     pub run_at_ms: Option<u64>,
+    /// Used when `run_at_ms` is `None`; 0 runs at once.
+    pub delay_ms: u64,
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub deadline_ms: Option<u64>,

@@ -244,6 +244,11 @@ impl From<StoreError> for ApiError {
                         "Storage unavailable",
                         "the store cannot write right now",
                     ),
+                    Outage::Unreachable => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Store unreachable",
+                        "the server cannot reach its store",
+                    ),
                 };
                 let mut err = ApiError::new(
                     status,
@@ -254,8 +259,8 @@ impl From<StoreError> for ApiError {
                 err.retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
                 err
             }
-            StoreError::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
+            e @ StoreError::Internal { .. } => {
+                tracing::error!(error = %e.chain(), "internal error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

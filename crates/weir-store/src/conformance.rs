@@ -19,6 +19,7 @@ pub fn task(kind: &str) -> NewTask {
         kind: kind.into(),
         priority: 0,
         run_at_ms: None,
+        delay_ms: 0,
         max_attempts: 3,
         timeout_ms: 30_000,
         deadline_ms: None,

@@ -184,8 +184,47 @@ pub enum StoreError {
         detail: String,
         retry_after_ms: u64,
     },
-    #[error("storage failure: {0}")]
-    Internal(String),
+    /// A failure the caller cannot fix and that does not clear by itself: a bug, a
+    /// corrupt record, a store that failed fatally. `source` keeps the cause.
+    #[error("storage failure: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// The cause carried by `StoreError::Internal`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// An internal error caused by `source`, described by `context`.
+    pub fn internal(context: impl Into<String>, source: impl Into<BoxError>) -> StoreError {
+        StoreError::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// An internal error with no underlying cause (a broken invariant).
+    pub fn bug(context: impl Into<String>) -> StoreError {
+        StoreError::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// This error and every cause under it, joined by ": " (for logs).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            source = e.source();
+        }
+        out
+    }
 }
 
 /// Why a store refuses writes for now. Each names its cause in the problem `type`
@@ -198,6 +237,8 @@ pub enum Outage {
     TooManyOpenFiles,
     /// Another I/O error while writing (before any fsync), or the store is reopening.
     Io,
+    /// A store in another process (Redis) does not answer, refuses, or is loading.
+    Unreachable,
 }
 
 impl Outage {
@@ -207,6 +248,7 @@ impl Outage {
             Outage::DiskFull => "disk-full",
             Outage::TooManyOpenFiles => "too-many-open-files",
             Outage::Io => "storage-unavailable",
+            Outage::Unreachable => "store-unreachable",
         }
     }
 

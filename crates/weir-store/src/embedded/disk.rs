@@ -252,6 +252,7 @@ mod tests {
                 kind: "k".into(),
                 priority: -3,
                 run_at_ms: Some(99),
+                delay_ms: 0,
                 max_attempts: 4,
                 timeout_ms: 10,
                 deadline_ms: Some(1000),

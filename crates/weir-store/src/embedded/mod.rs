@@ -167,13 +167,13 @@ impl Disk {
             .map_err(|e| storage("read payload", e))?
         {
             Some(v) => Ok(Bytes::copy_from_slice(&v)),
-            None => Err(StoreError::Internal(format!("task {id} has no payload"))),
+            None => Err(StoreError::bug(format!("task {id} has no payload"))),
         }
     }
 }
 
-pub(crate) fn internal(context: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(format!("{context}: {e}"))
+pub(crate) fn internal(context: &str, e: impl Into<crate::BoxError>) -> StoreError {
+    StoreError::internal(context, e)
 }
 
 /// A storage engine error as the caller should see it: a full disk or a shortage
@@ -187,7 +187,7 @@ pub(crate) fn storage(context: &str, e: fjall::Error) -> StoreError {
 fn outage_or_internal(
     context: &str,
     cause: Option<Outage>,
-    e: impl std::fmt::Display,
+    e: impl Into<crate::BoxError> + std::fmt::Display,
 ) -> StoreError {
     match cause {
         Some(cause @ (Outage::DiskFull | Outage::TooManyOpenFiles)) => StoreError::Unavailable {
@@ -336,7 +336,7 @@ impl Shared {
                 detail,
                 retry_after_ms: retry_at_ms.saturating_sub(self.now_ms()).max(1000),
             },
-            Health::Failed { detail } => StoreError::Internal(detail),
+            Health::Failed { detail } => StoreError::bug(detail),
             Health::Ok => StoreError::Unavailable {
                 cause: Outage::Io,
                 detail: "the store is reopening".into(),
@@ -420,7 +420,7 @@ impl EmbeddedBroker {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
     ) -> Result<T, StoreError> {
         let gone = || match self.shared.health() {
-            Health::Failed { detail } => StoreError::Internal(detail),
+            Health::Failed { detail } => StoreError::bug(detail),
             _ => StoreError::Closed,
         };
         self.shared.write_gate()?;
@@ -532,9 +532,7 @@ fn finish_canceled(
 ) -> Result<(), StoreError> {
     for id in ids {
         let Some(mut rec) = disk.record(id)? else {
-            return Err(StoreError::Internal(format!(
-                "ready task {id} has no record"
-            )));
+            return Err(StoreError::bug(format!("ready task {id} has no record")));
         };
         rec.state = TaskState::Active; // it was active when the cancel arrived
         rec.cancel_requested = true;
@@ -805,11 +803,11 @@ impl Broker for EmbeddedBroker {
             tokio::task::spawn_blocking(move || handle.join())
                 .await
                 .map_err(|e| internal("join writer", e))?
-                .map_err(|_| StoreError::Internal("writer thread panicked".into()))?;
+                .map_err(|_| StoreError::bug("writer thread panicked"))?;
         }
         // A store that failed (its final fsync included) must not look cleanly shut.
         match self.shared.health() {
-            Health::Failed { detail } => Err(StoreError::Internal(detail)),
+            Health::Failed { detail } => Err(StoreError::bug(detail)),
             _ => Ok(()),
         }
     }
@@ -934,9 +932,8 @@ impl EmbeddedBroker {
         // tally in memory runs ahead of the disk while a batch is being built; a
         // view taking its state from there could say "failed" beside members that
         // still look active.)
-        let state = weir_core::GroupState::from_index(record.state).ok_or_else(|| {
-            StoreError::Internal(format!("group {id} has state {}", record.state))
-        })?;
+        let state = weir_core::GroupState::from_index(record.state)
+            .ok_or_else(|| StoreError::bug(format!("group {id} has state {}", record.state)))?;
         let now = self.shared.now_ms();
         let st = self.shared.lock();
         let tasks = members
@@ -1009,7 +1006,7 @@ impl EmbeddedBroker {
                 Ok(disk) => (
                     disk.record(tid).and_then(|r| {
                         r.ok_or_else(|| {
-                            StoreError::Internal(format!("pending task {tid} has no record"))
+                            StoreError::bug(format!("pending task {tid} has no record"))
                         })
                     }),
                     disk.payload(tid),
@@ -1077,10 +1074,7 @@ impl EmbeddedBroker {
                     Err(e) => {
                         // Only a pending record may be in the pending index.
                         st.take_lease(id);
-                        failure = Some(StoreError::Internal(format!(
-                            "lease of {}: {e}",
-                            TaskId(id)
-                        )));
+                        failure = Some(StoreError::bug(format!("lease of {}: {e}", TaskId(id))));
                     }
                 }
             }

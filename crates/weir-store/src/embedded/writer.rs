@@ -144,7 +144,7 @@ impl From<CommitError> for StoreError {
                 detail,
                 retry_after_ms: 1000,
             },
-            CommitError::Fatal(detail) => StoreError::Internal(detail),
+            CommitError::Fatal(detail) => StoreError::bug(detail),
         }
     }
 }
