@@ -831,7 +831,8 @@ pub async fn lease_ids_are_random(b: &dyn Broker) {
 }
 
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
-/// expression that yields a fresh broker (`B: Broker + Clone`) for each test.
+/// expression that yields a fresh broker (`B: Broker + Clone`) for each test; the
+/// suite reaches it through `Checked` with the default limits, as the server does.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -848,23 +849,23 @@ macro_rules! conformance_tests {
             lease_ids_are_random);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn long_poll_lease_wakes_on_enqueue() {
-            let b = $make.await;
+            let b = $crate::Checked::new($make.await, weir_core::Limits::default());
             $crate::conformance::long_poll_lease_wakes_on_enqueue(b).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn long_poll_lease_on_a_new_queue_wakes_on_its_first_enqueue() {
-            let b = $make.await;
+            let b = $crate::Checked::new($make.await, weir_core::Limits::default());
             $crate::conformance::long_poll_lease_on_a_new_queue_wakes_on_its_first_enqueue(b)
                 .await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn watch_returns_when_a_cancel_is_requested() {
-            let b = $make.await;
+            let b = $crate::Checked::new($make.await, weir_core::Limits::default());
             $crate::conformance::watch_returns_when_a_cancel_is_requested(b).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn wait_wakes_when_terminal() {
-            let b = $make.await;
+            let b = $crate::Checked::new($make.await, weir_core::Limits::default());
             $crate::conformance::wait_wakes_when_terminal(b).await;
         }
     };
@@ -872,7 +873,7 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let b = $make.await;
+                let b = $crate::Checked::new($make.await, weir_core::Limits::default());
                 $crate::conformance::$case(&b).await;
             }
         )*

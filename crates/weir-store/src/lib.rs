@@ -2,6 +2,7 @@
 //! storage — and its backends. Every backend moves tasks only through
 //! `weir_core::machine`, and passes the one conformance suite in `conformance`.
 
+pub mod checked;
 pub mod clock;
 pub mod conformance;
 pub mod embedded;
@@ -15,6 +16,7 @@ use weir_core::machine::TransitionError;
 use weir_core::validate::InvalidInput;
 use weir_core::{GroupState, NewTask, TaskId, TaskRecord, TaskState};
 
+pub use checked::Checked;
 pub use clock::{Clock, SystemClock};
 pub use embedded::{EmbeddedBroker, EmbeddedConfig};
 
@@ -266,7 +268,9 @@ impl Outage {
     }
 }
 
-/// The storage boundary. Implementations own durability (an `Ok` from a mutating
+/// The storage boundary. Callers reach a backend through `Checked`, which refuses
+/// input that breaks `Limits` or the group rules; a backend keeps only the checks
+/// that need its state. Implementations own durability (an `Ok` from a mutating
 /// call means the change is durable), dispatch order, leases and long-poll wakeups.
 #[async_trait::async_trait]
 pub trait Broker: Send + Sync + 'static {

@@ -589,12 +589,7 @@ impl Broker for EmbeddedBroker {
         worker: Option<&str>,
     ) -> Result<Vec<Leased>, StoreError> {
         let limits = &self.shared.config.limits;
-        if let Some(w) = worker {
-            weir_core::validate::text("worker", w, limits.worker_name_bytes_max)?;
-        }
         let worker: Option<Arc<str>> = worker.map(Arc::from);
-        weir_core::validate::queue_name(queue, limits)?;
-        weir_core::validate::range("max", max as u64, 1, limits.lease_tasks_max as u64)?;
         // A lease never creates its queue: on a queue nobody enqueued to it finds
         // nothing, and a long-poll waits under the name (`State::lease_notify`).
         if wait.is_zero() {
@@ -638,17 +633,6 @@ impl Broker for EmbeddedBroker {
         &self,
         items: Vec<Settle>,
     ) -> Result<Vec<Result<TaskState, StoreError>>, StoreError> {
-        let limits = &self.shared.config.limits;
-        if items.len() > limits.batch_tasks_max {
-            return Err(weir_core::validate::InvalidInput::invalid(
-                "acks",
-                format!(
-                    "at most {} acks and fails per request",
-                    limits.batch_tasks_max
-                ),
-            )
-            .into());
-        }
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -691,13 +675,6 @@ impl Broker for EmbeddedBroker {
         tasks: Vec<EnqueueTask>,
         fail_fast: bool,
     ) -> Result<GroupCreated, StoreError> {
-        if tasks.iter().any(|t| t.task.idempotency_key.is_some()) {
-            return Err(weir_core::validate::InvalidInput::invalid(
-                "idempotency_key",
-                "tasks of a group cannot carry idempotency keys",
-            )
-            .into());
-        }
         let id = self.shared.next_id(self.shared.now_ms());
         let retention_ms = tasks.iter().map(|t| t.task.retention_ms).max().unwrap_or(0);
         let items = self.prepare(queue, tasks, Some(id), "group")?;
@@ -762,7 +739,6 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {
-        weir_core::validate::queue_name(queue, &self.shared.config.limits)?;
         // The writer deletes it between rounds, when no index of it is in flight.
         self.submit(|reply| Op::DeleteQueue {
             queue: queue.to_owned(),
@@ -824,15 +800,7 @@ impl EmbeddedBroker {
         group: Option<TaskId>,
         what: &str,
     ) -> Result<Vec<Prepared>, StoreError> {
-        let limits = &self.shared.config.limits;
-        weir_core::validate::queue_name(queue, limits)?;
-        if tasks.is_empty() || tasks.len() > limits.batch_tasks_max {
-            return Err(weir_core::validate::InvalidInput::invalid(
-                "tasks",
-                format!("a {what} holds 1 to {} tasks", limits.batch_tasks_max),
-            )
-            .into());
-        }
+        debug_assert!(!tasks.is_empty(), "an empty {what} passed the checks");
         let now = self.shared.now_ms();
         let first = self.shared.next_ids(now, tasks.len()).0;
         Ok(tasks

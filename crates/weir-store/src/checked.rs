@@ -1,0 +1,213 @@
+//! The input checks every store shares. `Checked` wraps a backend and refuses,
+//! before the backend sees it, whatever `Limits` or the group rules forbid: a bad
+//! queue name, a batch too large or empty, a lease `max` out of range, an overlong
+//! worker name, a group member with an idempotency key. A backend behind it may
+//! assume its input passed these checks; it keeps only the checks that need its
+//! state (a full queue, the queue cap).
+//!
+//! May not: touch storage, read a clock, or change what a valid call does.
+
+use std::time::Duration;
+
+use weir_core::validate::{self, InvalidInput};
+use weir_core::{Limits, TaskId, TaskState};
+
+use crate::{
+    Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, QueueInfo,
+    Settle, StoreError, TaskView,
+};
+
+/// A backend behind the shared input checks.
+#[derive(Clone)]
+pub struct Checked<B> {
+    inner: B,
+    limits: Limits,
+}
+
+impl<B: Broker> Checked<B> {
+    pub fn new(inner: B, limits: Limits) -> Checked<B> {
+        Checked { inner, limits }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+}
+
+/// A queue name and a batch of 1 to `batch_tasks_max` tasks (`what` names it in
+/// the error: "batch", "group").
+pub fn tasks(queue: &str, n: usize, what: &str, limits: &Limits) -> Result<(), InvalidInput> {
+    validate::queue_name(queue, limits)?;
+    if n == 0 || n > limits.batch_tasks_max {
+        return Err(InvalidInput::invalid(
+            "tasks",
+            format!("a {what} holds 1 to {} tasks", limits.batch_tasks_max),
+        ));
+    }
+    Ok(())
+}
+
+/// A lease request: the queue, `max` and the worker's name.
+pub fn lease(
+    queue: &str,
+    max: usize,
+    worker: Option<&str>,
+    limits: &Limits,
+) -> Result<(), InvalidInput> {
+    if let Some(w) = worker {
+        validate::text("worker", w, limits.worker_name_bytes_max)?;
+    }
+    validate::queue_name(queue, limits)?;
+    validate::range("max", max as u64, 1, limits.lease_tasks_max as u64)
+}
+
+/// A settle batch of at most `batch_tasks_max` items.
+pub fn settle(n: usize, limits: &Limits) -> Result<(), InvalidInput> {
+    if n > limits.batch_tasks_max {
+        return Err(InvalidInput::invalid(
+            "acks",
+            format!(
+                "at most {} acks and fails per request",
+                limits.batch_tasks_max
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Group members carry no idempotency keys (a group is made whole or not at all).
+pub fn group(queue: &str, tasks_: &[EnqueueTask], limits: &Limits) -> Result<(), InvalidInput> {
+    if tasks_.iter().any(|t| t.task.idempotency_key.is_some()) {
+        return Err(InvalidInput::invalid(
+            "idempotency_key",
+            "tasks of a group cannot carry idempotency keys",
+        ));
+    }
+    tasks(queue, tasks_.len(), "group", limits)
+}
+
+#[async_trait::async_trait]
+impl<B: Broker> Broker for Checked<B> {
+    async fn enqueue(
+        &self,
+        queue: &str,
+        tasks_: Vec<EnqueueTask>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        tasks(queue, tasks_.len(), "batch", &self.limits)?;
+        self.inner.enqueue(queue, tasks_).await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+        self.inner.get(id).await
+    }
+
+    async fn wait(&self, id: TaskId, wait: Duration) -> Result<Option<TaskView>, StoreError> {
+        self.inner.wait(id, wait).await
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError> {
+        self.inner.cancel(id).await
+    }
+
+    async fn lease_for(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+        worker: Option<&str>,
+    ) -> Result<Vec<Leased>, StoreError> {
+        lease(queue, max, worker, &self.limits)?;
+        self.inner.lease_for(queue, max, wait, worker).await
+    }
+
+    async fn settle(
+        &self,
+        items: Vec<Settle>,
+    ) -> Result<Vec<Result<TaskState, StoreError>>, StoreError> {
+        settle(items.len(), &self.limits)?;
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.settle(items).await
+    }
+
+    async fn release(&self, id: TaskId, lease_id: LeaseId) -> Result<TaskState, StoreError> {
+        self.inner.release(id, lease_id).await
+    }
+
+    async fn heartbeat(&self, id: TaskId, lease_id: LeaseId) -> Result<Heartbeat, StoreError> {
+        self.inner.heartbeat(id, lease_id).await
+    }
+
+    async fn watch(
+        &self,
+        id: TaskId,
+        lease_id: LeaseId,
+        wait: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        self.inner.watch(id, lease_id, wait).await
+    }
+
+    async fn create_group(
+        &self,
+        queue: &str,
+        tasks_: Vec<EnqueueTask>,
+        fail_fast: bool,
+    ) -> Result<GroupCreated, StoreError> {
+        group(queue, &tasks_, &self.limits)?;
+        self.inner.create_group(queue, tasks_, fail_fast).await
+    }
+
+    async fn group(&self, id: TaskId, wait: Duration) -> Result<Option<GroupView>, StoreError> {
+        self.inner.group(id, wait).await
+    }
+
+    async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError> {
+        self.inner.cancel_group(id).await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.inner.queues().await
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {
+        validate::queue_name(queue, &self.limits)?;
+        self.inner.delete_queue(queue).await
+    }
+
+    fn readiness(&self) -> Result<(), StoreError> {
+        self.inner.readiness()
+    }
+
+    async fn fatal(&self) -> String {
+        self.inner.fatal().await
+    }
+
+    fn begin_shutdown(&self) {
+        self.inner.begin_shutdown()
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_limits_forbid() {
+        let l = Limits::default();
+        assert!(tasks("ok", 1, "batch", &l).is_ok());
+        assert!(tasks("bad name", 1, "batch", &l).is_err());
+        assert!(tasks("ok", 0, "batch", &l).is_err());
+        assert!(tasks("ok", l.batch_tasks_max + 1, "batch", &l).is_err());
+        assert!(lease("ok", 0, None, &l).is_err());
+        assert!(lease("ok", l.lease_tasks_max + 1, None, &l).is_err());
+        assert!(lease("ok", 1, Some(&"w".repeat(l.worker_name_bytes_max + 1)), &l).is_err());
+        assert!(settle(l.batch_tasks_max, &l).is_ok());
+        assert!(settle(l.batch_tasks_max + 1, &l).is_err());
+    }
+}
