@@ -6,6 +6,8 @@ pub mod checked;
 pub mod clock;
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt;
 use std::str::FromStr;
