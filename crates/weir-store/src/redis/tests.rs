@@ -357,3 +357,25 @@ async fn shutdown_ends_parked_long_polls_at_once() {
     b.close().await.unwrap();
     assert!(matches!(b.queues().await, Err(StoreError::Closed)));
 }
+
+/// The shared model-based simulation (`crate::simulation`) on Redis, one fresh
+/// prefix per seed. Redis has no restart or outage to inject here; every roll
+/// is an ordinary operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_operations_match_the_model() {
+    use crate::simulation::{self as sim, Tasks, STEPS, STEP_ROLLS};
+    use rand::SeedableRng;
+    for seed in sim::seeds(8) {
+        let prefix = random_prefix();
+        let b = Checked::new(connect(&prefix).await, Limits::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut model = Tasks::new();
+        for step in 0..STEPS {
+            let roll = rng.gen_range(0..STEP_ROLLS);
+            sim::step(&b, &mut rng, &mut model, roll, seed, step).await;
+            sim::check(&b, &model, seed, step).await;
+        }
+        b.close().await.unwrap();
+        drop_prefix(&prefix).await;
+    }
+}
