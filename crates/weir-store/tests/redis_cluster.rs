@@ -240,6 +240,9 @@ async fn redis_cluster_runs_the_conformance_suite_and_odd_queue_names() {
     // One settle batch across queues on different slots: one script call per slot.
     let (x, y) = ("x:y", "zürich");
     assert_ne!(keys::queue_slot(x), keys::queue_slot(y));
+    for q in [x, y] {
+        b.enqueue(q, vec![item(task("k"), "3")]).await.unwrap();
+    }
     let lx = b.lease(x, 1, WAIT).await.unwrap().remove(0);
     let ly = b.lease(y, 1, WAIT).await.unwrap().remove(0);
     let out = b
