@@ -8,17 +8,24 @@ use weir_client::{Client, EnqueueOptions, GroupState, TaskState, WaitError};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn server() -> (Client, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = weir_server::ServeConfig::new(dir.path().to_path_buf());
-    config.lease_grace_ms = 0;
+async fn server() -> (
+    Client,
+    tokio::sync::oneshot::Sender<()>,
+    weir_store::testing::TestStore,
+) {
+    let store = weir_store::testing::TestStore::open(Default::default()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(weir_server::serve(listener, config, async move {
-        let _ = rx.await;
-    }));
-    (Client::new(format!("http://{addr}")).unwrap(), tx, dir)
+    tokio::spawn(weir_server::serve(
+        listener,
+        weir_server::ServeConfig::new(),
+        store.broker.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    (Client::new(format!("http://{addr}")).unwrap(), tx, store)
 }
 
 #[tokio::test]

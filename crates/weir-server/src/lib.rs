@@ -9,95 +9,73 @@ pub mod extract;
 pub mod wire;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_store::{Broker, EmbeddedBroker, EmbeddedConfig};
+use weir_store::{Broker, Checked};
 
 pub use conn::{ConnLimits, FileBudget};
 
-use weir_core::{Backoff, Limits};
+use weir_core::Limits;
 
-/// Validated runtime configuration of `weir serve` (built by the binary from its
-/// flags and `WEIR_*` environment variables before anything starts).
+/// Validated runtime configuration of the HTTP side of `weir serve` (built by the
+/// binary from its flags and `WEIR_*` environment variables before anything
+/// starts). The store is configured and opened by the binary: this crate knows no
+/// backend, only the `Broker` trait.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// Directory of the embedded store.
-    pub data_dir: PathBuf,
     /// Input limits.
     pub limits: Limits,
-    /// Retry backoff.
-    pub backoff: Backoff,
-    /// Added to a task's `timeout_ms` to form its lease.
-    pub lease_grace_ms: u64,
     /// Default retention of completed and canceled tasks.
     pub retention_ms: u64,
     /// How long shutdown waits for in-flight requests before it gives up on them.
     pub shutdown_grace_ms: u64,
-    /// Memtable size per keyspace of the embedded store, in bytes.
-    pub memtable_bytes_max: u64,
-    /// Most table files the embedded store keeps open; with
-    /// `conn.connections_max`, its share of the process's open-file limit.
-    pub store_files_cached_max: usize,
     /// The connection layer's limits: the connection cap and the timeouts.
     pub conn: ConnLimits,
 }
 
 impl ServeConfig {
-    /// The defaults, with the open-file budget taken from this process's current
-    /// limit (`FileBudget::from_process`).
-    pub fn new(data_dir: PathBuf) -> ServeConfig {
-        let files = FileBudget::from_process();
+    /// The defaults, with the connection cap taken from this process's current
+    /// open-file limit (`FileBudget::from_process`).
+    pub fn new() -> ServeConfig {
         ServeConfig {
-            data_dir,
             limits: Limits::default(),
-            backoff: Backoff::default(),
-            lease_grace_ms: weir_core::limits::LEASE_GRACE_MS_DEFAULT,
             retention_ms: weir_core::limits::RETENTION_MS_DEFAULT,
             shutdown_grace_ms: 10_000,
-            memtable_bytes_max: weir_store::embedded::MEMTABLE_BYTES_DEFAULT,
-            store_files_cached_max: files.store_files_cached_max,
-            conn: ConnLimits::new(files),
+            conn: ConnLimits::new(FileBudget::from_process()),
         }
     }
 }
 
-/// Opens the embedded store that `config` names.
-pub fn open_store(config: &ServeConfig) -> anyhow::Result<EmbeddedBroker> {
-    let mut ec = EmbeddedConfig::new(&config.data_dir);
-    ec.limits = config.limits.clone();
-    ec.backoff = config.backoff;
-    ec.lease_grace_ms = config.lease_grace_ms;
-    ec.memtable_bytes_max = config.memtable_bytes_max;
-    ec.files_cached_max = config.store_files_cached_max;
-    EmbeddedBroker::open(ec)
-        .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", config.data_dir.display()))
+impl Default for ServeConfig {
+    fn default() -> ServeConfig {
+        ServeConfig::new()
+    }
 }
 
-/// The API over a broker, without a socket.
+/// The API over a broker, without a socket. The broker is reached through
+/// `Checked`, so every store gets the same input checks.
 pub fn app(broker: Arc<dyn Broker>, config: ServeConfig) -> axum::Router {
     api::router(api::AppState {
-        broker,
+        broker: Arc::new(Checked::shared(broker, config.limits.clone())),
         config: Arc::new(config),
     })
 }
 
-/// Opens the store in `config.data_dir`, serves the API on `listener` until
-/// `shutdown` resolves, then drains in-flight requests (long-polls answer at once)
-/// for at most `shutdown_grace_ms`, and flushes and closes the store.
+/// Serves the API over `broker` on `listener` until `shutdown` resolves (or the
+/// store fails fatally), then drains in-flight requests (long-polls answer at
+/// once) for at most `shutdown_grace_ms`, and flushes and closes the store.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: ServeConfig,
+    broker: Arc<dyn Broker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store_config = config.clone();
-    let broker = tokio::task::spawn_blocking(move || open_store(&store_config)).await??;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let limits = config.conn;
-    let app = app(Arc::new(broker.clone()), config);
+    let app = app(broker.clone(), config);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     let accepting = conn::accept_loop(listener, app, limits, stopping.clone(), connections.clone());

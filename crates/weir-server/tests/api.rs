@@ -13,7 +13,7 @@ struct Server {
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    _store: weir_store::testing::TestStore,
 }
 
 impl Server {
@@ -22,26 +22,31 @@ impl Server {
     }
 
     async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ServeConfig::new(dir.path().to_path_buf());
-        config.lease_grace_ms = 0;
-        config.backoff = weir_core::Backoff {
-            base_ms: 2,
-            cap_ms: 4,
-        };
+        let mut config = ServeConfig::new();
         tweak(&mut config);
+        // The store is the one WEIR_TEST_STORE names, with the same limits.
+        let store = weir_store::testing::TestStore::open(weir_store::testing::TestStoreConfig {
+            limits: config.limits.clone(),
+            ..Default::default()
+        })
+        .await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(weir_server::serve(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let done = tokio::spawn(weir_server::serve(
+            listener,
+            config,
+            store.broker.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Server {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             stop: Some(tx),
             done: Some(done),
-            _dir: dir,
+            _store: store,
         }
     }
 

@@ -21,25 +21,34 @@ struct Server {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    _store: weir_store::testing::TestStore,
 }
 
 impl Server {
     async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ServeConfig::new(dir.path().to_path_buf());
+        let mut config = ServeConfig::new();
         tweak(&mut config);
+        let store = weir_store::testing::TestStore::open(weir_store::testing::TestStoreConfig {
+            limits: config.limits.clone(),
+            ..Default::default()
+        })
+        .await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(weir_server::serve(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let done = tokio::spawn(weir_server::serve(
+            listener,
+            config,
+            store.broker.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Server {
             addr,
             stop: Some(tx),
             done: Some(done),
-            _dir: dir,
+            _store: store,
         }
     }
 

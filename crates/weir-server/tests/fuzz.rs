@@ -2,8 +2,6 @@
 //! to every endpoint that takes one (through the router, without a socket) must be
 //! answered 2xx or 4xx with a problem document, never 5xx or a panic.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use proptest::prelude::*;
@@ -115,10 +113,9 @@ fn make_body(valid: &Value, m: &Mangle) -> Vec<u8> {
 #[test]
 fn random_bodies_get_a_4xx_never_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = weir_server::ServeConfig::new(dir.path().to_path_buf());
-    let broker = weir_server::open_store(&config).unwrap();
-    let app = weir_server::app(Arc::new(broker), config);
+    let config = weir_server::ServeConfig::new();
+    let store = rt.block_on(weir_store::testing::TestStore::open(Default::default()));
+    let app = weir_server::app(store.broker.clone(), config);
     let endpoints = endpoints();
     let config = ProptestConfig {
         cases: 400,

@@ -7,6 +7,7 @@
 //!
 //! May not: touch storage, read a clock, or change what a valid call does.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use weir_core::validate::{self, InvalidInput};
@@ -18,15 +19,33 @@ use crate::{
 };
 
 /// A backend behind the shared input checks.
-#[derive(Clone)]
-pub struct Checked<B> {
-    inner: B,
-    limits: Limits,
+pub struct Checked<B: ?Sized> {
+    inner: Arc<B>,
+    limits: Arc<Limits>,
+}
+
+impl<B: ?Sized> Clone for Checked<B> {
+    fn clone(&self) -> Checked<B> {
+        Checked {
+            inner: self.inner.clone(),
+            limits: self.limits.clone(),
+        }
+    }
 }
 
 impl<B: Broker> Checked<B> {
     pub fn new(inner: B, limits: Limits) -> Checked<B> {
-        Checked { inner, limits }
+        Checked::shared(Arc::new(inner), limits)
+    }
+}
+
+impl<B: Broker + ?Sized> Checked<B> {
+    /// Checks in front of a backend already shared (`Arc<dyn Broker>`).
+    pub fn shared(inner: Arc<B>, limits: Limits) -> Checked<B> {
+        Checked {
+            inner,
+            limits: Arc::new(limits),
+        }
     }
 
     /// The wrapped backend.
@@ -88,7 +107,7 @@ pub fn group(queue: &str, tasks_: &[EnqueueTask], limits: &Limits) -> Result<(),
 }
 
 #[async_trait::async_trait]
-impl<B: Broker> Broker for Checked<B> {
+impl<B: Broker + ?Sized> Broker for Checked<B> {
     async fn enqueue(
         &self,
         queue: &str,

@@ -9,6 +9,8 @@ pub mod embedded;
 pub mod redis;
 #[cfg(test)]
 mod simulation;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt;
 use std::str::FromStr;

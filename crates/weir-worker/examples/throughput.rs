@@ -71,9 +71,11 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_server, rx) = oneshot::channel::<()>();
+    let broker = weir_store::EmbeddedBroker::open(weir_store::EmbeddedConfig::new(&dir)).unwrap();
     let server = tokio::spawn(weir_server::serve(
         listener,
-        ServeConfig::new(dir.clone()),
+        ServeConfig::new(),
+        std::sync::Arc::new(broker),
         async move {
             let _ = rx.await;
         },

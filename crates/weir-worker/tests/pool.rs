@@ -23,7 +23,7 @@ struct Server {
     client: Client,
     stop: Option<oneshot::Sender<()>>,
     done: Option<JoinHandle<Result<(), String>>>,
-    _dir: tempfile::TempDir,
+    _store: weir_store::testing::TestStore,
 }
 
 impl Server {
@@ -32,18 +32,17 @@ impl Server {
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ServeConfig::new(dir.path().to_path_buf());
-        config.lease_grace_ms = 200;
-        config.backoff = weir_core::Backoff {
-            base_ms: 2,
-            cap_ms: 4,
-        };
+        let store = weir_store::testing::TestStore::open(weir_store::testing::TestStoreConfig {
+            lease_grace_ms: 200,
+            ..Default::default()
+        })
+        .await;
+        let broker = store.broker.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
-            weir_server::serve(listener, config, async move {
+            weir_server::serve(listener, ServeConfig::new(), broker, async move {
                 let _ = rx.await;
             })
             .await
@@ -53,7 +52,7 @@ impl Server {
             client: Client::new(format!("http://{addr}")).unwrap(),
             stop: Some(tx),
             done: Some(done),
-            _dir: dir,
+            _store: store,
         }
     }
 

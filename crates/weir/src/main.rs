@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod duration;
 mod serve;
+mod store;
 mod worker;
 
 use std::io::IsTerminal;
@@ -44,9 +45,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => match serve::config(&args, serve::raise_open_files_limit()) {
-                Ok((listen, config)) => {
-                    serve::run(listen, config).await.map(|()| ExitCode::SUCCESS)
-                }
+                Ok(settings) => serve::run(settings).await.map(|()| ExitCode::SUCCESS),
                 Err(serve::ConfigError(msg)) => {
                     eprintln!("error: {msg}");
                     Ok(ExitCode::from(EXIT_CONFIG))

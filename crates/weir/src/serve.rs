@@ -1,5 +1,6 @@
-//! `weir serve`: turns the flags into a validated `ServeConfig`, binds, announces
-//! the address on stdout, and runs the server until SIGINT or SIGTERM.
+//! `weir serve`: turns the flags into a validated `Settings` (the HTTP side's
+//! `ServeConfig` and the chosen store), opens the store, binds, announces the
+//! address on stdout, and runs the server until SIGINT or SIGTERM.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,6 +10,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use weir_server::ServeConfig;
 
 use crate::cli::ServeArgs;
+use crate::store::StoreConfig;
+
+/// Everything `weir serve` runs with, checked before anything starts.
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub serve: ServeConfig,
+    pub store: StoreConfig,
+}
 
 /// The line `weir serve` prints once it listens; `weir bench --spawn` and tests
 /// read it to learn the port chosen for `--listen 127.0.0.1:0`.
@@ -21,7 +30,7 @@ pub struct ConfigError(pub String);
 
 /// Checks the flags and builds the server's configuration. `files_max` is the
 /// process's open-file limit, shared between connections and the store.
-pub fn config(args: &ServeArgs, files_max: u64) -> Result<(SocketAddr, ServeConfig), ConfigError> {
+pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError> {
     if !args.listen.ip().is_loopback() && !args.insecure_public_bind {
         return Err(ConfigError(format!(
             "refusing to listen on non-loopback address {} without authentication; \
@@ -29,24 +38,10 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<(SocketAddr, ServeConf
             args.listen
         )));
     }
-    let mut config = ServeConfig::new(args.data_dir.clone());
-    if let Some(v) = args.lease_grace_ms {
-        config.lease_grace_ms = v;
-    }
+    let mut config = ServeConfig::new();
+    let mut store = StoreConfig::from_args(args)?;
     if let Some(v) = args.retention_ms {
         config.retention_ms = v;
-    }
-    if let Some(v) = args.backoff_base_ms {
-        config.backoff.base_ms = v;
-    }
-    if let Some(v) = args.backoff_cap_ms {
-        config.backoff.cap_ms = v;
-    }
-    if config.backoff.base_ms > config.backoff.cap_ms {
-        return Err(ConfigError(format!(
-            "--backoff-base-ms ({}) must not exceed --backoff-cap-ms ({})",
-            config.backoff.base_ms, config.backoff.cap_ms
-        )));
     }
     if let Some(v) = args.payload_bytes_max {
         if v == 0 || v > config.limits.request_bytes_max {
@@ -57,26 +52,22 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<(SocketAddr, ServeConf
         }
         config.limits.payload_bytes_max = v;
     }
-    if let Some(v) = args.memtable_bytes_max {
-        let min = weir_store::embedded::MEMTABLE_BYTES_MIN;
-        if !(min..=(1 << 32)).contains(&v) {
-            return Err(ConfigError(format!(
-                "--memtable-bytes-max must be between {min} and {} bytes",
-                1u64 << 32
-            )));
-        }
-        config.memtable_bytes_max = v;
-    }
-    conn_config(args, files_max, &mut config)?;
-    Ok((args.listen, config))
+    let store_files_cached_max = conn_config(args, files_max, &mut config)?;
+    store.set_limits(&config.limits, store_files_cached_max);
+    Ok(Settings {
+        listen: args.listen,
+        serve: config,
+        store,
+    })
 }
 
-/// The connection cap and timeouts.
+/// The connection cap and timeouts; returns how many table files the embedded
+/// store may keep open (its share of the open-file limit).
 fn conn_config(
     args: &ServeArgs,
     files_max: u64,
     config: &mut ServeConfig,
-) -> Result<(), ConfigError> {
+) -> Result<usize, ConfigError> {
     use weir_server::conn::{FileBudget, FILES_MAX_MIN, FILES_OTHER_RESERVED};
     if files_max < FILES_MAX_MIN {
         return Err(ConfigError(format!(
@@ -85,7 +76,6 @@ fn conn_config(
         )));
     }
     let budget = FileBudget::for_files_max(files_max);
-    config.store_files_cached_max = budget.store_files_cached_max;
     config.conn.connections_max = budget.connections_max;
     if let Some(n) = args.connections_max {
         if n == 0 {
@@ -129,7 +119,7 @@ fn conn_config(
             *ms = v;
         }
     }
-    Ok(())
+    Ok(budget.store_files_cached_max)
 }
 
 /// Raises this process's soft limit on open files to its hard limit (a process
@@ -160,7 +150,12 @@ pub fn raise_open_files_limit() -> u64 {
 }
 
 /// Runs the server; returns after a graceful shutdown.
-pub async fn run(listen: SocketAddr, config: ServeConfig) -> anyhow::Result<()> {
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let Settings {
+        listen,
+        serve: config,
+        store,
+    } = settings;
     disable_transparent_huge_pages();
     // Install the handlers before announcing the address: a supervisor that
     // signals us right after reading the line must get a graceful shutdown, not
@@ -175,6 +170,8 @@ pub async fn run(listen: SocketAddr, config: ServeConfig) -> anyhow::Result<()> 
         tracing::info!(signal = name, "shutting down");
     };
 
+    let store_name = store.describe();
+    let broker = store.open().await?;
     let listener =
         weir_server::conn::listen(listen).with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
@@ -185,11 +182,11 @@ pub async fn run(listen: SocketAddr, config: ServeConfig) -> anyhow::Result<()> 
     }
     tracing::info!(
         addr = %local,
-        data_dir = %config.data_dir.display(),
+        store = %store_name,
         connections_max = config.conn.connections_max,
         "listening"
     );
-    weir_server::serve(listener, config, shutdown).await
+    weir_server::serve(listener, config, broker, shutdown).await
 }
 
 /// Opts this process out of transparent huge pages. The store's memtables churn
@@ -215,7 +212,7 @@ mod tests {
     /// An open-file limit for the tests that do not care about it.
     const FILES: u64 = 20_000;
 
-    fn config(args: &ServeArgs) -> Result<(SocketAddr, ServeConfig), ConfigError> {
+    fn config(args: &ServeArgs) -> Result<Settings, ConfigError> {
         super::config(args, FILES)
     }
 
@@ -243,7 +240,7 @@ mod tests {
 
     #[test]
     fn flags_reach_the_config() {
-        let (addr, c) = config(&args(&[
+        let s = config(&args(&[
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
@@ -258,19 +255,23 @@ mod tests {
             "100",
         ]))
         .unwrap();
-        assert_eq!(addr.port(), 0);
-        assert_eq!(c.data_dir, std::path::PathBuf::from("/tmp/d"));
-        assert_eq!(c.lease_grace_ms, 7);
-        assert_eq!((c.backoff.base_ms, c.backoff.cap_ms), (10, 20));
-        assert_eq!(c.limits.payload_bytes_max, 100);
+        assert_eq!(s.listen.port(), 0);
+        assert_eq!(s.serve.limits.payload_bytes_max, 100);
+        let StoreConfig::Embedded(e) = &s.store;
+        assert_eq!(e.data_dir, std::path::PathBuf::from("/tmp/d"));
+        assert_eq!(e.lease_grace_ms, 7);
+        assert_eq!((e.backoff.base_ms, e.backoff.cap_ms), (10, 20));
+        assert_eq!(e.limits.payload_bytes_max, 100);
     }
 
     #[test]
     fn connection_flags_reach_the_config() {
-        let (_, c) = config(&args(&[])).unwrap();
+        let s = config(&args(&[])).unwrap();
+        let c = &s.serve;
         let budget = weir_server::FileBudget::for_files_max(FILES);
         assert_eq!(c.conn.connections_max, budget.connections_max);
-        assert_eq!(c.store_files_cached_max, budget.store_files_cached_max);
+        let StoreConfig::Embedded(e) = &s.store;
+        assert_eq!(e.files_cached_max, budget.store_files_cached_max);
         assert_eq!(
             (
                 c.conn.header_read_timeout_ms,
@@ -279,7 +280,7 @@ mod tests {
             ),
             (10_000, 120_000, 60_000)
         );
-        let (_, c) = config(&args(&[
+        let c = config(&args(&[
             "--connections-max",
             "7",
             "--header-timeout",
@@ -289,7 +290,8 @@ mod tests {
             "--body-timeout",
             "3s",
         ]))
-        .unwrap();
+        .unwrap()
+        .serve;
         assert_eq!(c.conn.connections_max, 7);
         assert_eq!(
             (
@@ -302,7 +304,7 @@ mod tests {
         assert!(config(&args(&["--connections-max", "0"])).is_err());
         assert!(config(&args(&["--idle-timeout", "0s"])).is_err());
         assert!(super::config(&args(&[]), 100).is_err());
-        let (_, c) = super::config(&args(&[]), 1024).unwrap();
+        let c = super::config(&args(&[]), 1024).unwrap().serve;
         assert_eq!(c.conn.connections_max, 640);
     }
 
