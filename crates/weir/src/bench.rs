@@ -1,7 +1,9 @@
 //! `weir bench`: a load generator for a running server (or one it spawns). Each
 //! scenario is bounded by a task count and a time limit, counts its errors instead
 //! of stopping at the first, retries overload answers (429/503) after a short
-//! pause, and prints one summary line (or one JSON object).
+//! pause, and prints one summary line (or one JSON object). `--server` may list
+//! several servers sharing one store (`http://a:7701,http://b:7702`): each new
+//! connection pool goes to the next, so producers and consumers spread over them.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -130,7 +132,10 @@ struct Stats {
 /// What every task of one scenario shares.
 struct Shared {
     queue: String,
-    base: String,
+    /// The servers under test (several share one store); each new client takes the
+    /// next one, so producers and consumers spread over them.
+    bases: Vec<String>,
+    next_base: std::sync::atomic::AtomicUsize,
     payload: Payload,
     stats: Stats,
     /// The scenario's time limit.
@@ -184,7 +189,8 @@ impl Shared {
             .pool_max_idle_per_host(connections)
             .build()
             .context("building the HTTP client")?;
-        Ok(Client::with_http(self.base.clone(), http))
+        let i = self.next_base.fetch_add(1, Ordering::Relaxed) % self.bases.len();
+        Ok(Client::with_http(self.bases[i].clone(), http))
     }
 
     fn report(&self, scenario: &'static str, tasks: u64, secs: f64, complete: bool) -> Report {
@@ -273,9 +279,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let base = match &spawned {
         Some(s) => s.base.clone(),
-        None => args.client.server.trim_end_matches('/').to_owned(),
+        None => args.client.server.clone(),
     };
-    let result = run_scenarios(&args, &scenarios, &base).await;
+    let bases: Vec<String> = base
+        .split(',')
+        .map(|b| b.trim().trim_end_matches('/').to_owned())
+        .filter(|b| !b.is_empty())
+        .collect();
+    if bases.is_empty() {
+        bail!("--server names no server");
+    }
+    let result = run_scenarios(&args, &scenarios, &bases).await;
     if let Some(s) = spawned {
         s.stop().await?;
     }
@@ -316,7 +330,7 @@ fn expand(asked: &[Scenario]) -> Vec<Scenario> {
 async fn run_scenarios(
     args: &BenchArgs,
     scenarios: &[Scenario],
-    base: &str,
+    bases: &[String],
 ) -> anyhow::Result<Vec<Report>> {
     if args.connections == 0 || args.batch_connections == 0 || args.producers == 0 {
         bail!("--connections, --batch-connections and --producers must be at least 1");
@@ -327,14 +341,16 @@ async fn run_scenarios(
     if args.batch == 0 || args.lease_max == 0 || args.rate == 0 {
         bail!("--batch, --lease-max and --rate must be at least 1");
     }
-    let mut probe = Client::new(base).context("building the HTTP client")?;
-    if let Some(token) = &args.client.token {
-        probe = probe.with_token(token);
+    for base in bases {
+        let mut probe = Client::new(base).context("building the HTTP client")?;
+        if let Some(token) = &args.client.token {
+            probe = probe.with_token(token);
+        }
+        probe
+            .queues()
+            .await
+            .with_context(|| format!("the server at {base} does not answer"))?;
     }
-    probe
-        .queues()
-        .await
-        .with_context(|| format!("the server at {base} does not answer"))?;
 
     let run_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -345,7 +361,8 @@ async fn run_scenarios(
         let name = scenario_name(scenario);
         let shared = Arc::new(Shared {
             queue: format!("{}.{name}.{run_ms}", args.queue_prefix),
-            base: base.to_owned(),
+            bases: bases.to_vec(),
+            next_base: std::sync::atomic::AtomicUsize::new(0),
             payload: Payload::new(args.payload_bytes),
             stats: Stats::default(),
             deadline: Instant::now() + args.scenario_timeout,
