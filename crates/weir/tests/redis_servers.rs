@@ -578,6 +578,35 @@ async fn wait_for_enqueue_refusal(http: &reqwest::Client, base: &str) -> Value {
 }
 
 #[tokio::test]
+async fn a_redis_without_aof_is_a_warning_at_start() {
+    let redis = RedisProcess::start(RedisOptions::default()).await;
+    let mut server = start_server_with(Options {
+        store: Some(&redis.url()),
+        capture_stderr: true,
+        ..Options::default()
+    })
+    .await;
+    // The warnings are logged before the server listens, so they are in the
+    // pipe by the time the listening line was read.
+    let stderr = server.stderr.as_mut().unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(PATIENCE, stderr.next_line())
+            .await
+            .expect("the warning comes")
+            .unwrap()
+            .unwrap_or_else(|| panic!("no AOF warning in {seen:#?}"));
+        let lower = line.to_lowercase();
+        if lower.contains("warn") && (lower.contains("aof") || lower.contains("appendonly")) {
+            break;
+        }
+        seen.push(line);
+    }
+    // The server runs all the same.
+    assert!(client(&server).queues().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn the_redis_helper_keeps_its_aof_across_a_crash() {
     use common::redis::command;
     let mut redis = RedisProcess::start(RedisOptions { aof: true }).await;
