@@ -6,6 +6,7 @@ pub mod checked;
 pub mod clock;
 pub mod conformance;
 pub mod embedded;
+pub mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -21,6 +22,7 @@ use weir_core::{GroupState, NewTask, TaskId, TaskRecord, TaskState};
 pub use checked::Checked;
 pub use clock::{Clock, SystemClock};
 pub use embedded::{EmbeddedBroker, EmbeddedConfig};
+pub use redis::{RedisBroker, RedisConfig, RedisTarget};
 
 /// One task to enqueue: validated fields plus its payload (JSON text, not re-parsed).
 #[derive(Clone, Debug)]

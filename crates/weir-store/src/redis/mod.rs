@@ -1,0 +1,1034 @@
+//! The Redis store: a second backend behind `Broker`, on one Redis or a Redis
+//! Cluster, shared by many weir servers. Every transition is one Lua script
+//! (`scripts/`), fenced by the lease id stored on the task; time comes from
+//! Redis `TIME`; each queue's keys share one hash tag (`keys`); wake-ups cross
+//! servers by pub/sub (`wake`); one elected server per interval sweeps
+//! (`sweep`). docs/design/redis-store.md has the key layout and the reasoning.
+
+mod conn;
+mod decode;
+pub mod keys;
+mod scripts;
+mod sweep;
+mod wake;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
+use rand::Rng;
+use redis::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use weir_core::machine::TransitionError;
+use weir_core::{Backoff, GroupState, Limits, TaskId, TaskState};
+
+use crate::clock::{Clock, SystemClock};
+use crate::{
+    Broker, Counts, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased,
+    QueueInfo, Settle, StoreError, TaskView,
+};
+use conn::{Conn, Health, Redis};
+use decode::{array, bug, int, opt_u64, text, Fields};
+use keys::{queue_slot, slot_of, Keys};
+use scripts::Scripts;
+use wake::Waiters;
+
+/// Most queues swept at once by the elected sweeper.
+const SWEEP_CONCURRENCY_MAX: usize = 8;
+/// Most entries one sweep script call handles per index.
+const SWEEP_BATCH_MAX: usize = 1000;
+/// Most sweep calls per queue per round (a backlog beyond is left for the next).
+const SWEEP_ROUNDS_MAX: usize = 16;
+/// Longest the first subscription may take before `connect` gives up waiting.
+const SUBSCRIBE_WAIT_MS_MAX: u64 = 3000;
+
+/// Where the Redis is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://` or `rediss://` URL of one Redis (its db included).
+    Single(String),
+    /// `redis://host:port` seeds of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// `redis://HOST:PORT/DB`, `rediss://…`, or `redis-cluster://HOST:PORT[,HOST:PORT…]`.
+    pub fn parse(s: &str) -> Result<RedisTarget, String> {
+        if let Some(rest) = s.strip_prefix("redis-cluster://") {
+            let seeds: Vec<String> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{}", h.trim_end_matches('/')))
+                .collect();
+            if seeds.is_empty() {
+                return Err(format!("{s}: name at least one HOST:PORT of the cluster"));
+            }
+            for seed in &seeds {
+                redis::parse_redis_url(seed)
+                    .ok_or_else(|| format!("{s}: {seed} is not a HOST:PORT"))?;
+            }
+            return Ok(RedisTarget::Cluster(seeds));
+        }
+        if s.starts_with("redis://") || s.starts_with("rediss://") {
+            redis::parse_redis_url(s).ok_or_else(|| format!("{s} is not a valid redis URL"))?;
+            return Ok(RedisTarget::Single(s.to_owned()));
+        }
+        Err(format!(
+            "{s}: expected redis://HOST:PORT/DB, rediss://… or redis-cluster://HOST:PORT,…"
+        ))
+    }
+
+    fn urls(&self) -> Vec<String> {
+        match self {
+            RedisTarget::Single(u) => vec![u.clone()],
+            RedisTarget::Cluster(s) => s.clone(),
+        }
+    }
+}
+
+/// Configuration of the Redis store.
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
+    /// First part of every key and channel, so deployments can share a Redis.
+    /// May not hold `{` or `}` (they would change the keys' hash slots).
+    pub prefix: String,
+    pub limits: Limits,
+    pub backoff: Backoff,
+    /// Added to a task's `timeout_ms` to form its lease.
+    pub lease_grace_ms: u64,
+    /// Bound on every Redis call (beyond a long-poll's own wait).
+    pub command_timeout_ms: u64,
+    /// How often one server (elected by a lock) sweeps every queue: promotions,
+    /// expired leases, retention, lost index entries.
+    pub sweep_interval_ms: u64,
+    /// How often the health flag behind `readiness` is refreshed by a PING.
+    pub ping_interval_ms: u64,
+    /// Server clock, for the timestamp part of new ids only.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl RedisConfig {
+    pub fn new(target: RedisTarget) -> RedisConfig {
+        RedisConfig {
+            target,
+            prefix: "weir".into(),
+            limits: Limits::default(),
+            backoff: Backoff::default(),
+            lease_grace_ms: weir_core::limits::LEASE_GRACE_MS_DEFAULT,
+            command_timeout_ms: 3000,
+            sweep_interval_ms: 500,
+            ping_interval_ms: 500,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// What the background tasks share with the broker.
+struct Core {
+    redis: Redis,
+    keys: Keys,
+    scripts: Scripts,
+    waiters: Arc<Waiters>,
+    closing: CancellationToken,
+    config: RedisConfig,
+}
+
+impl Core {
+    /// A script call on the slot of `key`, with the slot's base and the channel
+    /// as its first two arguments.
+    fn invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        key: &str,
+        slot: u16,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(key)
+            .arg(self.keys.base(slot))
+            .arg(self.keys.channel());
+        inv
+    }
+}
+
+struct Inner {
+    core: Arc<Core>,
+    /// Set by `close`: later calls fail with `Closed`.
+    closed: AtomicBool,
+    /// Queue names known to be in the registry (skips the queue-cap check).
+    registered: Mutex<HashSet<String>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Stops the pinger, the subscriber and the sweeper.
+        self.core.closing.cancel();
+    }
+}
+
+/// The Redis store. Cheap to clone; clones share connections and waiters.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl RedisBroker {
+    /// Connects (checking that Redis answers), subscribes to wake-ups and starts
+    /// the pinger and the sweeper.
+    pub async fn connect(config: RedisConfig) -> Result<RedisBroker, StoreError> {
+        if config.prefix.is_empty() || config.prefix.contains(['{', '}']) {
+            return Err(StoreError::Invalid(
+                weir_core::validate::InvalidInput::invalid(
+                    "prefix",
+                    "a redis prefix is not empty and holds no '{' or '}'",
+                ),
+            ));
+        }
+        let timeout = Duration::from_millis(config.command_timeout_ms.max(1));
+        let health = Arc::new(Health::default());
+        let context = "connect to redis";
+        let conn = match &config.target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| StoreError::internal(context, e))?;
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(1000));
+                let fut = redis::aio::ConnectionManager::new_with_config(client, cfg);
+                Conn::Single(conn::call(&health, timeout, context, fut).await?)
+            }
+            RedisTarget::Cluster(seeds) => {
+                let client = redis::cluster::ClusterClient::builder(seeds.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(|e| StoreError::internal(context, e))?;
+                let fut = async move { client.get_async_connection().await };
+                Conn::Cluster(conn::call(&health, timeout, context, fut).await?)
+            }
+        };
+        let redis = Redis {
+            conn,
+            health,
+            timeout,
+        };
+        redis
+            .query::<String>("ping redis", &redis::cmd("PING"))
+            .await?;
+        let core = Arc::new(Core {
+            redis,
+            keys: Keys::new(&config.prefix),
+            scripts: Scripts::new(),
+            waiters: Arc::new(Waiters::default()),
+            closing: CancellationToken::new(),
+            config,
+        });
+        let subscribed = Arc::new(Notify::new());
+        tokio::spawn(wake::subscribe(
+            core.config.target.urls(),
+            core.keys.channel(),
+            core.waiters.clone(),
+            core.closing.clone(),
+            subscribed.clone(),
+        ));
+        tokio::spawn(ping(core.clone()));
+        tokio::spawn(sweep::run(core.clone()));
+        // Waiters re-check on their own anyway; waiting here makes the first
+        // long-polls prompt.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(SUBSCRIBE_WAIT_MS_MAX),
+            subscribed.notified(),
+        )
+        .await;
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                core,
+                closed: AtomicBool::new(false),
+                registered: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// Warnings an operator should see at start: settings under which an
+    /// acknowledged write can be lost or evicted.
+    pub async fn startup_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let core = &self.inner.core;
+        let get = |name: &'static str| async move {
+            let v: Result<Vec<String>, _> = core
+                .redis
+                .query("config get", redis::cmd("CONFIG").arg("GET").arg(name))
+                .await;
+            v.map(|v| v.get(1).cloned().unwrap_or_default())
+        };
+        match get("maxmemory-policy").await {
+            Ok(p) if p != "noeviction" => out.push(format!(
+                "Redis maxmemory-policy is {p}, not noeviction: Redis may evict tasks when its memory is full."
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(format!(
+                "Could not read the Redis configuration (CONFIG GET): {e}; check that maxmemory-policy is noeviction and AOF is on."
+            )),
+        }
+        match get("appendonly").await {
+            Ok(a) if a != "yes" => out.push(
+                "Redis AOF is off (appendonly no): a Redis crash loses every write since the last RDB snapshot, acknowledged tasks included.".into(),
+            ),
+            Ok(_) => match get("appendfsync").await {
+                Ok(f) if f != "always" => out.push(format!(
+                    "Redis appendfsync is {f}, not always: a Redis crash can lose about the last second of acknowledged writes."
+                )),
+                _ => {}
+            },
+            Err(_) => {}
+        }
+        out
+    }
+
+    fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    fn gate(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.core().config.clock.now_ms()
+    }
+
+    async fn run_enqueue(
+        &self,
+        queue: &str,
+        tasks: Vec<EnqueueTask>,
+        group: Option<(TaskId, bool, u64)>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let limits = &core.config.limits;
+        let known = self
+            .inner
+            .registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(queue);
+        if !known {
+            let member: bool = core
+                .redis
+                .query(
+                    "check queue registry",
+                    redis::cmd("SISMEMBER").arg(core.keys.registry()).arg(queue),
+                )
+                .await?;
+            if member {
+                self.remember(queue);
+            } else {
+                let n: usize = core
+                    .redis
+                    .query(
+                        "count queues",
+                        redis::cmd("SCARD").arg(core.keys.registry()),
+                    )
+                    .await?;
+                if n >= limits.queues_max {
+                    return Err(StoreError::TooManyQueues {
+                        limit: limits.queues_max,
+                    });
+                }
+            }
+        }
+        let slot = queue_slot(queue);
+        let meta = core.keys.meta(queue);
+        let mut inv = core.invocation(&core.scripts.enqueue, &meta, slot);
+        let (gid, ff, grt) = match group {
+            Some((id, ff, rt)) => (id.to_string(), ff, rt),
+            None => (String::new(), false, 0),
+        };
+        inv.arg(queue)
+            .arg(limits.queue_tasks_max)
+            .arg(gid)
+            .arg(u8::from(ff))
+            .arg(grt)
+            .arg(tasks.len());
+        let now = self.now_ms();
+        for t in &tasks {
+            let nt = &t.task;
+            let id = keys::new_id(now, slot);
+            inv.arg(id.to_string())
+                .arg(nt.kind.as_str())
+                .arg(nt.priority)
+                .arg(nt.run_at_ms.map(|r| r.to_string()).unwrap_or_default())
+                .arg(nt.delay_ms)
+                .arg(nt.max_attempts.max(1))
+                .arg(nt.timeout_ms)
+                .arg(nt.deadline_ms.map(|d| d.to_string()).unwrap_or_default())
+                .arg(nt.idempotency_key.as_deref().unwrap_or(""))
+                .arg(nt.retention_ms)
+                .arg(&t.payload[..]);
+        }
+        let reply = array(core.redis.script("enqueue", &inv).await?)?;
+        let mut it = reply.into_iter();
+        let first = it.next().ok_or_else(|| bug("empty enqueue reply"))?;
+        if matches!(&first, Value::BulkString(b) if b == b"full") {
+            return Err(StoreError::QueueFull {
+                queue: queue.to_owned(),
+                limit: limits.queue_tasks_max,
+                retry_after_ms: 1000,
+            });
+        }
+        let new_queue = int(first)? == 1;
+        let _now = it.next();
+        let mut out = Vec::with_capacity(tasks.len());
+        while let (Some(id), Some(st), Some(created)) = (it.next(), it.next(), it.next()) {
+            out.push(Enqueued {
+                id: text(id)?.parse().map_err(|_| bug("enqueued id"))?,
+                state: decode::state(int(st)?)?,
+                created: int(created)? == 1,
+            });
+        }
+        if out.len() != tasks.len() {
+            return Err(bug("enqueue answered for the wrong number of tasks"));
+        }
+        if new_queue {
+            self.register(queue).await?;
+        }
+        Ok(out)
+    }
+
+    fn remember(&self, queue: &str) {
+        let mut r = self
+            .inner
+            .registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Bounded: it only skips a check, so forgetting is harmless.
+        if r.len() >= self.core().config.limits.queues_max {
+            r.clear();
+        }
+        r.insert(queue.to_owned());
+    }
+
+    /// Adds a queue to the registry, then marks it registered. If this server
+    /// dies in between, the queue is unmarked and the next enqueue registers it.
+    async fn register(&self, queue: &str) -> Result<(), StoreError> {
+        let core = self.core();
+        core.redis
+            .query::<i64>(
+                "register queue",
+                redis::cmd("SADD").arg(core.keys.registry()).arg(queue),
+            )
+            .await?;
+        let meta = core.keys.meta(queue);
+        let inv = core.invocation(&core.scripts.mark_registered, &meta, queue_slot(queue));
+        core.redis.script("mark queue registered", &inv).await?;
+        self.remember(queue);
+        Ok(())
+    }
+
+    async fn view(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.task(id);
+        let mut inv = core.invocation(&core.scripts.view, &key, slot_of(id));
+        inv.arg(id.to_string());
+        let mut reply = array(core.redis.script("read task", &inv).await?)?.into_iter();
+        let now = opt_u64(reply.next().ok_or_else(|| bug("empty view"))?)?.unwrap_or(0);
+        let f = Fields::from_values(reply.collect())?;
+        if f.is_empty() {
+            return Ok(None);
+        }
+        f.view(now).map(Some)
+    }
+
+    async fn group_view(&self, id: TaskId) -> Result<Option<GroupView>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.group(id);
+        let mut inv = core.invocation(&core.scripts.group_view, &key, slot_of(id));
+        inv.arg(id.to_string());
+        let reply = array(core.redis.script("read group", &inv).await?)?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let mut it = reply.into_iter();
+        let now = opt_u64(it.next().ok_or_else(|| bug("group view"))?)?.unwrap_or(0);
+        let g = Fields::parse(it.next().ok_or_else(|| bug("group view"))?)?;
+        let mut tasks = Vec::new();
+        for m in it {
+            let mut f = Fields::parse(m)?;
+            if !f.is_empty() {
+                tasks.push(f.record(now)?.0);
+            }
+        }
+        let state = GroupState::from_index(g.num("st")?).ok_or_else(|| bug("group state"))?;
+        Ok(Some(GroupView {
+            id,
+            queue: g.str("q")?,
+            fail_fast: g.num::<u8>("ff")? == 1,
+            state,
+            created_ms: g.num("c")?,
+            finished_ms: g.opt_num("f")?,
+            tasks,
+        }))
+    }
+
+    /// Reads with `read` until `done`, for at most `wait`, woken by `token`.
+    async fn long_poll<T, F, Fut>(
+        &self,
+        token: String,
+        wait: Duration,
+        read: F,
+        done: impl Fn(&T) -> bool,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let core = self.core();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the read: a wake-up between the two is not lost.
+            let waiter = core.waiters.register(token.clone());
+            let notified = waiter.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let v = read().await?;
+            if done(&v) || core.closing.is_cancelled() || tokio::time::Instant::now() >= deadline {
+                return Ok(v);
+            }
+            let until = deadline.min(tokio::time::Instant::now() + wake::recheck());
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = core.closing.cancelled() => {}
+            }
+        }
+    }
+
+    /// One lease script call. Returns the tasks and, if none, how long until
+    /// the queue's next scheduled task is due or its next lease runs out.
+    async fn try_lease(
+        &self,
+        queue: &str,
+        max: usize,
+        worker: Option<&str>,
+    ) -> Result<(Vec<Leased>, Option<u64>), StoreError> {
+        let core = self.core();
+        let meta = core.keys.meta(queue);
+        let mut inv = core.invocation(&core.scripts.lease, &meta, queue_slot(queue));
+        inv.arg(queue)
+            .arg(max)
+            .arg(core.config.lease_grace_ms)
+            .arg(worker.unwrap_or(""));
+        let lease_ids: Vec<LeaseId> = (0..max).map(|_| LeaseId::random()).collect();
+        for l in &lease_ids {
+            inv.arg(l.to_string());
+        }
+        let mut it = array(core.redis.script("lease", &inv).await?)?.into_iter();
+        let now = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?.unwrap_or(0);
+        let next_due = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?;
+        let next_lease = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?;
+        let mut out = Vec::new();
+        for (v, lease_id) in it.zip(lease_ids) {
+            let view = Fields::parse(v)?.view(now)?;
+            out.push(Leased {
+                lease_expires_ms: view
+                    .lease_expires_ms
+                    .ok_or_else(|| bug("leased task without expiry"))?,
+                record: view.record,
+                payload: view.payload,
+                lease_id,
+            });
+        }
+        let next = [next_due, next_lease]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_sub(now) + 1);
+        Ok((out, next))
+    }
+
+    async fn heartbeat_at(
+        &self,
+        id: TaskId,
+        lease_id: LeaseId,
+    ) -> Result<(Heartbeat, u64), StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.task(id);
+        let mut inv = core.invocation(&core.scripts.heartbeat, &key, slot_of(id));
+        inv.arg(id.to_string())
+            .arg(lease_id.to_string())
+            .arg(core.config.lease_grace_ms);
+        let reply = core.redis.script("heartbeat", &inv).await?;
+        if matches!(&reply, Value::BulkString(b) if b == b"stale") {
+            return Err(StoreError::StaleLease);
+        }
+        let mut it = array(reply)?.into_iter();
+        let le = opt_u64(it.next().ok_or_else(|| bug("heartbeat"))?)?.unwrap_or(0);
+        let cr = int(it.next().ok_or_else(|| bug("heartbeat"))?)? == 1;
+        let now = opt_u64(it.next().ok_or_else(|| bug("heartbeat"))?)?.unwrap_or(0);
+        Ok((
+            Heartbeat {
+                lease_expires_ms: le,
+                cancel_requested: cr,
+            },
+            now,
+        ))
+    }
+
+    /// A reply of `{'nf'}` / `{'term', state}` / `{'ok', ...}`: the tag and the rest.
+    fn tagged(reply: Value) -> Result<(String, Vec<Value>), StoreError> {
+        let mut it = array(reply)?.into_iter();
+        let tag = text(it.next().ok_or_else(|| bug("empty reply"))?)?;
+        Ok((tag, it.collect()))
+    }
+}
+
+/// Keeps the health flag behind `readiness` current.
+async fn ping(core: Arc<Core>) {
+    let every = Duration::from_millis(core.config.ping_interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = core.closing.cancelled() => return,
+        }
+        let _ = core
+            .redis
+            .query::<String>("ping redis", &redis::cmd("PING"))
+            .await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for RedisBroker {
+    async fn enqueue(
+        &self,
+        queue: &str,
+        tasks: Vec<EnqueueTask>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        self.run_enqueue(queue, tasks, None).await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+        self.view(id).await
+    }
+
+    async fn wait(&self, id: TaskId, wait: Duration) -> Result<Option<TaskView>, StoreError> {
+        self.long_poll(
+            format!("t{id}"),
+            wait,
+            || self.view(id),
+            |v| v.as_ref().is_none_or(|v| v.record.state.is_terminal()),
+        )
+        .await
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.task(id);
+        let mut inv = core.invocation(&core.scripts.cancel, &key, slot_of(id));
+        inv.arg(id.to_string());
+        let (tag, rest) = Self::tagged(core.redis.script("cancel", &inv).await?)?;
+        match tag.as_str() {
+            "nf" => Err(StoreError::NotFound),
+            "term" => {
+                let st =
+                    decode::state(int(rest.into_iter().next().ok_or_else(|| bug("term"))?)?)?;
+                Err(TransitionError::Terminal(st).into())
+            }
+            "ok" => {
+                let mut it = rest.into_iter();
+                let now = opt_u64(it.next().ok_or_else(|| bug("cancel"))?)?.unwrap_or(0);
+                Fields::from_values(it.collect())?.view(now)
+            }
+            other => Err(bug(&format!("cancel tag {other}"))),
+        }
+    }
+
+    async fn lease_for(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+        worker: Option<&str>,
+    ) -> Result<Vec<Leased>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let deadline = tokio::time::Instant::now() + wait;
+        let token = format!("q{}", keys::hex(queue.as_bytes()));
+        loop {
+            let waiter = core.waiters.register(token.clone());
+            let notified = waiter.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (got, next_ms) = self.try_lease(queue, max, worker).await?;
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || core.closing.is_cancelled() || now >= deadline {
+                return Ok(got);
+            }
+            let mut until = deadline.min(now + wake::recheck());
+            if let Some(ms) = next_ms {
+                until = until.min(now + Duration::from_millis(ms));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = core.closing.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        items: Vec<Settle>,
+    ) -> Result<Vec<Result<TaskState, StoreError>>, StoreError> {
+        self.gate()?;
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let core = self.core();
+        // One script call per hash slot, all in flight together.
+        let mut by_slot: BTreeMap<u16, Vec<(usize, Settle)>> = BTreeMap::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let id = match &item {
+                Settle::Ack { id, .. } | Settle::Fail { id, .. } => *id,
+            };
+            by_slot.entry(slot_of(id)).or_default().push((i, item));
+        }
+        let n: usize = by_slot.values().map(Vec::len).sum();
+        let backoff = core.config.backoff;
+        let calls = by_slot.into_iter().map(|(slot, group)| async move {
+            let first = match &group[0].1 {
+                Settle::Ack { id, .. } | Settle::Fail { id, .. } => *id,
+            };
+            let key = core.keys.task(first);
+            let mut inv = core.invocation(&core.scripts.settle, &key, slot);
+            inv.arg(backoff.base_ms)
+                .arg(backoff.cap_ms)
+                .arg(group.len());
+            for (_, item) in &group {
+                match item {
+                    Settle::Ack {
+                        id,
+                        lease_id,
+                        result,
+                    } => {
+                        inv.arg(id.to_string()).arg(lease_id.to_string());
+                        match result {
+                            Some(r) => inv.arg("r").arg(&r[..]),
+                            None => inv.arg("a").arg(""),
+                        };
+                        inv.arg("0").arg("0");
+                    }
+                    Settle::Fail {
+                        id,
+                        lease_id,
+                        error,
+                        retry,
+                    } => {
+                        let unit: f64 = rand::thread_rng().gen();
+                        inv.arg(id.to_string())
+                            .arg(lease_id.to_string())
+                            .arg("f")
+                            .arg(error.as_str())
+                            .arg(if *retry { "1" } else { "0" })
+                            .arg(format!("{unit:.17}"));
+                    }
+                }
+            }
+            let idx: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+            let res = match core.redis.script("settle", &inv).await {
+                Ok(v) => array(v).and_then(|a| {
+                    if a.len() != idx.len() {
+                        return Err(bug("settle answered for the wrong number of items"));
+                    }
+                    a.into_iter()
+                        .map(|v| match v {
+                            Value::BulkString(b) if b == b"stale" => {
+                                Ok(Err(StoreError::StaleLease))
+                            }
+                            v => Ok(Ok(decode::state(int(v)?)?)),
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()
+                }),
+                Err(e) => Err(e),
+            };
+            (idx, res)
+        });
+        let done = join_all(calls).await;
+        let mut out: Vec<Option<Result<TaskState, StoreError>>> = (0..n).map(|_| None).collect();
+        let mut failures = 0;
+        let mut first_err = None;
+        for (idx, res) in done {
+            match res {
+                Ok(states) => {
+                    for (i, s) in idx.into_iter().zip(states) {
+                        out[i] = Some(s);
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    for i in idx {
+                        out[i] = Some(Err(match &e {
+                            StoreError::Unavailable {
+                                cause,
+                                detail,
+                                retry_after_ms,
+                            } => StoreError::Unavailable {
+                                cause: *cause,
+                                detail: detail.clone(),
+                                retry_after_ms: *retry_after_ms,
+                            },
+                            other => StoreError::bug(other.to_string()),
+                        }));
+                    }
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        // If nothing was settled, the whole call failed; otherwise each item
+        // says whether it was.
+        if failures > 0 && out.iter().all(|r| matches!(r, Some(Err(_)) | None)) {
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| bug("settle item without answer")))
+            .collect()
+    }
+
+    async fn release(&self, id: TaskId, lease_id: LeaseId) -> Result<TaskState, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.task(id);
+        let mut inv = core.invocation(&core.scripts.release, &key, slot_of(id));
+        inv.arg(id.to_string()).arg(lease_id.to_string());
+        match core.redis.script("release", &inv).await? {
+            Value::BulkString(b) if b == b"stale" => Err(StoreError::StaleLease),
+            v => decode::state(int(v)?),
+        }
+    }
+
+    async fn heartbeat(&self, id: TaskId, lease_id: LeaseId) -> Result<Heartbeat, StoreError> {
+        self.heartbeat_at(id, lease_id).await.map(|(hb, _)| hb)
+    }
+
+    async fn watch(
+        &self,
+        id: TaskId,
+        lease_id: LeaseId,
+        wait: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        let core = self.core();
+        // Registered before the first beat reads the cancel flag.
+        let waiter = core.waiters.register(format!("t{id}"));
+        let (hb, now) = self.heartbeat_at(id, lease_id).await?;
+        if hb.cancel_requested || wait.is_zero() {
+            return Ok(hb);
+        }
+        // Never wait past half of what is left of the lease.
+        let left = Duration::from_millis(hb.lease_expires_ms.saturating_sub(now) / 2);
+        let deadline = tokio::time::Instant::now() + wait.min(left);
+        loop {
+            let notified = waiter.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let until = deadline.min(tokio::time::Instant::now() + wake::recheck());
+            tokio::select! {
+                _ = &mut notified => break,
+                _ = tokio::time::sleep_until(until) => {}
+                _ = core.closing.cancelled() => break,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            // A lost wake-up costs at most one re-check period.
+            let (hb, _) = self.heartbeat_at(id, lease_id).await?;
+            if hb.cancel_requested {
+                return Ok(hb);
+            }
+        }
+        self.heartbeat(id, lease_id).await
+    }
+
+    async fn create_group(
+        &self,
+        queue: &str,
+        tasks: Vec<EnqueueTask>,
+        fail_fast: bool,
+    ) -> Result<GroupCreated, StoreError> {
+        let id = keys::new_id(self.now_ms(), queue_slot(queue));
+        let retention_ms = tasks.iter().map(|t| t.task.retention_ms).max().unwrap_or(0);
+        let out = self
+            .run_enqueue(queue, tasks, Some((id, fail_fast, retention_ms)))
+            .await?;
+        Ok(GroupCreated {
+            id,
+            task_ids: out.into_iter().map(|e| e.id).collect(),
+        })
+    }
+
+    async fn group(&self, id: TaskId, wait: Duration) -> Result<Option<GroupView>, StoreError> {
+        if wait.is_zero() {
+            return self.group_view(id).await;
+        }
+        self.long_poll(
+            format!("g{id}"),
+            wait,
+            || self.group_view(id),
+            |g| g.as_ref().is_none_or(|g| g.state.is_terminal()),
+        )
+        .await
+    }
+
+    async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.group(id);
+        let mut inv = core.invocation(&core.scripts.group_cancel, &key, slot_of(id));
+        inv.arg(id.to_string());
+        let (tag, rest) = Self::tagged(core.redis.script("cancel group", &inv).await?)?;
+        match tag.as_str() {
+            "nf" => Err(StoreError::GroupNotFound),
+            "term" => {
+                let i = int(rest.into_iter().next().ok_or_else(|| bug("term"))?)?;
+                let st = GroupState::from_index(i as u8).ok_or_else(|| bug("group state"))?;
+                Err(StoreError::GroupTerminal(st))
+            }
+            "ok" => self.group_view(id).await?.ok_or(StoreError::GroupNotFound),
+            other => Err(bug(&format!("cancel group tag {other}"))),
+        }
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let names: Vec<String> = core
+            .redis
+            .query(
+                "list queues",
+                redis::cmd("SMEMBERS").arg(core.keys.registry()),
+            )
+            .await?;
+        let reads = names.into_iter().map(|name| async move {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(core.keys.meta(&name)).arg("seq");
+            for i in 0..6 {
+                cmd.arg(format!("n{i}"));
+            }
+            let v: Vec<Option<i64>> = core.redis.query("read queue counts", &cmd).await?;
+            if v.first().copied().flatten().is_none() {
+                // Deleted (or never made): not a queue.
+                return Ok::<_, StoreError>(None);
+            }
+            let mut counts = Counts::default();
+            for (i, c) in v.iter().skip(1).enumerate() {
+                counts.0[i] = c.unwrap_or(0).max(0) as u64;
+            }
+            Ok(Some(QueueInfo { name, counts }))
+        });
+        let mut out: Vec<QueueInfo> = stream::iter(reads)
+            .buffer_unordered(SWEEP_CONCURRENCY_MAX * 4)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let meta = core.keys.meta(queue);
+        let mut inv = core.invocation(&core.scripts.delete_queue, &meta, queue_slot(queue));
+        inv.arg(queue);
+        let (tag, rest) = Self::tagged(core.redis.script("delete queue", &inv).await?)?;
+        match tag.as_str() {
+            "nf" => Err(StoreError::QueueNotFound),
+            "ne" => {
+                let mut counts = Counts::default();
+                for (i, v) in rest.into_iter().enumerate().take(6) {
+                    counts.0[i] = int(v)?.max(0) as u64;
+                }
+                Err(StoreError::QueueNotEmpty {
+                    queue: queue.to_owned(),
+                    counts,
+                })
+            }
+            "ok" => {
+                self.inner
+                    .registered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(queue);
+                core.redis
+                    .query::<i64>(
+                        "unregister queue",
+                        redis::cmd("SREM").arg(core.keys.registry()).arg(queue),
+                    )
+                    .await?;
+                // An enqueue elsewhere may have made the queue again meanwhile
+                // (and registered it before our SREM): keep it listed.
+                let back: bool = core
+                    .redis
+                    .query("check queue", redis::cmd("EXISTS").arg(&meta))
+                    .await?;
+                if back {
+                    core.redis
+                        .query::<i64>(
+                            "register queue",
+                            redis::cmd("SADD").arg(core.keys.registry()).arg(queue),
+                        )
+                        .await?;
+                }
+                Ok(())
+            }
+            other => Err(bug(&format!("delete queue tag {other}"))),
+        }
+    }
+
+    fn readiness(&self) -> Result<(), StoreError> {
+        self.gate()?;
+        let core = self.core();
+        if core.closing.is_cancelled() {
+            return Err(StoreError::Closed);
+        }
+        if !core.redis.health.is_up() {
+            return Err(conn::unavailable("redis does not answer".into()));
+        }
+        Ok(())
+    }
+
+    fn begin_shutdown(&self) {
+        let core = self.core();
+        core.closing.cancel();
+        core.waiters.wake_all();
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.begin_shutdown();
+        self.inner.closed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,359 @@
+//! Redis store tests: the conformance suite on a real Redis, and what only a
+//! shared store has: several servers (brokers) on one prefix waking each other,
+//! taking over a dead server's leases, and the sweep repairing lost entries.
+//!
+//! They need a Redis: `WEIR_TEST_REDIS` (default `redis://127.0.0.1:6379`). If
+//! none answers, the tests fail; they never skip.
+
+use std::time::Duration;
+
+use rand::Rng;
+use weir_core::{Backoff, Limits, TaskState};
+
+use super::*;
+use crate::conformance::{ack, item, task, WAIT};
+use crate::Checked;
+
+pub fn url() -> String {
+    std::env::var("WEIR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn test_config(target: RedisTarget, prefix: &str) -> RedisConfig {
+    let mut c = RedisConfig::new(target);
+    c.prefix = prefix.to_owned();
+    c.lease_grace_ms = 0;
+    c.backoff = Backoff {
+        base_ms: 2,
+        cap_ms: 4,
+    };
+    c.sweep_interval_ms = 100;
+    c
+}
+
+pub fn random_prefix() -> String {
+    format!("weirtest-{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+async fn connect(prefix: &str) -> RedisBroker {
+    let target = RedisTarget::parse(&url()).unwrap();
+    RedisBroker::connect(test_config(target, prefix))
+        .await
+        .unwrap_or_else(|e| panic!("no redis at {} (set WEIR_TEST_REDIS): {e}", url()))
+}
+
+pub async fn fresh_redis() -> RedisBroker {
+    connect(&random_prefix()).await
+}
+
+/// A plain connection for the tests' own inspection and damage.
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Deletes every key of a prefix (the tests' cleanup).
+async fn drop_prefix(prefix: &str) {
+    let mut c = raw().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for chunk in keys.chunks(500) {
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(chunk)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
+mod conformance {
+    crate::conformance_tests!(super::fresh_redis());
+}
+
+#[test]
+fn targets_parse() {
+    assert_eq!(
+        RedisTarget::parse("redis://127.0.0.1:6379/2"),
+        Ok(RedisTarget::Single("redis://127.0.0.1:6379/2".into()))
+    );
+    assert!(matches!(
+        RedisTarget::parse("rediss://example.com:6380"),
+        Ok(RedisTarget::Single(_))
+    ));
+    assert_eq!(
+        RedisTarget::parse("redis-cluster://a:7000,b:7001"),
+        Ok(RedisTarget::Cluster(vec![
+            "redis://a:7000".into(),
+            "redis://b:7001".into()
+        ]))
+    );
+    assert!(RedisTarget::parse("redis-cluster://").is_err());
+    assert!(RedisTarget::parse("http://x").is_err());
+}
+
+#[tokio::test]
+async fn a_prefix_with_braces_is_refused() {
+    let target = RedisTarget::parse(&url()).unwrap();
+    for bad in ["a{b", "a}b", ""] {
+        let c = test_config(target.clone(), bad);
+        assert!(matches!(
+            RedisBroker::connect(c).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_unavailable_not_a_hang() {
+    // A port nothing listens on: bind one, then release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = test_config(
+        RedisTarget::Single(format!("redis://127.0.0.1:{port}")),
+        "weir",
+    );
+    c.command_timeout_ms = 500;
+    let started = tokio::time::Instant::now();
+    let r = RedisBroker::connect(c).await;
+    assert!(
+        matches!(
+            r,
+            Err(StoreError::Unavailable {
+                cause: crate::Outage::Unreachable,
+                retry_after_ms: 1000,
+                ..
+            })
+        ),
+        "{:?}",
+        r.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_warnings_name_the_unsafe_settings() {
+    let b = fresh_redis().await;
+    let w = b.startup_warnings().await;
+    // The test Redis runs without persistence.
+    assert!(w.iter().any(|s| s.contains("appendonly no")), "{w:?}");
+}
+
+/// Several brokers on one prefix, each as a separate server would hold it.
+async fn servers(n: usize) -> (String, Vec<Checked<RedisBroker>>) {
+    let prefix = random_prefix();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Checked::new(connect(&prefix).await, Limits::default()));
+    }
+    (prefix, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_parked_on_one_server_wakes_on_an_enqueue_through_another() {
+    let (prefix, s) = servers(2).await;
+    let (a, b) = (s[0].clone(), s[1].clone());
+    // The queue exists (and B's long-poll has nothing) before the enqueue.
+    let first = a.enqueue("mq", vec![item(task("k"), "0")]).await.unwrap()[0].id;
+    let l = b.lease("mq", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(l[0].record.id, first);
+    let parked = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let got = b.lease("mq", 1, WAIT).await.unwrap();
+        (got, started.elapsed())
+    });
+    // Give the lease time to park (a slow start only makes the test weaker, not flaky).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = a.enqueue("mq", vec![item(task("k"), "1")]).await.unwrap()[0].id;
+    let (got, took) = parked.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].record.id, id);
+    // Well under both its wait and the waiters' own re-check period: the
+    // wake-up crossed servers.
+    assert!(
+        took < Duration::from_millis(300 + wake::RECHECK_MS_MIN),
+        "{took:?}"
+    );
+    drop_prefix(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_on_one_server_returns_when_another_acks() {
+    let (prefix, s) = servers(2).await;
+    let (a, b) = (s[0].clone(), s[1].clone());
+    let id = a.enqueue("mw", vec![item(task("k"), "1")]).await.unwrap()[0].id;
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            (a.wait(id, WAIT).await.unwrap().unwrap(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let l = b.lease("mw", 1, Duration::ZERO).await.unwrap().remove(0);
+    ack(&b, id, l.lease_id).await;
+    let (v, took) = waiter.await.unwrap();
+    assert_eq!(v.record.state, TaskState::Completed);
+    assert!(
+        took < Duration::from_millis(300 + wake::RECHECK_MS_MIN),
+        "{took:?}"
+    );
+    drop_prefix(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_on_one_server_returns_when_another_cancels() {
+    let (prefix, s) = servers(3).await;
+    let (a, b, c) = (s[0].clone(), s[1].clone(), s[2].clone());
+    let mut t = task("k");
+    t.timeout_ms = 60_000;
+    let id = a.enqueue("mc", vec![item(t, "1")]).await.unwrap()[0].id;
+    let l = b.lease("mc", 1, Duration::ZERO).await.unwrap().remove(0);
+    let watcher = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            (
+                c.watch(id, l.lease_id, WAIT).await.unwrap(),
+                started.elapsed(),
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.cancel(id).await.unwrap();
+    let (hb, took) = watcher.await.unwrap();
+    assert!(hb.cancel_requested);
+    assert!(
+        took < Duration::from_millis(300 + wake::RECHECK_MS_MIN),
+        "{took:?}"
+    );
+    drop_prefix(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_servers_leases_are_taken_over_after_expiry() {
+    let (prefix, mut s) = servers(2).await;
+    let mut t = task("k");
+    t.timeout_ms = 300;
+    let items = (0..3).map(|i| item(t.clone(), &i.to_string())).collect();
+    let ids: Vec<TaskId> = s[0]
+        .enqueue("md", items)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let dying = s.pop().unwrap();
+    let held = dying.lease("md", 3, Duration::ZERO).await.unwrap();
+    assert_eq!(held.len(), 3);
+    drop(dying);
+    // Nobody leases meanwhile: the other server's sweep must return them.
+    let survivor = &s[0];
+    let by = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pending = survivor
+            .queues()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|q| q.name == "md")
+            .unwrap()
+            .counts
+            .get(TaskState::Pending);
+        if pending == 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < by, "never requeued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = survivor.lease("md", 3, Duration::ZERO).await.unwrap();
+    let mut got: Vec<TaskId> = again.iter().map(|l| l.record.id).collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(again.iter().all(|l| l.record.attempt == 2));
+    drop_prefix(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_repairs_lost_index_entries() {
+    let (prefix, s) = servers(1).await;
+    let b = &s[0];
+    let mut t = task("k");
+    t.timeout_ms = 200;
+    let lost_active = b.enqueue("mr", vec![item(t, "1")]).await.unwrap()[0].id;
+    let l = b.lease("mr", 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(l.record.id, lost_active);
+    let lost_pending = b.enqueue("mr", vec![item(task("k"), "2")]).await.unwrap()[0].id;
+    let core = b.inner().core();
+    let mut c = raw().await;
+    let base = core.keys.base(queue_slot("mr"));
+    let q = format!("{base}q:{}", keys::hex(b"mr"));
+    // The whole ready zset and the active entry are lost.
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{q}:ready"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZREM")
+        .arg(format!("{q}:active"))
+        .arg(lost_active.to_string())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // The pending task comes back through the audit; the active one too, and
+    // its lease then expires into pending.
+    let by = tokio::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        assert!(tokio::time::Instant::now() < by, "not repaired: {seen:?}");
+        for l in b.lease("mr", 2, Duration::from_millis(200)).await.unwrap() {
+            seen.push(l.record.id);
+        }
+    }
+    seen.sort();
+    let mut want = vec![lost_active, lost_pending];
+    want.sort();
+    assert_eq!(seen, want);
+    drop_prefix(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_leave_no_entries_behind() {
+    let b = fresh_redis().await;
+    let id = b.enqueue("ml", vec![item(task("k"), "1")]).await.unwrap()[0].id;
+    let _ = b.wait(id, Duration::from_millis(20)).await.unwrap();
+    let _ = b
+        .lease("nothing", 1, Duration::from_millis(20))
+        .await
+        .unwrap();
+    assert_eq!(b.core().waiters.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_parked_long_polls_at_once() {
+    let b = fresh_redis().await;
+    let parked = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lease("ms", 1, WAIT).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    b.begin_shutdown();
+    assert!(parked.await.unwrap().unwrap().is_empty());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Later long-polls do not wait.
+    let started = tokio::time::Instant::now();
+    assert!(b.lease("ms", 1, WAIT).await.unwrap().is_empty());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    b.close().await.unwrap();
+    assert!(matches!(b.queues().await, Err(StoreError::Closed)));
+}
