@@ -23,13 +23,14 @@ use weir_client::{AckItem, Client, EnqueueOptions};
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// How soon a long-poll parked on one server must answer a change made through
-/// another. The Redis store wakes parked long-polls by a notification from the
-/// server that made the change; without it they would still see the change, but
-/// only at the store's periodic re-check of parked long-polls (see
-/// docs/design/redis-store.md), which is longer than this bound, so passing it
-/// means the wakeup crossed servers and did not wait for the re-check. The waits
-/// given (20 s) are longer still.
-const WAKE_BOUND: Duration = Duration::from_secs(5);
+/// another. The Redis store wakes parked long-polls by a pub/sub message from the
+/// script that made the change (`weir_store::redis::wake`); as a fallback for a
+/// lost message every parked waiter re-checks Redis on its own every 1–2 s
+/// (`wake::RECHECK_MS_MIN`..`RECHECK_MS_MAX`, docs/design/redis-store.md). This
+/// bound is below the shortest re-check, so passing it means the wake-up crossed
+/// servers and did not wait for the re-check. The waits given (20 s) are far
+/// longer.
+const WAKE_BOUND: Duration = Duration::from_millis(900);
 
 /// A `weir serve` on the Redis at `url`, with keys under `prefix`.
 async fn server_on(url: &str, prefix: &str, extra: &[&str]) -> Server {
@@ -211,12 +212,13 @@ async fn a_lease_parked_on_one_server_takes_a_task_enqueued_on_another() {
         "the parked lease answered before any enqueue"
     );
 
+    // From the moment the enqueue is sent: the wake-up may come before its 2xx.
+    let enqueued_at = Instant::now();
     let id = ca
         .enqueue("wake", &EnqueueOptions::new(json!({"x": 1})))
         .await
         .unwrap()
         .id;
-    let enqueued_at = Instant::now();
     let (leased_at, batch) = tokio::time::timeout(PATIENCE, parked)
         .await
         .expect("the parked lease answers")
@@ -224,6 +226,7 @@ async fn a_lease_parked_on_one_server_takes_a_task_enqueued_on_another() {
     assert_eq!(batch.tasks.len(), 1);
     assert_eq!(batch.tasks[0].id, id);
     let took = leased_at.saturating_duration_since(enqueued_at);
+    eprintln!("lease parked on B: took {took:?} from the enqueue on A");
     assert!(
         took < WAKE_BOUND,
         "the parked lease on B took {took:?} to see the enqueue on A"
@@ -260,10 +263,10 @@ async fn a_result_wait_and_a_cancel_cross_servers() {
     let still = ca.wait(&id, 300).await.unwrap();
     assert_eq!(still.state, weir_client::TaskState::Active);
     assert!(!waiting.is_finished());
+    let acked_at = Instant::now();
     cb.ack(&id, &leased[0].lease_id, &json!({"done": true}))
         .await
         .unwrap();
-    let acked_at = Instant::now();
     let (answered_at, task) = tokio::time::timeout(PATIENCE, waiting)
         .await
         .expect("the result wait answers")
@@ -271,6 +274,7 @@ async fn a_result_wait_and_a_cancel_cross_servers() {
     assert_eq!(task.state, weir_client::TaskState::Completed);
     assert_eq!(task.result, Some(json!({"done": true})));
     let took = answered_at.saturating_duration_since(acked_at);
+    eprintln!("result wait on A: took {took:?} from the ack on B");
     assert!(
         took < WAKE_BOUND,
         "the wait on A took {took:?} to see B's ack"
@@ -304,15 +308,16 @@ async fn a_result_wait_and_a_cancel_cross_servers() {
         !watching.is_finished(),
         "the watch answered before the cancel"
     );
+    let canceled_at = Instant::now();
     let canceled = ca.cancel(&id).await.unwrap();
     assert!(canceled.cancel_requested);
-    let canceled_at = Instant::now();
     let (answered_at, beat) = tokio::time::timeout(PATIENCE, watching)
         .await
         .expect("the watch answers")
         .unwrap();
     assert!(beat.cancel_requested);
     let took = answered_at.saturating_duration_since(canceled_at);
+    eprintln!("heartbeat parked on C: took {took:?} from the cancel on A");
     assert!(
         took < WAKE_BOUND,
         "the heartbeat parked on C took {took:?} to see the cancel through A"
@@ -377,6 +382,10 @@ async fn leases_of_a_killed_server_are_leased_again_through_another() {
         }
     }
     assert_eq!(again, ids);
+    eprintln!(
+        "leased again through A {:?} after the lease on B (timeout {TIMEOUT_MS} ms)",
+        leased_at.elapsed()
+    );
     let n = counts(&ca, "orphans").await;
     assert_eq!((n.completed, n.active, n.pending), (N as u64, 0, 0));
 }
@@ -471,6 +480,10 @@ async fn redis_crashing_and_restarting_under_load_loses_no_acknowledged_task() {
     assert!(
         unavailable > 0,
         "no producer saw a 503 while Redis was down"
+    );
+    eprintln!(
+        "{} enqueues acknowledged, {unavailable} batches refused with 503",
+        recorded.len()
     );
 
     // Drain through both servers: every id that got a 2xx is there to complete.
