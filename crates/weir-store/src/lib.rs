@@ -7,6 +7,8 @@ pub mod clock;
 pub mod conformance;
 pub mod embedded;
 pub mod redis;
+#[cfg(test)]
+mod simulation;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -438,68 +438,14 @@ async fn lease_parked_on_a_deleted_queue_keeps_waiting() {
 /// backoff) are kept out of it with long timeouts and fails without retry, so the
 /// run is deterministic for a seed: a failure prints the seed that replays it.
 mod simulation {
-    use std::collections::{BTreeMap, HashMap};
-
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::simulation::{self as sim, Tasks, QUEUE, STEPS, STEP_ROLLS};
 
-    #[derive(Clone, Debug)]
-    struct Model {
-        state: TaskState,
-        priority: i32,
-        attempt: u32,
-        cancel_requested: bool,
-        lease: Option<LeaseId>,
-    }
-
-    const QUEUE: &str = "sim";
-    const STEPS: usize = 250;
-
-    async fn check(b: &EmbeddedBroker, model: &BTreeMap<TaskId, Model>, seed: u64, step: usize) {
-        let mut counts = [0u64; 6];
-        for (id, m) in model {
-            let v = b
-                .get(*id)
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("seed {seed} step {step}: {id} lost"));
-            assert_eq!(
-                v.record.state, m.state,
-                "seed {seed} step {step}: state of {id}"
-            );
-            assert_eq!(
-                v.record.attempt, m.attempt,
-                "seed {seed} step {step}: attempt of {id}"
-            );
-            assert_eq!(
-                v.record.cancel_requested, m.cancel_requested,
-                "seed {seed} step {step}: cancel flag of {id}"
-            );
-            counts[m.state.index()] += 1;
-        }
-        let q = b
-            .queues()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|q| q.name == QUEUE);
-        let got = q.map(|q| q.counts.0).unwrap_or_default();
-        assert_eq!(got, counts, "seed {seed} step {step}: queue counts");
-    }
-
-    /// The ids a lease of `max` must return: pending, highest priority first, then oldest.
-    fn expected_lease(model: &BTreeMap<TaskId, Model>, max: usize) -> Vec<TaskId> {
-        let mut pending: Vec<(i32, TaskId)> = model
-            .iter()
-            .filter(|(_, m)| m.state == TaskState::Pending)
-            .map(|(id, m)| (m.priority, *id))
-            .collect();
-        pending.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        pending.into_iter().take(max).map(|(_, id)| id).collect()
-    }
-
+    /// The shared simulation plus what only this store has: restarts and
+    /// injected outages (rolls `STEP_ROLLS..100`).
     async fn run(seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
         let dir = tempfile::tempdir().unwrap();
@@ -507,128 +453,12 @@ mod simulation {
             broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
             _dir: dir,
         };
-        let mut model: BTreeMap<TaskId, Model> = BTreeMap::new();
+        let mut model = Tasks::new();
         for step in 0..STEPS {
-            let active: Vec<TaskId> = model
-                .iter()
-                .filter(|(_, m)| m.state == TaskState::Active)
-                .map(|(id, _)| *id)
-                .collect();
-            let any: Vec<TaskId> = model.keys().copied().collect();
-            match rng.gen_range(0..100) {
-                0..=29 => {
-                    let n = rng.gen_range(1..=4);
-                    let items = (0..n)
-                        .map(|_| {
-                            let mut t = task("k");
-                            t.priority = rng.gen_range(-2..=2);
-                            t.max_attempts = 3;
-                            item(t, "{}")
-                        })
-                        .collect::<Vec<_>>();
-                    let prios: Vec<i32> = items.iter().map(|i| i.task.priority).collect();
-                    let out = s.enqueue(QUEUE, items).await.unwrap();
-                    for (e, p) in out.into_iter().zip(prios) {
-                        model.insert(
-                            e.id,
-                            Model {
-                                state: TaskState::Pending,
-                                priority: p,
-                                attempt: 0,
-                                cancel_requested: false,
-                                lease: None,
-                            },
-                        );
-                    }
-                }
-                30..=49 => {
-                    let max = rng.gen_range(1..=3);
-                    let want = expected_lease(&model, max);
-                    let got = s.lease(QUEUE, max, Duration::ZERO).await.unwrap();
-                    let ids: Vec<TaskId> = got.iter().map(|l| l.record.id).collect();
-                    assert_eq!(ids, want, "seed {seed} step {step}: lease order");
-                    for l in got {
-                        let m = model.get_mut(&l.record.id).unwrap();
-                        m.state = TaskState::Active;
-                        m.attempt += 1;
-                        m.lease = Some(l.lease_id);
-                    }
-                }
-                50..=64 if !active.is_empty() => {
-                    let id = active[rng.gen_range(0..active.len())];
-                    let m = model.get_mut(&id).unwrap();
-                    let ack = rng.gen_bool(0.6);
-                    let item = if ack {
-                        Settle::Ack {
-                            id,
-                            lease_id: m.lease.unwrap(),
-                            result: Some(Bytes::from_static(b"1")),
-                        }
-                    } else {
-                        Settle::Fail {
-                            id,
-                            lease_id: m.lease.unwrap(),
-                            error: "e".into(),
-                            retry: false,
-                        }
-                    };
-                    let next = s.settle(vec![item]).await.unwrap().remove(0).unwrap();
-                    let want = if m.cancel_requested {
-                        TaskState::Canceled
-                    } else if ack {
-                        TaskState::Completed
-                    } else {
-                        TaskState::Dead
-                    };
-                    assert_eq!(next, want, "seed {seed} step {step}: settle of {id}");
-                    m.state = want;
-                    m.lease = None;
-                }
-                65..=72 if !active.is_empty() => {
-                    let id = active[rng.gen_range(0..active.len())];
-                    let m = model.get_mut(&id).unwrap();
-                    let next = s.release(id, m.lease.unwrap()).await.unwrap();
-                    m.attempt -= 1;
-                    m.lease = None;
-                    m.state = if m.cancel_requested {
-                        TaskState::Canceled
-                    } else {
-                        TaskState::Pending
-                    };
-                    assert_eq!(next, m.state, "seed {seed} step {step}: release of {id}");
-                }
-                73..=84 if !any.is_empty() => {
-                    let id = any[rng.gen_range(0..any.len())];
-                    let m = model.get_mut(&id).unwrap();
-                    let res = s.cancel(id).await;
-                    match m.state {
-                        TaskState::Pending => {
-                            assert_eq!(res.unwrap().record.state, TaskState::Canceled);
-                            m.state = TaskState::Canceled;
-                        }
-                        TaskState::Active => {
-                            assert!(res.unwrap().record.cancel_requested);
-                            m.cancel_requested = true;
-                        }
-                        _ => assert!(
-                            matches!(res, Err(StoreError::Conflict(_))),
-                            "seed {seed} step {step}: cancel of terminal {id}"
-                        ),
-                    }
-                }
-                85..=89 if !active.is_empty() => {
-                    // A stale lease changes nothing.
-                    let id = active[rng.gen_range(0..active.len())];
-                    let out = s
-                        .settle(vec![Settle::Ack {
-                            id,
-                            lease_id: LeaseId(rng.gen()),
-                            result: None,
-                        }])
-                        .await
-                        .unwrap();
-                    assert!(matches!(out[0], Err(StoreError::StaleLease)));
-                }
+            let active = sim::active(&model);
+            let roll = rng.gen_range(0..100);
+            match roll {
+                r if r < STEP_ROLLS => sim::step(&*s, &mut rng, &mut model, r, seed, step).await,
                 90..=94 => {
                     // Restart: active tasks come back pending with their attempt
                     // unspent; those whose cancel was requested end canceled.
@@ -645,7 +475,7 @@ mod simulation {
                         }
                     }
                 }
-                95..=99 => {
+                _ => {
                     // Outage: the next commit fails. The op that hit it changes
                     // nothing, the store heals by itself, and leases survive — but
                     // the lease of a settle that failed is gone: its task is
@@ -684,27 +514,14 @@ mod simulation {
                     }
                     until_healed(&s).await;
                 }
-                _ => {}
             }
-            check(&s, &model, seed, step).await;
+            sim::check(&*s, &model, seed, step).await;
         }
-        // Nothing was lost across the whole run.
-        let by_state: HashMap<TaskState, usize> =
-            model.values().fold(HashMap::new(), |mut acc, m| {
-                *acc.entry(m.state).or_default() += 1;
-                acc
-            });
-        assert!(by_state.values().sum::<usize>() == model.len());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn random_operations_match_the_model() {
-        // A fixed set of seeds keeps CI deterministic; WEIR_SIM_SEED replays one.
-        let seeds: Vec<u64> = match std::env::var("WEIR_SIM_SEED") {
-            Ok(s) => vec![s.parse().expect("WEIR_SIM_SEED is a number")],
-            Err(_) => (1..=12).collect(),
-        };
-        for seed in seeds {
+        for seed in sim::seeds(12) {
             run(seed).await;
         }
     }

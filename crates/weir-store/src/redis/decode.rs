@@ -71,7 +71,7 @@ impl Fields {
     }
 
     pub fn from_values(a: Vec<Value>) -> Result<Fields, StoreError> {
-        if a.len() % 2 != 0 {
+        if !a.len().is_multiple_of(2) {
             return Err(bug("odd field list"));
         }
         let mut map = HashMap::with_capacity(a.len() / 2);

@@ -94,13 +94,30 @@ pub fn slot_of(id: TaskId) -> u16 {
     (id.0 as u16) & (SLOTS - 1)
 }
 
-/// A fresh id for the queue in `slot`: a ULID with `now_ms` (the server's clock:
-/// ids sort by creation time only as well as server clocks agree; FIFO order does
-/// not depend on it) and 80 random bits whose low 14 are the slot.
-pub fn new_id(now_ms: u64, slot: u16) -> TaskId {
-    let random: u128 = rand::thread_rng().gen::<u128>() & ((1u128 << 80) - 1);
-    let random = (random & !((SLOTS as u128) - 1)) | slot as u128;
-    TaskId::new(now_ms, random)
+/// Issues ids: ULIDs with the server's clock (ids sort by creation time only as
+/// well as server clocks agree; dispatch order does not depend on it, see the
+/// per-queue sequence) and 80 random bits whose low 14 are the queue's slot.
+/// Within one process ids strictly increase, so FIFO by id and FIFO by the
+/// queue's sequence agree for tasks enqueued through one server.
+#[derive(Default)]
+pub struct IdGen {
+    /// The last id issued, shifted right past its slot bits.
+    last_high: std::sync::Mutex<u128>,
+}
+
+impl IdGen {
+    /// `n` consecutive fresh ids for the queue in `slot`.
+    pub fn next(&self, now_ms: u64, slot: u16, n: usize) -> Vec<TaskId> {
+        let random: u128 = rand::thread_rng().gen::<u128>() & ((1u128 << 80) - 1);
+        let fresh_high = TaskId::new(now_ms, random).0 >> 14;
+        let mut last = self.last_high.lock().unwrap_or_else(|p| p.into_inner());
+        let first = fresh_high.max(*last + 1);
+        *last = first + n.saturating_sub(1) as u128;
+        drop(last);
+        (0..n as u128)
+            .map(|i| TaskId(((first + i) << 14) | slot as u128))
+            .collect()
+    }
 }
 
 /// Lowercase hex of a queue name: the form queue names take inside keys.
@@ -199,6 +216,19 @@ mod tests {
     }
 
     #[test]
+    fn ids_increase_and_keep_their_slot() {
+        let g = IdGen::default();
+        let a = g.next(1000, 5, 3);
+        let b = g.next(1000, 16383, 1);
+        let c = g.next(999, 0, 1);
+        let all: Vec<TaskId> = a.iter().chain(&b).chain(&c).copied().collect();
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+        assert!(a.iter().all(|id| slot_of(*id) == 5));
+        assert_eq!(slot_of(b[0]), 16383);
+        assert_eq!(slot_of(c[0]), 0);
+    }
+
+    #[test]
     fn every_slot_has_a_tag_of_that_slot() {
         for slot in 0..SLOTS {
             let t = tag(slot);
@@ -213,7 +243,7 @@ mod tests {
         let k = Keys::new("weir");
         for q in ["a{b}:c", "zürich", "{", "}", "plain", ":"] {
             let slot = queue_slot(q);
-            let id = new_id(1_700_000_000_000, slot);
+            let id = IdGen::default().next(1_700_000_000_000, slot, 1)[0];
             assert_eq!(slot_of(id), slot);
             assert_eq!(id.timestamp_ms(), 1_700_000_000_000);
             for key in [k.meta(q), k.task(id), k.payload(id), k.group(id)] {

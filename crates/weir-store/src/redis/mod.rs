@@ -140,6 +140,7 @@ struct Core {
     waiters: Arc<Waiters>,
     closing: CancellationToken,
     config: RedisConfig,
+    ids: keys::IdGen,
 }
 
 impl Core {
@@ -233,6 +234,7 @@ impl RedisBroker {
             waiters: Arc::new(Waiters::default()),
             closing: CancellationToken::new(),
             config,
+            ids: keys::IdGen::default(),
         });
         let subscribed = Arc::new(Notify::new());
         tokio::spawn(wake::subscribe(
@@ -364,10 +366,9 @@ impl RedisBroker {
             .arg(u8::from(ff))
             .arg(grt)
             .arg(tasks.len());
-        let now = self.now_ms();
-        for t in &tasks {
+        let ids = core.ids.next(self.now_ms(), slot, tasks.len());
+        for (t, id) in tasks.iter().zip(ids) {
             let nt = &t.task;
-            let id = keys::new_id(now, slot);
             inv.arg(id.to_string())
                 .arg(nt.kind.as_str())
                 .arg(nt.priority)
@@ -874,7 +875,7 @@ impl Broker for RedisBroker {
         tasks: Vec<EnqueueTask>,
         fail_fast: bool,
     ) -> Result<GroupCreated, StoreError> {
-        let id = keys::new_id(self.now_ms(), queue_slot(queue));
+        let id = self.core().ids.next(self.now_ms(), queue_slot(queue), 1)[0];
         let retention_ms = tasks.iter().map(|t| t.task.retention_ms).max().unwrap_or(0);
         let out = self
             .run_enqueue(queue, tasks, Some((id, fail_fast, retention_ms)))
