@@ -370,6 +370,19 @@ mod tests {
             panic!("not the Redis store")
         };
         assert!(matches!(&r.target, weir_store::RedisTarget::Cluster(n) if n.len() == 2));
+        assert_eq!(
+            s.store.describe(),
+            "redis-cluster://10.0.0.1:7000,10.0.0.2:7001 prefix=weir"
+        );
+        let s = config(&args(&[
+            "--store",
+            "redis-cluster://u:hunter2@10.0.0.1:7000",
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.store.describe(),
+            "redis-cluster://u:***@10.0.0.1:7000 prefix=weir"
+        );
     }
 
     #[test]

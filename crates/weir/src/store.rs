@@ -114,7 +114,14 @@ impl StoreConfig {
                 let target = match &c.target {
                     RedisTarget::Single(url) => redact(url),
                     RedisTarget::Cluster(nodes) => {
-                        let nodes: Vec<String> = nodes.iter().map(|n| redact(n)).collect();
+                        // Each seed is a `redis://HOST:PORT` URL of its own.
+                        let nodes: Vec<String> = nodes
+                            .iter()
+                            .map(|n| {
+                                let n = redact(n);
+                                n.strip_prefix("redis://").map(str::to_owned).unwrap_or(n)
+                            })
+                            .collect();
                         format!("redis-cluster://{}", nodes.join(","))
                     }
                 };
