@@ -1,7 +1,10 @@
 //! Stores for tests in other crates: one function opens the store a test run
 //! asks for, so the HTTP and worker tests run unchanged against every backend.
 //! `WEIR_TEST_STORE` picks it: unset or `embedded` opens an embedded store in a
-//! fresh temporary directory.
+//! fresh temporary directory; a Redis URL (`redis://127.0.0.1:6379`, `rediss://…`,
+//! `redis-cluster://…`) opens a Redis store under a fresh random key prefix
+//! (`weirtest-<16 hex digits>`), so every test has a store of its own on one Redis.
+//! A Redis that does not answer is a panic, never a skip.
 //!
 //! May not: be used outside tests (it panics on errors).
 
@@ -9,7 +12,7 @@ use std::sync::Arc;
 
 use weir_core::{Backoff, Limits};
 
-use crate::{Broker, EmbeddedBroker, EmbeddedConfig};
+use crate::{Broker, EmbeddedBroker, EmbeddedConfig, RedisBroker, RedisConfig, RedisTarget};
 
 /// The settings a test gives its store.
 #[derive(Clone, Debug)]
@@ -37,7 +40,7 @@ impl Default for TestStoreConfig {
 /// An open store and whatever must outlive it (its directory).
 pub struct TestStore {
     pub broker: Arc<dyn Broker>,
-    /// What backs the store, for messages: `embedded:DIR`.
+    /// What backs the store, for messages: `embedded:DIR` or `URL prefix=P`.
     pub name: String,
     _dir: Option<tempfile::TempDir>,
 }
@@ -61,7 +64,46 @@ impl TestStore {
                     _dir: Some(dir),
                 }
             }
-            other => panic!("WEIR_TEST_STORE={other:?} names no store (embedded)"),
+            url if is_redis_url(url) => {
+                let target = RedisTarget::parse(url)
+                    .unwrap_or_else(|e| panic!("WEIR_TEST_STORE={url:?}: {e}"));
+                let prefix = fresh_prefix();
+                let mut c = RedisConfig::new(target);
+                c.prefix = prefix.clone();
+                c.limits = config.limits;
+                c.backoff = config.backoff;
+                c.lease_grace_ms = config.lease_grace_ms;
+                let name = format!("{url} prefix={prefix}");
+                let broker = RedisBroker::connect(c).await.unwrap_or_else(|e| {
+                    panic!("WEIR_TEST_STORE: cannot open the Redis store {name}: {e} (is Redis running there?)")
+                });
+                // A store may connect lazily: one round trip proves Redis answers,
+                // so that a test fails here, plainly, and not later on a 503.
+                if let Err(e) = broker.queues().await {
+                    panic!("WEIR_TEST_STORE: the Redis store {name} does not answer: {e} (is Redis running there?)");
+                }
+                TestStore {
+                    broker: Arc::new(broker),
+                    name,
+                    _dir: None,
+                }
+            }
+            other => panic!(
+                "WEIR_TEST_STORE={other:?} names no store (embedded, redis://HOST:PORT, \
+                 rediss://HOST:PORT or redis-cluster://HOST:PORT,…)"
+            ),
         }
     }
+}
+
+/// Whether `WEIR_TEST_STORE` names a Redis store.
+fn is_redis_url(s: &str) -> bool {
+    ["redis://", "rediss://", "redis-cluster://"]
+        .iter()
+        .any(|scheme| s.starts_with(scheme))
+}
+
+/// A key prefix no other test (nor another run) uses: 64 random bits.
+pub fn fresh_prefix() -> String {
+    format!("weirtest-{:016x}", rand::random::<u64>())
 }

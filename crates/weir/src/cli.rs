@@ -47,6 +47,17 @@ pub struct ServeArgs {
     /// Address to listen on. A non-loopback address needs --insecure-public-bind.
     #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
+    /// The store: `embedded` (one directory, `--data-dir`, one server) or a Redis
+    /// that many servers share: `redis://[USER:PASSWORD@]HOST:PORT/DB`,
+    /// `rediss://…` (TLS) or `redis-cluster://HOST:PORT[,HOST:PORT…]`
+    /// [default: embedded].
+    #[arg(long, env = "WEIR_STORE")]
+    pub store: Option<String>,
+    /// With a Redis store: the prefix of every key weir writes, so several weir
+    /// deployments can share one Redis (at most 64 bytes, no `{` or `}`)
+    /// [default: weir].
+    #[arg(long, env = "WEIR_STORE_PREFIX")]
+    pub store_prefix: Option<String>,
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
     pub data_dir: PathBuf,

@@ -257,7 +257,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.listen.port(), 0);
         assert_eq!(s.serve.limits.payload_bytes_max, 100);
-        let StoreConfig::Embedded(e) = &s.store;
+        let StoreConfig::Embedded(e) = &s.store else {
+            panic!("not the embedded store")
+        };
         assert_eq!(e.data_dir, std::path::PathBuf::from("/tmp/d"));
         assert_eq!(e.lease_grace_ms, 7);
         assert_eq!((e.backoff.base_ms, e.backoff.cap_ms), (10, 20));
@@ -270,7 +272,9 @@ mod tests {
         let c = &s.serve;
         let budget = weir_server::FileBudget::for_files_max(FILES);
         assert_eq!(c.conn.connections_max, budget.connections_max);
-        let StoreConfig::Embedded(e) = &s.store;
+        let StoreConfig::Embedded(e) = &s.store else {
+            panic!("not the embedded store")
+        };
         assert_eq!(e.files_cached_max, budget.store_files_cached_max);
         assert_eq!(
             (
@@ -306,6 +310,127 @@ mod tests {
         assert!(super::config(&args(&[]), 100).is_err());
         let c = super::config(&args(&[]), 1024).unwrap().serve;
         assert_eq!(c.conn.connections_max, 640);
+    }
+
+    fn error(extra: &[&str]) -> String {
+        match config(&args(extra)) {
+            Ok(_) => panic!("{extra:?} was accepted"),
+            Err(ConfigError(msg)) => msg,
+        }
+    }
+
+    #[test]
+    fn the_store_flag_chooses_the_backend() {
+        for extra in [&[][..], &["--store", "embedded"]] {
+            let s = config(&args(extra)).unwrap();
+            assert!(matches!(s.store, StoreConfig::Embedded(_)), "{extra:?}");
+        }
+        let s = config(&args(&[
+            "--store",
+            "redis://127.0.0.1:6379/2",
+            "--lease-grace-ms",
+            "7",
+            "--backoff-base-ms",
+            "10",
+            "--backoff-cap-ms",
+            "20",
+            "--payload-bytes-max",
+            "100",
+        ]))
+        .unwrap();
+        let StoreConfig::Redis(r) = &s.store else {
+            panic!("not the Redis store")
+        };
+        assert!(matches!(&r.target, weir_store::RedisTarget::Single(_)));
+        assert_eq!(r.prefix, "weir");
+        assert_eq!(r.lease_grace_ms, 7);
+        assert_eq!((r.backoff.base_ms, r.backoff.cap_ms), (10, 20));
+        assert_eq!(r.limits.payload_bytes_max, 100);
+        assert_eq!(s.store.describe(), "redis://127.0.0.1:6379/2 prefix=weir");
+        let s = config(&args(&[
+            "--store",
+            "rediss://ada:hunter2@r.example:6380/0",
+            "--store-prefix",
+            "team-a",
+        ]))
+        .unwrap();
+        let StoreConfig::Redis(r) = &s.store else {
+            panic!("not the Redis store")
+        };
+        assert_eq!(r.prefix, "team-a");
+        let shown = s.store.describe();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(shown, "rediss://ada:***@r.example:6380/0 prefix=team-a");
+        let s = config(&args(&[
+            "--store",
+            "redis-cluster://10.0.0.1:7000,10.0.0.2:7001",
+        ]))
+        .unwrap();
+        let StoreConfig::Redis(r) = &s.store else {
+            panic!("not the Redis store")
+        };
+        assert!(matches!(&r.target, weir_store::RedisTarget::Cluster(n) if n.len() == 2));
+        assert_eq!(
+            s.store.describe(),
+            "redis-cluster://10.0.0.1:7000,10.0.0.2:7001 prefix=weir"
+        );
+        let s = config(&args(&[
+            "--store",
+            "redis-cluster://u:hunter2@10.0.0.1:7000",
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.store.describe(),
+            "redis-cluster://u:***@10.0.0.1:7000 prefix=weir"
+        );
+    }
+
+    #[test]
+    fn a_bad_store_flag_is_one_line() {
+        for bad in [
+            "postgres://h/db",
+            "redis",
+            "",
+            "Embedded",
+            "http://127.0.0.1:6379",
+        ] {
+            let msg = error(&["--store", bad]);
+            assert!(msg.starts_with("--store"), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        let msg = error(&["--store", "memcached://u:hunter2@h:1"]);
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn store_prefix_is_checked() {
+        let redis = ["--store", "redis://127.0.0.1:6379"];
+        for bad in ["", "a{b}", "}", &"p".repeat(65)] {
+            let msg = error(&[&redis[..], &["--store-prefix", bad]].concat());
+            assert!(msg.starts_with("--store-prefix"), "{msg}");
+        }
+        assert!(config(&args(
+            &[&redis[..], &["--store-prefix", &"p".repeat(64)]].concat()
+        ))
+        .is_ok());
+        // The prefix names keys in Redis; the embedded store has none.
+        let msg = error(&["--store-prefix", "team-a"]);
+        assert!(msg.contains("Redis store only"), "{msg}");
+    }
+
+    #[test]
+    fn memtable_size_is_for_the_embedded_store_only() {
+        assert!(config(&args(&["--memtable-bytes-max", "8388608"])).is_ok());
+        let msg = error(&[
+            "--store",
+            "redis://127.0.0.1:6379",
+            "--memtable-bytes-max",
+            "8388608",
+        ]);
+        assert_eq!(
+            msg,
+            "--memtable-bytes-max applies to the embedded store only"
+        );
     }
 
     #[test]

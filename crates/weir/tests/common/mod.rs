@@ -1,8 +1,12 @@
 //! Shared by the process-level tests: a `weir serve` child on a free port over a
-//! fresh data directory, whose address is read from its first stdout line.
+//! fresh data directory (or on the Redis `WEIR_TEST_STORE` names, under a fresh
+//! key prefix), whose address is read from its first stdout line; and
+//! `redis::RedisProcess`, a `redis-server` of a test's own.
 
 // Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
+
+pub mod redis;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,6 +28,8 @@ pub struct Server {
     pub stderr: Option<Lines<BufReader<ChildStderr>>>,
     /// The data directory, when the server made its own.
     _dir: Option<tempfile::TempDir>,
+    /// `URL prefix=P` when the server runs on a Redis store.
+    pub store: Option<String>,
 }
 
 impl Server {
@@ -49,6 +55,53 @@ pub struct Options<'a> {
     pub data_dir: Option<&'a std::path::Path>,
     /// More environment variables for the server.
     pub env: &'a [(&'a str, &'a std::ffi::OsStr)],
+    /// `--store URL` [default: the embedded store in the data directory, or the
+    /// Redis `WEIR_TEST_STORE` names when the options leave the store open: no
+    /// `data_dir`, no `env`, no embedded-only flag].
+    pub store: Option<&'a str>,
+    /// `--store-prefix P` with a Redis store [default: a fresh one, so servers
+    /// share a store only when given the same prefix].
+    pub store_prefix: Option<&'a str>,
+}
+
+/// A key prefix no other server of this run uses.
+pub fn fresh_prefix() -> String {
+    format!("weirtest-{:016x}", rand_u64())
+}
+
+/// 64 bits that differ between calls and processes, without a `rand` dependency.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// The store the options give the server: `(URL, prefix)` for Redis.
+fn store_of(options: &Options<'_>) -> Option<(String, String)> {
+    let prefix = || {
+        options
+            .store_prefix
+            .map_or_else(fresh_prefix, str::to_owned)
+    };
+    if let Some(url) = options.store {
+        return (url != "embedded").then(|| (url.to_owned(), prefix()));
+    }
+    let tied_to_embedded = options.data_dir.is_some()
+        || !options.env.is_empty()
+        || options.extra.contains(&"--memtable-bytes-max");
+    match std::env::var("WEIR_TEST_STORE") {
+        Ok(url) if !url.is_empty() && url != "embedded" && !tied_to_embedded => {
+            Some((url, prefix()))
+        }
+        _ => None,
+    }
 }
 
 /// Starts `weir serve --listen 127.0.0.1:0` with `extra` flags.
@@ -71,6 +124,7 @@ pub async fn start_server_with(options: Options<'_>) -> Server {
         (None, Some(d)) => d.to_owned(),
         (None, None) => unreachable!(),
     };
+    let store = store_of(&options);
     let bin = env!("CARGO_BIN_EXE_weir");
     let mut command = match options.wrapper.split_first() {
         Some((program, args)) => {
@@ -83,6 +137,11 @@ pub async fn start_server_with(options: Options<'_>) -> Server {
     let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
+        .args(
+            store
+                .iter()
+                .flat_map(|(url, prefix)| ["--store", url, "--store-prefix", prefix]),
+        )
         .args(options.extra)
         .env("WEIR_LOG", options.log.unwrap_or("warn"))
         .envs(options.env.iter().copied())
@@ -113,5 +172,6 @@ pub async fn start_server_with(options: Options<'_>) -> Server {
         base,
         stderr,
         _dir: dir,
+        store: store.map(|(url, prefix)| format!("{url} prefix={prefix}")),
     }
 }
