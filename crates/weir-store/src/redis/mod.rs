@@ -838,8 +838,13 @@ impl Broker for RedisBroker {
         wait: Duration,
     ) -> Result<Heartbeat, StoreError> {
         let core = self.core();
-        // Registered before the first beat reads the cancel flag.
+        // Registered, and the wake-up armed, before each beat reads the cancel
+        // flag: `notify_waiters` wakes only armed futures, so a cancel published
+        // while a beat is in flight would otherwise wait for the next re-check.
         let waiter = core.waiters.register(format!("t{id}"));
+        let notified = waiter.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let (hb, now) = self.heartbeat_at(id, lease_id).await?;
         if hb.cancel_requested || wait.is_zero() {
             return Ok(hb);
@@ -848,9 +853,6 @@ impl Broker for RedisBroker {
         let left = Duration::from_millis(hb.lease_expires_ms.saturating_sub(now) / 2);
         let deadline = tokio::time::Instant::now() + wait.min(left);
         loop {
-            let notified = waiter.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             let until = deadline.min(tokio::time::Instant::now() + wake::recheck());
             tokio::select! {
                 _ = &mut notified => break,
@@ -860,7 +862,9 @@ impl Broker for RedisBroker {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
-            // A lost wake-up costs at most one re-check period.
+            // Re-armed before the re-check reads again.
+            notified.set(waiter.notify.notified());
+            notified.as_mut().enable();
             let (hb, _) = self.heartbeat_at(id, lease_id).await?;
             if hb.cancel_requested {
                 return Ok(hb);
