@@ -41,12 +41,36 @@ local function wake(tok)
     wakes[#wakes + 1] = tok
   end
 end
-local function flush_wakes()
-  if #wakes > 0 then redis.call('PUBLISH', CHAN, table.concat(wakes, ' ')) end
+-- Per-state counts (the queue meta hash's n0..n5), summed during the script
+-- and applied once per touched field by flush_counts (before any read of them
+-- and at the end, from flush_wakes). A field whose changes net to zero still
+-- gets its HINCRBY, so the hash ends exactly as with one HINCRBY per change.
+local counts, counted = {}, {}
+local function count(q, state, delta)
+  local k = qkey(q, 'm')
+  local c = counts[k]
+  if not c then
+    c = {}
+    counts[k] = c
+    counted[#counted + 1] = k
+  end
+  local f = 'n' .. state
+  c[f] = (c[f] or 0) + delta
+end
+local function flush_counts()
+  for _, k in ipairs(counted) do
+    local c = counts[k]
+    for s = SCHED, CANCELED do
+      local f = 'n' .. s
+      if c[f] then redis.call('HINCRBY', k, f, c[f]) end
+    end
+  end
+  counts, counted = {}, {}
 end
 
-local function count(q, state, delta)
-  redis.call('HINCRBY', qkey(q, 'm'), 'n' .. state, delta)
+local function flush_wakes()
+  flush_counts()
+  if #wakes > 0 then redis.call('PUBLISH', CHAN, table.concat(wakes, ' ')) end
 end
 
 local function group_closed(g)
@@ -114,12 +138,28 @@ end
 
 -- Ends a task (its old state already counted out and unindexed): terminal
 -- state, finish time, retention expiry for completed/canceled, group tally.
-finish = function(id, q, state)
+-- pre: the task's {rt, ik, g} if the caller read them and has already deleted
+-- its 'l', 'le', 'w'; extra: field/value pairs written before 's' and 'f' in the
+-- same HSET.
+finish = function(id, q, state, pre, extra)
   local tk = tkey(id)
-  redis.call('HSET', tk, 's', state, 'f', fmt(NOW))
-  redis.call('HDEL', tk, 'l', 'le', 'w')
+  local v = pre
+  if extra then
+    local args = {'HSET', tk}
+    for _, x in ipairs(extra) do args[#args + 1] = x end
+    args[#args + 1] = 's'
+    args[#args + 1] = state
+    args[#args + 1] = 'f'
+    args[#args + 1] = fmt(NOW)
+    redis.call(unpack(args))
+  else
+    redis.call('HSET', tk, 's', state, 'f', fmt(NOW))
+  end
+  if not pre then
+    redis.call('HDEL', tk, 'l', 'le', 'w')
+    v = redis.call('HMGET', tk, 'rt', 'ik', 'g')
+  end
   count(q, state, 1)
-  local v = redis.call('HMGET', tk, 'rt', 'ik', 'g')
   if state ~= DEAD then
     local exp = math.max(NOW + tonumber(v[1]), NOW + 1)
     if exp > TIME_MAX then exp = TIME_MAX end
