@@ -68,7 +68,36 @@ local function flush_counts()
   counts, counted = {}, {}
 end
 
+-- Sorted-set writes deferred to the end of the script, one ZADD / ZREM per
+-- key and call: the 'fin' entries of finish (flushed before purge reads
+-- 'fin') and the settled tasks' 'active' entries.
+local zadds, zadded, zrems, zremmed = {}, {}, {}, {}
+local function later(t, order, key, a, b)
+  local z = t[key]
+  if not z then
+    z = {}
+    t[key] = z
+    order[#order + 1] = key
+  end
+  z[#z + 1] = a
+  if b then z[#z + 1] = b end
+end
+local function zadd_later(key, score, member) later(zadds, zadded, key, score, member) end
+local function zrem_later(key, member) later(zrems, zremmed, key, member) end
+local function flush_z()
+  for _, k in ipairs(zremmed) do
+    local z = zrems[k]
+    for i = 1, #z, 1000 do redis.call('ZREM', k, unpack(z, i, math.min(i + 999, #z))) end
+  end
+  for _, k in ipairs(zadded) do
+    local z = zadds[k]
+    for i = 1, #z, 1000 do redis.call('ZADD', k, unpack(z, i, math.min(i + 999, #z))) end
+  end
+  zadds, zadded, zrems, zremmed = {}, {}, {}, {}
+end
+
 local function flush_wakes()
+  flush_z()
   flush_counts()
   if #wakes > 0 then redis.call('PUBLISH', CHAN, table.concat(wakes, ' ')) end
 end
@@ -163,7 +192,7 @@ finish = function(id, q, state, pre, extra)
   if state ~= DEAD then
     local exp = math.max(NOW + tonumber(v[1]), NOW + 1)
     if exp > TIME_MAX then exp = TIME_MAX end
-    redis.call('ZADD', qkey(q, 'fin'), exp, state .. id)
+    zadd_later(qkey(q, 'fin'), exp, state .. id)
     redis.call('PEXPIREAT', tk, fmt(exp))
     redis.call('PEXPIREAT', pkey(id), fmt(exp))
     if v[2] then redis.call('PEXPIREAT', qkey(q, 'i:' .. v[2]), fmt(exp)) end
@@ -245,6 +274,7 @@ end
 -- Removes finished tasks whose retention ran out (their hashes expire by TTL;
 -- this takes them out of the counts and the index).
 local function purge(q, limit)
+  flush_z()
   local fin = qkey(q, 'fin')
   local due = redis.call('ZRANGEBYSCORE', fin, '-inf', NOW, 'LIMIT', 0, limit)
   for _, m in ipairs(due) do

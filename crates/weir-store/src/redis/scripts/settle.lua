@@ -25,7 +25,7 @@ for i = 0, n - 1 do
   else
     local q = v[3]
     local pre = {v[8], v[9], v[10]}
-    redis.call('ZREM', qkey(q, 'active'), id)
+    zrem_later(qkey(q, 'active'), id)
     count(q, ACTIVE, -1)
     local state
     if op ~= 'f' then
