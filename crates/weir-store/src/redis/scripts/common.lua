@@ -41,12 +41,65 @@ local function wake(tok)
     wakes[#wakes + 1] = tok
   end
 end
-local function flush_wakes()
-  if #wakes > 0 then redis.call('PUBLISH', CHAN, table.concat(wakes, ' ')) end
+-- Per-state counts (the queue meta hash's n0..n5), summed during the script
+-- and applied once per touched field by flush_counts (before any read of them
+-- and at the end, from flush_wakes). A field whose changes net to zero still
+-- gets its HINCRBY, so the hash ends exactly as with one HINCRBY per change.
+local counts, counted = {}, {}
+local function count(q, state, delta)
+  local k = qkey(q, 'm')
+  local c = counts[k]
+  if not c then
+    c = {}
+    counts[k] = c
+    counted[#counted + 1] = k
+  end
+  local f = 'n' .. state
+  c[f] = (c[f] or 0) + delta
+end
+local function flush_counts()
+  for _, k in ipairs(counted) do
+    local c = counts[k]
+    for s = SCHED, CANCELED do
+      local f = 'n' .. s
+      if c[f] then redis.call('HINCRBY', k, f, c[f]) end
+    end
+  end
+  counts, counted = {}, {}
 end
 
-local function count(q, state, delta)
-  redis.call('HINCRBY', qkey(q, 'm'), 'n' .. state, delta)
+-- Sorted-set writes deferred to the end of the script, one ZADD / ZREM per
+-- key and call: the 'fin' entries of finish (flushed before purge reads
+-- 'fin') and the settled tasks' 'active' entries.
+local zadds, zadded, zrems, zremmed = {}, {}, {}, {}
+local function later(t, order, key, a, b)
+  local z = t[key]
+  if not z then
+    z = {}
+    t[key] = z
+    order[#order + 1] = key
+  end
+  z[#z + 1] = a
+  if b then z[#z + 1] = b end
+end
+local function zadd_later(key, score, member) later(zadds, zadded, key, score, member) end
+local function zrem_later(key, member) later(zrems, zremmed, key, member) end
+local function flush_z()
+  for _, k in ipairs(zremmed) do
+    local z = zrems[k]
+    for i = 1, #z, 1000 do redis.call('ZREM', k, unpack(z, i, math.min(i + 999, #z))) end
+  end
+  for _, k in ipairs(zadded) do
+    local z = zadds[k]
+    for i = 1, #z, 1000 do redis.call('ZADD', k, unpack(z, i, math.min(i + 999, #z))) end
+  end
+  zadds, zadded, zrems, zremmed = {}, {}, {}, {}
+end
+
+local function flush_wakes()
+  flush_z()
+  flush_counts()
+  if #wakes > 0 then redis.call('PUBLISH', CHAN, table.concat(wakes, ' ')) end
 end
 
 local function group_closed(g)
@@ -114,16 +167,32 @@ end
 
 -- Ends a task (its old state already counted out and unindexed): terminal
 -- state, finish time, retention expiry for completed/canceled, group tally.
-finish = function(id, q, state)
+-- pre: the task's {rt, ik, g} if the caller read them and has already deleted
+-- its 'l', 'le', 'w'; extra: field/value pairs written before 's' and 'f' in the
+-- same HSET.
+finish = function(id, q, state, pre, extra)
   local tk = tkey(id)
-  redis.call('HSET', tk, 's', state, 'f', fmt(NOW))
-  redis.call('HDEL', tk, 'l', 'le', 'w')
+  local v = pre
+  if extra then
+    local args = {'HSET', tk}
+    for _, x in ipairs(extra) do args[#args + 1] = x end
+    args[#args + 1] = 's'
+    args[#args + 1] = state
+    args[#args + 1] = 'f'
+    args[#args + 1] = fmt(NOW)
+    redis.call(unpack(args))
+  else
+    redis.call('HSET', tk, 's', state, 'f', fmt(NOW))
+  end
+  if not pre then
+    redis.call('HDEL', tk, 'l', 'le', 'w')
+    v = redis.call('HMGET', tk, 'rt', 'ik', 'g')
+  end
   count(q, state, 1)
-  local v = redis.call('HMGET', tk, 'rt', 'ik', 'g')
   if state ~= DEAD then
     local exp = math.max(NOW + tonumber(v[1]), NOW + 1)
     if exp > TIME_MAX then exp = TIME_MAX end
-    redis.call('ZADD', qkey(q, 'fin'), exp, state .. id)
+    zadd_later(qkey(q, 'fin'), exp, state .. id)
     redis.call('PEXPIREAT', tk, fmt(exp))
     redis.call('PEXPIREAT', pkey(id), fmt(exp))
     if v[2] then redis.call('PEXPIREAT', qkey(q, 'i:' .. v[2]), fmt(exp)) end
@@ -205,6 +274,7 @@ end
 -- Removes finished tasks whose retention ran out (their hashes expire by TTL;
 -- this takes them out of the counts and the index).
 local function purge(q, limit)
+  flush_z()
   local fin = qkey(q, 'fin')
   local due = redis.call('ZRANGEBYSCORE', fin, '-inf', NOW, 'LIMIT', 0, limit)
   for _, m in ipairs(due) do

@@ -4,6 +4,7 @@ local q, meta = ARGV[3], KEYS[1]
 if redis.call('EXISTS', meta) == 0 then return {'nf'} end
 maintain(q, 1000)
 while purge(q, 1000) == 1000 do end
+flush_counts()
 local c = redis.call('HMGET', meta, 'n0', 'n1', 'n2', 'n3', 'n4', 'n5')
 local total = 0
 for i = 1, 6 do c[i] = tonumber(c[i]) or 0; total = total + c[i] end

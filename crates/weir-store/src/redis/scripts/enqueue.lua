@@ -31,6 +31,10 @@ if held + fresh > tonumber(ARGV[4]) then return {'full'} end
 
 local out = {new_queue, fmt(NOW)}
 local ids, any_pending = {}, false
+-- The queue's sequence is read once and advanced once (by the number of new
+-- tasks) at the end; the index entries are added with one ZADD per index.
+local seq0, seqs = nil, 0
+local readys, scheds = {}, {}
 for i = 0, n - 1 do
   local b = 9 + i * 11
   local id, ik = ARGV[b], ARGV[b + 8]
@@ -44,7 +48,9 @@ for i = 0, n - 1 do
     out[#out + 1] = st
     out[#out + 1] = 0
   else
-    local seq = redis.call('HINCRBY', meta, 'seq', 1)
+    if not seq0 then seq0 = tonumber(redis.call('HGET', meta, 'seq')) or 0 end
+    seqs = seqs + 1
+    local seq = seq0 + seqs
     local prio = tonumber(ARGV[b + 2])
     local run_at = ARGV[b + 3]
     local run_at_n
@@ -58,20 +64,30 @@ for i = 0, n - 1 do
     if run_at_n > NOW then st = SCHED end
     local rk = string.format('%08x%016x', 2147483647 - prio, seq) .. id
     local tk = tkey(id)
-    redis.call('HSET', tk, 'q', q, 'k', ARGV[b + 1], 'p', ARGV[b + 2], 's', st, 'a', 0,
+    local f = {'q', q, 'k', ARGV[b + 1], 'p', ARGV[b + 2], 's', st, 'a', 0,
       'ma', ARGV[b + 5], 'to', ARGV[b + 6], 'ra', run_at, 'rt', ARGV[b + 9],
-      'c', fmt(NOW), 'cr', 0, 'rk', rk)
-    if ARGV[b + 7] ~= '' then redis.call('HSET', tk, 'dl', ARGV[b + 7]) end
-    if ik ~= '' then
-      redis.call('HSET', tk, 'ik', ik)
-      redis.call('SET', qkey(q, 'i:' .. ik), id)
+      'c', fmt(NOW), 'cr', 0, 'rk', rk}
+    if ARGV[b + 7] ~= '' then
+      f[#f + 1] = 'dl'
+      f[#f + 1] = ARGV[b + 7]
     end
-    if gid ~= '' then redis.call('HSET', tk, 'g', gid) end
+    if ik ~= '' then
+      f[#f + 1] = 'ik'
+      f[#f + 1] = ik
+    end
+    if gid ~= '' then
+      f[#f + 1] = 'g'
+      f[#f + 1] = gid
+    end
+    redis.call('HSET', tk, unpack(f))
+    if ik ~= '' then redis.call('SET', qkey(q, 'i:' .. ik), id) end
     redis.call('SET', pkey(id), ARGV[b + 10])
     if st == SCHED then
-      redis.call('ZADD', qkey(q, 'sched'), run_at_n, id)
+      scheds[#scheds + 1] = run_at_n
+      scheds[#scheds + 1] = id
     else
-      redis.call('ZADD', qkey(q, 'ready'), 0, rk)
+      readys[#readys + 1] = 0
+      readys[#readys + 1] = rk
       any_pending = true
     end
     count(q, st, 1)
@@ -81,6 +97,13 @@ for i = 0, n - 1 do
     out[#out + 1] = 1
   end
 end
+for k = 1, #scheds, 1000 do
+  redis.call('ZADD', qkey(q, 'sched'), unpack(scheds, k, math.min(k + 999, #scheds)))
+end
+for k = 1, #readys, 1000 do
+  redis.call('ZADD', qkey(q, 'ready'), unpack(readys, k, math.min(k + 999, #readys)))
+end
+if seqs > 0 then redis.call('HINCRBY', meta, 'seq', seqs) end
 if gid ~= '' then
   redis.call('HSET', gkey(gid), 'q', q, 'ff', ARGV[6], 'st', 0, 'cbr', 0, 'c', fmt(NOW),
     'rt', ARGV[7], 'n', #ids, 'nc', 0, 'nd', 0, 'nx', 0, 'cas', 0, 'm', table.concat(ids))

@@ -19,42 +19,48 @@ for i = 0, n - 1 do
   local b = 6 + i * 6
   local id, lease, op = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local tk = tkey(id)
-  local v = redis.call('HMGET', tk, 's', 'l', 'q', 'cr', 'a', 'ma', 'dl')
+  local v = redis.call('HMGET', tk, 's', 'l', 'q', 'cr', 'a', 'ma', 'dl', 'rt', 'ik', 'g')
   if v[1] ~= '2' or v[2] ~= lease then
     out[#out + 1] = 'stale'
   else
     local q = v[3]
-    redis.call('ZREM', qkey(q, 'active'), id)
+    local pre = {v[8], v[9], v[10]}
+    zrem_later(qkey(q, 'active'), id)
     count(q, ACTIVE, -1)
-    redis.call('HDEL', tk, 'l', 'le', 'w')
     local state
     if op ~= 'f' then
-      if op == 'r' then redis.call('HSET', tk, 'r', ARGV[b + 3]) else redis.call('HDEL', tk, 'r') end
+      local extra = nil
+      if op == 'r' then
+        redis.call('HDEL', tk, 'l', 'le', 'w')
+        extra = {'r', ARGV[b + 3]}
+      else
+        redis.call('HDEL', tk, 'l', 'le', 'w', 'r')
+      end
       state = COMPLETED
       if v[4] == '1' then state = CANCELED end
-      finish(id, q, state)
+      finish(id, q, state, pre, extra)
     else
-      redis.call('HSET', tk, 'e', ARGV[b + 3])
+      redis.call('HDEL', tk, 'l', 'le', 'w')
+      local extra = {'e', ARGV[b + 3]}
       local attempt = tonumber(v[5])
       local run_at = NOW + delay_ms(attempt, tonumber(ARGV[b + 5]))
       if v[4] == '1' then
         state = CANCELED
-        finish(id, q, state)
+        finish(id, q, state, pre, extra)
       elseif ARGV[b + 4] == '1' and attempt < tonumber(v[6]) and (not v[7] or run_at < tonumber(v[7])) then
-        local g = redis.call('HGET', tk, 'g')
-        if group_closed(g) then
+        if group_closed(v[10]) then
           state = CANCELED
-          finish(id, q, state)
+          finish(id, q, state, pre, extra)
         else
           state = SCHED
-          redis.call('HSET', tk, 's', SCHED, 'ra', fmt(run_at))
+          redis.call('HSET', tk, 'e', ARGV[b + 3], 's', SCHED, 'ra', fmt(run_at))
           redis.call('ZADD', qkey(q, 'sched'), run_at, id)
           count(q, SCHED, 1)
           wake('q' .. hex(q))
         end
       else
         state = DEAD
-        finish(id, q, state)
+        finish(id, q, state, pre, extra)
       end
     end
     out[#out + 1] = state
