@@ -144,6 +144,16 @@ struct Core {
 }
 
 impl Core {
+    /// Every name in the queue registry (some may have no meta hash any more).
+    pub(crate) async fn registered_queues(&self) -> Result<Vec<String>, StoreError> {
+        self.redis
+            .query(
+                "list queues",
+                redis::cmd("SMEMBERS").arg(self.keys.registry()),
+            )
+            .await
+    }
+
     /// A script call on the slot of `key`, with the slot's base and the channel
     /// as its first two arguments.
     fn invocation<'a>(
@@ -925,13 +935,7 @@ impl Broker for RedisBroker {
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         self.gate()?;
         let core = self.core();
-        let names: Vec<String> = core
-            .redis
-            .query(
-                "list queues",
-                redis::cmd("SMEMBERS").arg(core.keys.registry()),
-            )
-            .await?;
+        let names = core.registered_queues().await?;
         let reads = names.into_iter().map(|name| async move {
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(core.keys.meta(&name)).arg("seq");

@@ -77,13 +77,7 @@ async fn round(
 
 /// Sweeps every registered queue.
 pub async fn sweep_all(core: &Core) -> Result<(), StoreError> {
-    let names: Vec<String> = core
-        .redis
-        .query(
-            "list queues",
-            redis::cmd("SMEMBERS").arg(core.keys.registry()),
-        )
-        .await?;
+    let names = core.registered_queues().await?;
     let results: Vec<Result<(), StoreError>> = stream::iter(names)
         .map(|q| async move { sweep_queue(core, &q).await })
         .buffer_unordered(SWEEP_CONCURRENCY_MAX)
