@@ -354,15 +354,13 @@ async fn lease(
     } else {
         parse(&bytes)?
     };
-    let max = b.max.unwrap_or(1);
-    validate::range("max", max, 1, s.config.limits.lease_tasks_max as u64)?;
     let wait = wait("wait_ms", b.wait_ms, &s.config)?;
-    if let Some(w) = &b.worker {
-        validate::text("worker", w, s.config.limits.worker_name_bytes_max)?;
-    }
+    // `max` and `worker` are checked by `Checked` in front of the store; a `max`
+    // beyond usize saturates there into the same out-of-range error.
+    let max = usize::try_from(b.max.unwrap_or(1)).unwrap_or(usize::MAX);
     let leased = s
         .broker
-        .lease_for(&queue, max as usize, wait, b.worker.as_deref())
+        .lease_for(&queue, max, wait, b.worker.as_deref())
         .await?;
     let tasks = leased.into_iter().map(LeasedJson::from).collect();
     Ok(Json(LeaseResponse { tasks }).into_response())
@@ -393,9 +391,7 @@ fn error_text(
 
 /// Runs one settle and turns its per-item answer into a response.
 async fn settle_one(s: &AppState, item: Settle) -> ApiResult {
-    let id = match &item {
-        Settle::Ack { id, .. } | Settle::Fail { id, .. } => *id,
-    };
+    let id = item.id();
     let state = s.broker.settle(vec![item]).await?.remove(0)?;
     Ok(Json(StateResponse {
         id: id.to_string(),

@@ -116,6 +116,15 @@ pub enum Settle {
     },
 }
 
+impl Settle {
+    /// The task this verdict is for.
+    pub fn id(&self) -> TaskId {
+        match self {
+            Settle::Ack { id, .. } | Settle::Fail { id, .. } => *id,
+        }
+    }
+}
+
 /// Per-state task counts of one queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts(pub [u64; 6]);

@@ -717,18 +717,15 @@ impl Broker for RedisBroker {
         // One script call per hash slot, all in flight together.
         let mut by_slot: BTreeMap<u16, Vec<(usize, Settle)>> = BTreeMap::new();
         for (i, item) in items.into_iter().enumerate() {
-            let id = match &item {
-                Settle::Ack { id, .. } | Settle::Fail { id, .. } => *id,
-            };
-            by_slot.entry(slot_of(id)).or_default().push((i, item));
+            by_slot
+                .entry(slot_of(item.id()))
+                .or_default()
+                .push((i, item));
         }
         let n: usize = by_slot.values().map(Vec::len).sum();
         let backoff = core.config.backoff;
         let calls = by_slot.into_iter().map(|(slot, group)| async move {
-            let first = match &group[0].1 {
-                Settle::Ack { id, .. } | Settle::Fail { id, .. } => *id,
-            };
-            let key = core.keys.task(first);
+            let key = core.keys.task(group[0].1.id());
             let mut inv = core.invocation(&core.scripts.settle, &key, slot);
             inv.arg(backoff.base_ms)
                 .arg(backoff.cap_ms)
