@@ -11,7 +11,13 @@ use bytes::Bytes;
 use weir_core::NewTask;
 use weir_store::{Broker, EnqueueTask, RedisBroker, RedisConfig, RedisTarget, Settle};
 
-const BATCH: usize = 100;
+/// Tasks per call (env `WEIR_COST_BATCH`, default 100).
+fn batch() -> usize {
+    std::env::var("WEIR_COST_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(100)
+}
 
 fn task() -> EnqueueTask {
     EnqueueTask {
@@ -34,7 +40,8 @@ fn task() -> EnqueueTask {
     }
 }
 
-async fn stats(c: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+/// Per command since the last `CONFIG RESETSTAT`: (name, calls, usec).
+async fn stats(c: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64, u64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(c)
@@ -44,17 +51,60 @@ async fn stats(c: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> 
     for line in info.lines() {
         if let Some(rest) = line.strip_prefix("cmdstat_") {
             let (name, fields) = rest.split_once(':').unwrap();
-            let calls: u64 = fields
-                .split(',')
-                .find_map(|f| f.strip_prefix("calls="))
-                .unwrap()
-                .parse()
-                .unwrap();
-            out.push((name.to_owned(), calls));
+            let field = |key: &str| -> u64 {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            if name != "config" && name != "info" {
+                out.push((name.to_owned(), field("calls="), field("usec=")));
+            }
         }
     }
-    out.sort_by_key(|s| std::cmp::Reverse(s.1));
+    out.sort_by_key(|s| std::cmp::Reverse(s.2));
     out
+}
+
+/// Prints one phase's commands and Redis time per task. Commands run inside a
+/// script are counted both on their own and in the EVALSHA's time, so the
+/// phase's time is the script calls' time plus that of commands sent directly.
+fn report(phase: &str, n: usize, s: &[(String, u64, u64)], totals: &mut (u64, u64)) {
+    let per = |x: u64| x as f64 / n as f64;
+    let scripts: u64 = s
+        .iter()
+        .filter(|x| x.0.starts_with("eval"))
+        .map(|x| x.2)
+        .sum();
+    let direct: u64 = s
+        .iter()
+        .filter(|x| !x.0.starts_with("eval") && x.0 != "publish")
+        .map(|x| x.2)
+        .sum::<u64>();
+    let calls: u64 = s.iter().map(|x| x.1).sum();
+    let inside: u64 = s
+        .iter()
+        .filter(|x| !x.0.starts_with("eval"))
+        .map(|x| x.2)
+        .sum();
+    println!(
+        "{phase}: {:.2} commands/task; Redis time {:.2} us/task in scripts ({:.2} of it in the commands they run), {:.2} in direct commands",
+        per(calls),
+        per(scripts),
+        per(inside),
+        per(direct.saturating_sub(inside)),
+    );
+    for (name, calls, usec) in s {
+        println!(
+            "  {name}: {:.3} calls/task, {:.2} us/task",
+            per(*calls),
+            per(*usec)
+        );
+    }
+    totals.0 += calls;
+    totals.1 += scripts;
 }
 
 async fn used_memory(c: &mut redis::aio::MultiplexedConnection) -> i64 {
@@ -115,8 +165,8 @@ async fn main() {
 
     // used_memory growth over n pending tasks.
     let before = used_memory(&mut c).await;
-    for _ in 0..n / BATCH {
-        b.enqueue("memq", (0..BATCH).map(|_| task()).collect())
+    for _ in 0..n / batch() {
+        b.enqueue("memq", (0..batch()).map(|_| task()).collect())
             .await
             .unwrap();
     }
@@ -127,50 +177,70 @@ async fn main() {
         (after - before) / n as i64
     );
 
-    // Commands per task: n tasks enqueued, leased and acked in batches of 100.
+    // Commands and Redis CPU per task, phase by phase: n tasks enqueued, then
+    // leased, then acked, in batches of 100 (`CONFIG RESETSTAT` before each
+    // phase; the usec are Redis' own time in each command, scripts included).
+    let mut round_trips = 0usize;
+    let mut totals = (0u64, 0u64);
+    let started = std::time::Instant::now();
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut c)
         .await
         .unwrap();
-    let started = std::time::Instant::now();
-    let mut round_trips = 0usize;
-    for _ in 0..n / BATCH {
-        b.enqueue("cost", (0..BATCH).map(|_| task()).collect())
+    for _ in 0..n / batch() {
+        b.enqueue("cost", (0..batch()).map(|_| task()).collect())
             .await
             .unwrap();
         round_trips += 1;
     }
-    let mut done = 0;
-    while done < n {
-        let leased = b.lease("cost", BATCH, Duration::ZERO).await.unwrap();
+    report("enqueue", n, &stats(&mut c).await, &mut totals);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut leases = Vec::with_capacity(n);
+    while leases.len() < n {
+        let leased = b.lease("cost", batch(), Duration::ZERO).await.unwrap();
+        assert!(!leased.is_empty(), "the queue ran dry before {n} leases");
         round_trips += 1;
-        done += leased.len();
-        let acks = leased
-            .into_iter()
+        leases.extend(leased);
+    }
+    report("lease", n, &stats(&mut c).await, &mut totals);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut leases = leases.into_iter();
+    loop {
+        let acks: Vec<Settle> = leases
+            .by_ref()
+            .take(batch())
             .map(|l| Settle::Ack {
                 id: l.record.id,
                 lease_id: l.lease_id,
-                result: None,
+                result: Some(Bytes::from_static(b"{\"ok\":true}")),
             })
             .collect();
+        if acks.is_empty() {
+            break;
+        }
         b.settle(acks).await.unwrap();
         round_trips += 1;
     }
-    let took = started.elapsed();
-    let s = stats(&mut c).await;
-    let total: u64 = s.iter().map(|(_, c)| c).sum();
-    println!("{n} tasks enqueued+leased+acked in batches of {BATCH} in {took:?}; {round_trips} store calls");
+    report("ack", n, &stats(&mut c).await, &mut totals);
     println!(
-        "redis commands: {total} in all, {:.3} per task (background PING/sweep included)",
-        total as f64 / n as f64
+        "{n} tasks enqueued+leased+acked in batches of {} in {:?}; {round_trips} store calls",
+        batch(),
+        started.elapsed()
     );
-    for (name, calls) in s {
-        println!(
-            "  {name}: {calls} ({:.3} per task)",
-            calls as f64 / n as f64
-        );
-    }
+    println!(
+        "all phases: {:.2} commands and {:.2} us of Redis time per task",
+        totals.0 as f64 / n as f64,
+        totals.1 as f64 / n as f64
+    );
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("weircost{}:*", std::process::id()))
         .query_async(&mut c)

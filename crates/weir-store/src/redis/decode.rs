@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use redis::Value;
-use weir_core::{TaskId, TaskRecord, TaskState};
+use weir_core::{NewTask, TaskId, TaskRecord, TaskState};
 
 use crate::{StoreError, TaskView};
 
@@ -82,24 +82,9 @@ impl Fields {
         Ok(Fields(map))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn take(&mut self, k: &str) -> Option<Vec<u8>> {
-        self.0.remove(k)
-    }
-
     pub fn str(&self, k: &str) -> Result<String, StoreError> {
         let b = self.0.get(k).ok_or_else(|| bug(&format!("no field {k}")))?;
         String::from_utf8(b.clone()).map_err(|_| bug(&format!("field {k} not utf-8")))
-    }
-
-    pub fn opt_str(&self, k: &str) -> Result<Option<String>, StoreError> {
-        match self.0.contains_key(k) {
-            true => self.str(k).map(Some),
-            false => Ok(None),
-        }
     }
 
     pub fn num<T: std::str::FromStr>(&self, k: &str) -> Result<T, StoreError> {
@@ -114,67 +99,271 @@ impl Fields {
             false => Ok(None),
         }
     }
+}
 
-    pub fn id(&self, k: &str) -> Result<TaskId, StoreError> {
-        self.str(k)?
-            .parse()
-            .map_err(|_| bug(&format!("field {k} not an id")))
+/// Length of a task record's fixed header (common.lua's `HFMT`): state (u8),
+/// lease expiry (i64), lease id (16 bytes), finished (i64), attempt (u32),
+/// started (i64), cancel requested, watched (u8 each), run_at, created, seq
+/// (i64 each), length of the last error (i32, -1 for none). All big-endian;
+/// 0 stands for "none" in times.
+pub const HEADER_LEN: usize = 75;
+/// Largest time or duration a script holds exactly (Lua numbers are doubles).
+const TIME_MAX: u64 = (1 << 53) - 1;
+
+fn exact(v: u64) -> i64 {
+    v.min(TIME_MAX) as i64
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// D: the immutable part of a task's record with its payload (common.lua's
+/// `DFMT`), packed here once at enqueue and never rewritten by the scripts.
+pub fn pack_task(queue: &str, t: &NewTask, group: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    let ik = t.idempotency_key.as_deref().unwrap_or("");
+    let g = group.unwrap_or("");
+    let mut out =
+        Vec::with_capacity(48 + queue.len() + t.kind.len() + ik.len() + g.len() + payload.len());
+    out.extend_from_slice(&exact(t.timeout_ms).to_be_bytes());
+    out.extend_from_slice(&t.deadline_ms.map_or(-1, exact).to_be_bytes());
+    out.extend_from_slice(&exact(t.retention_ms).to_be_bytes());
+    out.extend_from_slice(&t.max_attempts.max(1).to_be_bytes());
+    out.extend_from_slice(&t.priority.to_be_bytes());
+    put_str(&mut out, g.as_bytes());
+    put_str(&mut out, ik.as_bytes());
+    put_str(&mut out, queue.as_bytes());
+    put_str(&mut out, t.kind.as_bytes());
+    put_str(&mut out, payload);
+    out
+}
+
+/// Reads the big-endian fields of a record in order.
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or_else(|| bug("task record cut short"))?;
+        let out = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        Ok(u32::from_be_bytes(self.arr()?))
+    }
+    fn i32(&mut self) -> Result<i32, StoreError> {
+        Ok(i32::from_be_bytes(self.arr()?))
+    }
+    fn i64(&mut self) -> Result<i64, StoreError> {
+        Ok(i64::from_be_bytes(self.arr()?))
+    }
+    /// A time or duration (never negative in a record).
+    fn time(&mut self) -> Result<u64, StoreError> {
+        u64::try_from(self.i64()?).map_err(|_| bug("negative time in a task record"))
+    }
+    /// A time where 0 means none.
+    fn opt_time(&mut self) -> Result<Option<u64>, StoreError> {
+        Ok(Some(self.time()?).filter(|&t| t != 0))
+    }
+    fn str(&mut self) -> Result<&'a [u8], StoreError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn text(&mut self) -> Result<String, StoreError> {
+        String::from_utf8(self.str()?.to_vec()).map_err(|_| bug("task record text not utf-8"))
+    }
+}
+
+/// A task as its record reads, with its payload and (if active) its lease's
+/// expiry. A scheduled task whose run_at has passed reads as pending, as
+/// everywhere.
+pub fn record(
+    id: TaskId,
+    rec: Vec<u8>,
+    now_ms: u64,
+) -> Result<(TaskRecord, Bytes, Option<u64>), StoreError> {
+    if rec.len() < HEADER_LEN {
+        return Err(bug("task record shorter than its header"));
+    }
+    let mut h = Reader {
+        b: &rec[..HEADER_LEN],
+        pos: 0,
+    };
+    let state = state(i64::from(h.u8()?))?;
+    let lease_expires = h.opt_time()?;
+    let _lease = h.take(16)?;
+    let finished_ms = h.opt_time()?;
+    let attempt = h.u32()?;
+    let started_ms = h.opt_time()?;
+    let cancel_requested = h.u8()? == 1;
+    let _watched = h.u8()?;
+    let run_at_ms = h.time()?;
+    let created_ms = h.time()?;
+    let _seq = h.i64()?;
+    let error_len = h.i32()?;
+    let mut d = Reader {
+        b: &rec,
+        pos: HEADER_LEN,
+    };
+    let timeout_ms = d.time()?;
+    let deadline_ms = match d.i64()? {
+        -1 => None,
+        v => Some(u64::try_from(v).map_err(|_| bug("deadline"))?),
+    };
+    let retention_ms = d.time()?;
+    let max_attempts = d.u32()?;
+    let priority = d.i32()?;
+    let group = match d.str()? {
+        b"" => None,
+        g => Some(
+            std::str::from_utf8(g)
+                .ok()
+                .and_then(|g| g.parse().ok())
+                .ok_or_else(|| bug("group id"))?,
+        ),
+    };
+    let idempotency_key = Some(d.text()?).filter(|k| !k.is_empty());
+    let queue = d.text()?;
+    let kind = d.text()?;
+    let payload_len = d.u32()? as usize;
+    let payload_at = d.pos;
+    d.take(payload_len)?;
+    let last_error = match error_len {
+        -1 => None,
+        n => Some(
+            String::from_utf8(d.take(n as usize)?.to_vec()).map_err(|_| bug("error not utf-8"))?,
+        ),
+    };
+    let result = Some(d.b[d.pos..].to_vec()).filter(|r| !r.is_empty());
+    let shown = if state == TaskState::Scheduled && run_at_ms <= now_ms {
+        TaskState::Pending
+    } else {
+        state
+    };
+    let record = TaskRecord {
+        id,
+        queue,
+        kind,
+        priority,
+        state: shown,
+        attempt,
+        max_attempts,
+        timeout_ms,
+        run_at_ms,
+        deadline_ms,
+        idempotency_key,
+        retention_ms,
+        created_ms,
+        started_ms,
+        finished_ms,
+        result,
+        last_error,
+        cancel_requested,
+        group,
+    };
+    let le = if state == TaskState::Active {
+        lease_expires
+    } else {
+        None
+    };
+    let payload = Bytes::from(rec).slice(payload_at..payload_at + payload_len);
+    Ok((record, payload, le))
+}
+
+/// A task view from a `{record or '', worker or ''}` pair of a script reply.
+pub fn view(
+    id: TaskId,
+    rec: Value,
+    worker: Value,
+    now_ms: u64,
+) -> Result<Option<TaskView>, StoreError> {
+    let rec = bytes(rec)?;
+    if rec.is_empty() {
+        return Ok(None);
+    }
+    let (record, payload, lease_expires_ms) = self::record(id, rec, now_ms)?;
+    let worker = Some(text(worker)?).filter(|w| !w.is_empty() && lease_expires_ms.is_some());
+    Ok(Some(TaskView {
+        record,
+        payload,
+        lease_expires_ms,
+        worker,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(state: u8, attempt: u32, le: i64, error_len: i32) -> Vec<u8> {
+        let mut h = vec![state];
+        h.extend_from_slice(&le.to_be_bytes());
+        h.extend_from_slice(&[9; 16]);
+        h.extend_from_slice(&0i64.to_be_bytes());
+        h.extend_from_slice(&attempt.to_be_bytes());
+        h.extend_from_slice(&11i64.to_be_bytes());
+        h.extend_from_slice(&[1, 0]);
+        for v in [7i64, 5, 3] {
+            h.extend_from_slice(&v.to_be_bytes());
+        }
+        h.extend_from_slice(&error_len.to_be_bytes());
+        assert_eq!(h.len(), HEADER_LEN);
+        h
     }
 
-    /// A task's record, its lease expiry and worker (active only), from its hash.
-    /// A scheduled task whose run_at has passed reads as pending, as everywhere.
-    pub fn record(
-        &mut self,
-        now_ms: u64,
-    ) -> Result<(TaskRecord, Option<u64>, Option<String>), StoreError> {
-        let state = state(self.num("s")?)?;
-        let run_at_ms: u64 = self.num("ra")?;
-        let shown = if state == TaskState::Scheduled && run_at_ms <= now_ms {
-            TaskState::Pending
-        } else {
-            state
+    #[test]
+    fn a_record_reads_back_what_enqueue_packed_and_the_scripts_appended() {
+        let id: TaskId = "01M8QCA4ZD2Y7EEJ1EHYAG4M7E".parse().unwrap();
+        let t = NewTask {
+            kind: "email".into(),
+            priority: -3,
+            run_at_ms: None,
+            delay_ms: 0,
+            max_attempts: 4,
+            timeout_ms: 30_000,
+            deadline_ms: Some(99),
+            idempotency_key: Some("k1".into()),
+            retention_ms: 60_000,
         };
-        let group = match self.opt_str("g")? {
-            Some(g) => Some(g.parse().map_err(|_| bug("group id"))?),
-            None => None,
-        };
-        let record = TaskRecord {
-            id: self.id("id")?,
-            queue: self.str("q")?,
-            kind: self.str("k")?,
-            priority: self.num("p")?,
-            state: shown,
-            attempt: self.num("a")?,
-            max_attempts: self.num("ma")?,
-            timeout_ms: self.num("to")?,
-            run_at_ms,
-            deadline_ms: self.opt_num("dl")?,
-            idempotency_key: self.opt_str("ik")?,
-            retention_ms: self.num("rt")?,
-            created_ms: self.num("c")?,
-            started_ms: self.opt_num("st")?,
-            finished_ms: self.opt_num("f")?,
-            result: self.take("r"),
-            last_error: self.opt_str("e")?,
-            cancel_requested: self.num::<u8>("cr")? == 1,
-            group,
-        };
-        let (le, w) = if state == TaskState::Active {
-            (self.opt_num("le")?, self.opt_str("w")?)
-        } else {
-            (None, None)
-        };
-        Ok((record, le, w))
-    }
-
-    pub fn view(mut self, now_ms: u64) -> Result<TaskView, StoreError> {
-        let payload = Bytes::from(self.take("pl").unwrap_or_default());
-        let (record, lease_expires_ms, worker) = self.record(now_ms)?;
-        Ok(TaskView {
-            record,
-            payload,
-            lease_expires_ms,
-            worker,
-        })
+        let g = id.to_string();
+        let mut rec = header(2, 1, 40_000, 4);
+        rec.extend(pack_task("q", &t, Some(&g), b"{\"a\":1}"));
+        rec.extend_from_slice(b"boom{\"ok\":true}");
+        let (r, payload, le) = record(id, rec.clone(), 0).unwrap();
+        assert_eq!(r.state, TaskState::Active);
+        assert_eq!((r.attempt, le, r.started_ms), (1, Some(40_000), Some(11)));
+        assert_eq!((r.run_at_ms, r.created_ms), (7, 5));
+        assert_eq!(
+            (r.queue.as_str(), r.kind.as_str(), r.priority),
+            ("q", "email", -3)
+        );
+        assert_eq!(
+            (r.max_attempts, r.timeout_ms, r.retention_ms),
+            (4, 30_000, 60_000)
+        );
+        assert_eq!(
+            (r.deadline_ms, r.idempotency_key.as_deref()),
+            (Some(99), Some("k1"))
+        );
+        assert_eq!(r.group, Some(id));
+        assert!(r.cancel_requested);
+        assert_eq!(&payload[..], b"{\"a\":1}");
+        assert_eq!(r.last_error.as_deref(), Some("boom"));
+        assert_eq!(r.result.as_deref(), Some(&b"{\"ok\":true}"[..]));
+        // Cut anywhere, a record is refused, never misread.
+        for cut in [0, 10, HEADER_LEN, HEADER_LEN + 40, rec.len() - 16] {
+            assert!(record(id, rec[..cut].to_vec(), 0).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -161,12 +161,14 @@ impl Keys {
         )
     }
 
+    /// The task hash of `id`'s slot (every task of the slot is one field).
     pub fn task(&self, id: TaskId) -> String {
-        format!("{}t:{id}", self.base(slot_of(id)))
+        self.tasks(slot_of(id))
     }
 
-    pub fn payload(&self, id: TaskId) -> String {
-        format!("{}p:{id}", self.base(slot_of(id)))
+    /// The task hash of a slot.
+    pub fn tasks(&self, slot: u16) -> String {
+        format!("{}t", self.base(slot))
     }
 
     pub fn group(&self, id: TaskId) -> String {
@@ -186,19 +188,6 @@ impl Keys {
     /// The pub/sub channel of wake-up messages.
     pub fn channel(&self) -> String {
         format!("{}:wake", self.prefix)
-    }
-
-    /// A `SCAN MATCH` pattern for every task hash of this prefix.
-    pub fn task_pattern(&self) -> String {
-        let mut p = String::new();
-        for c in self.prefix.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                p.push('\\');
-            }
-            p.push(c);
-        }
-        p.push_str(":{*}:t:*");
-        p
     }
 }
 
@@ -246,7 +235,7 @@ mod tests {
             let id = IdGen::default().next(1_700_000_000_000, slot, 1)[0];
             assert_eq!(slot_of(id), slot);
             assert_eq!(id.timestamp_ms(), 1_700_000_000_000);
-            for key in [k.meta(q), k.task(id), k.payload(id), k.group(id)] {
+            for key in [k.meta(q), k.task(id), k.group(id)] {
                 assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
             }
         }

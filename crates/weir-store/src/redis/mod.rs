@@ -35,7 +35,7 @@ use crate::{
     QueueInfo, Settle, StoreError, TaskView,
 };
 use conn::{Conn, Health, Redis};
-use decode::{array, bug, int, opt_u64, text, Fields};
+use decode::{array, bug, bytes, int, opt_u64, text, Fields};
 use keys::{queue_slot, slot_of, Keys};
 use scripts::Scripts;
 use wake::Waiters;
@@ -372,24 +372,26 @@ impl RedisBroker {
         };
         inv.arg(queue)
             .arg(limits.queue_tasks_max)
-            .arg(gid)
+            .arg(&gid)
             .arg(u8::from(ff))
             .arg(grt)
             .arg(tasks.len());
         let ids = core.ids.next(self.now_ms(), slot, tasks.len());
+        let group_id = (!gid.is_empty()).then_some(gid.as_str());
         for (t, id) in tasks.iter().zip(ids) {
             let nt = &t.task;
+            let when = match (nt.run_at_ms, nt.delay_ms) {
+                (Some(at), _) => at.to_string(),
+                (None, 0) => String::new(),
+                (None, d) => format!("+{d}"),
+            };
+            // Byte order of the ready set: higher priority first.
+            let rank = (i64::from(i32::MAX) - i64::from(nt.priority)) as u32;
             inv.arg(id.to_string())
-                .arg(nt.kind.as_str())
-                .arg(nt.priority)
-                .arg(nt.run_at_ms.map(|r| r.to_string()).unwrap_or_default())
-                .arg(nt.delay_ms)
-                .arg(nt.max_attempts.max(1))
-                .arg(nt.timeout_ms)
-                .arg(nt.deadline_ms.map(|d| d.to_string()).unwrap_or_default())
+                .arg(&rank.to_be_bytes()[..])
+                .arg(when)
                 .arg(nt.idempotency_key.as_deref().unwrap_or(""))
-                .arg(nt.retention_ms)
-                .arg(&t.payload[..]);
+                .arg(decode::pack_task(queue, nt, group_id, &t.payload));
         }
         let reply = array(core.redis.script("enqueue", &inv).await?)?;
         let mut it = reply.into_iter();
@@ -450,19 +452,19 @@ impl RedisBroker {
         Ok(())
     }
 
-    async fn view(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+    /// Reads a task; `watch` marks it watched, so that its end is published.
+    async fn view(&self, id: TaskId, watch: bool) -> Result<Option<TaskView>, StoreError> {
         self.gate()?;
         let core = self.core();
         let key = core.keys.task(id);
         let mut inv = core.invocation(&core.scripts.view, &key, slot_of(id));
-        inv.arg(id.to_string());
+        inv.arg(id.to_string()).arg(if watch { "1" } else { "0" });
         let mut reply = array(core.redis.script("read task", &inv).await?)?.into_iter();
-        let now = opt_u64(reply.next().ok_or_else(|| bug("empty view"))?)?.unwrap_or(0);
-        let f = Fields::from_values(reply.collect())?;
-        if f.is_empty() {
-            return Ok(None);
-        }
-        f.view(now).map(Some)
+        let (Some(now), Some(rec), Some(worker)) = (reply.next(), reply.next(), reply.next())
+        else {
+            return Err(bug("view reply"));
+        };
+        decode::view(id, rec, worker, opt_u64(now)?.unwrap_or(0))
     }
 
     async fn group_view(&self, id: TaskId) -> Result<Option<GroupView>, StoreError> {
@@ -479,11 +481,9 @@ impl RedisBroker {
         let now = opt_u64(it.next().ok_or_else(|| bug("group view"))?)?.unwrap_or(0);
         let g = Fields::parse(it.next().ok_or_else(|| bug("group view"))?)?;
         let mut tasks = Vec::new();
-        for m in it {
-            let mut f = Fields::parse(m)?;
-            if !f.is_empty() {
-                tasks.push(f.record(now)?.0);
-            }
+        while let (Some(mid), Some(rec)) = (it.next(), it.next()) {
+            let mid = text(mid)?.parse().map_err(|_| bug("member id"))?;
+            tasks.push(decode::record(mid, bytes(rec)?, now)?.0);
         }
         let state = GroupState::from_index(g.num("st")?).ok_or_else(|| bug("group state"))?;
         Ok(Some(GroupView {
@@ -547,22 +547,24 @@ impl RedisBroker {
             .arg(worker.unwrap_or(""));
         let lease_ids: Vec<LeaseId> = (0..max).map(|_| LeaseId::random()).collect();
         for l in &lease_ids {
-            inv.arg(l.to_string());
+            inv.arg(&l.0.to_be_bytes()[..]);
         }
         let mut it = array(core.redis.script("lease", &inv).await?)?.into_iter();
         let now = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?.unwrap_or(0);
         let next_due = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?;
         let next_lease = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?;
         let mut out = Vec::new();
-        for (v, lease_id) in it.zip(lease_ids) {
-            let view = Fields::parse(v)?.view(now)?;
+        let mut lease_ids = lease_ids.into_iter();
+        while let (Some(id), Some(rec)) = (it.next(), it.next()) {
+            let id = text(id)?.parse().map_err(|_| bug("leased id"))?;
+            let (record, payload, le) = decode::record(id, bytes(rec)?, now)?;
             out.push(Leased {
-                lease_expires_ms: view
-                    .lease_expires_ms
-                    .ok_or_else(|| bug("leased task without expiry"))?,
-                record: view.record,
-                payload: view.payload,
-                lease_id,
+                lease_expires_ms: le.ok_or_else(|| bug("leased task without expiry"))?,
+                record,
+                payload,
+                lease_id: lease_ids
+                    .next()
+                    .ok_or_else(|| bug("more leased than asked"))?,
             });
         }
         let next = [next_due, next_lease]
@@ -573,18 +575,22 @@ impl RedisBroker {
         Ok((out, next))
     }
 
+    /// One beat; `watch` marks the task watched, so that a cancel request is
+    /// published.
     async fn heartbeat_at(
         &self,
         id: TaskId,
         lease_id: LeaseId,
+        watch: bool,
     ) -> Result<(Heartbeat, u64), StoreError> {
         self.gate()?;
         let core = self.core();
         let key = core.keys.task(id);
         let mut inv = core.invocation(&core.scripts.heartbeat, &key, slot_of(id));
         inv.arg(id.to_string())
-            .arg(lease_id.to_string())
-            .arg(core.config.lease_grace_ms);
+            .arg(&lease_id.0.to_be_bytes()[..])
+            .arg(core.config.lease_grace_ms)
+            .arg(if watch { "1" } else { "0" });
         let reply = core.redis.script("heartbeat", &inv).await?;
         if matches!(&reply, Value::BulkString(b) if b == b"stale") {
             return Err(StoreError::StaleLease);
@@ -636,14 +642,14 @@ impl Broker for RedisBroker {
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
-        self.view(id).await
+        self.view(id, false).await
     }
 
     async fn wait(&self, id: TaskId, wait: Duration) -> Result<Option<TaskView>, StoreError> {
         self.long_poll(
             format!("t{id}"),
             wait,
-            || self.view(id),
+            || self.view(id, true),
             |v| v.as_ref().is_none_or(|v| v.record.state.is_terminal()),
         )
         .await
@@ -665,8 +671,11 @@ impl Broker for RedisBroker {
             }
             "ok" => {
                 let mut it = rest.into_iter();
-                let now = opt_u64(it.next().ok_or_else(|| bug("cancel"))?)?.unwrap_or(0);
-                Fields::from_values(it.collect())?.view(now)
+                let (Some(now), Some(rec), Some(worker)) = (it.next(), it.next(), it.next()) else {
+                    return Err(bug("cancel reply"));
+                };
+                decode::view(id, rec, worker, opt_u64(now)?.unwrap_or(0))?
+                    .ok_or_else(|| bug("canceled task without record"))
             }
             other => Err(bug(&format!("cancel tag {other}"))),
         }
@@ -737,12 +746,11 @@ impl Broker for RedisBroker {
                         lease_id,
                         result,
                     } => {
-                        inv.arg(id.to_string()).arg(lease_id.to_string());
+                        inv.arg(id.to_string()).arg(&lease_id.0.to_be_bytes()[..]);
                         match result {
                             Some(r) => inv.arg("r").arg(&r[..]),
                             None => inv.arg("a").arg(""),
                         };
-                        inv.arg("0").arg("0");
                     }
                     Settle::Fail {
                         id,
@@ -752,11 +760,9 @@ impl Broker for RedisBroker {
                     } => {
                         let unit: f64 = rand::thread_rng().gen();
                         inv.arg(id.to_string())
-                            .arg(lease_id.to_string())
-                            .arg("f")
-                            .arg(error.as_str())
-                            .arg(if *retry { "1" } else { "0" })
-                            .arg(format!("{unit:.17}"));
+                            .arg(&lease_id.0.to_be_bytes()[..])
+                            .arg(format!("f{}{unit:.17}", u8::from(*retry)))
+                            .arg(error.as_str());
                     }
                 }
             }
@@ -827,7 +833,7 @@ impl Broker for RedisBroker {
         let core = self.core();
         let key = core.keys.task(id);
         let mut inv = core.invocation(&core.scripts.release, &key, slot_of(id));
-        inv.arg(id.to_string()).arg(lease_id.to_string());
+        inv.arg(id.to_string()).arg(&lease_id.0.to_be_bytes()[..]);
         match core.redis.script("release", &inv).await? {
             Value::BulkString(b) if b == b"stale" => Err(StoreError::StaleLease),
             v => decode::state(int(v)?),
@@ -835,7 +841,9 @@ impl Broker for RedisBroker {
     }
 
     async fn heartbeat(&self, id: TaskId, lease_id: LeaseId) -> Result<Heartbeat, StoreError> {
-        self.heartbeat_at(id, lease_id).await.map(|(hb, _)| hb)
+        self.heartbeat_at(id, lease_id, false)
+            .await
+            .map(|(hb, _)| hb)
     }
 
     async fn watch(
@@ -852,7 +860,7 @@ impl Broker for RedisBroker {
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (hb, now) = self.heartbeat_at(id, lease_id).await?;
+        let (hb, now) = self.heartbeat_at(id, lease_id, true).await?;
         if hb.cancel_requested || wait.is_zero() {
             return Ok(hb);
         }
@@ -872,7 +880,7 @@ impl Broker for RedisBroker {
             // Re-armed before the re-check reads again.
             notified.set(waiter.notify.notified());
             notified.as_mut().enable();
-            let (hb, _) = self.heartbeat_at(id, lease_id).await?;
+            let (hb, _) = self.heartbeat_at(id, lease_id, true).await?;
             if hb.cancel_requested {
                 return Ok(hb);
             }

@@ -7,41 +7,37 @@
 //! run, plus one SET attempt per server. Lease calls do the same upkeep for
 //! their own queue, so a busy queue does not wait for the sweep.
 //!
-//! The holder also audits a slice of the task hashes (`SCAN`, a bounded step per
-//! round, on every master of a cluster) and puts back any index entry that was
-//! lost outside the scripts (eviction, a failover, a hand edit), so no task stays
-//! stuck.
+//! The holder also audits a slice of the task records (an `HSCAN` step of one
+//! slot's task hash per round, slot after slot of the registered queues) and
+//! puts back any index entry that was lost outside the scripts (eviction, a
+//! failover, a hand edit), so no task stays stuck.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use rand::Rng;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::Value;
-use weir_core::TaskId;
 
-use super::conn::{call, Conn};
 use super::decode::{array, int, text};
-use super::keys::{queue_slot, slot_of};
+use super::keys::queue_slot;
 use super::{Core, SWEEP_BATCH_MAX, SWEEP_CONCURRENCY_MAX, SWEEP_ROUNDS_MAX};
 use crate::StoreError;
 
-/// Keys one audit `SCAN` step asks for per node.
-const AUDIT_SCAN_COUNT: usize = 1000;
+/// Records one audit step asks HSCAN for (records hold payloads: the step
+/// reads them inside Redis, so this bounds the script's memory and time).
+const AUDIT_SCAN_COUNT: usize = 256;
 
 pub async fn run(core: Arc<Core>) {
     let interval = core.config.sweep_interval_ms.max(10);
-    // Where the audit's SCAN left off, per node ("" for a single Redis).
-    let mut cursors: HashMap<String, u64> = HashMap::new();
+    let mut audit = Audit::default();
     loop {
         let jitter = rand::thread_rng().gen_range(0..=interval / 5);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval + jitter)) => {}
             _ = core.closing.cancelled() => return,
         }
-        match round(&core, interval, &mut cursors).await {
+        match round(&core, interval, &mut audit).await {
             Ok(()) => {}
             Err(StoreError::Unavailable { .. }) => {}
             Err(e) => tracing::error!(error = %e.chain(), "redis sweep failed"),
@@ -50,11 +46,7 @@ pub async fn run(core: Arc<Core>) {
 }
 
 /// One round: take the lock, or leave the work to its holder.
-async fn round(
-    core: &Core,
-    interval_ms: u64,
-    cursors: &mut HashMap<String, u64>,
-) -> Result<(), StoreError> {
+async fn round(core: &Core, interval_ms: u64, audit: &mut Audit) -> Result<(), StoreError> {
     let got: Option<String> = core
         .redis
         .query(
@@ -71,7 +63,7 @@ async fn round(
         return Ok(());
     }
     sweep_all(core).await?;
-    audit_step(core, cursors).await?;
+    audit_step(core, audit).await?;
     Ok(())
 }
 
@@ -99,98 +91,53 @@ async fn sweep_queue(core: &Core, queue: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// One bounded `SCAN` step over the task hashes of every node, then the audit
-/// script over what it found, one call per slot.
-pub async fn audit_step(
-    core: &Core,
-    cursors: &mut HashMap<String, u64>,
-) -> Result<usize, StoreError> {
-    let pattern = core.keys.task_pattern();
-    let nodes = nodes(core).await?;
-    let mut ids: Vec<TaskId> = Vec::new();
-    for node in nodes {
-        let cursor = cursors.get(&node).copied().unwrap_or(0);
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(AUDIT_SCAN_COUNT);
-        let reply = match (&core.redis.conn, node.rsplit_once(':')) {
-            (Conn::Cluster(c), Some((host, port))) => {
-                let mut c = c.clone();
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.to_owned(),
-                    port: port.parse().unwrap_or(0),
-                });
-                call(
-                    &core.redis.health,
-                    core.redis.timeout,
-                    "audit scan",
-                    c.route_command(cmd, routing),
-                )
-                .await?
-            }
-            _ => core.redis.query::<Value>("audit scan", &cmd).await?,
-        };
-        let mut it = array(reply)?.into_iter();
-        let next: u64 = text(it.next().unwrap_or(Value::Nil))
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        cursors.insert(node, next);
-        for key in it.next().map(array).transpose()?.unwrap_or_default() {
-            let key = text(key)?;
-            if let Some(id) = key.rsplit(':').next().and_then(|s| s.parse().ok()) {
-                ids.push(id);
-            }
-        }
-    }
-    let mut by_slot: BTreeMap<u16, Vec<TaskId>> = BTreeMap::new();
-    for id in ids {
-        by_slot.entry(slot_of(id)).or_default().push(id);
-    }
-    let mut fixed = 0usize;
-    for (slot, ids) in by_slot {
-        let key = core.keys.task(ids[0]);
-        let mut inv = core.invocation(&core.scripts.audit, &key, slot);
-        for id in &ids {
-            inv.arg(id.to_string());
-        }
-        let n = int(core.redis.script("audit tasks", &inv).await?)?;
-        if n > 0 {
-            tracing::warn!(
-                restored = n,
-                "restored lost redis index entries (eviction, failover or a hand edit?)"
-            );
-        }
-        fixed += n as usize;
-    }
-    Ok(fixed)
+/// Where the audit is: the slots of the registered queues, the one it is
+/// in, and the HSCAN cursor there.
+#[derive(Default)]
+pub struct Audit {
+    slots: Vec<u16>,
+    at: usize,
+    cursor: String,
 }
 
-/// The nodes to SCAN: `""` for a single Redis, every master's `host:port` for a
-/// cluster (from `CLUSTER SLOTS`).
-async fn nodes(core: &Core) -> Result<Vec<String>, StoreError> {
-    if matches!(core.redis.conn, Conn::Single(_)) {
-        return Ok(vec![String::new()]);
+/// One bounded audit step: an HSCAN step over one slot's task hash (the
+/// audit script reads and checks the records inside Redis; only the cursor
+/// comes back), moving to the next slot of a registered queue when that slot
+/// is done. Returns how many entries it restored.
+pub async fn audit_step(core: &Core, audit: &mut Audit) -> Result<usize, StoreError> {
+    if audit.at >= audit.slots.len() {
+        let mut slots: Vec<u16> = core
+            .registered_queues()
+            .await?
+            .iter()
+            .map(|q| queue_slot(q))
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        *audit = Audit {
+            slots,
+            at: 0,
+            cursor: "0".into(),
+        };
     }
-    let slots: Value = core
-        .redis
-        .query("cluster slots", redis::cmd("CLUSTER").arg("SLOTS"))
-        .await?;
-    let mut out = Vec::new();
-    for range in array(slots)? {
-        let mut it = array(range)?.into_iter().skip(2);
-        if let Some(master) = it.next() {
-            let mut m = array(master)?.into_iter();
-            let host = text(m.next().unwrap_or(Value::Nil))?;
-            let port = int(m.next().unwrap_or(Value::Nil))?;
-            let node = format!("{host}:{port}");
-            if !out.contains(&node) {
-                out.push(node);
-            }
-        }
+    let Some(&slot) = audit.slots.get(audit.at) else {
+        return Ok(0);
+    };
+    let key = core.keys.tasks(slot);
+    let mut inv = core.invocation(&core.scripts.audit, &key, slot);
+    inv.arg(&audit.cursor).arg(AUDIT_SCAN_COUNT);
+    let mut it = array(core.redis.script("audit tasks", &inv).await?)?.into_iter();
+    let next = text(it.next().unwrap_or(Value::Nil))?;
+    let fixed = int(it.next().unwrap_or(Value::Nil))?;
+    if next == "0" {
+        audit.at += 1;
     }
-    Ok(out)
+    audit.cursor = next;
+    if fixed > 0 {
+        tracing::warn!(
+            restored = fixed,
+            "restored lost redis index entries (eviction, failover or a hand edit?)"
+        );
+    }
+    Ok(fixed as usize)
 }

@@ -1,21 +1,22 @@
 -- Cancel a queued task, or request the cancel of an active one.
--- KEYS[1]: the task's hash. ARGV: base, channel, id.
--- Returns {'nf'}, {'term', state} or {'ok', now, view...}.
+-- KEYS[1]: the slot's task hash. ARGV: base, channel, id.
+-- Returns {'nf'}, {'term', state} or {'ok', now, record, worker}.
 local id = ARGV[3]
-local tk = KEYS[1]
-local v = redis.call('HMGET', tk, 's', 'q', 'rk')
-if not v[1] then return {'nf'} end
-local st = tonumber(v[1])
-if st >= COMPLETED then return {'term', st} end
-if st == ACTIVE then
-  redis.call('HSET', tk, 'cr', 1)
-  wake('t' .. id)
+local t = load(id)
+if not t then return {'nf'} end
+if t.s >= COMPLETED then return {'term', t.s} end
+if t.s == ACTIVE then
+  if t.cr ~= 1 then
+    t.cr = 1
+    store(id, t)
+  end
+  if t.wt == 1 then wake('t' .. id) end
 else
-  unindex(id, v[2], st, v[3])
-  count(v[2], st, -1)
-  finish(id, v[2], CANCELED)
+  unindex(id, t.q, t)
+  count(t.q, t.s, -1)
+  finish(id, t.q, CANCELED, t)
 end
 flush_wakes()
 local out = {'ok', fmt(NOW)}
-for _, x in ipairs(view(id)) do out[#out + 1] = x end
+view_into(out, id)
 return out

@@ -8,15 +8,39 @@ local LEASE_EXPIRED_ERROR = 'lease expired without ack'
 local DEADLINE_ERROR = 'deadline exceeded'
 local TIME_MAX = 9007199254740991
 
+-- Every task of the slot is one field of the slot's task hash (TASKS), its
+-- value the task's record (decode.rs reads the same layout; the design doc
+-- draws it): a fixed header, then D (the immutable part the server
+-- packed at enqueue), then the payload, then the tail: the last error (el
+-- bytes; el = -1 for none) followed by the result (the rest; '' for none).
+-- Header: state, lease expiry, lease id (16 bytes, zeros for none),
+-- finished, attempt, started, cancel requested, watched (someone waits:
+-- publish its ends), run_at, created, seq (its FIFO place), el. 0 means
+-- "none" for times. A lease rewrites the first 45 bytes, an ack the first 33.
+local HFMT = '>Bi8c16i8I4i8BBi8i8i8i4'
+local HLEN = 75
+-- D: timeout, deadline (-1 for none), retention, max attempts, priority, then
+-- group id, idempotency key ('' for none), queue, kind with u32 lengths; the
+-- payload follows with its u32 length. D8 reads up to the queue.
+local DFMT = '>i8i8i8I4i4I4c0I4c0I4c0I4c0'
+local D8 = '>i8i8i8I4i4I4c0I4c0I4c0'
+local NOLEASE = string.rep('\0', 16)
+-- A ready-set member: (i32::MAX - priority) as u32 and seq as i64, both
+-- big-endian, then the id, so that byte order is priority first, then FIFO.
+local RKLEN = 12
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local NOW = now_ms()
 
+local function clamp(n)
+  if n > TIME_MAX then return TIME_MAX end
+  return n
+end
 local function fmt(n)
-  if n > TIME_MAX then n = TIME_MAX end
-  return string.format('%d', n)
+  return string.format('%d', clamp(n))
 end
 
 local hexes = {}
@@ -28,10 +52,114 @@ local function hex(s)
   end
   return h
 end
-local function qkey(q, suffix) return BASE .. 'q:' .. hex(q) .. ':' .. suffix end
-local function tkey(id) return BASE .. 't:' .. id end
-local function pkey(id) return BASE .. 'p:' .. id end
+-- A queue's key (memoized: built once per queue and suffix and call).
+local qkeys = {}
+local function qkey(q, suffix)
+  local m = qkeys[q]
+  if not m then
+    m = {}
+    qkeys[q] = m
+  end
+  local k = m[suffix]
+  if not k then
+    k = BASE .. 'q:' .. hex(q) .. ':' .. suffix
+    m[suffix] = k
+  end
+  return k
+end
 local function gkey(id) return BASE .. 'g:' .. id end
+local TASKS = BASE .. 't'
+
+-- A script-local write-back cache of records: every read goes through it
+-- (one HMGET for a batch: prefetch), every write lands in it and reaches
+-- Redis with one HSET (and one HDEL) at the end of the script (flush_wakes).
+-- cache[id] is the record, or false for none.
+local cache, dirty = {}, {}
+local function get(id)
+  local rec = cache[id]
+  if rec == nil then
+    rec = redis.call('HGET', TASKS, id)
+    cache[id] = rec
+  end
+  return rec
+end
+local function prefetch(ids)
+  local want = {}
+  for _, id in ipairs(ids) do
+    if cache[id] == nil then want[#want + 1] = id end
+  end
+  for i = 1, #want, 1000 do
+    local j = math.min(i + 999, #want)
+    local v = redis.call('HMGET', TASKS, unpack(want, i, j))
+    for k = i, j do cache[want[k]] = v[k - i + 1] end
+  end
+end
+local function put(id, rec)
+  if not dirty[id] then
+    dirty[id] = true
+    dirty[#dirty + 1] = id
+  end
+  cache[id] = rec
+end
+local function flush_records()
+  local sets, dels = {}, {}
+  for _, id in ipairs(dirty) do
+    local rec = cache[id]
+    if rec then
+      sets[#sets + 1] = id
+      sets[#sets + 1] = rec
+    else
+      dels[#dels + 1] = id
+    end
+  end
+  for i = 1, #sets, 1000 do redis.call('HSET', TASKS, unpack(sets, i, math.min(i + 999, #sets))) end
+  for i = 1, #dels, 1000 do redis.call('HDEL', TASKS, unpack(dels, i, math.min(i + 999, #dels))) end
+  dirty = {}
+end
+
+-- The whole record as a table (the slow paths; lease and ack read only what
+-- they need).
+local function parse(rec)
+  local t, pos = {}, nil
+  t.s, t.le, t.l, t.f, t.a, t.st, t.cr, t.wt, t.ra, t.c, t.seq, t.el, pos = struct.unpack(HFMT, rec)
+  local dpos = pos
+  t.to, t.dl, t.rt, t.ma, t.p, t.g, t.ik, t.q, t.k, pos = struct.unpack(DFMT, rec, dpos)
+  local plen = struct.unpack('>I4', rec, pos)
+  pos = pos + 4 + plen
+  t.d = string.sub(rec, dpos, pos - 1)
+  t.e = nil
+  if t.el >= 0 then
+    t.e = string.sub(rec, pos, pos + t.el - 1)
+    pos = pos + t.el
+  end
+  t.r = string.sub(rec, pos)
+  return t
+end
+-- Whether a record is still there for its readers: completed and canceled
+-- tasks are gone once their retention ran out, even before the sweep purges
+-- them.
+local function alive(rec)
+  local s = string.byte(rec, 1)
+  if s ~= COMPLETED and s ~= CANCELED then return true end
+  local f = struct.unpack('>i8', rec, 26)
+  local rt = struct.unpack('>i8', rec, HLEN + 17)
+  return NOW < math.max(f + rt, f + 1)
+end
+local function load(id)
+  local rec = get(id)
+  if not rec or not alive(rec) then return nil end
+  return parse(rec)
+end
+local function header(t)
+  local el = -1
+  if t.e then el = #t.e end
+  return struct.pack(HFMT, t.s, clamp(t.le), t.l, t.f, t.a, t.st, t.cr, t.wt, clamp(t.ra), t.c, t.seq, el)
+end
+-- Writes a whole record.
+local function store(id, t)
+  put(id, header(t) .. t.d .. (t.e or '') .. t.r)
+end
+local function rk(p, seq, id) return struct.pack('>I4i8', 2147483647 - p, seq) .. id end
 
 -- Wake-up tokens, published once at the end of the script.
 local wakes, woken = {}, {}
@@ -47,63 +175,73 @@ end
 -- gets its HINCRBY, so the hash ends exactly as with one HINCRBY per change.
 local counts, counted = {}, {}
 local function count(q, state, delta)
-  local k = qkey(q, 'm')
-  local c = counts[k]
+  local c = counts[q]
   if not c then
     c = {}
-    counts[k] = c
-    counted[#counted + 1] = k
+    counts[q] = c
+    counted[#counted + 1] = q
   end
-  local f = 'n' .. state
-  c[f] = (c[f] or 0) + delta
+  c[state] = (c[state] or 0) + delta
 end
 local function flush_counts()
-  for _, k in ipairs(counted) do
-    local c = counts[k]
+  for _, q in ipairs(counted) do
+    local c = counts[q]
     for s = SCHED, CANCELED do
-      local f = 'n' .. s
-      if c[f] then redis.call('HINCRBY', k, f, c[f]) end
+      if c[s] then redis.call('HINCRBY', qkey(q, 'm'), 'n' .. s, c[s]) end
     end
   end
   counts, counted = {}, {}
 end
 
--- Sorted-set writes deferred to the end of the script, one ZADD / ZREM per
--- key and call: the 'fin' entries of finish (flushed before purge reads
--- 'fin') and the settled tasks' 'active' entries.
-local zadds, zadded, zrems, zremmed = {}, {}, {}, {}
+-- Writes deferred to the end of the script, one command per key and call:
+-- 'active' entries of settled tasks (ZREM), 'fin' entries of ended ones
+-- (ZADD), the worker names of leased and settled tasks (HSET / HDEL on the
+-- queue's 'w' hash).
+local zrems, zremmed, zadds, zadded, hsets, hsetted, hdels, hdeled = {}, {}, {}, {}, {}, {}, {}, {}
 local function later(t, order, key, a, b)
   local z = t[key]
   if not z then
-    z = {}
+    z = {n = 0}
     t[key] = z
     order[#order + 1] = key
   end
-  z[#z + 1] = a
-  if b then z[#z + 1] = b end
+  local n = z.n + 1
+  z[n] = a
+  if b then
+    n = n + 1
+    z[n] = b
+  end
+  z.n = n
 end
-local function zadd_later(key, score, member) later(zadds, zadded, key, score, member) end
-local function zrem_later(key, member) later(zrems, zremmed, key, member) end
-local function flush_z()
-  for _, k in ipairs(zremmed) do
-    local z = zrems[k]
-    for i = 1, #z, 1000 do redis.call('ZREM', k, unpack(z, i, math.min(i + 999, #z))) end
+local function flush_later(t, order, cmd)
+  for _, k in ipairs(order) do
+    local z = t[k]
+    for i = 1, z.n, 1000 do redis.call(cmd, k, unpack(z, i, math.min(i + 999, z.n))) end
   end
-  for _, k in ipairs(zadded) do
-    local z = zadds[k]
-    for i = 1, #z, 1000 do redis.call('ZADD', k, unpack(z, i, math.min(i + 999, #z))) end
-  end
-  zadds, zadded, zrems, zremmed = {}, {}, {}, {}
+end
+-- A task leaves 'active' (its lease index entry and worker name).
+local function unlease(q, id)
+  later(zrems, zremmed, qkey(q, 'active'), id)
+  later(hdels, hdeled, qkey(q, 'w'), id)
 end
 
+local function flush_z()
+  flush_later(zrems, zremmed, 'ZREM')
+  flush_later(zadds, zadded, 'ZADD')
+  zrems, zremmed, zadds, zadded = {}, {}, {}, {}
+end
 local function flush_wakes()
   flush_z()
+  flush_later(hdels, hdeled, 'HDEL')
+  flush_later(hsets, hsetted, 'HSET')
+  hdels, hdeled, hsets, hsetted = {}, {}, {}, {}
+  flush_records()
   flush_counts()
   if #wakes > 0 then redis.call('PUBLISH', CHAN, table.concat(wakes, ' ')) end
 end
 
 local function group_closed(g)
-  if not g then return false end
+  if g == '' then return false end
   local st = redis.call('HGET', gkey(g), 'st')
   return st ~= false and st ~= '0'
 end
@@ -125,7 +263,7 @@ local function gload(g)
            ff = tonumber(v[5]), cbr = tonumber(v[6]), cas = tonumber(v[7]), rt = tonumber(v[8]) }
 end
 
-local finish, member_end, cascade
+local finish, ended, member_end, cascade
 
 -- Writes a group's state after its tally changed; the first event that fails
 -- or cancels a group with open members cancels them (once).
@@ -154,81 +292,70 @@ member_end = function(g, state)
   gupdate(g, h)
 end
 
--- Removes a queued task from its index (the caller counts it out).
-local function unindex(id, q, state, rk)
-  if state == SCHED then
+-- Removes a queued or active task from its index (the caller counts it out).
+local function unindex(id, q, t)
+  if t.s == SCHED then
     redis.call('ZREM', qkey(q, 'sched'), id)
-  elseif state == PENDING then
-    redis.call('ZREM', qkey(q, 'ready'), rk)
-  elseif state == ACTIVE then
-    redis.call('ZREM', qkey(q, 'active'), id)
+  elseif t.s == PENDING then
+    redis.call('ZREM', qkey(q, 'ready'), rk(t.p, t.seq, id))
+  elseif t.s == ACTIVE then
+    unlease(q, id)
   end
 end
 
--- Ends a task (its old state already counted out and unindexed): terminal
--- state, finish time, retention expiry for completed/canceled, group tally.
--- pre: the task's {rt, ik, g} if the caller read them and has already deleted
--- its 'l', 'le', 'w'; extra: field/value pairs written before 's' and 'f' in the
--- same HSET.
-finish = function(id, q, state, pre, extra)
-  local tk = tkey(id)
-  local v = pre
-  if extra then
-    local args = {'HSET', tk}
-    for _, x in ipairs(extra) do args[#args + 1] = x end
-    args[#args + 1] = 's'
-    args[#args + 1] = state
-    args[#args + 1] = 'f'
-    args[#args + 1] = fmt(NOW)
-    redis.call(unpack(args))
-  else
-    redis.call('HSET', tk, 's', state, 'f', fmt(NOW))
-  end
-  if not pre then
-    redis.call('HDEL', tk, 'l', 'le', 'w')
-    v = redis.call('HMGET', tk, 'rt', 'ik', 'g')
-  end
+-- What follows a task's end, once its record says so (its old state already
+-- counted out and unindexed): the count, the 'fin' entry of completed and
+-- canceled tasks (their retention's end, when the sweep purges them) and the
+-- TTL of their idempotency key, the wake-up of its waiters, the group tally.
+ended = function(id, q, state, rt, ik, g, wt)
   count(q, state, 1)
   if state ~= DEAD then
-    local exp = math.max(NOW + tonumber(v[1]), NOW + 1)
-    if exp > TIME_MAX then exp = TIME_MAX end
-    zadd_later(qkey(q, 'fin'), exp, state .. id)
-    redis.call('PEXPIREAT', tk, fmt(exp))
-    redis.call('PEXPIREAT', pkey(id), fmt(exp))
-    if v[2] then redis.call('PEXPIREAT', qkey(q, 'i:' .. v[2]), fmt(exp)) end
+    local exp = clamp(math.max(NOW + rt, NOW + 1))
+    later(zadds, zadded, qkey(q, 'fin'), fmt(exp), state .. id)
+    if ik ~= '' then redis.call('PEXPIREAT', qkey(q, 'i:' .. ik), fmt(exp)) end
   end
-  wake('t' .. id)
-  if v[3] then member_end(v[3], state) end
+  if wt == 1 then wake('t' .. id) end
+  if g ~= '' then member_end(g, state) end
+end
+
+-- Ends a task given as a parsed record (the caller sets t.e if it has an error).
+finish = function(id, q, state, t)
+  t.s, t.f, t.le, t.l = state, NOW, 0, NOLEASE
+  store(id, t)
+  ended(id, q, state, t.rt, t.ik, t.g, t.wt)
 end
 
 cascade = function(g)
   local m = redis.call('HGET', gkey(g), 'm') or ''
   for i = 1, #m, 26 do
     local id = string.sub(m, i, i + 25)
-    local v = redis.call('HMGET', tkey(id), 's', 'q', 'rk')
-    if v[1] then
-      local st = tonumber(v[1])
-      if st == ACTIVE then
-        redis.call('HSET', tkey(id), 'cr', 1)
-        wake('t' .. id)
-      elseif st == SCHED or st == PENDING then
-        unindex(id, v[2], st, v[3])
-        count(v[2], st, -1)
-        finish(id, v[2], CANCELED)
+    local t = load(id)
+    if t then
+      if t.s == ACTIVE then
+        if t.cr ~= 1 then
+          t.cr = 1
+          store(id, t)
+        end
+        if t.wt == 1 then wake('t' .. id) end
+      elseif t.s == SCHED or t.s == PENDING then
+        unindex(id, t.q, t)
+        count(t.q, t.s, -1)
+        finish(id, t.q, CANCELED, t)
       end
     end
   end
 end
 
--- pending again (a release, an expired lease, a promotion), unless its group
+-- Pending again (a release, an expired lease, a promotion), unless its group
 -- has closed meanwhile: then canceled.
-local function requeue(id, q, rk, g)
-  if group_closed(g) then
-    finish(id, q, CANCELED)
+local function requeue(id, q, t)
+  if group_closed(t.g) then
+    finish(id, q, CANCELED, t)
     return CANCELED
   end
-  redis.call('HSET', tkey(id), 's', PENDING)
-  redis.call('ZADD', qkey(q, 'ready'), 0, rk)
+  t.s, t.le, t.l = PENDING, 0, NOLEASE
+  store(id, t)
+  redis.call('ZADD', qkey(q, 'ready'), 0, rk(t.p, t.seq, id))
   count(q, PENDING, 1)
   wake('q' .. hex(q))
   return PENDING
@@ -238,49 +365,50 @@ end
 -- lease_expired); both bounded per call.
 local function maintain(q, limit)
   local due = redis.call('ZRANGEBYSCORE', qkey(q, 'sched'), '-inf', NOW, 'LIMIT', 0, limit)
+  prefetch(due)
   for _, id in ipairs(due) do
     redis.call('ZREM', qkey(q, 'sched'), id)
-    local v = redis.call('HMGET', tkey(id), 's', 'rk', 'g')
-    if v[1] == '0' then
+    local t = load(id)
+    if t and t.s == SCHED then
       count(q, SCHED, -1)
-      requeue(id, q, v[2], v[3])
+      requeue(id, q, t)
     end
   end
   local expired = redis.call('ZRANGEBYSCORE', qkey(q, 'active'), '-inf', NOW, 'LIMIT', 0, limit)
+  prefetch(expired)
   for _, id in ipairs(expired) do
     redis.call('ZREM', qkey(q, 'active'), id)
-    local v = redis.call('HMGET', tkey(id), 's', 'a', 'ma', 'dl', 'cr', 'rk', 'g')
-    if v[1] == '2' then
+    later(hdels, hdeled, qkey(q, 'w'), id)
+    local t = load(id)
+    if t and t.s == ACTIVE then
       count(q, ACTIVE, -1)
-      local tk = tkey(id)
-      redis.call('HSET', tk, 'e', LEASE_EXPIRED_ERROR)
-      redis.call('HDEL', tk, 'l', 'le', 'w')
-      if v[5] == '1' then
-        finish(id, q, CANCELED)
-      elseif tonumber(v[2]) >= tonumber(v[3]) then
-        finish(id, q, DEAD)
-      elseif v[4] and NOW >= tonumber(v[4]) then
-        redis.call('HSET', tk, 'e', DEADLINE_ERROR)
-        finish(id, q, DEAD)
+      t.e = LEASE_EXPIRED_ERROR
+      if t.cr == 1 then
+        finish(id, q, CANCELED, t)
+      elseif t.a >= t.ma then
+        finish(id, q, DEAD, t)
+      elseif t.dl >= 0 and NOW >= t.dl then
+        t.e = DEADLINE_ERROR
+        finish(id, q, DEAD, t)
       else
-        redis.call('HSET', tk, 'ra', fmt(NOW))
-        requeue(id, q, v[6], v[7])
+        t.ra = NOW
+        requeue(id, q, t)
       end
     end
   end
   return #due + #expired
 end
 
--- Removes finished tasks whose retention ran out (their hashes expire by TTL;
--- this takes them out of the counts and the index).
+-- Removes finished tasks whose retention ran out: their records, their
+-- 'fin' entries and their counts.
 local function purge(q, limit)
   flush_z()
   local fin = qkey(q, 'fin')
   local due = redis.call('ZRANGEBYSCORE', fin, '-inf', NOW, 'LIMIT', 0, limit)
   for _, m in ipairs(due) do
-    redis.call('ZREM', fin, m)
     local id = string.sub(m, 2)
-    redis.call('DEL', tkey(id), pkey(id))
+    later(zrems, zremmed, fin, m)
+    put(id, false)
     count(q, tonumber(string.sub(m, 1, 1)), -1)
   end
   return #due
@@ -292,12 +420,19 @@ local function next_score(key)
   return r[2]
 end
 
-local function view(id)
-  local h = redis.call('HGETALL', tkey(id))
-  if #h == 0 then return {} end
-  h[#h + 1] = 'id'
-  h[#h + 1] = id
-  h[#h + 1] = 'pl'
-  h[#h + 1] = redis.call('GET', pkey(id)) or ''
-  return h
+-- Appends a task's record ('' if none) and its worker ('' if none) to out.
+local function view_into(out, id)
+  local rec = get(id)
+  if not rec or not alive(rec) then
+    out[#out + 1] = ''
+    out[#out + 1] = ''
+    return
+  end
+  out[#out + 1] = rec
+  local w = false
+  if string.byte(rec, 1) == ACTIVE then
+    local _, _, _, _, _, _, _, q = struct.unpack(D8, rec, HLEN + 1)
+    w = redis.call('HGET', qkey(q, 'w'), id)
+  end
+  out[#out + 1] = w or ''
 end

@@ -1,10 +1,14 @@
--- Extend a lease. KEYS[1]: the task's hash. ARGV: base, channel, id, lease id, grace.
--- Returns {lease expiry, cancel requested, now} or 'stale'.
+-- Extend a lease. KEYS[1]: the slot's task hash. ARGV: base, channel, id, lease
+-- id, grace, watch ('1': mark the task watched, so its cancel request and end
+-- are published). Returns {lease expiry, cancel requested, now} or 'stale'.
 local id, lease, grace = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local tk = KEYS[1]
-local v = redis.call('HMGET', tk, 's', 'l', 'q', 'to', 'le', 'cr')
-if v[1] ~= '2' or v[2] ~= lease then return 'stale' end
-local le = math.max(tonumber(v[5]) or 0, NOW + tonumber(v[4]) + grace)
-redis.call('HSET', tk, 'le', fmt(le))
-redis.call('ZADD', qkey(v[3], 'active'), le, id)
-return {fmt(le), tonumber(v[6]), fmt(NOW)}
+local rec = get(id)
+if not rec then return 'stale' end
+local t = parse(rec)
+if t.s ~= ACTIVE or t.l ~= lease then return 'stale' end
+t.le = clamp(math.max(t.le, NOW + t.to + grace))
+if ARGV[6] == '1' then t.wt = 1 end
+store(id, t)
+redis.call('ZADD', qkey(t.q, 'active'), t.le, id)
+flush_records()
+return {fmt(t.le), t.cr, fmt(NOW)}

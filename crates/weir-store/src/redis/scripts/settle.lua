@@ -1,9 +1,11 @@
 -- Ack or fail a batch of leased tasks of one slot, each fenced by its lease id.
--- KEYS[1]: the first task's hash. ARGV: base, channel, backoff base, backoff
--- cap, n, then 6 per item: id, lease id, op ('a' ack without result, 'r' ack
--- with result, 'f' fail), result or error, retry ('1'/'0'), jitter unit in [0,1).
+-- KEYS[1]: the slot's task hash. ARGV: base, channel, backoff base, backoff
+-- cap, n, then 4 per item: id, lease id (16 bytes), op, result or error. op is
+-- 'a' (ack without result), 'r' (ack with result) or 'f' + retry ('1'/'0') +
+-- a jitter unit in [0,1) (a fail).
 -- Returns one entry per item: the new state, or 'stale'.
 local bbase, bcap, n = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local W = 4
 
 -- weir_core::Backoff::delay_ms
 local function delay_ms(attempt, unit)
@@ -14,56 +16,69 @@ local function delay_ms(attempt, unit)
   return half + math.min(jitter, full - half)
 end
 
+-- An ack's first 33 header bytes, per end state: state, no lease, finished now.
+local acked = {}
+local function ack_head(state)
+  local h = acked[state]
+  if not h then
+    h = struct.pack('>Bi8c16i8', state, 0, NOLEASE, NOW)
+    acked[state] = h
+  end
+  return h
+end
+
+local ids = {}
+for i = 0, n - 1 do ids[i + 1] = ARGV[6 + i * W] end
+prefetch(ids)
 local out = {}
 for i = 0, n - 1 do
-  local b = 6 + i * 6
+  local b = 6 + i * W
   local id, lease, op = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local tk = tkey(id)
-  local v = redis.call('HMGET', tk, 's', 'l', 'q', 'cr', 'a', 'ma', 'dl', 'rt', 'ik', 'g')
-  if v[1] ~= '2' or v[2] ~= lease then
-    out[#out + 1] = 'stale'
+  local rec = get(id)
+  if not rec or string.byte(rec, 1) ~= ACTIVE or string.sub(rec, 10, 25) ~= lease then
+    out[i + 1] = 'stale'
   else
-    local q = v[3]
-    local pre = {v[8], v[9], v[10]}
-    zrem_later(qkey(q, 'active'), id)
+    local to, dl, rt, ma, p, g, ik, q = struct.unpack(D8, rec, HLEN + 1)
+    unlease(q, id)
     count(q, ACTIVE, -1)
     local state
-    if op ~= 'f' then
-      local extra = nil
-      if op == 'r' then
-        redis.call('HDEL', tk, 'l', 'le', 'w')
-        extra = {'r', ARGV[b + 3]}
-      else
-        redis.call('HDEL', tk, 'l', 'le', 'w', 'r')
-      end
+    if op ~= 'f' and string.byte(op, 1) ~= 102 then
+      -- The fast path: a new header start, the result appended to the tail.
+      local cr, wt = string.byte(rec, 46, 47)
       state = COMPLETED
-      if v[4] == '1' then state = CANCELED end
-      finish(id, q, state, pre, extra)
+      if cr == 1 then state = CANCELED end
+      if op == 'r' then
+        put(id, ack_head(state) .. string.sub(rec, 34) .. ARGV[b + 3])
+      else
+        put(id, ack_head(state) .. string.sub(rec, 34))
+      end
+      ended(id, q, state, rt, ik, g, wt)
     else
-      redis.call('HDEL', tk, 'l', 'le', 'w')
-      local extra = {'e', ARGV[b + 3]}
-      local attempt = tonumber(v[5])
-      local run_at = NOW + delay_ms(attempt, tonumber(ARGV[b + 5]))
-      if v[4] == '1' then
+      local t = parse(rec)
+      t.e = ARGV[b + 3]
+      local retry, unit = string.sub(op, 2, 2), tonumber(string.sub(op, 3))
+      local run_at = NOW + delay_ms(t.a, unit)
+      if t.cr == 1 then
         state = CANCELED
-        finish(id, q, state, pre, extra)
-      elseif ARGV[b + 4] == '1' and attempt < tonumber(v[6]) and (not v[7] or run_at < tonumber(v[7])) then
-        if group_closed(v[10]) then
+        finish(id, q, state, t)
+      elseif retry == '1' and t.a < t.ma and (t.dl < 0 or run_at < t.dl) then
+        if group_closed(g) then
           state = CANCELED
-          finish(id, q, state, pre, extra)
+          finish(id, q, state, t)
         else
           state = SCHED
-          redis.call('HSET', tk, 'e', ARGV[b + 3], 's', SCHED, 'ra', fmt(run_at))
+          t.s, t.ra, t.le, t.l = SCHED, run_at, 0, NOLEASE
+          store(id, t)
           redis.call('ZADD', qkey(q, 'sched'), run_at, id)
           count(q, SCHED, 1)
           wake('q' .. hex(q))
         end
       else
         state = DEAD
-        finish(id, q, state, pre, extra)
+        finish(id, q, state, t)
       end
     end
-    out[#out + 1] = state
+    out[i + 1] = state
   end
 end
 flush_wakes()
