@@ -307,12 +307,23 @@ end
 -- counted out and unindexed): the count, the 'fin' entry of completed and
 -- canceled tasks (their retention's end, when the sweep purges them) and the
 -- TTL of their idempotency key, the wake-up of its waiters, the group tally.
+-- fmt(end of retention) and the fin members' state prefix, per call.
+local exps, digits = {}, {}
 ended = function(id, q, state, rt, ik, g, wt)
   count(q, state, 1)
   if state ~= DEAD then
-    local exp = clamp(math.max(NOW + rt, NOW + 1))
-    later(zadds, zadded, qkey(q, 'fin'), fmt(exp), state .. id)
-    if ik ~= '' then redis.call('PEXPIREAT', qkey(q, 'i:' .. ik), fmt(exp)) end
+    local exp = exps[rt]
+    if not exp then
+      exp = fmt(math.max(NOW + rt, NOW + 1))
+      exps[rt] = exp
+    end
+    local digit = digits[state]
+    if not digit then
+      digit = tostring(state)
+      digits[state] = digit
+    end
+    later(zadds, zadded, qkey(q, 'fin'), exp, digit .. id)
+    if ik ~= '' then redis.call('PEXPIREAT', qkey(q, 'i:' .. ik), exp) end
   end
   if wt == 1 then wake('t' .. id) end
   if g ~= '' then member_end(g, state) end

@@ -14,12 +14,14 @@ local out, nout, got, leased, nleased = {fmt(NOW), '', ''}, 3, 0, {}, 0
 -- The header's first 45 bytes as a lease writes them, but for the lease id
 -- and the attempt: one pack per lease expiry.
 local NOWB = struct.pack('>i8', NOW)
-local heads = {}
+local heads, attempts = {}, {}
 while got < max do
-  local popped = redis.call('ZPOPMIN', ready, max - got)
+  -- ZRANGE + ZREMRANGEBYRANK rather than ZPOPMIN: no scores to format.
+  local popped = redis.call('ZRANGE', ready, 0, max - got - 1)
   if #popped == 0 then break end
+  redis.call('ZREMRANGEBYRANK', ready, 0, #popped - 1)
   local ids = {}
-  for j = 1, #popped, 2 do ids[#ids + 1] = string.sub(popped[j], RKLEN + 1) end
+  for j = 1, #popped do ids[j] = string.sub(popped[j], RKLEN + 1) end
   prefetch(ids)
   for _, id in ipairs(ids) do
     local rec = cache[id]
@@ -40,8 +42,14 @@ while got < max do
           head = struct.pack('>Bi8', ACTIVE, exp)
           heads[exp] = head
         end
-        local a = struct.unpack('>I4', rec, 34)
-        local nrec = head .. ARGV[6 + got] .. '\0\0\0\0\0\0\0\0' .. struct.pack('>I4', a + 1) .. NOWB .. string.sub(rec, 46)
+        local a1, a2, a3, a4 = string.byte(rec, 34, 37)
+        local a = ((a1 * 256 + a2) * 256 + a3) * 256 + a4 + 1
+        local ab = attempts[a]
+        if not ab then
+          ab = struct.pack('>I4', a)
+          attempts[a] = ab
+        end
+        local nrec = head .. ARGV[6 + got] .. '\0\0\0\0\0\0\0\0' .. ab .. NOWB .. string.sub(rec, 46)
         put(id, nrec)
         nleased = nleased + 2
         leased[nleased - 1] = exp
