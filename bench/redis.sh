@@ -5,9 +5,11 @@
 #
 # Starts SERVERS (default 1) `weir serve --store REDIS_URL` processes on free ports
 # under a fresh --store-prefix, runs `weir bench --scenario batch --scenario e2e`
-# against all of them (`--server a,b,c`: each client goes to the next server), counts
-# the Redis commands the run cost (INFO commandstats before and after), stops the
-# servers and deletes the prefix's keys. BullMQ runs from ../shared/bench/peers.
+# against all of them (`--server a,b,c`: each client goes to the next server), then
+# `--scenario drain` on the backlog the batch scenario left (lease and ack only, as
+# BullMQ's "process" figure), counts the Redis commands the run cost (INFO
+# commandstats before and after), stops the servers and deletes the prefix's keys.
+# BullMQ runs from ../shared/bench/peers.
 set -euo pipefail
 bin=${1:?usage: bench/redis.sh WEIR_BIN [SERVERS] [TASKS] [REDIS_URL]}
 servers=${2:-1}
@@ -46,3 +48,5 @@ echo "# weir on $url, $servers server(s): $list"
 "$bin" bench --server "$list" --scenario batch --scenario e2e --tasks "$tasks"
 after=$(calls); after_eval=$(calls 'cmdstat_eval')
 echo "redis: $((after - before)) commands, $((after_eval - before_eval)) of them script calls, for $((2 * tasks)) tasks enqueued ($tasks batch + $tasks e2e, the e2e ones leased and acked too)"
+backlog=$(curl -s "${bases[0]}/v1/queues" | python3 -c 'import json,sys; print(next(q["name"] for q in json.load(sys.stdin)["queues"] if ".batch." in q["name"]))')
+"$bin" bench --server "$list" --scenario drain --drain-queue "$backlog"

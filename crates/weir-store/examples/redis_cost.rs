@@ -1,7 +1,8 @@
-//! Measures what the Redis store costs per task: Redis commands (from `INFO
-//! commandstats` after `CONFIG RESETSTAT`) and round trips for N tasks
-//! enqueued, leased and acked in batches of 100, and memory per task (`MEMORY
-//! USAGE` of one task's keys, and `used_memory` growth over N pending tasks).
+//! Measures what the Redis store costs per task: Redis commands and Redis' own
+//! time in them (from `INFO commandstats` after `CONFIG RESETSTAT`), phase by
+//! phase, for N tasks enqueued, then leased, then acked in batches (100, or
+//! `WEIR_COST_BATCH`), and memory per task (the size of one record, and
+//! `used_memory` growth over N pending tasks).
 //! Run against a Redis that nothing else uses:
 //! `cargo run --release -p weir-store --example redis_cost -- redis://127.0.0.1:6379 10000`
 
@@ -138,32 +139,38 @@ async fn main() {
         .await
         .unwrap();
 
-    // Memory of one task's keys.
+    // The size of one task's record (a field of its slot's task hash).
     let id = b.enqueue("mem", vec![task()]).await.unwrap()[0].id;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("weircost{}:*{id}", std::process::id()))
+    let hashes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("weircost{}:*:t", std::process::id()))
         .query_async(&mut c)
         .await
         .unwrap();
-    for k in &keys {
-        let bytes: i64 = redis::cmd("MEMORY")
-            .arg("USAGE")
-            .arg(k)
-            .arg("SAMPLES")
-            .arg(0)
+    for h in &hashes {
+        let len: i64 = redis::cmd("HSTRLEN")
+            .arg(h)
+            .arg(id.to_string())
             .query_async(&mut c)
             .await
             .unwrap();
-        let enc: String = redis::cmd("OBJECT")
-            .arg("ENCODING")
-            .arg(k)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        println!("MEMORY USAGE {k}: {bytes} bytes ({enc})");
+        if len > 0 {
+            println!("record of one task in {h}: {len} bytes (100-byte payload)");
+        }
     }
 
-    // used_memory growth over n pending tasks.
+    // used_memory growth over n pending tasks (after Redis has freed what an
+    // earlier run UNLINKed in the background).
+    for _ in 0..1000 {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if info.contains("lazyfree_pending_objects:0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = used_memory(&mut c).await;
     for _ in 0..n / batch() {
         b.enqueue("memq", (0..batch()).map(|_| task()).collect())

@@ -1,5 +1,6 @@
 -- Lease up to max pending tasks of one queue, after promoting its due
--- scheduled tasks and ending its expired leases. Tasks past their deadline
+-- scheduled tasks, ending its expired leases and purging up to max tasks past
+-- retention. Tasks past their deadline
 -- end dead instead of starting. KEYS[1]: the queue's meta hash.
 -- ARGV: base, channel, queue, max, grace, worker ('' for none), then max lease
 -- ids (16 bytes each).
@@ -9,6 +10,10 @@ local q, meta = ARGV[3], KEYS[1]
 if redis.call('EXISTS', meta) == 0 then return {fmt(NOW), '', ''} end
 local max, grace, worker = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 maintain(q, 1000)
+-- Retention keeps pace with leasing: each call also purges up to max finished
+-- tasks whose retention ran out (the sweep alone purges a bounded number per
+-- round, which a busy queue could outrun).
+purge(q, max)
 local ready, active, wkey = qkey(q, 'ready'), qkey(q, 'active'), qkey(q, 'w')
 local out, nout, got, leased, nleased = {fmt(NOW), '', ''}, 3, 0, {}, 0
 -- The header's first 45 bytes as a lease writes them, but for the lease id
