@@ -5,17 +5,7 @@ local id = ARGV[3]
 local t = load(id)
 if not t then return {'nf'} end
 if t.s >= COMPLETED then return {'term', t.s} end
-if t.s == ACTIVE then
-  if t.cr ~= 1 then
-    t.cr = 1
-    store(id, t)
-  end
-  if t.wt == 1 then wake('t' .. id) end
-else
-  unindex(id, t.q, t)
-  count(t.q, t.s, -1)
-  finish(id, t.q, CANCELED, t)
-end
+cancel_open(id, t)
 flush_wakes()
 local out = {'ok', fmt(NOW)}
 view_into(out, id)

@@ -336,24 +336,28 @@ finish = function(id, q, state, t)
   ended(id, q, state, t.rt, t.ik, t.g, t.wt)
 end
 
+-- Cancels an open task (parsed as t): a queued one ends canceled, an active
+-- one gets its cancel requested (its worker sees it at its next beat).
+local function cancel_open(id, t)
+  if t.s == ACTIVE then
+    if t.cr ~= 1 then
+      t.cr = 1
+      store(id, t)
+    end
+    if t.wt == 1 then wake('t' .. id) end
+  elseif t.s == SCHED or t.s == PENDING then
+    unindex(id, t.q, t)
+    count(t.q, t.s, -1)
+    finish(id, t.q, CANCELED, t)
+  end
+end
+
 cascade = function(g)
   local m = redis.call('HGET', gkey(g), 'm') or ''
   for i = 1, #m, 26 do
     local id = string.sub(m, i, i + 25)
     local t = load(id)
-    if t then
-      if t.s == ACTIVE then
-        if t.cr ~= 1 then
-          t.cr = 1
-          store(id, t)
-        end
-        if t.wt == 1 then wake('t' .. id) end
-      elseif t.s == SCHED or t.s == PENDING then
-        unindex(id, t.q, t)
-        count(t.q, t.s, -1)
-        finish(id, t.q, CANCELED, t)
-      end
-    end
+    if t then cancel_open(id, t) end
   end
 end
 
