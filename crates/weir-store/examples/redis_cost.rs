@@ -41,6 +41,14 @@ fn task() -> EnqueueTask {
     }
 }
 
+async fn reset_stats(c: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
 /// Per command since the last `CONFIG RESETSTAT`: (name, calls, usec).
 async fn stats(c: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64, u64)> {
     let info: String = redis::cmd("INFO")
@@ -190,11 +198,7 @@ async fn main() {
     let mut round_trips = 0usize;
     let mut totals = (0u64, 0u64);
     let started = std::time::Instant::now();
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    reset_stats(&mut c).await;
     for _ in 0..n / batch() {
         b.enqueue("cost", (0..batch()).map(|_| task()).collect())
             .await
@@ -202,11 +206,7 @@ async fn main() {
         round_trips += 1;
     }
     report("enqueue", n, &stats(&mut c).await, &mut totals);
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    reset_stats(&mut c).await;
     let mut leases = Vec::with_capacity(n);
     while leases.len() < n {
         let leased = b.lease("cost", batch(), Duration::ZERO).await.unwrap();
@@ -215,11 +215,7 @@ async fn main() {
         leases.extend(leased);
     }
     report("lease", n, &stats(&mut c).await, &mut totals);
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    reset_stats(&mut c).await;
     let mut leases = leases.into_iter();
     loop {
         let acks: Vec<Settle> = leases

@@ -64,6 +64,11 @@ impl LeaseId {
     pub fn random() -> LeaseId {
         LeaseId(rand::Rng::gen(&mut rand::thread_rng()))
     }
+
+    /// The 16 bytes, big-endian (how the Redis store keeps it in a record).
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
 }
 
 impl fmt::Display for LeaseId {

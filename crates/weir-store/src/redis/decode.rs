@@ -281,13 +281,14 @@ pub fn record(
     Ok((record, payload, le))
 }
 
-/// A task view from a `{record or '', worker or ''}` pair of a script reply.
-pub fn view(
-    id: TaskId,
-    rec: Value,
-    worker: Value,
-    now_ms: u64,
-) -> Result<Option<TaskView>, StoreError> {
+/// A task view from the `{now, record or '', worker or ''}` a script answers
+/// (`view_into` in common.lua).
+pub fn view(id: TaskId, reply: Vec<Value>) -> Result<Option<TaskView>, StoreError> {
+    let mut it = reply.into_iter();
+    let (Some(now), Some(rec), Some(worker)) = (it.next(), it.next(), it.next()) else {
+        return Err(bug("view reply"));
+    };
+    let now_ms = opt_u64(now)?.unwrap_or(0);
     let rec = bytes(rec)?;
     if rec.is_empty() {
         return Ok(None);

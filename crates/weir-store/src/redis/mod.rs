@@ -459,12 +459,7 @@ impl RedisBroker {
         let key = core.keys.task(id);
         let mut inv = core.invocation(&core.scripts.view, &key, slot_of(id));
         inv.arg(id.to_string()).arg(if watch { "1" } else { "0" });
-        let mut reply = array(core.redis.script("read task", &inv).await?)?.into_iter();
-        let (Some(now), Some(rec), Some(worker)) = (reply.next(), reply.next(), reply.next())
-        else {
-            return Err(bug("view reply"));
-        };
-        decode::view(id, rec, worker, opt_u64(now)?.unwrap_or(0))
+        decode::view(id, array(core.redis.script("read task", &inv).await?)?)
     }
 
     async fn group_view(&self, id: TaskId) -> Result<Option<GroupView>, StoreError> {
@@ -547,7 +542,7 @@ impl RedisBroker {
             .arg(worker.unwrap_or(""));
         let lease_ids: Vec<LeaseId> = (0..max).map(|_| LeaseId::random()).collect();
         for l in &lease_ids {
-            inv.arg(&l.0.to_be_bytes()[..]);
+            inv.arg(&l.to_bytes()[..]);
         }
         let mut it = array(core.redis.script("lease", &inv).await?)?.into_iter();
         let now = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?.unwrap_or(0);
@@ -588,7 +583,7 @@ impl RedisBroker {
         let key = core.keys.task(id);
         let mut inv = core.invocation(&core.scripts.heartbeat, &key, slot_of(id));
         inv.arg(id.to_string())
-            .arg(&lease_id.0.to_be_bytes()[..])
+            .arg(&lease_id.to_bytes()[..])
             .arg(core.config.lease_grace_ms)
             .arg(if watch { "1" } else { "0" });
         let reply = core.redis.script("heartbeat", &inv).await?;
@@ -669,14 +664,7 @@ impl Broker for RedisBroker {
                     decode::state(int(rest.into_iter().next().ok_or_else(|| bug("term"))?)?)?;
                 Err(TransitionError::Terminal(st).into())
             }
-            "ok" => {
-                let mut it = rest.into_iter();
-                let (Some(now), Some(rec), Some(worker)) = (it.next(), it.next(), it.next()) else {
-                    return Err(bug("cancel reply"));
-                };
-                decode::view(id, rec, worker, opt_u64(now)?.unwrap_or(0))?
-                    .ok_or_else(|| bug("canceled task without record"))
-            }
+            "ok" => decode::view(id, rest)?.ok_or_else(|| bug("canceled task without record")),
             other => Err(bug(&format!("cancel tag {other}"))),
         }
     }
@@ -746,7 +734,7 @@ impl Broker for RedisBroker {
                         lease_id,
                         result,
                     } => {
-                        inv.arg(id.to_string()).arg(&lease_id.0.to_be_bytes()[..]);
+                        inv.arg(id.to_string()).arg(&lease_id.to_bytes()[..]);
                         match result {
                             Some(r) => inv.arg("r").arg(&r[..]),
                             None => inv.arg("a").arg(""),
@@ -760,7 +748,7 @@ impl Broker for RedisBroker {
                     } => {
                         let unit: f64 = rand::thread_rng().gen();
                         inv.arg(id.to_string())
-                            .arg(&lease_id.0.to_be_bytes()[..])
+                            .arg(&lease_id.to_bytes()[..])
                             .arg(format!("f{}{unit:.17}", u8::from(*retry)))
                             .arg(error.as_str());
                     }
@@ -833,7 +821,7 @@ impl Broker for RedisBroker {
         let core = self.core();
         let key = core.keys.task(id);
         let mut inv = core.invocation(&core.scripts.release, &key, slot_of(id));
-        inv.arg(id.to_string()).arg(&lease_id.0.to_be_bytes()[..]);
+        inv.arg(id.to_string()).arg(&lease_id.to_bytes()[..]);
         match core.redis.script("release", &inv).await? {
             Value::BulkString(b) if b == b"stale" => Err(StoreError::StaleLease),
             v => decode::state(int(v)?),

@@ -392,3 +392,46 @@ async fn random_operations_match_the_model() {
         drop_prefix(&prefix).await;
     }
 }
+
+/// A busy queue's retention keeps pace without the sweep: each lease call also
+/// purges up to its `max` tasks past retention (the sweep purges a bounded
+/// number per round, which a queue acking faster could outrun).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_purges_tasks_past_retention_without_the_sweep() {
+    let prefix = random_prefix();
+    let mut cfg = test_config(RedisTarget::parse(&url()).unwrap(), &prefix);
+    // No sweep round within the test.
+    cfg.sweep_interval_ms = 3_600_000;
+    let b = RedisBroker::connect(cfg).await.unwrap();
+    let mut brief = task("k");
+    brief.retention_ms = 0;
+    let id = b.enqueue("mp", vec![item(brief, "1")]).await.unwrap()[0].id;
+    let l = b.lease("mp", 1, Duration::ZERO).await.unwrap().remove(0);
+    ack(&b, id, l.lease_id).await;
+    let completed = |qs: Vec<QueueInfo>| {
+        qs.into_iter()
+            .find(|q| q.name == "mp")
+            .map(|q| q.counts.get(TaskState::Completed))
+    };
+    // Readers lose the record as soon as its retention (1 ms) ran out;
+    // retention has no event to wait on: ask until then, within a bound.
+    let by = tokio::time::Instant::now() + WAIT;
+    while b.get(id).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < by, "never past retention");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nothing has purged it yet; the next lease call does.
+    assert_eq!(completed(b.queues().await.unwrap()), Some(1));
+    assert!(b.lease("mp", 10, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(completed(b.queues().await.unwrap()), Some(0));
+    let mut c = raw().await;
+    let left: bool = redis::cmd("HEXISTS")
+        .arg(b.core().keys.task(id))
+        .arg(id.to_string())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!left, "the record outlived its retention and a lease");
+    b.close().await.unwrap();
+    drop_prefix(&prefix).await;
+}

@@ -13,10 +13,13 @@ for i = 1, #kv, 2 do
     redis.call('ZADD', qkey(q, 'sched'), t.ra, id)
     wake('q' .. hex(q))
     fixed = fixed + 1
-  elseif t.s == PENDING and not redis.call('ZSCORE', qkey(q, 'ready'), rk(t.p, t.seq, id)) then
-    redis.call('ZADD', qkey(q, 'ready'), 0, rk(t.p, t.seq, id))
-    wake('q' .. hex(q))
-    fixed = fixed + 1
+  elseif t.s == PENDING then
+    local member = rk(t.p, t.seq, id)
+    if not redis.call('ZSCORE', qkey(q, 'ready'), member) then
+      redis.call('ZADD', qkey(q, 'ready'), 0, member)
+      wake('q' .. hex(q))
+      fixed = fixed + 1
+    end
   elseif t.s == ACTIVE and not redis.call('ZSCORE', qkey(q, 'active'), id) then
     local le = t.le
     if le == 0 then le = NOW end

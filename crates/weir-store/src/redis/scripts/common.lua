@@ -377,12 +377,12 @@ local function requeue(id, q, t)
 end
 
 -- Due scheduled tasks become pending; expired leases end (weir_core::machine::
--- lease_expired); both bounded per call.
+-- lease_expired); both bounded per call (limit <= 1000: one ZREM each).
 local function maintain(q, limit)
   local due = redis.call('ZRANGEBYSCORE', qkey(q, 'sched'), '-inf', NOW, 'LIMIT', 0, limit)
+  if #due > 0 then redis.call('ZREM', qkey(q, 'sched'), unpack(due)) end
   prefetch(due)
   for _, id in ipairs(due) do
-    redis.call('ZREM', qkey(q, 'sched'), id)
     local t = load(id)
     if t and t.s == SCHED then
       count(q, SCHED, -1)
@@ -392,8 +392,7 @@ local function maintain(q, limit)
   local expired = redis.call('ZRANGEBYSCORE', qkey(q, 'active'), '-inf', NOW, 'LIMIT', 0, limit)
   prefetch(expired)
   for _, id in ipairs(expired) do
-    redis.call('ZREM', qkey(q, 'active'), id)
-    later(hdels, hdeled, qkey(q, 'w'), id)
+    unlease(q, id)
     local t = load(id)
     if t and t.s == ACTIVE then
       count(q, ACTIVE, -1)
