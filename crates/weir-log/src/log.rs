@@ -43,7 +43,7 @@ impl LogConfig {
         LogConfig {
             dir: dir.into(),
             segment_bytes: SEGMENT_BYTES_DEFAULT,
-            storage: Arc::new(RealStorage),
+            storage: Arc::new(RealStorage::default()),
             spare_in_background: true,
         }
     }

@@ -1,12 +1,13 @@
 //! The file layer under the log: a narrow trait, so tests can run the log on `SimStorage`
 //! (power loss, injected faults) and production on `RealStorage` (std::fs, pwrite, fdatasync).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Directory and file operations the log needs, and nothing more.
 ///
@@ -43,8 +44,15 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
 }
 
 /// `Storage` on the real file system.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RealStorage;
+///
+/// Directories are opened once, on their first `sync_dir`, and kept open: a later
+/// directory fsync (a segment roll, a deletion) then needs no new descriptor, so a
+/// shortage of descriptors can fail a roll's `create` (an outage that clears) but
+/// never its directory fsync (which the log must treat as fatal).
+#[derive(Debug, Default)]
+pub struct RealStorage {
+    dirs: Mutex<HashMap<PathBuf, Arc<File>>>,
+}
 
 impl Storage for RealStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -88,7 +96,18 @@ impl Storage for RealStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        let handle = {
+            let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+            match dirs.get(dir) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(dir)?);
+                    dirs.insert(dir.to_owned(), f.clone());
+                    f
+                }
+            }
+        };
+        handle.sync_all()
     }
 }
 

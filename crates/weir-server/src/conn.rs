@@ -51,16 +51,14 @@ pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// per-line buffer.
 pub const REQUEST_HEAD_BYTES_MAX_DEFAULT: usize = 16 * 1024;
 
-/// Most table files the store keeps open: fjall's own default on Linux (its
-/// descriptor cache). A miss reopens the file, so a smaller cache is slower, not wrong.
-pub const STORE_FILES_CACHED_MAX: usize = weir_store::embedded::FILES_CACHED_DEFAULT;
+/// Most descriptors kept for the store's own files: the embedded store holds one
+/// per segment of its task log (64 MiB each by default, so 900 cover 56 GiB of log).
+pub const STORE_FILES_CACHED_MAX: usize = 900;
 /// Fewest table files the store keeps open, however low the process's limit.
 pub const STORE_FILES_CACHED_MIN: usize = 64;
-/// Descriptors reserved besides the store's table cache: its journals, the tables
-/// a flush or compaction is writing, its lock and version files, the data
-/// directory opened to fsync it, plus stdio, the listener, epoll and the runtime's
-/// wakers. A fresh server holds 14 (2 of them the store's); 128 leaves room for
-/// journals kept until their memtables are flushed and for concurrent compactions.
+/// Descriptors reserved besides the store's segment files: the segment being
+/// prepared, its lock file, the directories opened to fsync them, plus stdio, the
+/// listener, epoll and the runtime's wakers.
 pub const FILES_OTHER_RESERVED: usize = 128;
 /// Smallest open-file limit `weir serve` starts with: below it the reserve above
 /// leaves almost nothing for connections.
@@ -104,7 +102,7 @@ impl ConnLimits {
 }
 
 /// How the process's open-file limit is shared between the store and client
-/// connections. The store gets its table cache plus [`FILES_OTHER_RESERVED`];
+/// connections. The store gets its segment files plus [`FILES_OTHER_RESERVED`];
 /// connections get the rest. Because the accept loop never holds more than
 /// `connections_max` connections, clients can never take the descriptors the
 /// store needs (issue 6: at the limit, the store failed to open a file and
@@ -113,14 +111,14 @@ impl ConnLimits {
 pub struct FileBudget {
     /// Most connections open at once.
     pub connections_max: usize,
-    /// Most table files the store keeps open (its descriptor cache).
+    /// Descriptors kept for the store's segment files.
     pub store_files_cached_max: usize,
 }
 
 impl FileBudget {
-    /// Shares out `files_max` descriptors. The store's table cache gets a quarter
+    /// Shares out `files_max` descriptors. The store's segment files get a quarter
     /// of them, between [`STORE_FILES_CACHED_MIN`] and [`STORE_FILES_CACHED_MAX`]:
-    /// with the usual limits (4,096 and up) that is fjall's full default, and under
+    /// with the usual limits (4,096 and up) that is the full reserve, and under
     /// a low one (`prlimit --nofile=1024`) connections still get most of the rest.
     /// Below [`FILES_MAX_MIN`] there is not enough to share; the result still has
     /// one connection so that a library caller gets a working (if useless) server.

@@ -56,7 +56,7 @@ impl TestStore {
                 c.limits = config.limits;
                 c.backoff = config.backoff;
                 c.lease_grace_ms = config.lease_grace_ms;
-                c.cache_bytes = 4 * 1024 * 1024;
+                c.segment_bytes = crate::embedded::SEGMENT_BYTES_MIN;
                 let broker = EmbeddedBroker::open(c).expect("opening the embedded store");
                 TestStore {
                     broker: Arc::new(broker),

@@ -76,10 +76,10 @@ pub struct ServeArgs {
     /// Largest task payload in bytes [default: 1048576].
     #[arg(long, env = "WEIR_PAYLOAD_BYTES_MAX")]
     pub payload_bytes_max: Option<usize>,
-    /// Memtable size per keyspace of the embedded store, in bytes: smaller holds
-    /// less memory during heavy ingest for a little throughput [default: 67108864].
-    #[arg(long, env = "WEIR_MEMTABLE_BYTES_MAX")]
-    pub memtable_bytes_max: Option<u64>,
+    /// Size of each segment file of the embedded store's task log, in bytes
+    /// (4 MiB to 1 GiB) [default: 67108864].
+    #[arg(long, env = "WEIR_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
     /// Allow listening on a non-loopback address although there is no
     /// authentication yet: anyone who can reach the port controls the queue.
     #[arg(long, env = "WEIR_INSECURE_PUBLIC_BIND", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]

@@ -79,11 +79,7 @@ fn main() -> ExitCode {
 /// the worker, `warn` for client commands (the storage engine's own info lines are noise to
 /// an operator, so they start at `warn`).
 fn init_tracing(server: bool) {
-    let default = if server {
-        "info,fjall=warn,lsm_tree=warn"
-    } else {
-        "warn"
-    };
+    let default = if server { "info" } else { "warn" };
     let filter = ["WEIR_LOG", "RUST_LOG"]
         .iter()
         .find_map(|var| EnvFilter::try_from_env(var).ok())

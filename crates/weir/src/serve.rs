@@ -52,8 +52,8 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
         }
         config.limits.payload_bytes_max = v;
     }
-    let store_files_cached_max = conn_config(args, files_max, &mut config)?;
-    store.set_limits(&config.limits, store_files_cached_max);
+    conn_config(args, files_max, &mut config)?;
+    store.set_limits(&config.limits);
     Ok(Settings {
         listen: args.listen,
         serve: config,
@@ -61,13 +61,13 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
     })
 }
 
-/// The connection cap and timeouts; returns how many table files the embedded
-/// store may keep open (its share of the open-file limit).
+/// The connection cap (below the open-file limit, leaving the store its share)
+/// and timeouts.
 fn conn_config(
     args: &ServeArgs,
     files_max: u64,
     config: &mut ServeConfig,
-) -> Result<usize, ConfigError> {
+) -> Result<(), ConfigError> {
     use weir_server::conn::{FileBudget, FILES_MAX_MIN, FILES_OTHER_RESERVED};
     if files_max < FILES_MAX_MIN {
         return Err(ConfigError(format!(
@@ -119,7 +119,7 @@ fn conn_config(
             *ms = v;
         }
     }
-    Ok(budget.store_files_cached_max)
+    Ok(())
 }
 
 /// Raises this process's soft limit on open files to its hard limit (a process
@@ -189,8 +189,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     weir_server::serve(listener, config, broker, shutdown).await
 }
 
-/// Opts this process out of transparent huge pages. The store's memtables churn
-/// through fresh memory; with THP every first touch of a 2 MiB region made the
+/// Opts this process out of transparent huge pages. Request buffers and the
+/// store's round buffers churn through fresh memory; with THP every first touch of a 2 MiB region made the
 /// kernel zero all of it, which profiles showed as 9–20% of server time
 /// (`clear_page_erms`). Without THP, end to end was +12% and batched ingest +5%
 /// (BENCHMARKS.md). Failure only costs that speed, so it is logged, not fatal.
@@ -272,10 +272,7 @@ mod tests {
         let c = &s.serve;
         let budget = weir_server::FileBudget::for_files_max(FILES);
         assert_eq!(c.conn.connections_max, budget.connections_max);
-        let StoreConfig::Embedded(e) = &s.store else {
-            panic!("not the embedded store")
-        };
-        assert_eq!(e.files_cached_max, budget.store_files_cached_max);
+        assert!(matches!(&s.store, StoreConfig::Embedded(_)));
         assert_eq!(
             (
                 c.conn.header_read_timeout_ms,
@@ -419,18 +416,17 @@ mod tests {
     }
 
     #[test]
-    fn memtable_size_is_for_the_embedded_store_only() {
-        assert!(config(&args(&["--memtable-bytes-max", "8388608"])).is_ok());
+    fn segment_size_is_for_the_embedded_store_only() {
+        assert!(config(&args(&["--segment-bytes", "8388608"])).is_ok());
+        let msg = error(&["--segment-bytes", "1024"]);
+        assert!(msg.contains("--segment-bytes must be between"), "{msg}");
         let msg = error(&[
             "--store",
             "redis://127.0.0.1:6379",
-            "--memtable-bytes-max",
+            "--segment-bytes",
             "8388608",
         ]);
-        assert_eq!(
-            msg,
-            "--memtable-bytes-max applies to the embedded store only"
-        );
+        assert_eq!(msg, "--segment-bytes applies to the embedded store only");
     }
 
     #[test]

@@ -61,22 +61,22 @@ impl StoreConfig {
                 let mut c = EmbeddedConfig::new(&args.data_dir);
                 c.backoff = backoff;
                 c.lease_grace_ms = lease_grace_ms;
-                if let Some(v) = args.memtable_bytes_max {
-                    let min = weir_store::embedded::MEMTABLE_BYTES_MIN;
-                    if !(min..=(1 << 32)).contains(&v) {
+                if let Some(v) = args.segment_bytes {
+                    let min = weir_store::embedded::SEGMENT_BYTES_MIN;
+                    let max = weir_store::embedded::SEGMENT_BYTES_MAX;
+                    if !(min..=max).contains(&v) {
                         return Err(ConfigError(format!(
-                            "--memtable-bytes-max must be between {min} and {} bytes",
-                            1u64 << 32
+                            "--segment-bytes must be between {min} and {max} bytes"
                         )));
                     }
-                    c.memtable_bytes_max = v;
+                    c.segment_bytes = v;
                 }
                 Ok(StoreConfig::Embedded(c))
             }
             Choice::Redis(target) => {
-                if args.memtable_bytes_max.is_some() {
+                if args.segment_bytes.is_some() {
                     return Err(ConfigError(
-                        "--memtable-bytes-max applies to the embedded store only".into(),
+                        "--segment-bytes applies to the embedded store only".into(),
                     ));
                 }
                 let prefix = args
@@ -93,15 +93,10 @@ impl StoreConfig {
         }
     }
 
-    /// Gives the store the server's input limits and its share of open files.
-    pub fn set_limits(&mut self, limits: &Limits, files_cached_max: usize) {
+    /// Gives the store the server's input limits.
+    pub fn set_limits(&mut self, limits: &Limits) {
         match self {
-            StoreConfig::Embedded(c) => {
-                c.limits = limits.clone();
-                c.files_cached_max = files_cached_max;
-            }
-            // A Redis store keeps no files of its own: one connection (or one per
-            // cluster node) is within `FILES_OTHER_RESERVED`.
+            StoreConfig::Embedded(c) => c.limits = limits.clone(),
             StoreConfig::Redis(c) => c.limits = limits.clone(),
         }
     }

@@ -115,8 +115,8 @@ fn sockets_of(pid: u32) -> usize {
 
 /// The scenario of issue 6: under `prlimit --nofile=512`, twice as many
 /// connections as the server may hold arrive and stay open, while a producer
-/// enqueues enough (1 KiB payloads, 4 MiB memtables) for the store to flush and
-/// open new table files. The server holds at most its cap of connections, the
+/// enqueues enough (1 KiB payloads, 4 MiB segments) for the store to open new
+/// segment files of its task log. The server holds at most its cap of connections, the
 /// rest wait, and the store never runs out: every enqueue is 201 and `/readyz`
 /// stays 200. Before the cap, accepted connections took every descriptor and the
 /// store's next file open failed it until a restart.
@@ -126,7 +126,7 @@ async fn a_connection_flood_under_a_low_file_limit_leaves_the_store_writable() {
     let cap = weir_server::FileBudget::for_files_max(FILES).connections_max;
     let server = start_server_with(Options {
         wrapper: &["prlimit", &format!("--nofile={FILES}:{FILES}")],
-        extra: &["--memtable-bytes-max", "4194304"],
+        extra: &["--segment-bytes", "4194304"],
         ..Options::default()
     })
     .await;

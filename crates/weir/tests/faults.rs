@@ -201,13 +201,8 @@ async fn readyz(http: &reqwest::Client, base: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_heals_without_a_restart() {
     let (data, ctl) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    // Small memtables, so that the engine must open new files (flushes) soon.
-    let s = Faulty::start(
-        data.path(),
-        ctl.path(),
-        &["--memtable-bytes-max", "4194304"],
-    )
-    .await;
+    // Small segments, so that the task log must open new files soon.
+    let s = Faulty::start(data.path(), ctl.path(), &["--segment-bytes", "4194304"]).await;
     let http = reqwest::Client::new();
     let mut acked = Vec::new();
     let (status, _, body) = batch(&http, &s.base, 50, 100).await;

@@ -642,7 +642,7 @@ async fn a_bad_store_is_one_line_and_exit_2() {
             &[
                 "--store",
                 "redis://127.0.0.1:6379",
-                "--memtable-bytes-max",
+                "--segment-bytes",
                 "8388608",
             ][..],
             "applies to the embedded store only",

@@ -73,7 +73,7 @@ fn real_storage_round_trip_with_background_spares() {
     let cfg = || LogConfig {
         dir: dir.path().join("log"),
         segment_bytes,
-        storage: Arc::new(RealStorage),
+        storage: Arc::new(RealStorage::default()),
         spare_in_background: true,
     };
     let mut rng = StdRng::seed_from_u64(2);

@@ -1,6 +1,7 @@
-//! The embedded store's on-disk encoding: keyspace names, key layouts and value
-//! formats (documented byte by byte in docs/design/embedded-store.md). Values are
-//! postcard with a leading format-version byte, so a future layout can be told apart.
+//! The embedded store's on-disk encoding: the kinds of frames it appends to its
+//! task log (`weir_log`) and their byte layouts (documented in
+//! docs/design/embedded-store.md). Records are postcard with a leading
+//! format-version byte, so a future layout can be told apart.
 
 use serde::{Deserialize, Serialize};
 use weir_core::{TaskId, TaskRecord, TaskState};
@@ -8,23 +9,191 @@ use weir_core::{TaskId, TaskRecord, TaskState};
 /// Version byte in front of every encoded value.
 const FORMAT_V1: u8 = 1;
 
-/// `tasks`: id (16 bytes, big-endian ULID) → `DiskRecord`.
-pub const KS_TASKS: &str = "tasks";
-/// `payloads`: id → the payload's JSON text, as the producer sent it.
-pub const KS_PAYLOADS: &str = "payloads";
-/// `ready`: id → `ReadyEntry`, present exactly while the task is not terminal.
-/// Startup rebuilds the dispatch indexes from this keyspace alone.
-pub const KS_READY: &str = "ready";
-/// `terminal`: queue_len(1) queue state(1) id(16) → expires_at_ms (8, BE; u64::MAX = kept).
-pub const KS_TERMINAL: &str = "terminal";
-/// `expiry`: expires_at_ms(8, BE) id(16) → `ExpiryEntry`; retention removes what is due.
-pub const KS_EXPIRY: &str = "expiry";
-/// `idem`: queue 0x00 idempotency_key → id.
-pub const KS_IDEM: &str = "idem";
-/// `groups`: group id (16) → `GroupRecord`.
-pub const KS_GROUPS: &str = "groups";
-/// `group_expiry`: expires_at_ms(8, BE) group id(16) → empty; retention removes the group.
-pub const KS_GROUP_EXPIRY: &str = "group_expiry";
+/// A new task: its summary and record in the meta, the payload as the frame's
+/// payload. Also written when a live task is copied forward by the log's GC.
+pub const KIND_TASK: u8 = 1;
+/// A task's changed record (summary and record, no payload): a state change, a
+/// counted attempt, a cancel request.
+pub const KIND_UPDATE: u8 = 2;
+/// A group's record: group id (16, BE) then the postcard `GroupRecord`.
+pub const KIND_GROUP: u8 = 3;
+/// Tasks retention removed: per task, its id (16, BE) and the `expires_at_ms` it
+/// was removed at (8, LE).
+pub const KIND_PURGE: u8 = 4;
+/// Groups retention removed: their ids (16 each, BE).
+pub const KIND_GROUP_PURGE: u8 = 5;
+
+/// Bytes of one entry of a `KIND_PURGE` frame.
+pub const PURGE_ENTRY_BYTES: usize = 24;
+
+/// Bytes of a task frame's fixed summary, before the queue name and key.
+const SUMMARY_BYTES: usize = 42;
+
+/// What recovery needs of a task frame, read without decoding the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary<'a> {
+    pub id: u128,
+    pub state: TaskState,
+    pub cancel_requested: bool,
+    pub priority: i32,
+    pub run_at_ms: u64,
+    /// When retention removes the task (`u64::MAX`: never, or not terminal).
+    pub expires_at_ms: u64,
+    pub queue: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    /// Where the postcard record starts in the meta.
+    record_at: usize,
+}
+
+/// The meta of a task frame:
+///
+/// | bytes | field |
+/// |---|---|
+/// | 0..16 | id, u128 big-endian |
+/// | 16 | state index |
+/// | 17 | cancel requested (0/1) |
+/// | 18..22 | priority, i32 LE |
+/// | 22..30 | run_at_ms, u64 LE |
+/// | 30..38 | expires_at_ms, u64 LE (`u64::MAX`: none) |
+/// | 38..40 | queue name length, u16 LE |
+/// | 40..42 | idempotency key length + 1, u16 LE (0: no key) |
+/// | 42.. | queue name, key, then `FORMAT_V1` + postcard `DiskRecord` |
+pub fn task_meta(r: &TaskRecord) -> Vec<u8> {
+    let key = r.idempotency_key.as_deref();
+    let key_len = key.map_or(0, str::len);
+    // The record repeats the names; 64 bytes cover its numbers.
+    let names = r.queue.len() + r.kind.len() + key_len;
+    let tail = r.result.as_ref().map_or(0, Vec::len) + r.last_error.as_ref().map_or(0, String::len);
+    let mut m = Vec::with_capacity(SUMMARY_BYTES + 2 * names + tail + 64);
+    m.extend_from_slice(&r.id.0.to_be_bytes());
+    m.push(r.state.index() as u8);
+    m.push(u8::from(r.cancel_requested));
+    m.extend_from_slice(&r.priority.to_le_bytes());
+    m.extend_from_slice(&r.run_at_ms.to_le_bytes());
+    let expires = if r.state.is_terminal() {
+        r.expires_at_ms().unwrap_or(u64::MAX)
+    } else {
+        u64::MAX
+    };
+    m.extend_from_slice(&expires.to_le_bytes());
+    // Queue names and keys are limited far below 64 KiB (`Limits`).
+    m.extend_from_slice(&(r.queue.len() as u16).to_le_bytes());
+    m.extend_from_slice(&(key.map_or(0, |k| k.len() as u16 + 1)).to_le_bytes());
+    m.extend_from_slice(r.queue.as_bytes());
+    if let Some(k) = key {
+        m.extend_from_slice(k.as_bytes());
+    }
+    encode_record_into(r, &mut m);
+    m
+}
+
+/// Reads a task frame's summary.
+pub fn summary(meta: &[u8]) -> Result<Summary<'_>, Corrupt> {
+    let bad = |detail: &str| Corrupt {
+        what: "task frame",
+        detail: detail.into(),
+    };
+    if meta.len() < SUMMARY_BYTES {
+        return Err(bad("short summary"));
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(meta[i..i + 8].try_into().expect("8 bytes"));
+    let u16_at = |i: usize| u16::from_le_bytes(meta[i..i + 2].try_into().expect("2 bytes"));
+    let id = u128::from_be_bytes(meta[0..16].try_into().expect("16 bytes"));
+    let state = TaskState::from_index(meta[16] as usize).ok_or_else(|| bad("state"))?;
+    let priority = i32::from_le_bytes(meta[18..22].try_into().expect("4 bytes"));
+    let queue_len = u16_at(38) as usize;
+    let key_len = u16_at(40) as usize;
+    let queue_end = SUMMARY_BYTES + queue_len;
+    let key_end = queue_end + key_len.saturating_sub(1);
+    if meta.len() < key_end {
+        return Err(bad("short names"));
+    }
+    let queue = std::str::from_utf8(&meta[SUMMARY_BYTES..queue_end])
+        .map_err(|_| bad("queue name is not UTF-8"))?;
+    let idempotency_key = if key_len == 0 {
+        None
+    } else {
+        Some(
+            std::str::from_utf8(&meta[queue_end..key_end])
+                .map_err(|_| bad("idempotency key is not UTF-8"))?,
+        )
+    };
+    Ok(Summary {
+        id,
+        state,
+        cancel_requested: meta[17] != 0,
+        priority,
+        run_at_ms: u64_at(22),
+        expires_at_ms: u64_at(30),
+        queue,
+        idempotency_key,
+        record_at: key_end,
+    })
+}
+
+/// The whole record of a task frame.
+pub fn task_record(meta: &[u8]) -> Result<TaskRecord, Corrupt> {
+    let s = summary(meta)?;
+    decode_record(TaskId(s.id), &meta[s.record_at..])
+}
+
+/// The meta of a group frame.
+pub fn group_meta(id: u128, g: &GroupRecord) -> Vec<u8> {
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(&encode_group(g));
+    m
+}
+
+/// The meta of a purge frame.
+pub fn purge_meta(tasks: &[(u128, u64)]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(tasks.len() * PURGE_ENTRY_BYTES);
+    for (id, at) in tasks {
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&at.to_le_bytes());
+    }
+    m
+}
+
+/// The entries of a purge frame.
+pub fn purge_entries(meta: &[u8]) -> Result<impl Iterator<Item = (u128, u64)> + '_, Corrupt> {
+    if !meta.len().is_multiple_of(PURGE_ENTRY_BYTES) {
+        return Err(Corrupt {
+            what: "purge frame",
+            detail: format!("{} bytes", meta.len()),
+        });
+    }
+    Ok(meta.chunks_exact(PURGE_ENTRY_BYTES).map(|e| {
+        (
+            u128::from_be_bytes(e[0..16].try_into().expect("16 bytes")),
+            u64::from_le_bytes(e[16..24].try_into().expect("8 bytes")),
+        )
+    }))
+}
+
+/// The ids of a group purge frame.
+pub fn ids(meta: &[u8]) -> Result<impl Iterator<Item = u128> + '_, Corrupt> {
+    if !meta.len().is_multiple_of(16) {
+        return Err(Corrupt {
+            what: "group purge frame",
+            detail: format!("{} bytes", meta.len()),
+        });
+    }
+    Ok(meta
+        .chunks_exact(16)
+        .map(|e| u128::from_be_bytes(e.try_into().expect("16 bytes"))))
+}
+
+/// Reads a group frame's id and record.
+pub fn group_frame(meta: &[u8]) -> Result<(u128, GroupRecord), Corrupt> {
+    if meta.len() < 16 {
+        return Err(Corrupt {
+            what: "group frame",
+            detail: "short".into(),
+        });
+    }
+    let id = u128::from_be_bytes(meta[0..16].try_into().expect("16 bytes"));
+    Ok((id, decode_group(&meta[16..])?))
+}
 
 /// A task group as stored.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -72,24 +241,6 @@ struct DiskRecord {
     group: Option<u128>,
 }
 
-/// What dispatch needs to know of a non-terminal task (tens of bytes).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ReadyEntry {
-    pub queue: String,
-    pub priority: i32,
-    pub run_at_ms: u64,
-    /// Set when a cancel arrived while the task was active: recovery makes it canceled.
-    pub cancel_requested: bool,
-}
-
-/// What retention needs to delete a task's other keys.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ExpiryEntry {
-    pub queue: String,
-    pub state: u8,
-    pub idempotency_key: Option<String>,
-}
-
 /// A value that did not decode: the store is corrupt or from another version.
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt {what} value: {detail}")]
@@ -118,10 +269,42 @@ fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result
     }
 }
 
+#[cfg(test)]
 pub fn encode_record(r: &TaskRecord) -> Vec<u8> {
-    encode(&DiskRecord {
-        queue: r.queue.clone(),
-        kind: r.kind.clone(),
+    let mut out = Vec::new();
+    encode_record_into(r, &mut out);
+    out
+}
+
+/// Appends a record's encoding to `out`, borrowing its strings: the same bytes as
+/// `DiskRecord`'s (postcard encodes `&str` as `String`, `&[u8]` as `Vec<u8>`),
+/// without copying them first.
+pub fn encode_record_into(r: &TaskRecord, out: &mut Vec<u8>) {
+    #[derive(Serialize)]
+    struct DiskRecordRef<'a> {
+        queue: &'a str,
+        kind: &'a str,
+        priority: i32,
+        state: u8,
+        attempt: u32,
+        max_attempts: u32,
+        timeout_ms: u64,
+        run_at_ms: u64,
+        deadline_ms: Option<u64>,
+        idempotency_key: Option<&'a str>,
+        retention_ms: u64,
+        created_ms: u64,
+        started_ms: Option<u64>,
+        finished_ms: Option<u64>,
+        result: Option<&'a [u8]>,
+        last_error: Option<&'a str>,
+        cancel_requested: bool,
+        group: Option<u128>,
+    }
+    out.push(FORMAT_V1);
+    let rec = DiskRecordRef {
+        queue: &r.queue,
+        kind: &r.kind,
         priority: r.priority,
         state: r.state.index() as u8,
         attempt: r.attempt,
@@ -129,16 +312,18 @@ pub fn encode_record(r: &TaskRecord) -> Vec<u8> {
         timeout_ms: r.timeout_ms,
         run_at_ms: r.run_at_ms,
         deadline_ms: r.deadline_ms,
-        idempotency_key: r.idempotency_key.clone(),
+        idempotency_key: r.idempotency_key.as_deref(),
         retention_ms: r.retention_ms,
         created_ms: r.created_ms,
         started_ms: r.started_ms,
         finished_ms: r.finished_ms,
-        result: r.result.clone(),
-        last_error: r.last_error.clone(),
+        result: r.result.as_deref(),
+        last_error: r.last_error.as_deref(),
         cancel_requested: r.cancel_requested,
         group: r.group.map(|g| g.0),
-    })
+    };
+    // Serialising plain structs into a Vec cannot fail.
+    *out = postcard::to_extend(&rec, std::mem::take(out)).expect("postcard encode");
 }
 
 pub fn decode_record(id: TaskId, bytes: &[u8]) -> Result<TaskRecord, Corrupt> {
@@ -168,74 +353,6 @@ pub fn decode_record(id: TaskId, bytes: &[u8]) -> Result<TaskRecord, Corrupt> {
         cancel_requested: d.cancel_requested,
         group: d.group.map(TaskId),
     })
-}
-
-pub fn encode_ready(e: &ReadyEntry) -> Vec<u8> {
-    encode(e)
-}
-
-pub fn decode_ready(bytes: &[u8]) -> Result<ReadyEntry, Corrupt> {
-    decode("ready", bytes)
-}
-
-pub fn encode_expiry(e: &ExpiryEntry) -> Vec<u8> {
-    encode(e)
-}
-
-pub fn decode_expiry(bytes: &[u8]) -> Result<ExpiryEntry, Corrupt> {
-    decode("expiry", bytes)
-}
-
-pub fn id_from_key(what: &'static str, key: &[u8]) -> Result<TaskId, Corrupt> {
-    let bytes: [u8; 16] = key.try_into().map_err(|_| Corrupt {
-        what,
-        detail: format!("key of {} bytes", key.len()),
-    })?;
-    Ok(TaskId::from_bytes(bytes))
-}
-
-/// `terminal` key: queue_len(1) queue state(1) id(16). Queue names are ≤ 255 bytes.
-pub fn terminal_key(queue: &str, state: TaskState, id: TaskId) -> Vec<u8> {
-    debug_assert!(queue.len() <= 255);
-    let mut k = Vec::with_capacity(1 + queue.len() + 1 + 16);
-    k.push(queue.len() as u8);
-    k.extend_from_slice(queue.as_bytes());
-    k.push(state.index() as u8);
-    k.extend_from_slice(&id.to_bytes());
-    k
-}
-
-pub fn parse_terminal_key(key: &[u8]) -> Result<(&str, TaskState, TaskId), Corrupt> {
-    let bad = || Corrupt {
-        what: "terminal key",
-        detail: format!("{key:?}"),
-    };
-    let (&qlen, rest) = key.split_first().ok_or_else(bad)?;
-    let qlen = qlen as usize;
-    if rest.len() != qlen + 1 + 16 {
-        return Err(bad());
-    }
-    let queue = std::str::from_utf8(&rest[..qlen]).map_err(|_| bad())?;
-    let state = TaskState::from_index(rest[qlen] as usize).ok_or_else(bad)?;
-    let id = id_from_key("terminal key", &rest[qlen + 1..])?;
-    Ok((queue, state, id))
-}
-
-/// `expiry` key: expires_at_ms(8, BE) id(16), so a range scan from the start finds
-/// what is due.
-pub fn expiry_key(expires_at_ms: u64, id: TaskId) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
-    k[8..].copy_from_slice(&id.to_bytes());
-    k
-}
-
-pub fn idem_key(queue: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(queue.len() + 1 + key.len());
-    k.extend_from_slice(queue.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
 }
 
 #[cfg(test)]
@@ -268,13 +385,38 @@ mod tests {
     }
 
     #[test]
-    fn terminal_keys_round_trip_and_group_by_queue() {
-        let id = TaskId::new(1, 2);
-        let k = terminal_key("emails", TaskState::Dead, id);
-        assert_eq!(
-            parse_terminal_key(&k).unwrap(),
-            ("emails", TaskState::Dead, id)
+    fn task_frames_carry_a_summary_that_matches_the_record() {
+        let mut r = machine::create(
+            TaskId::new(5, 6),
+            "emails",
+            NewTask {
+                kind: "k".into(),
+                priority: -3,
+                run_at_ms: Some(99),
+                delay_ms: 0,
+                max_attempts: 4,
+                timeout_ms: 10,
+                deadline_ms: None,
+                idempotency_key: Some("ik-1".into()),
+                retention_ms: 7,
+            },
+            5,
         );
-        assert!(expiry_key(1, id) < expiry_key(2, TaskId(0)));
+        let m = task_meta(&r);
+        let s = summary(&m).unwrap();
+        assert_eq!(
+            (s.id, s.state, s.priority, s.run_at_ms, s.expires_at_ms),
+            (r.id.0, r.state, -3, 99, u64::MAX)
+        );
+        assert_eq!((s.queue, s.idempotency_key), ("emails", Some("ik-1")));
+        assert_eq!(task_record(&m).unwrap(), r);
+        r.idempotency_key = None;
+        r.state = TaskState::Completed;
+        r.finished_ms = Some(50);
+        let m = task_meta(&r);
+        let s = summary(&m).unwrap();
+        assert_eq!((s.idempotency_key, s.expires_at_ms), (None, 57));
+        assert_eq!(task_record(&m).unwrap(), r);
+        assert!(summary(&m[..30]).is_err());
     }
 }

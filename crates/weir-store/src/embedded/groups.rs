@@ -2,14 +2,13 @@
 //! fail-fast / cancel cascade, and the group record on disk. Runs inside writer
 //! rounds (under the state lock); the rules themselves are `weir_core::group`.
 
-use fjall::OwnedWriteBatch;
 use weir_core::machine;
-use weir_core::{GroupState, GroupTally, TaskId, TaskRecord, TaskState};
+use weir_core::{GroupState, GroupTally, TaskRecord, TaskState};
 
-use super::disk::{self, GroupRecord, ReadyEntry};
+use super::disk::GroupRecord;
 use super::state::{GroupMem, State};
-use super::writer::{finish, After};
-use super::Disk;
+use super::writer::{finish, After, Batch};
+use super::{group_in, record_in, Disk};
 
 /// A group member reached a terminal state in this round.
 #[derive(Clone, Copy, Debug)]
@@ -60,7 +59,7 @@ pub(crate) fn open(record: GroupRecord, done: Vec<bool>, tally: GroupTally) -> G
 pub(crate) fn process(
     disk: &Disk,
     st: &mut State,
-    batch: &mut OwnedWriteBatch,
+    batch: &mut Batch,
     after: &mut After,
     mut changed: Vec<u128>,
     now: u64,
@@ -96,7 +95,7 @@ pub(crate) fn process(
     changed.sort_unstable();
     changed.dedup();
     for gid in changed {
-        write_group(disk, st, batch, after, gid, now);
+        write_group(st, batch, after, gid, now);
     }
 }
 
@@ -105,7 +104,7 @@ pub(crate) fn process(
 fn cascade(
     disk: &Disk,
     st: &mut State,
-    batch: &mut OwnedWriteBatch,
+    batch: &mut Batch,
     after: &mut After,
     gid: u128,
     work: &mut Vec<GroupEvent>,
@@ -126,31 +125,28 @@ fn cascade(
     for m in open {
         if let Some(lease) = st.leases.get_mut(&m) {
             lease.cancel_requested = true;
-            let run_at_ms = match &mut lease.record {
-                Some(r) => {
-                    r.cancel_requested = true;
-                    r.run_at_ms
+            if let Some(r) = &mut lease.record {
+                r.cancel_requested = true;
+            }
+            // Durable, so that a restart ends the task canceled: the record on
+            // disk (its attempt not counted) with the request.
+            match record_in(disk, st, m) {
+                Ok(Some(mut on_disk)) if !on_disk.state.is_terminal() => {
+                    on_disk.cancel_requested = true;
+                    batch.update(&on_disk);
                 }
-                None => 0,
-            };
-            let entry = ReadyEntry {
-                queue: st.queues[lease.queue as usize].name.to_string(),
-                priority: lease.priority,
-                run_at_ms,
-                cancel_requested: true,
-            };
-            batch.insert(
-                &disk.ready,
-                TaskId(m).to_bytes(),
-                disk::encode_ready(&entry),
-            );
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a group member to cancel; it is canceled when it would next start")
+                }
+            }
             // A worker watching this lease learns of the cancel at once.
             after.fire.push(m);
             continue;
         }
         // Not leased: queued (cancel now), or changing state in this very round
         // (then `closed` cancels it when it would next start).
-        let Ok(Some(mut rec)) = disk.record(TaskId(m)) else {
+        let Ok(Some(mut rec)) = record_in(disk, st, m) else {
             continue;
         };
         if rec.state.is_terminal() {
@@ -161,20 +157,13 @@ fn cascade(
             continue;
         }
         if machine::cancel(&mut rec, now).is_ok() {
-            finish(disk, batch, after, q, &rec);
+            finish(batch, after, q, &rec);
             work.append(&mut after.group_events);
         }
     }
 }
 
-fn write_group(
-    disk: &Disk,
-    st: &mut State,
-    batch: &mut OwnedWriteBatch,
-    after: &mut After,
-    gid: u128,
-    now: u64,
-) {
+fn write_group(st: &mut State, batch: &mut Batch, after: &mut After, gid: u128, now: u64) {
     let Some(g) = st.groups.get_mut(&gid) else {
         return;
     };
@@ -184,18 +173,11 @@ fn write_group(
     let finished = g.tally.open() == 0;
     if finished {
         g.record.finished_ms = Some(now);
-        let at = now.saturating_add(g.record.retention_ms);
-        batch.insert(
-            &disk.group_expiry,
-            disk::expiry_key(at, TaskId(gid)).to_vec(),
-            Vec::new(),
-        );
+        after
+            .group_expiry
+            .push((now.saturating_add(g.record.retention_ms), gid));
     }
-    batch.insert(
-        &disk.groups,
-        TaskId(gid).to_bytes(),
-        disk::encode_group(&g.record),
-    );
+    batch.group(gid, &g.record);
     if state.is_terminal() && !g.notified {
         g.notified = true;
         after.fire.push(gid);
@@ -210,7 +192,7 @@ fn write_group(
 pub(crate) fn cancel(
     disk: &Disk,
     st: &mut State,
-    batch: &mut OwnedWriteBatch,
+    batch: &mut Batch,
     after: &mut After,
     gid: u128,
     now: u64,
@@ -231,12 +213,11 @@ pub(crate) fn cancel(
 /// Returns groups whose members all ended but whose record was not yet final.
 pub(crate) fn recover(disk: &Disk, st: &mut State) -> Result<Vec<u128>, crate::StoreError> {
     let mut finished = Vec::new();
-    for item in disk.groups.iter() {
-        let (k, v) = item
-            .into_inner()
-            .map_err(|e| super::internal("scan groups", e))?;
-        let gid = disk::id_from_key("groups", &k).map_err(|e| super::internal("recover", e))?;
-        let record = disk::decode_group(&v).map_err(|e| super::internal("recover", e))?;
+    let ids: Vec<u128> = st.group_locs.keys().copied().collect();
+    for gid in ids {
+        let Some(record) = group_in(disk, st, gid)? else {
+            continue;
+        };
         if record.finished_ms.is_some() {
             continue;
         }
@@ -248,7 +229,7 @@ pub(crate) fn recover(disk: &Disk, st: &mut State) -> Result<Vec<u128>, crate::S
         };
         let mut done = Vec::with_capacity(record.members.len());
         for &m in &record.members {
-            let state = disk.record(TaskId(m))?.map(|r| r.state);
+            let state = record_in(disk, st, m)?.map(|r| r.state);
             match state {
                 Some(TaskState::Completed) => tally.completed += 1,
                 Some(TaskState::Dead) => tally.dead += 1,
@@ -264,23 +245,20 @@ pub(crate) fn recover(disk: &Disk, st: &mut State) -> Result<Vec<u128>, crate::S
         // when they would next start (`closed`).
         g.cascaded = tally.cancels_others();
         if tally.open() == 0 {
-            finished.push(gid.0);
+            finished.push(gid);
         }
-        st.groups.insert(gid.0, g);
+        st.groups.insert(gid, g);
     }
     Ok(finished)
 }
 
 /// Writes the final record of groups found finished at startup.
-pub(crate) fn finish_recovered(
-    disk: &Disk,
-    st: &mut State,
-    batch: &mut OwnedWriteBatch,
-    gids: Vec<u128>,
-    now: u64,
-) {
+pub(crate) fn finish_recovered(st: &mut State, batch: &mut Batch, gids: Vec<u128>, now: u64) {
     let mut after = After::default();
     for gid in gids {
-        write_group(disk, st, batch, &mut after, gid, now);
+        write_group(st, batch, &mut after, gid, now);
+    }
+    for (at, gid) in after.group_expiry {
+        st.group_expiry.insert((at, gid));
     }
 }

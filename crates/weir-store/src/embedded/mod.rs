@@ -1,9 +1,10 @@
-//! The embedded store (the default backend): fjall keyspaces on local disk for
-//! durability, in-memory indexes (`state`) for dispatch, and one writer thread
-//! (`writer`) that turns concurrent mutations into group commits — one journal
-//! fsync for every batch of requests that arrived while the previous fsync ran.
+//! The embedded store (the default backend): an append-only task log on local disk
+//! (`weir_log`) for durability, in-memory indexes (`state`) for dispatch and for
+//! where each task's frames are, and one writer thread (`writer`) that turns
+//! concurrent mutations into group commits — one write and one fdatasync for every
+//! batch of requests that arrived while the previous fsync ran.
 //!
-//! Reads (get, the payloads of a lease) go to fjall directly from the calling task.
+//! Reads (get, the payloads of a lease) read the log directly from the calling task.
 //! Leasing, heartbeats and timers touch only memory: leases are not durable, so after
 //! a crash active tasks come back pending without losing an attempt.
 
@@ -12,34 +13,37 @@ mod groups;
 mod state;
 mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use weir_core::machine::{self, Start};
 use weir_core::{Backoff, Limits, TaskId, TaskRecord, TaskState};
+use weir_log::{Log, LogConfig};
 
 use crate::clock::{Clock, SystemClock};
 use crate::{
     Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, Outage,
     QueueInfo, Settle, StoreError, TaskView,
 };
-use disk::ReadyEntry;
-use state::{Lease, State};
-use writer::{Op, Prepared};
+use disk::GroupRecord;
+use state::{Lease, State, TaskLoc};
+use writer::{Batch, Op, Prepared};
 
 /// Most operations one writer round takes into a single commit.
 const WRITER_OPS_PER_COMMIT_MAX: usize = 4096;
 /// Most tasks the operations of one writer round may carry (a round can exceed it by
 /// one batch: the op that crosses it is still taken).
 const WRITER_TASKS_PER_COMMIT_MAX: usize = 16_384;
+/// Most payload and result bytes the operations of one writer round may carry (a
+/// round can exceed it by one op), bounding the round's buffer.
+const WRITER_BYTES_PER_COMMIT_MAX: usize = 32 * 1024 * 1024;
 /// Capacity of the channel into the writer; senders wait when it is full.
 const WRITER_QUEUE_OPS_MAX: usize = 4096;
 /// Longest the writer sleeps between timer checks, so leases taken by request
@@ -47,18 +51,23 @@ const WRITER_QUEUE_OPS_MAX: usize = 4096;
 const WRITER_TICK_MS_MAX: u64 = 100;
 /// Most expired tasks removed in one writer round.
 const RETENTION_PURGE_BATCH_MAX: usize = 4096;
+/// Most live tasks the log's GC copies forward between two rounds.
+const COPY_FORWARD_TASKS_MAX: usize = 4096;
+/// Most times a reader looks a task up again when the segment it was told to read
+/// was collected meanwhile (the task moved on to a newer frame).
+const READ_RETRIES_MAX: usize = 4;
 
-/// Default memtable size per keyspace. 16 MiB cut peak RSS while ingesting 10M
-/// 1 KiB tasks from 967 to 765 MB, but cost 25-28% of throughput with small
-/// payloads (BENCHMARKS.md); the default keeps throughput, and
-/// `--memtable-bytes-max` trades it for memory.
-pub const MEMTABLE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
-/// Smallest memtable size accepted (fjall needs room for its largest write).
-pub const MEMTABLE_BYTES_MIN: u64 = 4 * 1024 * 1024;
-/// Default of `EmbeddedConfig::files_cached_max`: fjall's own default on Linux.
-pub const FILES_CACHED_DEFAULT: usize = 900;
-/// Fewest table files kept open (fjall refuses fewer than 10).
-pub const FILES_CACHED_MIN: usize = 16;
+/// Default size of one segment file of the task log.
+pub const SEGMENT_BYTES_DEFAULT: u64 = weir_log::SEGMENT_BYTES_DEFAULT;
+/// Smallest segment accepted: it must hold the largest frame (a 1 MiB payload or
+/// result with its record) with room to spare.
+pub const SEGMENT_BYTES_MIN: u64 = 4 * 1024 * 1024;
+/// Largest segment accepted (the log addresses offsets with 32 bits).
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Name of the task log's directory inside the data directory.
+const LOG_DIR: &str = "log";
+/// The data directory's lock file: one process opens a store at a time.
+const LOCK_FILE: &str = "weir.lock";
 
 /// Configuration of the embedded store.
 #[derive(Clone)]
@@ -68,19 +77,14 @@ pub struct EmbeddedConfig {
     pub backoff: Backoff,
     /// Added to a task's `timeout_ms` to form its lease.
     pub lease_grace_ms: u64,
-    /// fjall block cache, in bytes.
-    pub cache_bytes: u64,
-    /// Size at which a keyspace's memtable is sealed and flushed, in bytes; bounds
-    /// the memory writes hold before they reach sorted tables.
-    pub memtable_bytes_max: u64,
-    /// Most table files fjall keeps open (its descriptor cache; a miss reopens the
-    /// file). The server sizes it with its connection cap so that the two together
-    /// stay under the process's open-file limit.
-    pub files_cached_max: usize,
+    /// Size of each segment file of the task log, in bytes.
+    pub segment_bytes: u64,
     pub clock: Arc<dyn Clock>,
     /// Longest that writes are held back after an outage that repeats soon after
     /// the last heal (see `writer::heal`).
     pub outage_hold_ms_max: u64,
+    /// Tests: the file layer under the log (faults, simulated crashes).
+    pub storage: Option<Arc<dyn weir_log::Storage>>,
 }
 
 impl EmbeddedConfig {
@@ -90,97 +94,117 @@ impl EmbeddedConfig {
             limits: Limits::default(),
             backoff: Backoff::default(),
             lease_grace_ms: weir_core::limits::LEASE_GRACE_MS_DEFAULT,
-            cache_bytes: 64 * 1024 * 1024,
-            memtable_bytes_max: MEMTABLE_BYTES_DEFAULT,
-            files_cached_max: FILES_CACHED_DEFAULT,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
             clock: Arc::new(SystemClock),
             outage_hold_ms_max: writer::HEAL_RETRY_MS_MAX,
+            storage: None,
         }
     }
 }
 
-/// The fjall database and its keyspaces.
+/// The read side of the task log.
 pub(crate) struct Disk {
-    pub db: Database,
-    pub tasks: Keyspace,
-    pub payloads: Keyspace,
-    pub ready: Keyspace,
-    pub terminal: Keyspace,
-    pub expiry: Keyspace,
-    pub idem: Keyspace,
-    pub groups: Keyspace,
-    pub group_expiry: Keyspace,
+    pub log: weir_log::Reader,
 }
 
 impl Disk {
-    fn open(
-        dir: &std::path::Path,
-        cache_bytes: u64,
-        memtable_bytes: u64,
-        files_cached: usize,
-    ) -> Result<Disk, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| outage_or_internal("create data dir", Outage::of_io(&e), e))?;
-        let db = Database::builder(dir)
-            .cache_size(cache_bytes)
-            .max_cached_files(Some(files_cached.max(FILES_CACHED_MIN)))
-            // We persist explicitly after each group commit.
-            .manual_journal_persist(true)
-            .open()
-            .map_err(|e| storage("open store", e))?;
-        let ks = |name: &str| {
-            db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
+    fn frame(&self, loc: u64) -> Result<weir_log::Frame, ReadFail> {
+        self.log
+            .read(weir_log::Loc::from_u64(loc))
+            .map_err(|e| match e {
+                weir_log::ReadError::Gone { .. } => ReadFail::Gone,
+                e @ weir_log::ReadError::Io { .. } => {
+                    let cause = match &e {
+                        weir_log::ReadError::Io { source, .. } => Outage::of_io(source),
+                        _ => None,
+                    };
+                    ReadFail::Err(outage_or_internal("read the task log", cause, e))
+                }
+                e => ReadFail::Err(StoreError::bug(format!("the task log is corrupt: {e}"))),
             })
-            .map_err(|e| storage("open keyspace", e))
+    }
+
+    /// The task's latest record.
+    fn record_at(&self, loc: TaskLoc) -> Result<TaskRecord, ReadFail> {
+        let f = self.frame(loc.last)?;
+        disk::task_record(&f.meta).map_err(|e| ReadFail::Err(internal("decode task", e)))
+    }
+
+    /// The task's latest record and its payload.
+    fn task_at(&self, loc: TaskLoc) -> Result<(TaskRecord, Bytes), ReadFail> {
+        let first = self.frame(loc.first)?;
+        let record = if loc.last == loc.first {
+            disk::task_record(&first.meta)
+        } else {
+            disk::task_record(&self.frame(loc.last)?.meta)
         };
-        Ok(Disk {
-            tasks: ks(disk::KS_TASKS)?,
-            payloads: ks(disk::KS_PAYLOADS)?,
-            ready: ks(disk::KS_READY)?,
-            terminal: ks(disk::KS_TERMINAL)?,
-            expiry: ks(disk::KS_EXPIRY)?,
-            idem: ks(disk::KS_IDEM)?,
-            groups: ks(disk::KS_GROUPS)?,
-            group_expiry: ks(disk::KS_GROUP_EXPIRY)?,
-            db,
-        })
+        let record = record.map_err(|e| ReadFail::Err(internal("decode task", e)))?;
+        Ok((record, first.payload))
     }
 
-    pub fn record(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        match self
-            .tasks
-            .get(id.to_bytes())
-            .map_err(|e| storage("read task", e))?
-        {
-            None => Ok(None),
-            Some(v) => disk::decode_record(id, &v)
-                .map(Some)
-                .map_err(|e| internal("decode task", e)),
-        }
+    fn group_at(&self, loc: u64) -> Result<GroupRecord, ReadFail> {
+        let f = self.frame(loc)?;
+        disk::group_frame(&f.meta)
+            .map(|(_, g)| g)
+            .map_err(|e| ReadFail::Err(internal("decode group", e)))
     }
+}
 
-    pub fn payload(&self, id: TaskId) -> Result<Bytes, StoreError> {
-        match self
-            .payloads
-            .get(id.to_bytes())
-            .map_err(|e| storage("read payload", e))?
-        {
-            Some(v) => Ok(Bytes::copy_from_slice(&v)),
-            None => Err(StoreError::bug(format!("task {id} has no payload"))),
-        }
+/// Why a read of the log failed: `Gone` when the segment was collected after the
+/// caller looked the task up (it has a newer frame: look again).
+enum ReadFail {
+    Gone,
+    Err(StoreError),
+}
+
+/// Opens the task log in the data directory, after taking the directory's lock (one
+/// process at a time), and refusing a data directory of the store's earlier layout
+/// (fjall) with what to do about it.
+fn open_log(config: &EmbeddedConfig) -> Result<(Log, std::fs::File), StoreError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| outage_or_internal("create data dir", Outage::of_io(&e), e))?;
+    if dir.join("keyspaces").exists() && dir.join("version").exists() {
+        return Err(StoreError::bug(format!(
+            "{} holds data of weir's earlier embedded store (fjall, before the task \
+                 log), which this release cannot read. Drain it with the release that \
+                 wrote it (let workers finish every task), or move the directory aside and \
+                 start with an empty one; nothing in it is changed",
+            dir.display()
+        )));
     }
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| outage_or_internal("open the data directory's lock", Outage::of_io(&e), e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            StoreError::bug(format!(
+                "{} is in use by another weir process (it holds {})",
+                dir.display(),
+                lock_path.display()
+            ))
+        },
+    )?;
+    let mut cfg = LogConfig::new(dir.join(LOG_DIR));
+    cfg.segment_bytes = config.segment_bytes;
+    if let Some(storage) = &config.storage {
+        cfg.storage = storage.clone();
+    }
+    let log = Log::open(cfg).map_err(|e| match &e {
+        weir_log::OpenError::Io { source, .. } => {
+            outage_or_internal("open the task log", Outage::of_io(source), e)
+        }
+        _ => StoreError::bug(format!("cannot open the task log: {e}")),
+    })?;
+    Ok((log, lock))
 }
 
 pub(crate) fn internal(context: &str, e: impl Into<crate::BoxError>) -> StoreError {
     StoreError::internal(context, e)
-}
-
-/// A storage engine error as the caller should see it: a full disk or a shortage
-/// of file descriptors is an outage that clears (`Unavailable`, 503), anything
-/// else is internal.
-pub(crate) fn storage(context: &str, e: fjall::Error) -> StoreError {
-    outage_or_internal(context, io_cause(&e), e)
 }
 
 /// `Unavailable` for an error whose cause clears by itself, else `Internal`.
@@ -199,22 +223,8 @@ fn outage_or_internal(
     }
 }
 
-/// The outage an engine error stems from, if an I/O error with an errno is in its
-/// source chain.
-pub(crate) fn io_cause(e: &fjall::Error) -> Option<Outage> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Outage::of_io(io);
-        }
-        source = err.source();
-    }
-    None
-}
-
-/// Why the engine refused a write when its error carries no errno (fjall answers
-/// `Poisoned` once a background flush failed): probe the two shortages that clear
-/// by themselves.
+/// Why a write failed when its error carries no errno we know: probe the two
+/// shortages that clear by themselves.
 pub(crate) fn diagnose(dir: &std::path::Path) -> Outage {
     if let Err(e) = std::fs::File::open(dir) {
         if let Some(cause @ (Outage::DiskFull | Outage::TooManyOpenFiles)) = Outage::of_io(&e) {
@@ -254,8 +264,8 @@ const HEALTH_FAILED: u8 = 2;
 
 /// State shared by request tasks and the writer thread.
 pub(crate) struct Shared {
-    /// The open database. `None` while the writer reopens it after an outage;
-    /// readers then answer `Unavailable`. Only the writer replaces it.
+    /// The log's read side. `None` once the store failed fatally; readers then
+    /// answer with the failure.
     disk: RwLock<Option<Arc<Disk>>>,
     pub state: Mutex<State>,
     pub config: EmbeddedConfig,
@@ -268,25 +278,73 @@ pub(crate) struct Shared {
     pub fatal: CancellationToken,
     /// Last issued id, to keep ids strictly increasing within this process.
     pub last_id: Mutex<u128>,
+    /// The data directory's lock, held until the store is closed.
+    lock: Mutex<Option<std::fs::File>>,
     /// Tests: the next non-empty commit fails as an outage, writing nothing.
     #[cfg(test)]
     pub inject_outage: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    /// The open database, or why there is none right now.
+    /// The log's read side, or why there is none.
     pub fn disk(&self) -> Result<Arc<Disk>, StoreError> {
         let disk = self.disk.read().unwrap_or_else(|p| p.into_inner()).clone();
         disk.ok_or_else(|| self.refusal())
     }
 
-    /// Takes the database away (readers answer `Unavailable` until `put_disk`).
+    /// Takes the log away for good (the store failed).
     pub fn take_disk(&self) -> Option<Arc<Disk>> {
         self.disk.write().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    pub fn put_disk(&self, disk: Disk) {
-        *self.disk.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(disk));
+    /// The task's latest record (`None`: no such task), looked up again if the
+    /// segment it was in was collected between the lookup and the read.
+    pub fn record(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.read(id, |disk, loc| disk.record_at(loc))
+    }
+
+    /// The task's latest record and its payload.
+    pub fn task(&self, id: TaskId) -> Result<Option<(TaskRecord, Bytes)>, StoreError> {
+        self.read(id, |disk, loc| disk.task_at(loc))
+    }
+
+    fn read<T>(
+        &self,
+        id: TaskId,
+        f: impl Fn(&Disk, TaskLoc) -> Result<T, ReadFail>,
+    ) -> Result<Option<T>, StoreError> {
+        let disk = self.disk()?;
+        for _ in 0..READ_RETRIES_MAX {
+            let Some(loc) = self.lock().locs.get(&id.0).copied() else {
+                return Ok(None);
+            };
+            match f(&disk, loc) {
+                Ok(v) => return Ok(Some(v)),
+                Err(ReadFail::Gone) => continue,
+                Err(ReadFail::Err(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::bug(format!(
+            "task {id} moved {READ_RETRIES_MAX} times while being read"
+        )))
+    }
+
+    /// A group's latest stored record.
+    pub fn group_record(&self, id: TaskId) -> Result<Option<GroupRecord>, StoreError> {
+        let disk = self.disk()?;
+        for _ in 0..READ_RETRIES_MAX {
+            let Some(loc) = self.lock().group_locs.get(&id.0).copied() else {
+                return Ok(None);
+            };
+            match disk.group_at(loc) {
+                Ok(v) => return Ok(Some(v)),
+                Err(ReadFail::Gone) => continue,
+                Err(ReadFail::Err(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::bug(format!(
+            "group {id} moved {READ_RETRIES_MAX} times while being read"
+        )))
     }
 
     pub fn health(&self) -> Health {
@@ -339,7 +397,7 @@ impl Shared {
             Health::Failed { detail } => StoreError::bug(detail),
             Health::Ok => StoreError::Unavailable {
                 cause: Outage::Io,
-                detail: "the store is reopening".into(),
+                detail: "the store is recovering".into(),
                 retry_after_ms: 1000,
             },
         }
@@ -380,22 +438,20 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Opens (or creates) the store and rebuilds the dispatch indexes from disk.
+    /// Opens (or creates) the store and rebuilds the dispatch indexes from the log.
     pub fn open(config: EmbeddedConfig) -> Result<EmbeddedBroker, StoreError> {
-        let disk = Disk::open(
-            &config.data_dir,
-            config.cache_bytes,
-            config.memtable_bytes_max,
-            config.files_cached_max,
-        )?;
-        let now = config.clock.now_ms();
-        let (state, kept, batch) = load(&disk, now, &HashSet::new())?;
-        debug_assert!(kept.is_empty(), "nothing is leased at open");
-        if !batch.is_empty() {
-            writer::commit(&disk, &config.data_dir, batch).map_err(StoreError::from)?;
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&config.segment_bytes) {
+            return Err(StoreError::bug(format!(
+                "segment size {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX} bytes",
+                config.segment_bytes
+            )));
         }
+        let (mut log, lock) = open_log(&config)?;
+        let now = config.clock.now_ms();
+        let (state, kept) = load(&mut log, &config.data_dir, now, &HashSet::new())?;
+        debug_assert!(kept.is_empty(), "nothing is leased at open");
         let shared = Arc::new(Shared {
-            disk: RwLock::new(Some(Arc::new(disk))),
+            disk: RwLock::new(Some(Arc::new(Disk { log: log.reader() }))),
             state: Mutex::new(state),
             config,
             closing: CancellationToken::new(),
@@ -403,11 +459,12 @@ impl EmbeddedBroker {
             health_code: AtomicU8::new(HEALTH_OK),
             fatal: CancellationToken::new(),
             last_id: Mutex::new(0),
+            lock: Mutex::new(Some(lock)),
             #[cfg(test)]
             inject_outage: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_OPS_MAX);
-        let handle = writer::spawn(shared.clone(), rx)?;
+        let handle = writer::spawn(shared.clone(), rx, log)?;
         Ok(EmbeddedBroker {
             shared,
             ops: tx,
@@ -429,12 +486,11 @@ impl EmbeddedBroker {
         rx.await.map_err(|_| gone())?
     }
 
-    /// The view of `record`, read from `disk` with its payload.
-    fn view(&self, disk: &Disk, record: TaskRecord) -> Result<TaskView, StoreError> {
-        let payload = disk.payload(record.id)?;
+    /// The view of a task read from the log.
+    fn view(&self, record: TaskRecord, payload: Bytes) -> TaskView {
         let now = self.shared.now_ms();
         let st = self.shared.lock();
-        Ok(overlay(&st, record, payload, now))
+        overlay(&st, record, payload, now)
     }
 }
 
@@ -473,77 +529,228 @@ fn overlay_record(st: &State, mut record: TaskRecord, now_ms: u64) -> (TaskRecor
     (record, lease_expires_ms)
 }
 
-/// Rebuilds the in-memory state from disk: dispatch indexes, counts, open groups.
-/// Tasks whose cancel was requested while they were active end canceled, except
-/// those in `leased`: they still run under a lease the caller carries over, and are
-/// returned. The writes this needs (canceled tasks, finished groups) are in the
-/// returned batch, for the caller to commit before it uses the state.
+/// Rebuilds the in-memory state from the log: where every task's frames are,
+/// dispatch indexes, counts, idempotency keys, retention, open groups. Tasks whose
+/// cancel was requested while they were active end canceled, except those in
+/// `leased`: they still run under a lease the caller carries over, and are returned.
+/// The frames this needs (canceled tasks, finished groups) are committed before the
+/// state is returned.
 pub(crate) fn load(
-    disk: &Disk,
+    log: &mut Log,
+    dir: &std::path::Path,
     now_ms: u64,
     leased: &HashSet<u128>,
-) -> Result<(State, Vec<TaskId>, fjall::OwnedWriteBatch), StoreError> {
+) -> Result<(State, Vec<TaskId>), StoreError> {
     let mut st = State::default();
-    let (kept, to_cancel): (Vec<TaskId>, Vec<TaskId>) = recover(disk, &mut st, now_ms)?
+    let disk = Disk { log: log.reader() };
+    let (kept, to_cancel): (Vec<TaskId>, Vec<TaskId>) = replay(log, &mut st, now_ms)?
         .into_iter()
         .partition(|id| leased.contains(&id.0));
-    let mut batch = disk.db.batch();
-    finish_canceled(disk, &mut st, &mut batch, to_cancel, now_ms)?;
+    let mut batch = Batch::new(log);
+    finish_canceled(&disk, &mut st, &mut batch, to_cancel, now_ms)?;
     // Groups after the canceled tasks are final, so their tallies see them.
-    let finished = groups::recover(disk, &mut st)?;
+    let finished = groups::recover(&disk, &mut st)?;
     if !finished.is_empty() {
-        groups::finish_recovered(disk, &mut st, &mut batch, finished, now_ms);
+        groups::finish_recovered(&mut st, &mut batch, finished, now_ms);
     }
-    Ok((st, kept, batch))
+    if !batch.is_empty() {
+        let placed = batch.commit(dir).map_err(StoreError::from)?;
+        writer::apply(&mut st, placed);
+    }
+    // A queue whose every task was left out (past its retention) is no queue: only
+    // queues with tasks survive a restart. (Tasks `kept` for the caller's leases
+    // are counted by `carry_over`, and their queue is one the caller has.)
+    let kept_queues: HashSet<String> = kept
+        .iter()
+        .filter_map(|id| record_in(&disk, &st, id.0).ok().flatten())
+        .map(|r| r.queue)
+        .collect();
+    let empty: Vec<String> = st
+        .queues
+        .iter()
+        .filter(|q| !q.name.is_empty() && q.counts.iter().all(|&c| c == 0))
+        .map(|q| q.name.to_string())
+        .filter(|name| !kept_queues.contains(name))
+        .collect();
+    for name in empty {
+        st.delete_queue(&name)?;
+    }
+    Ok((st, kept))
 }
 
-/// Rebuilds the dispatch indexes and counts from the `ready` and `terminal`
-/// keyspaces. Returns tasks whose cancel was requested while they were active when
-/// the server stopped: they end canceled.
-fn recover(disk: &Disk, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, StoreError> {
-    let mut to_cancel = Vec::new();
-    for item in disk.ready.iter() {
-        let (k, v) = item.into_inner().map_err(|e| storage("scan ready", e))?;
-        let id = disk::id_from_key("ready", &k).map_err(|e| internal("recover", e))?;
-        let entry = disk::decode_ready(&v).map_err(|e| internal("recover", e))?;
-        let q = st.intern(&entry.queue);
-        if entry.cancel_requested {
-            to_cancel.push(id);
-            continue;
+/// Reads every frame of the log in order into `st`. A task's later frame replaces
+/// what its earlier one put in the indexes; an update whose task frame was collected
+/// (the task was removed by retention) is skipped; a task past its retention is
+/// left out. Returns the tasks found with a cancel request and no end: they were
+/// active when the server stopped, and end canceled.
+fn replay(log: &Log, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, StoreError> {
+    // Only while replaying: where scheduled tasks are in the timer, and which tasks
+    // wait to be canceled, so a later frame can take them out again.
+    let mut scheduled_at: HashMap<u128, u64> = HashMap::new();
+    let mut to_cancel: HashSet<u128> = HashSet::new();
+    let mut group_expires: HashMap<u128, u64> = HashMap::new();
+    let corrupt = |loc: weir_log::Loc, e: disk::Corrupt| {
+        StoreError::bug(format!("the task log is corrupt at {loc:?}: {e}"))
+    };
+    log.replay(None, |loc, kind, meta, _payload_len| {
+        match kind {
+            disk::KIND_TASK | disk::KIND_UPDATE => {
+                let s = disk::summary(meta).map_err(|e| corrupt(loc, e))?;
+                let first = kind == disk::KIND_TASK;
+                let known = st.locs.contains_key(&s.id);
+                if !first && !known {
+                    return Ok(());
+                }
+                let q = st.intern(s.queue);
+                if known {
+                    // Out of wherever its previous frame put it.
+                    if st.queue(q).pending.remove(s.priority, s.id) {
+                        st.count(q, Some(TaskState::Pending), None);
+                    } else if let Some(at) = scheduled_at.remove(&s.id) {
+                        st.scheduled.remove(&(at, s.id));
+                        st.count(q, Some(TaskState::Scheduled), None);
+                    } else if to_cancel.remove(&s.id) {
+                    } else if s.state.is_terminal() {
+                        // A copy of a terminal task: the same record again.
+                        st.expiry.remove(&(s.expires_at_ms, s.id));
+                        st.count(q, Some(s.state), None);
+                    }
+                }
+                st.place_task(s.id, loc.to_u64(), first);
+                if first {
+                    if let Some(k) = s.idempotency_key {
+                        st.idem.insert(state::idem_key(s.queue, k), s.id);
+                    }
+                }
+                if s.state.is_terminal() {
+                    st.count(q, None, Some(s.state));
+                    if s.expires_at_ms != u64::MAX {
+                        st.expiry.insert(
+                            (s.expires_at_ms, s.id),
+                            (q, s.state, s.idempotency_key.is_some()),
+                        );
+                    }
+                } else if s.cancel_requested {
+                    to_cancel.insert(s.id);
+                } else if st.insert_queued(q, s.id, s.priority, s.run_at_ms, now_ms)
+                    == TaskState::Scheduled
+                {
+                    scheduled_at.insert(s.id, s.run_at_ms);
+                }
+            }
+            disk::KIND_GROUP => {
+                let (id, g) = disk::group_frame(meta).map_err(|e| corrupt(loc, e))?;
+                st.place_group(id, loc.to_u64());
+                if let Some(f) = g.finished_ms {
+                    let at = f.saturating_add(g.retention_ms);
+                    st.group_expiry.insert((at, id));
+                    group_expires.insert(id, at);
+                }
+            }
+            disk::KIND_PURGE => {
+                for (id, at) in disk::purge_entries(meta).map_err(|e| corrupt(loc, e))? {
+                    // Unknown: its task frame was collected already.
+                    if let Some((q, state, _)) = st.expiry.remove(&(at, id)) {
+                        st.count(q, Some(state), None);
+                        st.forget_task(id);
+                    }
+                }
+            }
+            disk::KIND_GROUP_PURGE => {
+                for id in disk::ids(meta).map_err(|e| corrupt(loc, e))? {
+                    if let Some(at) = group_expires.remove(&id) {
+                        st.group_expiry.remove(&(at, id));
+                    }
+                    st.forget_group(id);
+                }
+            }
+            other => {
+                return Err(StoreError::bug(format!(
+                    "the task log has a frame of unknown kind {other} at {loc:?}"
+                )))
+            }
         }
-        st.insert_queued(q, id.0, entry.priority, entry.run_at_ms, now_ms);
-    }
-    for item in disk.terminal.iter() {
-        let k = item.key().map_err(|e| storage("scan terminal", e))?;
-        let (queue, state, _) = disk::parse_terminal_key(&k).map_err(|e| internal("recover", e))?;
-        let q = st.intern(queue);
-        st.count(q, None, Some(state));
-    }
-    Ok(to_cancel)
+        Ok(())
+    })
+    .map_err(|e| match e {
+        weir_log::ReplayError::Callback(e) => e,
+        e => StoreError::bug(format!("cannot read the task log: {e}")),
+    })?;
+    // Keys of tasks purged above.
+    let locs = &st.locs;
+    st.idem.retain(|_, id| locs.contains_key(id));
+    Ok(to_cancel.into_iter().map(TaskId).collect())
 }
 
 /// Ends canceled the tasks found with a pending cancel request and no lease.
 fn finish_canceled(
     disk: &Disk,
     st: &mut State,
-    batch: &mut fjall::OwnedWriteBatch,
+    batch: &mut Batch,
     ids: Vec<TaskId>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     for id in ids {
-        let Some(mut rec) = disk.record(id)? else {
-            return Err(StoreError::bug(format!("ready task {id} has no record")));
+        let Some(mut rec) = record_in(disk, st, id.0)? else {
+            return Err(StoreError::bug(format!(
+                "task {id} to cancel has no record"
+            )));
         };
         rec.state = TaskState::Active; // it was active when the cancel arrived
         rec.cancel_requested = true;
         rec.attempt += 1;
         let next = machine::release(&mut rec, now_ms)?;
         debug_assert_eq!(next, TaskState::Canceled);
-        writer::write_terminal(disk, batch, &rec);
+        batch.update(&rec);
         let q = st.intern(&rec.queue);
         st.count(q, None, Some(TaskState::Canceled));
+        if let Some(at) = rec.expires_at_ms() {
+            st.expiry.insert(
+                (at, id.0),
+                (q, TaskState::Canceled, rec.idempotency_key.is_some()),
+            );
+        }
     }
     Ok(())
+}
+
+/// A task's latest record, read by the writer (or recovery) under the state lock:
+/// nothing collects a segment meanwhile.
+pub(crate) fn record_in(
+    disk: &Disk,
+    st: &State,
+    id: u128,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let Some(loc) = st.locs.get(&id).copied() else {
+        return Ok(None);
+    };
+    match disk.record_at(loc) {
+        Ok(r) => Ok(Some(r)),
+        Err(ReadFail::Gone) => Err(StoreError::bug(format!(
+            "task {} points into a collected segment",
+            TaskId(id)
+        ))),
+        Err(ReadFail::Err(e)) => Err(e),
+    }
+}
+
+/// A group's latest record, read by the writer (or recovery) under the state lock.
+pub(crate) fn group_in(
+    disk: &Disk,
+    st: &State,
+    id: u128,
+) -> Result<Option<GroupRecord>, StoreError> {
+    let Some(loc) = st.group_locs.get(&id).copied() else {
+        return Ok(None);
+    };
+    match disk.group_at(loc) {
+        Ok(g) => Ok(Some(g)),
+        Err(ReadFail::Gone) => Err(StoreError::bug(format!(
+            "group {} points into a collected segment",
+            TaskId(id)
+        ))),
+        Err(ReadFail::Err(e)) => Err(e),
+    }
 }
 
 #[async_trait::async_trait]
@@ -578,7 +785,8 @@ impl Broker for EmbeddedBroker {
 
     async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError> {
         let record = self.submit(|reply| Op::Cancel { id, reply }).await?;
-        self.view(&*self.shared.disk()?, record)
+        let (_, payload) = self.shared.task(id)?.ok_or(StoreError::NotFound)?;
+        Ok(self.view(record, payload))
     }
 
     async fn lease_for(
@@ -781,6 +989,14 @@ impl Broker for EmbeddedBroker {
                 .map_err(|e| internal("join writer", e))?
                 .map_err(|_| StoreError::bug("writer thread panicked"))?;
         }
+        // The writer is gone: another process (or a reopen) may have the directory.
+        drop(
+            self.shared
+                .lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         // A store that failed (its final fsync included) must not look cleanly shut.
         match self.shared.health() {
             Health::Failed { detail } => Err(StoreError::bug(detail)),
@@ -816,11 +1032,10 @@ impl EmbeddedBroker {
 
     /// The task's current view, `None` if unknown.
     fn view_of(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
-        let disk = self.shared.disk()?;
-        match disk.record(id)? {
-            None => Ok(None),
-            Some(rec) => self.view(&disk, rec).map(Some),
-        }
+        Ok(self
+            .shared
+            .task(id)?
+            .map(|(record, payload)| self.view(record, payload)))
     }
 
     /// Reads a task's or group's view; if it is not yet `done`, waits up to `wait`
@@ -879,18 +1094,12 @@ impl EmbeddedBroker {
     /// A group's view: its stored record and state, and its members as `get` would
     /// show them.
     fn group_view(&self, id: TaskId) -> Result<Option<GroupView>, StoreError> {
-        let disk = self.shared.disk()?;
-        let Some(v) = disk
-            .groups
-            .get(id.to_bytes())
-            .map_err(|e| storage("read group", e))?
-        else {
+        let Some(record) = self.shared.group_record(id)? else {
             return Ok(None);
         };
-        let record = disk::decode_group(&v).map_err(|e| internal("decode group", e))?;
         let mut members = Vec::with_capacity(record.members.len());
         for &m in &record.members {
-            if let Some(r) = disk.record(TaskId(m))? {
+            if let Some(r) = self.shared.record(TaskId(m))? {
                 members.push(r);
             }
         }
@@ -930,7 +1139,7 @@ impl EmbeddedBroker {
         let now = self.shared.now_ms();
         let mut woken = Vec::new();
         // Step 1, under the lock: pop ids and hold them with placeholder leases.
-        let taken: Vec<(u128, u128)> = {
+        let taken: Vec<(u128, u128, Option<TaskLoc>)> = {
             let mut st = self.shared.lock();
             st.promote_due(now, &mut woken);
             let Some(&q) = st.queue_index.get(queue) else {
@@ -955,7 +1164,7 @@ impl EmbeddedBroker {
                         worker: worker.cloned(),
                     },
                 );
-                taken.push((id, lease_id));
+                taken.push((id, lease_id, st.locs.get(&id).copied()));
             }
             taken
         };
@@ -968,20 +1177,22 @@ impl EmbeddedBroker {
         // Step 2, without the lock: read records and payloads.
         let disk = self.shared.disk();
         let mut loaded = Vec::with_capacity(taken.len());
-        for &(id, lease_id) in &taken {
+        for &(id, lease_id, loc) in &taken {
             let tid = TaskId(id);
-            let (rec, payload) = match &disk {
-                Ok(disk) => (
-                    disk.record(tid).and_then(|r| {
-                        r.ok_or_else(|| {
-                            StoreError::bug(format!("pending task {tid} has no record"))
-                        })
-                    }),
-                    disk.payload(tid),
-                ),
-                Err(_) => (Err(self.shared.refusal()), Err(self.shared.refusal())),
+            let read = match (&disk, loc) {
+                (Err(_), _) => Err(self.shared.refusal()),
+                (Ok(disk), Some(loc)) => match disk.task_at(loc) {
+                    Ok(t) => Ok(Some(t)),
+                    // Moved since step 1 (a copy by the log's GC): look it up again.
+                    Err(ReadFail::Gone) => self.shared.task(tid),
+                    Err(ReadFail::Err(e)) => Err(e),
+                },
+                (Ok(_), None) => Ok(None),
             };
-            loaded.push((id, lease_id, rec, payload));
+            let read = read.and_then(|t| {
+                t.ok_or_else(|| StoreError::bug(format!("pending task {tid} has no record")))
+            });
+            loaded.push((id, lease_id, read));
         }
         drop(disk);
         // Step 3, under the lock: start each attempt and arm its lease timer.
@@ -991,10 +1202,10 @@ impl EmbeddedBroker {
         let mut failure = None;
         {
             let mut st = self.shared.lock();
-            for (id, lease_id, rec, payload) in loaded {
-                let (mut rec, payload) = match (rec, payload) {
-                    (Ok(r), Ok(p)) => (r, p),
-                    (Err(e), _) | (_, Err(e)) => {
+            for (id, lease_id, read) in loaded {
+                let (mut rec, payload) = match read {
+                    Ok(t) => t,
+                    Err(e) => {
                         // Put it back so that nothing is lost; report loudly.
                         if let Some(l) = st.take_lease(id) {
                             st.queue(l.queue).pending.insert(l.priority, id);
@@ -1089,26 +1300,6 @@ impl Drop for ParkedWaiter<'_> {
         if self.registered {
             self.shared.lock().unpark(self.queue);
         }
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Some(disk) = self.take_disk() {
-            if !matches!(self.health(), Health::Failed { .. }) {
-                let _ = disk.db.persist(fjall::PersistMode::SyncAll);
-            }
-        }
-    }
-}
-
-/// Helper for the writer: a ready entry for a record.
-pub(crate) fn ready_entry(rec: &TaskRecord, cancel_requested: bool) -> ReadyEntry {
-    ReadyEntry {
-        queue: rec.queue.clone(),
-        priority: rec.priority,
-        run_at_ms: rec.run_at_ms,
-        cancel_requested,
     }
 }
 

@@ -159,9 +159,114 @@ pub struct State {
     pub waiters: HashMap<u128, Vec<oneshot::Sender<()>>>,
     /// Groups with open members.
     pub groups: HashMap<u128, GroupMem>,
+    /// Where every task the store holds (retained ones included) is in the log:
+    /// written by the writer after a commit, read by every reader.
+    pub locs: HashMap<u128, TaskLoc>,
+    /// Where every group's latest record is in the log.
+    pub group_locs: HashMap<u128, u64>,
+    /// How many entries of `locs` and `group_locs` point into each segment: a
+    /// segment no entry points into holds nothing anyone reads (see `writer::collect`).
+    pub seg_refs: BTreeMap<u32, u64>,
+    /// How many references each segment ever had (until it is deleted), so the GC
+    /// can tell a mostly dead segment.
+    pub seg_placed: BTreeMap<u32, u64>,
+    /// Idempotency keys of the tasks that hold them: `queue \0 key` → task id.
+    pub idem: HashMap<Box<str>, u128>,
+    /// Retained completed and canceled tasks by (expires_at, id) → their queue
+    /// (which cannot be deleted while it counts them), state, and whether they hold
+    /// an idempotency key.
+    pub expiry: BTreeMap<(u64, u128), (QueueIdx, TaskState, bool)>,
+    /// Finished groups by (expires_at, id).
+    pub group_expiry: BTreeSet<(u64, u128)>,
+}
+
+/// Where a task's frames are in the log (`weir_log::Loc` as `u64`): the frame with
+/// its payload (the one that created it, or its copy), and its latest record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskLoc {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The segment a `Loc` (as `u64`) is in.
+pub fn seg_of(loc: u64) -> u32 {
+    weir_log::Loc::from_u64(loc).seg
+}
+
+/// The key of `idem`.
+pub fn idem_key(queue: &str, key: &str) -> Box<str> {
+    let mut k = String::with_capacity(queue.len() + 1 + key.len());
+    k.push_str(queue);
+    k.push('\0');
+    k.push_str(key);
+    k.into_boxed_str()
 }
 
 impl State {
+    fn add_ref(&mut self, loc: u64) {
+        *self.seg_refs.entry(seg_of(loc)).or_default() += 1;
+        *self.seg_placed.entry(seg_of(loc)).or_default() += 1;
+    }
+
+    fn drop_ref(&mut self, loc: u64) {
+        let seg = seg_of(loc);
+        match self.seg_refs.get_mut(&seg) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.seg_refs.remove(&seg);
+            }
+            None => debug_assert!(false, "segment {seg} has no references to drop"),
+        }
+    }
+
+    /// Records a task's new frame: `first` if it carries the payload (a new task, or
+    /// a copy of a live one), else an update of its record.
+    pub fn place_task(&mut self, id: u128, loc: u64, first: bool) {
+        let old = self.locs.get(&id).copied();
+        let new = match (first, old) {
+            (true, _) => TaskLoc {
+                first: loc,
+                last: loc,
+            },
+            (false, Some(old)) => TaskLoc {
+                first: old.first,
+                last: loc,
+            },
+            (false, None) => {
+                // An update of a task that is gone (purged in this very round).
+                return;
+            }
+        };
+        self.add_ref(new.first);
+        self.add_ref(new.last);
+        if let Some(old) = old {
+            self.drop_ref(old.first);
+            self.drop_ref(old.last);
+        }
+        self.locs.insert(id, new);
+    }
+
+    /// Forgets a task's frames (retention removed it).
+    pub fn forget_task(&mut self, id: u128) -> Option<TaskLoc> {
+        let old = self.locs.remove(&id)?;
+        self.drop_ref(old.first);
+        self.drop_ref(old.last);
+        Some(old)
+    }
+
+    pub fn place_group(&mut self, id: u128, loc: u64) {
+        self.add_ref(loc);
+        if let Some(old) = self.group_locs.insert(id, loc) {
+            self.drop_ref(old);
+        }
+    }
+
+    pub fn forget_group(&mut self, id: u128) {
+        if let Some(old) = self.group_locs.remove(&id) {
+            self.drop_ref(old);
+        }
+    }
+
     /// The queue's index, creating its state on first use (only for tasks: an
     /// enqueue, or recovery of tasks found on disk).
     pub fn intern(&mut self, name: &str) -> QueueIdx {

@@ -24,7 +24,7 @@ fn config(dir: &std::path::Path) -> EmbeddedConfig {
         base_ms: 2,
         cap_ms: 4,
     };
-    c.cache_bytes = 4 * 1024 * 1024;
+    c.segment_bytes = super::SEGMENT_BYTES_MIN;
     // Outages in the simulation come in quick succession; don't hold writes back.
     c.outage_hold_ms_max = 0;
     c
@@ -534,7 +534,7 @@ mod simulation {
 async fn refused_finalize_puts_its_tasks_back() {
     let b = fresh().await;
     let id = b.enqueue("fin", vec![item(task("k"), "1")]).await.unwrap()[0].id;
-    let mut rec = b.shared.disk().unwrap().record(id).unwrap().unwrap();
+    let mut rec = b.shared.record(id).unwrap().unwrap();
     {
         // What the lease path does before it hands a task to the writer to end.
         let mut st = b.shared.lock();
@@ -556,4 +556,167 @@ async fn refused_finalize_puts_its_tasks_back() {
     let l = b.lease("fin", 10, Duration::ZERO).await.unwrap();
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].record.id, id);
+}
+
+/// Segment files of the task log in a data directory (the spare being prepared
+/// ahead is not one yet).
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(dir.join(LOG_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Steady enqueue and ack with a short retention writes ten segments' worth, and
+/// the log's GC keeps it to a few: segments whose tasks all ended and passed their
+/// retention are deleted, and the oldest one, pinned by one long-lived task, has
+/// that task copied forward. A restart after the GC has every live task and none
+/// of the removed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_enqueue_and_ack_keeps_the_log_bounded_and_gc_loses_nothing_live() {
+    const ROUNDS: usize = 40;
+    const TASKS: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(crate::clock::OffsetClock::default());
+    let mut c = config(dir.path());
+    c.clock = clock.clone();
+    let b = EmbeddedBroker::open(c.clone()).unwrap();
+    let pad = format!("\"{}\"", "x".repeat(16 * 1024));
+    // Pending for the whole run: it pins the first segment until copied forward.
+    let keep = b
+        .enqueue("keep", vec![item(task("k"), &pad)])
+        .await
+        .unwrap()[0]
+        .id;
+    let mut short = task("k");
+    short.retention_ms = 1000;
+    let mut done = Vec::new();
+    for _ in 0..ROUNDS {
+        let items = (0..TASKS).map(|_| item(short.clone(), &pad)).collect();
+        b.enqueue("steady", items).await.unwrap();
+        let leased = b.lease("steady", TASKS, WAIT).await.unwrap();
+        assert_eq!(leased.len(), TASKS);
+        let acks = leased
+            .iter()
+            .map(|l| Settle::Ack {
+                id: l.record.id,
+                lease_id: l.lease_id,
+                result: None,
+            })
+            .collect();
+        b.settle(acks).await.unwrap();
+        done.extend(leased.iter().map(|l| l.record.id));
+        // Past their retention; the next rounds purge them and collect.
+        clock.advance(2_000);
+    }
+    // A few more rounds so the last purges and copies run.
+    for _ in 0..4 {
+        b.enqueue("tick", vec![item(short.clone(), "0")])
+            .await
+            .unwrap();
+        let l = b.lease("tick", 1, WAIT).await.unwrap().remove(0);
+        ack(&b, l.record.id, l.lease_id).await;
+        clock.advance(2_000);
+    }
+    let written = (ROUNDS * TASKS * 16 * 1024) as u64;
+    assert!(
+        written >= 10 * c.segment_bytes,
+        "the run writes 10 segments' worth"
+    );
+    let left = segment_files(dir.path()).len();
+    assert!(left <= 3, "{left} segments left after GC");
+    b.close().await.unwrap();
+    drop(b);
+
+    let b = EmbeddedBroker::open(c).unwrap();
+    let kept = b
+        .get(keep)
+        .await
+        .unwrap()
+        .expect("the pinned task survives GC");
+    assert_eq!(kept.record.state, TaskState::Pending);
+    assert_eq!(&kept.payload[..], pad.as_bytes());
+    for id in &done {
+        assert!(b.get(*id).await.unwrap().is_none(), "{id} came back");
+    }
+    let l = b.lease("keep", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(&l[0].payload[..], pad.as_bytes());
+    assert!(b
+        .lease("steady", 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A flipped bit in a frame with later rounds after it is corruption, not a torn
+/// tail: the store refuses to open, naming the file and the offset, and changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_frame_in_the_middle_of_the_log_is_refused_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let b = EmbeddedBroker::open(c.clone()).unwrap();
+    for i in 0..5 {
+        b.enqueue("c", vec![item(task("k"), &format!("{{\"i\":{i}}}"))])
+            .await
+            .unwrap();
+    }
+    b.close().await.unwrap();
+    drop(b);
+    let file = segment_files(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&file).unwrap();
+    // Inside the first frame's body (64-byte segment header, 16-byte frame header).
+    bytes[64 + 16 + 20] ^= 0x04;
+    std::fs::write(&file, &bytes).unwrap();
+    let before = std::fs::read(&file).unwrap();
+    let e = EmbeddedBroker::open(c)
+        .err()
+        .expect("a corrupt log is refused");
+    let msg = e.to_string();
+    assert!(msg.contains(&*file.to_string_lossy()), "{msg}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "refusing changed the file"
+    );
+}
+
+/// A data directory of the store's earlier layout (fjall) is refused with what to
+/// do, and nothing in it is touched.
+#[test]
+fn a_data_directory_of_the_earlier_layout_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("keyspaces")).unwrap();
+    std::fs::write(dir.path().join("version"), b"3").unwrap();
+    let e = EmbeddedBroker::open(config(dir.path()))
+        .err()
+        .expect("refused");
+    let msg = e.to_string();
+    assert!(msg.contains("earlier embedded store"), "{msg}");
+    assert!(
+        msg.contains("Drain it with the release that wrote it"),
+        "{msg}"
+    );
+    assert!(!dir.path().join(LOG_DIR).exists(), "nothing was created");
+}
+
+/// Two stores on one data directory: the second is refused while the first is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_is_opened_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = EmbeddedBroker::open(config(dir.path())).unwrap();
+    let e = EmbeddedBroker::open(config(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().contains("in use by another weir process"),
+        "{e}"
+    );
+    b.close().await.unwrap();
+    drop(b);
+    EmbeddedBroker::open(config(dir.path())).unwrap();
 }

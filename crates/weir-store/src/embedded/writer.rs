@@ -1,27 +1,28 @@
 //! The writer thread: the one place where the embedded store's durable state
 //! changes. Each round takes every operation queued since the last round (up to
-//! `WRITER_OPS_PER_COMMIT_MAX`), plans them against the in-memory state, writes
-//! them as one fjall batch, fsyncs once (group commit), and only then makes new
-//! tasks leasable and answers the callers. Timers (due scheduled tasks, expired
-//! leases) and retention run in the same rounds, so no two threads ever write.
+//! `WRITER_OPS_PER_COMMIT_MAX`), plans them against the in-memory state, appends
+//! their frames to the task log, writes and fsyncs them once (group commit), and
+//! only then makes new tasks leasable and answers the callers. Timers (due
+//! scheduled tasks, expired leases), retention and the log's garbage collection run
+//! in the same rounds, so no two threads ever write.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fjall::{OwnedWriteBatch, PersistMode};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Notify};
 use weir_core::machine;
 use weir_core::{GroupTally, TaskId, TaskRecord, TaskState};
+use weir_log::Log;
 
 use super::groups::{self, GroupEvent};
-use super::state::{QueueIdx, State};
-use super::{diagnose, disk, internal, io_cause, load, ready_entry, Disk, Health, Shared};
+use super::state::{self, QueueIdx, State};
+use super::{diagnose, disk, group_in, internal, load, record_in, Disk, Health, Shared};
 use super::{
-    RETENTION_PURGE_BATCH_MAX, WRITER_OPS_PER_COMMIT_MAX, WRITER_TASKS_PER_COMMIT_MAX,
-    WRITER_TICK_MS_MAX,
+    COPY_FORWARD_TASKS_MAX, RETENTION_PURGE_BATCH_MAX, WRITER_BYTES_PER_COMMIT_MAX,
+    WRITER_OPS_PER_COMMIT_MAX, WRITER_TASKS_PER_COMMIT_MAX, WRITER_TICK_MS_MAX,
 };
 use crate::{Enqueued, GroupCreated, LeaseId, Outage, Settle, StoreError};
 
@@ -90,21 +91,154 @@ impl Op {
             | Op::Stop { .. } => 1,
         }
     }
+
+    /// About how many bytes the op adds to a round's frames, to bound a round.
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Enqueue { items, .. } | Op::CreateGroup { items, .. } => {
+                items.iter().map(|p| p.meta.len() + p.payload.len()).sum()
+            }
+            Op::Settle { items, .. } => items
+                .iter()
+                .map(|i| match i {
+                    Settle::Ack { result, .. } => result.as_ref().map_or(0, |r| r.len()),
+                    Settle::Fail { error, .. } => error.len(),
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
 }
 
-/// A new task, encoded by the caller.
+/// A round's frames, staged in the log, and where they will be once committed.
+pub(crate) struct Batch<'a> {
+    log: &'a mut Log,
+    placed: Vec<Placed>,
+    /// A purge frame is staged.
+    purged: bool,
+}
+
+/// Where a frame of the round went, applied to `State` after the commit.
+pub(crate) enum Placed {
+    Task { id: u128, loc: u64, first: bool },
+    Group { id: u128, loc: u64 },
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(log: &'a mut Log) -> Batch<'a> {
+        debug_assert_eq!(log.staged_bytes(), 0, "a round begins with nothing staged");
+        Batch {
+            log,
+            placed: Vec::new(),
+            purged: false,
+        }
+    }
+
+    /// A new task: its record and its payload, the payload copied once, from the
+    /// request body into the round's buffer.
+    pub fn new_task(&mut self, id: u128, meta: &[u8], payload: &[u8]) {
+        let loc = self.log.append(disk::KIND_TASK, meta, payload);
+        self.placed.push(Placed::Task {
+            id,
+            loc: loc.to_u64(),
+            first: true,
+        });
+    }
+
+    /// A task's changed record.
+    pub fn update(&mut self, rec: &TaskRecord) {
+        let loc = self
+            .log
+            .append(disk::KIND_UPDATE, &disk::task_meta(rec), &[]);
+        self.placed.push(Placed::Task {
+            id: rec.id.0,
+            loc: loc.to_u64(),
+            first: false,
+        });
+    }
+
+    /// A group's changed record.
+    pub fn group(&mut self, id: u128, g: &disk::GroupRecord) {
+        let loc = self
+            .log
+            .append(disk::KIND_GROUP, &disk::group_meta(id, g), &[]);
+        self.placed.push(Placed::Group {
+            id,
+            loc: loc.to_u64(),
+        });
+    }
+
+    /// Tasks retention removed (id, the expiry they were removed at), so that a
+    /// restart does not find them again whatever its clock says.
+    pub fn purge(&mut self, tasks: &[(u128, u64)]) {
+        if !tasks.is_empty() {
+            self.log
+                .append(disk::KIND_PURGE, &disk::purge_meta(tasks), &[]);
+            self.purged = true;
+        }
+    }
+
+    /// Groups retention removed.
+    pub fn purge_groups(&mut self, ids: &[u128]) {
+        if !ids.is_empty() {
+            let meta: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+            self.log.append(disk::KIND_GROUP_PURGE, &meta, &[]);
+            self.purged = true;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.placed.is_empty() && !self.purged
+    }
+
+    /// Drops what was staged (a test's injected outage).
+    #[cfg(test)]
+    fn discard(self) {
+        self.log.discard();
+    }
+
+    /// Makes the round durable: one write of everything staged, then one fdatasync.
+    /// A failed write (a full disk, no descriptor for a new segment, EIO) leaves
+    /// nothing of the round readable and the log usable (`Outage`); after a failed
+    /// fsync the kernel may have dropped pages it had accepted, so only a restart
+    /// with recovery is safe (`Fatal`). On success, where each frame went, for
+    /// `apply`.
+    /// `dir` is for diagnosing errors that carry no errno.
+    pub fn commit(self, dir: &std::path::Path) -> Result<Vec<Placed>, CommitError> {
+        match self.log.commit() {
+            Ok(()) => Ok(self.placed),
+            Err(weir_log::CommitError::Write { source, .. }) => Err(CommitError::Outage {
+                cause: Outage::of_io(&source).unwrap_or_else(|| diagnose(dir)),
+                detail: format!("write: {source}"),
+            }),
+            Err(e) => Err(CommitError::Fatal(format!(
+                "fsync failed: {e}; restart required"
+            ))),
+        }
+    }
+}
+
+/// Points the indexes at a committed round's frames.
+pub(crate) fn apply(st: &mut State, placed: Vec<Placed>) {
+    for p in placed {
+        match p {
+            Placed::Task { id, loc, first } => st.place_task(id, loc, first),
+            Placed::Group { id, loc } => st.place_group(id, loc),
+        }
+    }
+}
+
+/// A new task, encoded by the caller so that the writer only copies bytes.
 pub(crate) struct Prepared {
     record: TaskRecord,
-    record_bytes: Vec<u8>,
-    ready_bytes: Vec<u8>,
+    meta: Vec<u8>,
     payload: Bytes,
 }
 
 impl Prepared {
     pub fn new(record: TaskRecord, payload: Bytes) -> Prepared {
         Prepared {
-            record_bytes: disk::encode_record(&record),
-            ready_bytes: disk::encode_ready(&ready_entry(&record, false)),
+            meta: disk::task_meta(&record),
             record,
             payload,
         }
@@ -114,10 +248,11 @@ impl Prepared {
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Op>,
+    log: Log,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     std::thread::Builder::new()
         .name("weir-writer".into())
-        .spawn(move || run(shared, rx))
+        .spawn(move || run(shared, rx, log))
         .map_err(|e| internal("spawn writer", e))
 }
 
@@ -127,8 +262,9 @@ type Answer = Box<dyn FnOnce(Option<&CommitError>) + Send>;
 /// Why a commit failed.
 #[derive(Clone, Debug)]
 pub(crate) enum CommitError {
-    /// Nothing was fsynced, and the cause can clear: the store reopens from disk
-    /// (the engine refuses writes after any failed write) and takes writes again.
+    /// Nothing was fsynced, and the cause can clear: the store rebuilds its memory
+    /// from the log (the failed round had already changed it) and takes writes
+    /// again once the cause is gone.
     Outage { cause: Outage, detail: String },
     /// An fsync failed. The kernel may have dropped pages it had accepted, so what
     /// the engine believes is on disk may not be: only a restart with recovery is
@@ -159,10 +295,12 @@ pub(crate) struct After {
     pub fire: Vec<u128>,
     /// Tasks to make dispatchable: (queue, id, priority, run_at).
     queued: Vec<(QueueIdx, u128, i32, u64)>,
-    /// Tasks that became terminal: (queue, state, id).
-    terminal: Vec<(QueueIdx, TaskState, u128)>,
-    /// Retained tasks removed by retention: (queue, state).
-    purged: Vec<(QueueIdx, TaskState)>,
+    /// Tasks that became terminal: (queue, state, id, expires_at, holds a key).
+    terminal: Vec<(QueueIdx, TaskState, u128, Option<u64>, bool)>,
+    /// Idempotency keys of new tasks.
+    idem: Vec<(Box<str>, u128)>,
+    /// Groups that finished: (expires_at, id).
+    pub group_expiry: Vec<(u64, u128)>,
     replies: Vec<Answer>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -196,7 +334,7 @@ impl Drop for FailOnPanic {
     }
 }
 
-fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
+fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>, mut log: Log) {
     let _guard = FailOnPanic(shared.clone());
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -228,27 +366,21 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
                 match tokio::time::timeout(Duration::from_millis(sleep_ms), rx.recv()).await {
                     Ok(Some(op)) => ops.push(op),
                     Ok(None) => break,
-                    Err(_) => {
-                        // Idle: find out now, not at the next write, whether a
-                        // background flush failed (the engine then refuses all
-                        // writes), so the store heals before anyone is refused.
-                        if let Some((cause, detail)) = poisoned(&shared) {
-                            if heal(&shared, &mut rx, &mut deferred, &mut memo, cause, detail).await
-                            {
-                                break;
-                            }
-                            continue;
-                        }
-                    }
+                    Err(_) => {}
                 }
             }
-            // A round is bounded both in operations and in the tasks they carry, so
-            // one commit never holds more than a few batches' worth of writes.
+            // A round is bounded in operations, in the tasks they carry and in their
+            // bytes, so one commit never holds more than a few batches' worth.
             let mut tasks: usize = ops.iter().map(Op::tasks).sum();
-            while ops.len() < WRITER_OPS_PER_COMMIT_MAX && tasks < WRITER_TASKS_PER_COMMIT_MAX {
+            let mut bytes: usize = ops.iter().map(Op::bytes).sum();
+            while ops.len() < WRITER_OPS_PER_COMMIT_MAX
+                && tasks < WRITER_TASKS_PER_COMMIT_MAX
+                && bytes < WRITER_BYTES_PER_COMMIT_MAX
+            {
                 match rx.try_recv() {
                     Ok(op) => {
                         tasks += op.tasks();
+                        bytes += op.bytes();
                         ops.push(op);
                     }
                     Err(_) => break,
@@ -258,11 +390,21 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
             if purge {
                 next_purge_ms = now + 1000;
             }
-            match round(&shared, ops, &mut deferred, purge) {
+            match round(&shared, &mut log, ops, &mut deferred, purge) {
                 Outcome::Next => {}
                 Outcome::Stop => break,
                 Outcome::Failed(CommitError::Outage { cause, detail }) => {
-                    if heal(&shared, &mut rx, &mut deferred, &mut memo, cause, detail).await {
+                    if heal(
+                        &shared,
+                        &mut log,
+                        &mut rx,
+                        &mut deferred,
+                        &mut memo,
+                        cause,
+                        detail,
+                    )
+                    .await
+                    {
                         break;
                     }
                 }
@@ -271,32 +413,151 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
                     break;
                 }
             }
-        }
-        if let Ok(disk) = shared.disk() {
-            if matches!(shared.health(), Health::Ok) {
-                if let Err(e) = disk.db.persist(PersistMode::SyncAll) {
-                    tracing::error!(error = %e, "final fsync failed");
-                    shared.set_health(Health::Failed {
-                        detail: format!("final fsync failed: {e}"),
-                    });
+            if purge {
+                match collect(&shared, &mut log) {
+                    Ok(()) => {}
+                    // Nothing of the copy is applied; memory is as before it.
+                    Err(CommitError::Outage { cause, detail }) => {
+                        tracing::warn!(cause = cause.as_str(), error = %detail, "copying live tasks forward failed; retrying later");
+                    }
+                    Err(CommitError::Fatal(detail)) => {
+                        fail(&shared, &mut rx, &mut deferred, detail).await;
+                        break;
+                    }
                 }
             }
         }
     });
 }
 
-/// Whether the engine refuses writes after a failure in one of its background
-/// flushes; if so, the outage's cause and detail. fjall has no public probe: a
-/// `Buffer` persist with nothing buffered checks its poison flag and does no I/O.
-fn poisoned(shared: &Shared) -> Option<(Outage, String)> {
-    let disk = shared.disk().ok()?;
-    match disk.db.persist(PersistMode::Buffer) {
-        Err(fjall::Error::Poisoned) => Some((
-            diagnose(&shared.config.data_dir),
-            "a background flush of the store failed".into(),
-        )),
-        _ => None,
+/// The log's garbage collection, between rounds. Deletes the oldest segments while
+/// nothing points into them (every task whose frames they hold was removed by
+/// retention or has newer frames). Only the oldest: deleting a newer segment first
+/// could drop the frame that ended a task whose first frame an older segment still
+/// holds, and recovery would find the task alive again. When the oldest segment is
+/// mostly dead but pinned by a few live tasks (a long delay, a dead task kept, a
+/// long retention), their frames are copied forward (`copy_forward`) so it can
+/// go: a few long-lived tasks never pin the whole log behind them.
+fn collect(shared: &Shared, log: &mut Log) -> Result<(), CommitError> {
+    loop {
+        let segments = log.segments();
+        let Some((active, sealed)) = segments.split_last() else {
+            return Ok(());
+        };
+        let Some(oldest) = sealed.first() else {
+            return Ok(());
+        };
+        debug_assert!(oldest.seq < active.seq);
+        let (refs, placed) = {
+            let st = shared.lock();
+            (
+                st.seg_refs.get(&oldest.seq).copied().unwrap_or(0),
+                st.seg_placed.get(&oldest.seq).copied().unwrap_or(0),
+            )
+        };
+        if refs == 0 {
+            if let Err(e) = log.delete_segment(oldest.seq) {
+                tracing::warn!(error = %e, segment = oldest.seq, "cannot delete a collected segment of the task log; retrying later");
+                return Ok(());
+            }
+            shared.lock().seg_placed.remove(&oldest.seq);
+            continue;
+        }
+        // Mostly dead: at most a quarter of the references it ever had are left.
+        if refs.saturating_mul(4) > placed || sealed.len() < 2 {
+            return Ok(());
+        }
+        return copy_forward(shared, log, oldest.seq);
     }
+}
+
+/// Copies the live tasks and groups of segment `seq` to the end of the log (a task
+/// frame with its current record and payload; a group frame), at most
+/// `COPY_FORWARD_TASKS_MAX` per call, in a commit of their own. Runs between
+/// rounds on the writer thread, so nothing else writes meanwhile; a lease taken
+/// meanwhile changes nothing on disk.
+fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitError> {
+    let Ok(disk) = shared.disk() else {
+        return Ok(());
+    };
+    let mut tasks: Vec<(u128, super::state::TaskLoc)> = Vec::new();
+    let mut groups: Vec<(u128, u64)> = Vec::new();
+    let scan = log.replay(
+        Some(weir_log::Loc { seg: seq, off: 0 }),
+        |loc, kind, meta, _| {
+            if loc.seg != seq || tasks.len() >= COPY_FORWARD_TASKS_MAX {
+                return Err(());
+            }
+            if meta.len() < 16 {
+                return Ok(());
+            }
+            let id = u128::from_be_bytes(meta[0..16].try_into().expect("16 bytes"));
+            let st = shared.lock();
+            match kind {
+                disk::KIND_TASK | disk::KIND_UPDATE => {
+                    if let Some(l) = st.locs.get(&id) {
+                        if state::seg_of(l.first) == seq || state::seg_of(l.last) == seq {
+                            tasks.push((id, *l));
+                        }
+                    }
+                }
+                disk::KIND_GROUP => {
+                    if let Some(&l) = st.group_locs.get(&id) {
+                        if state::seg_of(l) == seq {
+                            groups.push((id, l));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        },
+    );
+    match scan {
+        // The callback stops the scan at the segment's end (or the batch's).
+        Ok(()) | Err(weir_log::ReplayError::Callback(())) => {}
+        Err(e) => {
+            tracing::error!(error = %e, segment = seq, "cannot scan a segment of the task log to copy its live tasks forward");
+            return Ok(());
+        }
+    }
+    tasks.sort_unstable_by_key(|t| t.0);
+    tasks.dedup_by_key(|t| t.0);
+    groups.sort_unstable_by_key(|g| g.0);
+    groups.dedup_by_key(|g| g.0);
+    let mut batch = Batch::new(log);
+    for (id, loc) in &tasks {
+        match disk.task_at(*loc) {
+            Ok((rec, payload)) => batch.new_task(*id, &disk::task_meta(&rec), &payload),
+            Err(super::ReadFail::Gone) => {}
+            Err(super::ReadFail::Err(e)) => {
+                tracing::error!(error = %e, task = %TaskId(*id), "cannot read a live task to copy it forward");
+                return Ok(());
+            }
+        }
+    }
+    for (id, loc) in &groups {
+        match disk.group_at(*loc) {
+            Ok(g) => batch.group(*id, &g),
+            Err(super::ReadFail::Gone) => {}
+            Err(super::ReadFail::Err(e)) => {
+                tracing::error!(error = %e, group = %TaskId(*id), "cannot read a group to copy it forward");
+                return Ok(());
+            }
+        }
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let placed = batch.commit(&shared.config.data_dir)?;
+    tracing::debug!(
+        segment = seq,
+        tasks = tasks.len(),
+        groups = groups.len(),
+        "copied live frames forward"
+    );
+    apply(&mut shared.lock(), placed);
+    Ok(())
 }
 
 /// How a round ended.
@@ -327,17 +588,17 @@ struct HealMemo {
     hold_ms: u64,
 }
 
-/// Recovers from an outage without a restart. The engine refuses every write after
-/// a failed one, so the store is reopened from disk: the torn tail of the failed
-/// commit is discarded by the engine's recovery, the dispatch state is rebuilt from
-/// what is durable, and what only memory knew (leases, long-poll waiters) is
-/// carried over. Reads work again as soon as the reopen succeeds; writes resume
-/// once the cause has cleared (free space is back, a file can be opened). Until
-/// then every write answers `Unavailable` with the cause, and attempts back off to
-/// `HEAL_RETRY_MS_MAX`. Returns true if a `Stop` arrived meanwhile (it has been
-/// answered).
+/// Recovers from an outage without a restart. The failed round had already changed
+/// the dispatch state in memory, so the state is rebuilt from the log (which holds
+/// nothing of the failed round: the next commit writes over it), and what only
+/// memory knew (leases, long-poll waiters) is carried over. Reads keep working
+/// throughout; writes resume once the cause has cleared (free space is back, a file
+/// can be opened). Until then every write answers `Unavailable` with the cause, and
+/// attempts back off to `HEAL_RETRY_MS_MAX`. Returns true if a `Stop` arrived
+/// meanwhile (it has been answered).
 async fn heal(
     shared: &Arc<Shared>,
+    log: &mut Log,
     rx: &mut mpsc::Receiver<Op>,
     deferred: &mut Vec<Op>,
     memo: &mut HealMemo,
@@ -358,9 +619,9 @@ async fn heal(
     let hold = Duration::from_millis(memo.hold_ms);
     let mut pause = HEAL_RETRY_MS_MIN;
     let mut attempts = 0u32;
-    let mut reopened = false;
+    let mut rebuilt = false;
     if !repeat {
-        tracing::warn!(cause = cause.as_str(), error = %detail, "the store refuses writes; reopening it, and writes resume when the cause clears");
+        tracing::warn!(cause = cause.as_str(), error = %detail, "the store refuses writes; rebuilding its memory from the log, and writes resume when the cause clears");
     }
     loop {
         shared.set_health(Health::Outage {
@@ -368,12 +629,10 @@ async fn heal(
             detail: detail.clone(),
             retry_at_ms: shared.now_ms() + pause.max(hold.as_millis() as u64),
         });
-        if !reopened {
-            // Readers answer `Unavailable` from here until the new database is in.
-            drop(shared.take_disk());
+        if !rebuilt {
             attempts += 1;
-            match reopen(shared) {
-                Ok(()) => reopened = true,
+            match rebuild(shared, log) {
+                Ok(()) => rebuilt = true,
                 Err(CommitError::Fatal(d)) => {
                     fail(shared, rx, deferred, d).await;
                     return true;
@@ -383,13 +642,13 @@ async fn heal(
                     detail: d,
                 }) => {
                     if attempts == 1 || c != cause {
-                        tracing::warn!(cause = c.as_str(), error = %d, "reopening the store failed; retrying");
+                        tracing::warn!(cause = c.as_str(), error = %d, "rebuilding the store's memory failed; retrying");
                     }
                     (cause, detail) = (c, d);
                 }
             }
         }
-        if reopened && started.elapsed() >= hold && cleared(shared, cause) {
+        if rebuilt && started.elapsed() >= hold && cleared(shared, cause) {
             shared.set_health(Health::Ok);
             memo.last_healed = Some(std::time::Instant::now());
             tracing::info!(
@@ -498,9 +757,8 @@ pub(super) fn requeue(shared: &Shared, records: Vec<TaskRecord>) {
     }
 }
 
-/// Opens the database again and swaps it and the state rebuilt from it in.
-fn reopen(shared: &Shared) -> Result<(), CommitError> {
-    let config = &shared.config;
+/// Rebuilds the state from the log and swaps it in.
+fn rebuild(shared: &Shared, log: &mut Log) -> Result<(), CommitError> {
     let outage = |e: StoreError| match e {
         StoreError::Unavailable { cause, detail, .. } => CommitError::Outage { cause, detail },
         other => CommitError::Outage {
@@ -508,24 +766,12 @@ fn reopen(shared: &Shared) -> Result<(), CommitError> {
             detail: other.to_string(),
         },
     };
-    let disk = Disk::open(
-        &config.data_dir,
-        config.cache_bytes,
-        config.memtable_bytes_max,
-        config.files_cached_max,
-    )
-    .map_err(outage)?;
     let now = shared.now_ms();
     let leased: std::collections::HashSet<u128> = shared.lock().leases.keys().copied().collect();
-    let (mut fresh, kept, batch) = load(&disk, now, &leased).map_err(outage)?;
-    if !batch.is_empty() {
-        commit(&disk, &config.data_dir, batch)?;
-    }
+    let (mut fresh, kept) = load(log, &shared.config.data_dir, now, &leased).map_err(outage)?;
     let mut st = shared.lock();
     carry_over(&mut st, &mut fresh, &kept);
     *st = fresh;
-    drop(st);
-    shared.put_disk(disk);
     Ok(())
 }
 
@@ -581,11 +827,17 @@ fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
 }
 
 /// One group commit.
-fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> Outcome {
+fn round(
+    shared: &Shared,
+    log: &mut Log,
+    ops: Vec<Op>,
+    deferred: &mut Vec<Op>,
+    purge: bool,
+) -> Outcome {
     let Ok(disk) = shared.disk() else {
-        // Only `heal` and `fail` take the database away, and they run in this
-        // thread; answer rather than panic if that ever breaks.
-        debug_assert!(false, "a round without a database");
+        // Only `fail` takes the log away, and it runs in this thread; answer
+        // rather than panic if that ever breaks.
+        debug_assert!(false, "a round without a log");
         for op in ops {
             if refuse(shared, op) {
                 return Outcome::Stop;
@@ -595,28 +847,18 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     };
     let disk = &*disk;
     let now = shared.now_ms();
-    let mut batch = disk.db.batch();
+    let mut batch = Batch::new(log);
     let mut after = After::default();
     let mut woken: Vec<Arc<Notify>> = Vec::new();
     let mut deletes: Vec<(String, Reply<()>)> = Vec::new();
 
-    // Reads that need no lock happen first, so the lock is held only for memory work.
-    let pre: Vec<Pre> = ops.iter().map(|op| pre_read(disk, op)).collect();
-    let purge_list = if purge {
-        due_expiries(disk, now)
-    } else {
-        Vec::new()
-    };
-    let purge_groups = if purge {
-        due_group_expiries(disk, now)
-    } else {
-        Vec::new()
-    };
+    // Reads of the log happen first, so the lock is held only for memory work.
+    let pre: Vec<Pre> = ops.iter().map(|op| pre_read(shared, op)).collect();
 
     {
         let mut st = shared.lock();
         st.promote_due(now, &mut woken);
-        expire_leases(disk, &mut st, &mut batch, &mut after, now);
+        expire_leases(&mut st, &mut batch, &mut after, now);
         let mut round_idem: HashMap<(QueueIdx, String), (TaskId, TaskState)> = HashMap::new();
         let mut added: HashMap<QueueIdx, u64> = HashMap::new();
         for (op, pre) in ops.into_iter().zip(pre) {
@@ -632,7 +874,6 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     };
                     let res = plan_enqueue(
                         shared,
-                        disk,
                         &mut st,
                         &mut batch,
                         &mut after,
@@ -648,9 +889,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                 Op::Settle { items, reply } => {
                     let res = items
                         .into_iter()
-                        .map(|item| {
-                            plan_settle(shared, disk, &mut st, &mut batch, &mut after, item, now)
-                        })
+                        .map(|item| plan_settle(shared, &mut st, &mut batch, &mut after, item, now))
                         .collect();
                     after.reply(reply, Ok(res));
                 }
@@ -659,8 +898,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     lease_id,
                     reply,
                 } => {
-                    let res =
-                        plan_release(disk, &mut st, &mut batch, &mut after, id, lease_id, now);
+                    let res = plan_release(&mut st, &mut batch, &mut after, id, lease_id, now);
                     after.reply(reply, res);
                 }
                 Op::Cancel { id, reply } => {
@@ -668,7 +906,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                         Pre::Record(r) => *r,
                         _ => unreachable!("cancel pre-read"),
                     };
-                    match plan_cancel(disk, &mut st, &mut batch, &mut after, id, rec, now) {
+                    match plan_cancel(&mut st, &mut batch, &mut after, id, rec, now) {
                         Some(res) => after.reply(reply, res),
                         None => deferred.push(Op::Cancel { id, reply }),
                     }
@@ -677,7 +915,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     for rec in records {
                         debug_assert!(rec.state.is_terminal());
                         let q = st.intern(&rec.queue);
-                        finish(disk, &mut batch, &mut after, q, &rec);
+                        finish(&mut batch, &mut after, q, &rec);
                     }
                 }
                 Op::CreateGroup {
@@ -692,7 +930,6 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     let existing = vec![None; items.len()];
                     let res = plan_enqueue(
                         shared,
-                        disk,
                         &mut st,
                         &mut batch,
                         &mut after,
@@ -714,7 +951,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                             retention_ms,
                             members: members.clone(),
                         };
-                        batch.insert(&disk.groups, id.to_bytes(), disk::encode_group(&record));
+                        batch.group(id.0, &record);
                         let tally = GroupTally {
                             total: members.len() as u32,
                             fail_fast,
@@ -734,16 +971,13 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
                     {
                         Ok(()) => Ok(()),
                         Err(Some(state)) => Err(StoreError::GroupTerminal(state)),
-                        Err(None) => match disk.groups.get(id.to_bytes()) {
-                            Ok(Some(v)) => match disk::decode_group(&v) {
-                                Ok(g) => Err(StoreError::GroupTerminal(
-                                    weir_core::GroupState::from_index(g.state)
-                                        .unwrap_or(weir_core::GroupState::Canceled),
-                                )),
-                                Err(e) => Err(internal("decode group", e)),
-                            },
+                        Err(None) => match group_in(disk, &st, id.0) {
+                            Ok(Some(g)) => Err(StoreError::GroupTerminal(
+                                weir_core::GroupState::from_index(g.state)
+                                    .unwrap_or(weir_core::GroupState::Canceled),
+                            )),
                             Ok(None) => Err(StoreError::GroupNotFound),
-                            Err(e) => Err(internal("read group", e)),
+                            Err(e) => Err(e),
                         },
                     };
                     after.reply(reply, res);
@@ -753,23 +987,8 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
             }
         }
         groups::process(disk, &mut st, &mut batch, &mut after, Vec::new(), now);
-        for (id, entry, key) in purge_list {
-            let q = st.intern(&entry.queue);
-            let Some(state) = TaskState::from_index(entry.state as usize) else {
-                continue;
-            };
-            batch.remove(&disk.tasks, id.to_bytes());
-            batch.remove(&disk.payloads, id.to_bytes());
-            batch.remove(&disk.terminal, disk::terminal_key(&entry.queue, state, id));
-            batch.remove(&disk.expiry, key);
-            if let Some(k) = &entry.idempotency_key {
-                batch.remove(&disk.idem, disk::idem_key(&entry.queue, k));
-            }
-            after.purged.push((q, state));
-        }
-        for key in purge_groups {
-            batch.remove(&disk.groups, key[8..].to_vec());
-            batch.remove(&disk.group_expiry, key);
+        if purge {
+            purge_expired(disk, &mut st, &mut batch, now);
         }
     }
     for n in woken.drain(..) {
@@ -777,7 +996,7 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     }
 
     // Tests inject an outage at a commit: nothing is written, as when the write
-    // fails before anything reached the journal.
+    // fails before anything reached the log.
     #[cfg(test)]
     let injected = !batch.is_empty()
         && shared
@@ -785,15 +1004,23 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
             .swap(false, std::sync::atomic::Ordering::SeqCst);
     #[cfg(not(test))]
     let injected = false;
-    let failure = if batch.is_empty() {
-        None
+    let (failure, placed) = if batch.is_empty() {
+        (None, Vec::new())
     } else if injected {
-        Some(CommitError::Outage {
-            cause: Outage::Io,
-            detail: "injected".into(),
-        })
+        #[cfg(test)]
+        batch.discard();
+        (
+            Some(CommitError::Outage {
+                cause: Outage::Io,
+                detail: "injected".into(),
+            }),
+            Vec::new(),
+        )
     } else {
-        commit(disk, &shared.config.data_dir, batch).err()
+        match batch.commit(&shared.config.data_dir) {
+            Ok(placed) => (None, placed),
+            Err(e) => (Some(e), Vec::new()),
+        }
     };
     if let Some(e) = &failure {
         // Nothing of this round is applied to memory or answered as done; `heal`
@@ -812,20 +1039,29 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
         });
     } else {
         let mut st = shared.lock();
+        // First where the new frames are, so that whoever finds a task below can
+        // read it.
+        apply(&mut st, placed);
+        for (key, id) in after.idem.drain(..) {
+            st.idem.insert(key, id);
+        }
         for (q, id, priority, run_at) in after.queued.drain(..) {
             if st.insert_queued(q, id, priority, run_at, now) == TaskState::Pending {
                 woken.push(st.queue(q).notify.clone());
             }
         }
-        for (q, state, id) in after.terminal.drain(..) {
+        for (q, state, id, expires, keyed) in after.terminal.drain(..) {
             st.count(q, None, Some(state));
+            if let Some(at) = expires {
+                st.expiry.insert((at, id), (q, state, keyed));
+            }
             st.fire_waiters(id);
-        }
-        for (q, state) in after.purged.drain(..) {
-            st.count(q, Some(state), None);
         }
         for gid in after.fire.drain(..) {
             st.fire_waiters(gid);
+        }
+        for (at, gid) in after.group_expiry.drain(..) {
+            st.group_expiry.insert((at, gid));
         }
         // Last, once every task of the round is counted again.
         for (queue, reply) in deletes.drain(..) {
@@ -855,56 +1091,75 @@ fn round(shared: &Shared, ops: Vec<Op>, deferred: &mut Vec<Op>, purge: bool) -> 
     }
 }
 
-/// Makes a batch durable: written to the journal, handed to the OS, then fsynced.
-/// The write and the fsync are separate steps so that a failed write (a full disk,
-/// no file descriptor for a new journal, EIO) is told apart from a failed fsync:
-/// the first leaves nothing half-acknowledged and the store can reopen; after the
-/// second, the engine's view of the disk cannot be trusted (`CommitError::Fatal`).
-/// `dir` is for diagnosing errors that carry no errno.
-pub(crate) fn commit(
-    disk: &Disk,
-    dir: &std::path::Path,
-    batch: OwnedWriteBatch,
-) -> Result<(), CommitError> {
-    let outage = |what: &str, e: fjall::Error| CommitError::Outage {
-        cause: io_cause(&e).unwrap_or_else(|| diagnose(dir)),
-        detail: format!("{what}: {e}"),
-    };
-    batch.commit().map_err(|e| outage("write", e))?;
-    disk.db
-        .persist(PersistMode::Buffer)
-        .map_err(|e| outage("write", e))?;
-    disk.db.persist(PersistMode::SyncAll).map_err(|e| match e {
-        // Poisoned by a background flush between the two steps: no fsync ran.
-        fjall::Error::Poisoned => outage("fsync", e),
-        e => CommitError::Fatal(format!("fsync failed: {e}; restart required")),
-    })
-}
-
-/// What an operation needed read from disk before the round took the lock.
+/// What an operation needed read from the log before the round took the lock.
 enum Pre {
     None,
-    /// For each enqueued item: the retained task its idempotency key points at.
+    /// For each enqueued item: the task its idempotency key points at.
     Existing(Vec<Option<TaskRecord>>),
     Record(Box<Result<Option<TaskRecord>, StoreError>>),
 }
 
-fn pre_read(disk: &Disk, op: &Op) -> Pre {
+fn pre_read(shared: &Shared, op: &Op) -> Pre {
     match op {
         Op::Enqueue { queue, items, .. } => Pre::Existing(
             items
                 .iter()
                 .map(|p| {
                     let key = p.record.idempotency_key.as_deref()?;
-                    let v = disk.idem.get(disk::idem_key(queue, key)).ok()??;
-                    let id = disk::id_from_key("idem", &v).ok()?;
-                    disk.record(id).ok()?
+                    let id = *shared.lock().idem.get(&state::idem_key(queue, key))?;
+                    shared.record(TaskId(id)).ok()?
                 })
                 .collect(),
         ),
-        Op::Cancel { id, .. } => Pre::Record(Box::new(disk.record(*id))),
+        Op::Cancel { id, .. } => Pre::Record(Box::new(shared.record(*id))),
         _ => Pre::None,
     }
+}
+
+/// Removes retained tasks and finished groups whose retention ran out (at most
+/// `RETENTION_PURGE_BATCH_MAX` of each per round), and writes one purge frame for
+/// each kind, so that recovery removes them too, whatever its clock says.
+fn purge_expired(disk: &Disk, st: &mut State, batch: &mut Batch, now: u64) {
+    let mut tasks = Vec::new();
+    for _ in 0..RETENTION_PURGE_BATCH_MAX {
+        let Some((&(at, id), &(q, state, keyed))) = st.expiry.first_key_value() else {
+            break;
+        };
+        if at > now {
+            break;
+        }
+        st.expiry.pop_first();
+        if keyed {
+            match record_in(disk, st, id) {
+                Ok(Some(rec)) => {
+                    if let Some(k) = &rec.idempotency_key {
+                        st.idem.remove(&state::idem_key(&rec.queue, k));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, task = %TaskId(id), "cannot read a task retention removes; its idempotency key stays taken until restart")
+                }
+            }
+        }
+        st.forget_task(id);
+        st.count(q, Some(state), None);
+        tasks.push((id, at));
+    }
+    batch.purge(&tasks);
+    let mut groups = Vec::new();
+    for _ in 0..RETENTION_PURGE_BATCH_MAX {
+        let Some(&(at, gid)) = st.group_expiry.first() else {
+            break;
+        };
+        if at > now {
+            break;
+        }
+        st.group_expiry.pop_first();
+        st.forget_group(gid);
+        groups.push(gid);
+    }
+    batch.purge_groups(&groups);
 }
 
 /// The state a reader would see for a record, given memory.
@@ -923,9 +1178,8 @@ fn current_state(st: &State, rec: &TaskRecord, now: u64) -> TaskState {
 #[allow(clippy::too_many_arguments)]
 fn plan_enqueue(
     shared: &Shared,
-    disk: &Disk,
     st: &mut State,
-    batch: &mut OwnedWriteBatch,
+    batch: &mut Batch,
     after: &mut After,
     round_idem: &mut HashMap<(QueueIdx, String), (TaskId, TaskState)>,
     added: &mut HashMap<QueueIdx, u64>,
@@ -969,13 +1223,9 @@ fn plan_enqueue(
                 continue;
             }
             round_idem.insert((q, key.clone()), (rec.id, rec.state));
-            batch.insert(&disk.idem, disk::idem_key(queue, key), rec.id.to_bytes());
+            after.idem.push((state::idem_key(queue, key), rec.id.0));
         }
-        let k = rec.id.to_bytes();
-        batch.insert(&disk.tasks, k, p.record_bytes);
-        // The payload is copied once, from the request body into the batch.
-        batch.insert(&disk.payloads, k, &p.payload[..]);
-        batch.insert(&disk.ready, k, p.ready_bytes);
+        batch.new_task(rec.id.0, &p.meta, &p.payload);
         *added.entry(q).or_default() += 1;
         after
             .queued
@@ -991,9 +1241,8 @@ fn plan_enqueue(
 
 fn plan_settle(
     shared: &Shared,
-    disk: &Disk,
     st: &mut State,
-    batch: &mut OwnedWriteBatch,
+    batch: &mut Batch,
     after: &mut After,
     item: Settle,
     now: u64,
@@ -1013,24 +1262,18 @@ fn plan_settle(
     };
     let next = groups::cancel_if_closed(st, &mut rec, next, now)?;
     if next.is_terminal() {
-        finish(disk, batch, after, q, &rec);
+        finish(batch, after, q, &rec);
     } else {
         debug_assert_eq!(next, TaskState::Scheduled);
-        batch.insert(&disk.tasks, id.to_bytes(), disk::encode_record(&rec));
-        batch.insert(
-            &disk.ready,
-            id.to_bytes(),
-            disk::encode_ready(&ready_entry(&rec, false)),
-        );
+        batch.update(&rec);
         after.queued.push((q, id.0, rec.priority, rec.run_at_ms));
     }
     Ok(next)
 }
 
 fn plan_release(
-    disk: &Disk,
     st: &mut State,
-    batch: &mut OwnedWriteBatch,
+    batch: &mut Batch,
     after: &mut After,
     id: TaskId,
     lease_id: LeaseId,
@@ -1042,7 +1285,7 @@ fn plan_release(
     let next = machine::release(&mut rec, now)?;
     let next = groups::cancel_if_closed(st, &mut rec, next, now)?;
     if next.is_terminal() {
-        finish(disk, batch, after, q, &rec);
+        finish(batch, after, q, &rec);
     } else {
         // The disk record was never told of this attempt, so it needs no write.
         after
@@ -1055,9 +1298,8 @@ fn plan_release(
 /// `None` when the task is changing state in this very round (acked, failed or
 /// finalized but not yet committed): the cancel is retried next round.
 fn plan_cancel(
-    disk: &Disk,
     st: &mut State,
-    batch: &mut OwnedWriteBatch,
+    batch: &mut Batch,
     after: &mut After,
     id: TaskId,
     rec: Result<Option<TaskRecord>, StoreError>,
@@ -1085,12 +1327,12 @@ fn plan_cancel(
                 r
             }
         };
-        // Durable, so that a restart ends the task canceled rather than re-running it.
-        batch.insert(
-            &disk.ready,
-            id.to_bytes(),
-            disk::encode_ready(&ready_entry(&rec, true)),
-        );
+        // Durable, so that a restart ends the task canceled rather than re-running
+        // it. The record written is the one on disk (the attempt not counted), as
+        // for any leased task.
+        let mut on_disk = rec;
+        on_disk.cancel_requested = true;
+        batch.update(&on_disk);
         // A worker watching this lease learns of the cancel at once.
         after.fire.push(id.0);
         return Some(Ok(active));
@@ -1101,7 +1343,7 @@ fn plan_cancel(
     }
     match machine::cancel(&mut rec, now) {
         Ok(machine::Cancel::Canceled) => {
-            finish(disk, batch, after, q, &rec);
+            finish(batch, after, q, &rec);
             Some(Ok(rec))
         }
         Ok(machine::Cancel::Requested) => unreachable!("a queued task is not active"),
@@ -1109,13 +1351,7 @@ fn plan_cancel(
     }
 }
 
-fn expire_leases(
-    disk: &Disk,
-    st: &mut State,
-    batch: &mut OwnedWriteBatch,
-    after: &mut After,
-    now: u64,
-) {
+fn expire_leases(st: &mut State, batch: &mut Batch, after: &mut After, now: u64) {
     while let Some(&(at, id)) = st.lease_deadlines.first() {
         if at > now {
             break;
@@ -1137,10 +1373,10 @@ fn expire_leases(
             .and_then(|next| groups::cancel_if_closed(st, &mut rec, next, now));
         match res {
             Ok(next) if next.is_terminal() => {
-                finish(disk, batch, after, lease.queue, &rec);
+                finish(batch, after, lease.queue, &rec);
             }
             Ok(_) => {
-                batch.insert(&disk.tasks, rec.id.to_bytes(), disk::encode_record(&rec));
+                batch.update(&rec);
                 after
                     .queued
                     .push((lease.queue, id, rec.priority, rec.run_at_ms));
@@ -1152,79 +1388,23 @@ fn expire_leases(
     }
 }
 
-fn due_expiries(disk: &Disk, now: u64) -> Vec<(TaskId, disk::ExpiryEntry, Vec<u8>)> {
-    let end = disk::expiry_key(now, TaskId(u128::MAX));
-    let mut out = Vec::new();
-    for item in disk
-        .expiry
-        .range(..=end.to_vec())
-        .take(RETENTION_PURGE_BATCH_MAX)
-    {
-        let Ok((k, v)) = item.into_inner() else { break };
-        let (Ok(id), Ok(entry)) = (
-            disk::id_from_key("expiry", &k[8..]),
-            disk::decode_expiry(&v),
-        ) else {
-            tracing::error!("corrupt expiry entry; skipping");
-            continue;
-        };
-        out.push((id, entry, k.to_vec()));
-    }
-    out
-}
-
-fn due_group_expiries(disk: &Disk, now: u64) -> Vec<Vec<u8>> {
-    let end = disk::expiry_key(now, TaskId(u128::MAX));
-    disk.group_expiry
-        .range(..=end.to_vec())
-        .take(RETENTION_PURGE_BATCH_MAX)
-        .filter_map(|item| item.key().ok())
-        .filter(|k| k.len() == 24)
-        .map(|k| k.to_vec())
-        .collect()
-}
-
 /// Ends a task: writes it terminal, counts it after the commit, and tells its group.
-pub(crate) fn finish(
-    disk: &Disk,
-    batch: &mut OwnedWriteBatch,
-    after: &mut After,
-    q: QueueIdx,
-    rec: &TaskRecord,
-) {
-    write_terminal(disk, batch, rec);
-    after.terminal.push((q, rec.state, rec.id.0));
+/// Its payload stays until retention removes the task.
+pub(crate) fn finish(batch: &mut Batch, after: &mut After, q: QueueIdx, rec: &TaskRecord) {
+    debug_assert!(rec.state.is_terminal());
+    batch.update(rec);
+    after.terminal.push((
+        q,
+        rec.state,
+        rec.id.0,
+        rec.expires_at_ms(),
+        rec.idempotency_key.is_some(),
+    ));
     if let Some(g) = rec.group {
         after.group_events.push(GroupEvent {
             group: g.0,
             member: rec.id.0,
             state: rec.state,
         });
-    }
-}
-
-/// Writes a terminal record: the record, its `terminal` index entry and its expiry,
-/// and removes it from `ready`. The payload stays until retention removes the task.
-pub(crate) fn write_terminal(disk: &Disk, batch: &mut OwnedWriteBatch, rec: &TaskRecord) {
-    debug_assert!(rec.state.is_terminal());
-    let k = rec.id.to_bytes();
-    batch.insert(&disk.tasks, k, disk::encode_record(rec));
-    batch.remove(&disk.ready, k);
-    let expires = rec.expires_at_ms();
-    batch.insert(
-        &disk.terminal,
-        disk::terminal_key(&rec.queue, rec.state, rec.id),
-        expires.unwrap_or(u64::MAX).to_be_bytes(),
-    );
-    if let Some(at) = expires {
-        batch.insert(
-            &disk.expiry,
-            disk::expiry_key(at, rec.id),
-            disk::encode_expiry(&disk::ExpiryEntry {
-                queue: rec.queue.clone(),
-                state: rec.state.index() as u8,
-                idempotency_key: rec.idempotency_key.clone(),
-            }),
-        );
     }
 }

@@ -95,7 +95,7 @@ fn store_of(options: &Options<'_>) -> Option<(String, String)> {
     }
     let tied_to_embedded = options.data_dir.is_some()
         || !options.env.is_empty()
-        || options.extra.contains(&"--memtable-bytes-max");
+        || options.extra.contains(&"--segment-bytes");
     match std::env::var("WEIR_TEST_STORE") {
         Ok(url) if !url.is_empty() && url != "embedded" && !tied_to_embedded => {
             Some((url, prefix()))
