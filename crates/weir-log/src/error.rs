@@ -27,6 +27,9 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+    /// The visitor of `Log::open_visiting` stopped the open.
+    #[error("the caller stopped recovery")]
+    Stopped,
 }
 
 /// Why `Log::commit` failed. In every case nothing of the round is readable or counted as

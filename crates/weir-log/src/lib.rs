@@ -138,6 +138,7 @@ pub use format::{KIND_MAX, MARKER_KIND};
 pub use limits::*;
 pub use log::{Log, LogConfig, SegmentInfo};
 pub use read::{Frame, Reader};
+pub use recover::Visit;
 pub use storage::{RealStorage, Storage, StorageFile};
 
 /// Where a frame lives: its segment's seq and the byte offset of its header in that segment.

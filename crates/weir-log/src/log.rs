@@ -17,7 +17,7 @@ use crate::limits::{
 use crate::read::{
     frame_at, ActiveImage, FileSource, Reader, SealedSeg, Shared, SliceSource, Source,
 };
-use crate::recover::recover;
+use crate::recover::{recover, Visit};
 use crate::segdir::{write_zeros, Fail, SegDir, Spares};
 use crate::storage::{RealStorage, Storage, StorageFile};
 use crate::Loc;
@@ -195,6 +195,17 @@ impl Log {
     /// Opens (or creates) the log: recovers every segment (see the crate docs) and positions
     /// the log to append after the last committed round.
     pub fn open(cfg: LogConfig) -> Result<Log, OpenError> {
+        Log::open_visiting(cfg, None)
+    }
+
+    /// `open`, calling `visit(loc, kind, meta, payload_len)` for every committed frame
+    /// in log order as recovery checks it, so that a caller that rebuilds its indexes
+    /// from the whole log reads it once instead of twice (`open`, then `replay`).
+    /// A round is visited only once its commit marker is found valid, so nothing of a
+    /// torn round is visited; if recovery then refuses the log (corruption), what was
+    /// visited must be dropped. `Err` from `visit` stops the open
+    /// (`OpenError::Stopped`).
+    pub fn open_visiting(cfg: LogConfig, visit: Option<&mut Visit<'_>>) -> Result<Log, OpenError> {
         if let Some(detail) = segment_bytes_invalid(cfg.segment_bytes) {
             return Err(OpenError::Config { detail });
         }
@@ -202,7 +213,7 @@ impl Log {
             storage: cfg.storage,
             dir: cfg.dir,
         };
-        let mut recovered = recover(&segdir, cfg.segment_bytes)?.segments;
+        let mut recovered = recover(&segdir, cfg.segment_bytes, visit)?.segments;
         let last = recovered
             .pop()
             .expect("recovery yields at least one segment");

@@ -24,7 +24,13 @@ pub(crate) struct Walk {
     pub sealed: bool,
     /// Where the walk stopped short of a seal, and why.
     pub stop: Option<(u64, String)>,
+    /// The visitor asked to stop.
+    pub visit_stopped: bool,
 }
+
+/// What `Log::open_visiting` calls for every committed frame it recovers, in log
+/// order: `(loc, kind, meta, payload length)`; `Err` stops the open.
+pub type Visit<'a> = dyn FnMut(crate::Loc, u8, &[u8], u32) -> Result<(), ()> + 'a;
 
 /// Walks the rounds of segment `header.seq` (whose bytes end at `end`): frames up to and
 /// including a marker that closes exactly them. Stops at a seal or at the first frame that is
@@ -33,13 +39,20 @@ pub(crate) fn walk(
     src: &mut dyn Source,
     header: &SegmentHeader,
     end: u64,
+    mut visit: Option<&mut Visit<'_>>,
 ) -> std::io::Result<Walk> {
     let mut w = Walk {
         committed: SEGMENT_HEADER_BYTES,
         last_round: None,
         sealed: false,
         stop: None,
+        visit_stopped: false,
     };
+    // The frames of the round being walked, handed to `visit` only once its marker
+    // closes it (a torn round is never visited): (offset, kind, meta range in
+    // `metas`, payload length).
+    let mut round_frames: Vec<(u64, u8, std::ops::Range<usize>, u32)> = Vec::new();
+    let mut metas: Vec<u8> = Vec::new();
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut round = header.round_first;
     let mut chain = crc32fast::Hasher::new();
@@ -69,6 +82,19 @@ pub(crate) fn walk(
                 w.stop = Some((pos, detail));
                 return Ok(w);
             }
+            if let Some(v) = visit.as_mut() {
+                for (off, kind, meta, payload_len) in round_frames.drain(..) {
+                    let loc = crate::Loc {
+                        seg: header.seq,
+                        off: off as u32,
+                    };
+                    if v(loc, kind, &metas[meta], payload_len).is_err() {
+                        w.visit_stopped = true;
+                        return Ok(w);
+                    }
+                }
+                metas.clear();
+            }
             w.committed = pos + len;
             w.last_round = Some(round);
             round += 1;
@@ -81,6 +107,17 @@ pub(crate) fn walk(
         } else {
             chain.update(&frame.header.crc.to_le_bytes());
             frames += 1;
+            if visit.is_some() {
+                let meta = &frame.body[..frame.header.meta_len as usize];
+                let start = metas.len();
+                metas.extend_from_slice(meta);
+                round_frames.push((
+                    pos,
+                    frame.header.kind,
+                    start..metas.len(),
+                    frame.header.body_len - frame.header.meta_len,
+                ));
+            }
         }
         pos += len;
     }
@@ -160,7 +197,11 @@ impl From<Fail> for OpenError {
 
 /// Recovers the log in `segdir` (see the crate docs, "Recovery"). Creates segment 1 for an
 /// empty directory.
-pub(crate) fn recover(segdir: &SegDir, segment_bytes: u64) -> Result<RecoveredLog, OpenError> {
+pub(crate) fn recover(
+    segdir: &SegDir,
+    segment_bytes: u64,
+    mut visit: Option<&mut Visit<'_>>,
+) -> Result<RecoveredLog, OpenError> {
     let storage = &segdir.storage;
     let dir = &segdir.dir;
     storage
@@ -205,6 +246,7 @@ pub(crate) fn recover(segdir: &SegDir, segment_bytes: u64) -> Result<RecoveredLo
             last_round: None,
             sealed: false,
             stop: None,
+            visit_stopped: false,
         };
         return Ok(RecoveredLog {
             segments: vec![Recovered {
@@ -220,10 +262,13 @@ pub(crate) fn recover(segdir: &SegDir, segment_bytes: u64) -> Result<RecoveredLo
     let mut segments: Vec<Recovered> = Vec::with_capacity(seqs.len());
     for (i, &seq) in seqs.iter().enumerate() {
         let seg = if i == last {
-            recover_last(segdir, seq)?
+            recover_last(segdir, seq, visit.as_deref_mut())?
         } else {
-            recover_sealed(segdir, seq)?
+            recover_sealed(segdir, seq, visit.as_deref_mut())?
         };
+        if seg.walk.visit_stopped {
+            return Err(OpenError::Stopped);
+        }
         if let Some(prev) = segments.last() {
             check_link(&segdir.seg_path(seq), prev, &seg)?;
         }
@@ -278,11 +323,20 @@ fn open_segment(
 
 /// A segment that is not the last: it was sealed and synced before its successor was made, so
 /// every frame up to its seal must be valid.
-fn recover_sealed(segdir: &SegDir, seq: u32) -> Result<Recovered, OpenError> {
+fn recover_sealed(
+    segdir: &SegDir,
+    seq: u32,
+    visit: Option<&mut Visit<'_>>,
+) -> Result<Recovered, OpenError> {
     let (path, file, size, header) = open_segment(segdir, seq)?;
-    let walk = walk(&mut FileSource::new(file.as_ref(), size), &header, size)
-        .map_err(io_err(&path, "read segment"))?;
-    if !walk.sealed {
+    let walk = walk(
+        &mut FileSource::new(file.as_ref(), size),
+        &header,
+        size,
+        visit,
+    )
+    .map_err(io_err(&path, "read segment"))?;
+    if !walk.sealed && !walk.visit_stopped {
         let (off, detail) = walk.stop.clone().expect("an unsealed walk stops somewhere");
         return Err(corrupt(
             &path,
@@ -300,13 +354,20 @@ fn recover_sealed(segdir: &SegDir, seq: u32) -> Result<Recovered, OpenError> {
 }
 
 /// The last segment: its last round may be torn by a crash; anything before that may not.
-fn recover_last(segdir: &SegDir, seq: u32) -> Result<Recovered, OpenError> {
+fn recover_last(
+    segdir: &SegDir,
+    seq: u32,
+    visit: Option<&mut Visit<'_>>,
+) -> Result<Recovered, OpenError> {
     let (path, file, size, header) = open_segment(segdir, seq)?;
     let mut image = vec![0u8; size as usize].into_boxed_slice();
     file.read_at(0, &mut image)
         .map_err(io_err(&path, "read segment"))?;
-    let walk =
-        walk(&mut SliceSource(&image), &header, size).map_err(io_err(&path, "read segment"))?;
+    let walk = walk(&mut SliceSource(&image), &header, size, visit)
+        .map_err(io_err(&path, "read segment"))?;
+    if walk.visit_stopped {
+        return Err(OpenError::Stopped);
+    }
     if !walk.sealed {
         let (p, detail) = walk.stop.clone().expect("an unsealed walk stops somewhere");
         // Round m was the last good one. A round starts only after the one before it was

@@ -77,6 +77,8 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     p99_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    p999_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_ms: Option<f64>,
     /// e2e: how long enqueueing alone took; latency: how many were sent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +99,7 @@ impl Report {
             ("p50_ms", self.p50_ms),
             ("p90_ms", self.p90_ms),
             ("p99_ms", self.p99_ms),
+            ("p999_ms", self.p999_ms),
             ("max_ms", self.max_ms),
             ("enqueue_secs", self.enqueue_secs),
         ];
@@ -801,6 +804,7 @@ async fn latency(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report
         report.p50_ms = Some(ms(hist.value_at_quantile(0.50)));
         report.p90_ms = Some(ms(hist.value_at_quantile(0.90)));
         report.p99_ms = Some(ms(hist.value_at_quantile(0.99)));
+        report.p999_ms = Some(ms(hist.value_at_quantile(0.999)));
         report.max_ms = Some(ms(hist.max()));
     }
     Ok(report)
@@ -888,6 +892,7 @@ async fn redelivery(shared: Arc<Shared>) -> anyhow::Result<Report> {
         report.p50_ms = Some(ms(hist.value_at_quantile(0.50)));
         report.p90_ms = Some(ms(hist.value_at_quantile(0.90)));
         report.p99_ms = Some(ms(hist.value_at_quantile(0.99)));
+        report.p999_ms = Some(ms(hist.value_at_quantile(0.999)));
         report.max_ms = Some(ms(hist.max()));
     }
     Ok(report)

@@ -13,7 +13,7 @@ mod groups;
 mod state;
 mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -160,7 +160,10 @@ enum ReadFail {
 /// Opens the task log in the data directory, after taking the directory's lock (one
 /// process at a time), and refusing a data directory of the store's earlier layout
 /// (fjall) with what to do about it.
-fn open_log(config: &EmbeddedConfig) -> Result<(Log, std::fs::File), StoreError> {
+fn open_log(
+    config: &EmbeddedConfig,
+    visit: Option<&mut weir_log::Visit<'_>>,
+) -> Result<(Log, std::fs::File), StoreError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir)
         .map_err(|e| outage_or_internal("create data dir", Outage::of_io(&e), e))?;
@@ -194,7 +197,7 @@ fn open_log(config: &EmbeddedConfig) -> Result<(Log, std::fs::File), StoreError>
     if let Some(storage) = &config.storage {
         cfg.storage = storage.clone();
     }
-    let log = Log::open(cfg).map_err(|e| match &e {
+    let log = Log::open_visiting(cfg, visit).map_err(|e| match &e {
         weir_log::OpenError::Io { source, .. } => {
             outage_or_internal("open the task log", Outage::of_io(source), e)
         }
@@ -446,10 +449,31 @@ impl EmbeddedBroker {
                 config.segment_bytes
             )));
         }
-        let (mut log, lock) = open_log(&config)?;
+        let started = std::time::Instant::now();
         let now = config.clock.now_ms();
-        let (state, kept) = load(&mut log, &config.data_dir, now, &HashSet::new())?;
+        // One pass over the log: recovery checks each round and hands its frames to
+        // the replay as it goes.
+        let mut st = State::default();
+        let mut replay = Replay::new(&mut st, now);
+        let mut failed: Option<StoreError> = None;
+        let mut visit = |loc: weir_log::Loc, kind: u8, meta: &[u8], _payload_len: u32| {
+            replay.frame(loc, kind, meta).map_err(|e| failed = Some(e))
+        };
+        let opened = open_log(&config, Some(&mut visit));
+        let (mut log, lock) = match (opened, failed) {
+            (_, Some(e)) => return Err(e),
+            (r, None) => r?,
+        };
+        let found = replay.finish();
+        let (state, kept) =
+            finish_load(&mut log, &config.data_dir, now, &HashSet::new(), st, found)?;
         debug_assert!(kept.is_empty(), "nothing is leased at open");
+        tracing::info!(
+            segments = log.segments().len(),
+            tasks = state.locs.len(),
+            recovered_ms = started.elapsed().as_millis() as u64,
+            "recovered the task log"
+        );
         let shared = Arc::new(Shared {
             disk: RwLock::new(Some(Arc::new(Disk { log: log.reader() }))),
             state: Mutex::new(state),
@@ -542,10 +566,23 @@ pub(crate) fn load(
     leased: &HashSet<u128>,
 ) -> Result<(State, Vec<TaskId>), StoreError> {
     let mut st = State::default();
+    let found = replay(log, &mut st, now_ms)?;
+    finish_load(log, dir, now_ms, leased, st, found)
+}
+
+/// The rest of `load`, once the frames are in `st`: `found` are the tasks the
+/// replay found with a cancel request and no end.
+fn finish_load(
+    log: &mut Log,
+    dir: &std::path::Path,
+    now_ms: u64,
+    leased: &HashSet<u128>,
+    mut st: State,
+    found: Vec<TaskId>,
+) -> Result<(State, Vec<TaskId>), StoreError> {
     let disk = Disk { log: log.reader() };
-    let (kept, to_cancel): (Vec<TaskId>, Vec<TaskId>) = replay(log, &mut st, now_ms)?
-        .into_iter()
-        .partition(|id| leased.contains(&id.0));
+    let (kept, to_cancel): (Vec<TaskId>, Vec<TaskId>) =
+        found.into_iter().partition(|id| leased.contains(&id.0));
     let mut batch = Batch::new(log);
     finish_canceled(&disk, &mut st, &mut batch, to_cancel, now_ms)?;
     // Groups after the canceled tasks are final, so their tallies see them.
@@ -583,85 +620,108 @@ pub(crate) fn load(
 /// (the task was removed by retention) is skipped; a task past its retention is
 /// left out. Returns the tasks found with a cancel request and no end: they were
 /// active when the server stopped, and end canceled.
-fn replay(log: &Log, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, StoreError> {
-    // Only while replaying: where scheduled tasks are in the timer, and which tasks
-    // wait to be canceled, so a later frame can take them out again.
-    let mut scheduled_at: HashMap<u128, u64> = HashMap::new();
-    let mut to_cancel: HashSet<u128> = HashSet::new();
-    let mut group_expires: HashMap<u128, u64> = HashMap::new();
-    let corrupt = |loc: weir_log::Loc, e: disk::Corrupt| {
-        StoreError::bug(format!("the task log is corrupt at {loc:?}: {e}"))
-    };
-    log.replay(None, |loc, kind, meta, _payload_len| {
+/// Rebuilds `State` from the log's frames, in log order. A task's later frame
+/// replaces what its earlier one put in the indexes; an update whose task frame was
+/// collected (the task was removed by retention) is skipped, as are the entries of a
+/// purge frame whose tasks were already collected. Tasks found with a cancel request
+/// and no end were active when the server stopped: `finish` returns them, to end
+/// canceled.
+struct Replay<'a> {
+    st: &'a mut State,
+    now_ms: u64,
+    // Only while replaying: where scheduled tasks are in the timer, which tasks wait
+    // to be canceled, and when finished groups expire, so a later frame can take
+    // them out again.
+    scheduled_at: state::IdMap<u64>,
+    to_cancel: HashSet<u128>,
+    group_expires: state::IdMap<u64>,
+}
+
+impl<'a> Replay<'a> {
+    fn new(st: &'a mut State, now_ms: u64) -> Replay<'a> {
+        Replay {
+            st,
+            now_ms,
+            scheduled_at: state::IdMap::default(),
+            to_cancel: HashSet::new(),
+            group_expires: state::IdMap::default(),
+        }
+    }
+
+    fn frame(&mut self, loc: weir_log::Loc, kind: u8, meta: &[u8]) -> Result<(), StoreError> {
+        let corrupt =
+            |e: disk::Corrupt| StoreError::bug(format!("the task log is corrupt at {loc:?}: {e}"));
         match kind {
             disk::KIND_TASK | disk::KIND_UPDATE => {
-                let s = disk::summary(meta).map_err(|e| corrupt(loc, e))?;
+                let s = disk::summary(meta).map_err(corrupt)?;
                 let first = kind == disk::KIND_TASK;
-                let known = st.locs.contains_key(&s.id);
+                let known = self.st.locs.contains_key(&s.id);
                 if !first && !known {
                     return Ok(());
                 }
-                let q = st.intern(s.queue);
+                let q = self.st.intern(s.queue);
                 if known {
                     // Out of wherever its previous frame put it.
-                    if st.queue(q).pending.remove(s.priority, s.id) {
-                        st.count(q, Some(TaskState::Pending), None);
-                    } else if let Some(at) = scheduled_at.remove(&s.id) {
-                        st.scheduled.remove(&(at, s.id));
-                        st.count(q, Some(TaskState::Scheduled), None);
-                    } else if to_cancel.remove(&s.id) {
+                    if self.st.queue(q).pending.remove(s.priority, s.id) {
+                        self.st.count(q, Some(TaskState::Pending), None);
+                    } else if let Some(at) = self.scheduled_at.remove(&s.id) {
+                        self.st.scheduled.remove(&(at, s.id));
+                        self.st.count(q, Some(TaskState::Scheduled), None);
+                    } else if self.to_cancel.remove(&s.id) {
                     } else if s.state.is_terminal() {
                         // A copy of a terminal task: the same record again.
-                        st.expiry.remove(&(s.expires_at_ms, s.id));
-                        st.count(q, Some(s.state), None);
+                        self.st.expiry.remove(&(s.expires_at_ms, s.id));
+                        self.st.count(q, Some(s.state), None);
                     }
                 }
-                st.place_task(s.id, loc.to_u64(), first);
+                self.st.place_task(s.id, loc.to_u64(), first);
                 if first {
                     if let Some(k) = s.idempotency_key {
-                        st.idem.insert(state::idem_key(s.queue, k), s.id);
+                        self.st.idem.insert(state::idem_key(s.queue, k), s.id);
                     }
                 }
                 if s.state.is_terminal() {
-                    st.count(q, None, Some(s.state));
+                    self.st.count(q, None, Some(s.state));
                     if s.expires_at_ms != u64::MAX {
-                        st.expiry.insert(
+                        self.st.expiry.insert(
                             (s.expires_at_ms, s.id),
                             (q, s.state, s.idempotency_key.is_some()),
                         );
                     }
                 } else if s.cancel_requested {
-                    to_cancel.insert(s.id);
-                } else if st.insert_queued(q, s.id, s.priority, s.run_at_ms, now_ms)
+                    self.to_cancel.insert(s.id);
+                } else if self
+                    .st
+                    .insert_queued(q, s.id, s.priority, s.run_at_ms, self.now_ms)
                     == TaskState::Scheduled
                 {
-                    scheduled_at.insert(s.id, s.run_at_ms);
+                    self.scheduled_at.insert(s.id, s.run_at_ms);
                 }
             }
             disk::KIND_GROUP => {
-                let (id, g) = disk::group_frame(meta).map_err(|e| corrupt(loc, e))?;
-                st.place_group(id, loc.to_u64());
+                let (id, g) = disk::group_frame(meta).map_err(corrupt)?;
+                self.st.place_group(id, loc.to_u64());
                 if let Some(f) = g.finished_ms {
                     let at = f.saturating_add(g.retention_ms);
-                    st.group_expiry.insert((at, id));
-                    group_expires.insert(id, at);
+                    self.st.group_expiry.insert((at, id));
+                    self.group_expires.insert(id, at);
                 }
             }
             disk::KIND_PURGE => {
-                for (id, at) in disk::purge_entries(meta).map_err(|e| corrupt(loc, e))? {
+                for (id, at) in disk::purge_entries(meta).map_err(corrupt)? {
                     // Unknown: its task frame was collected already.
-                    if let Some((q, state, _)) = st.expiry.remove(&(at, id)) {
-                        st.count(q, Some(state), None);
-                        st.forget_task(id);
+                    if let Some((q, state, _)) = self.st.expiry.remove(&(at, id)) {
+                        self.st.count(q, Some(state), None);
+                        self.st.forget_task(id);
                     }
                 }
             }
             disk::KIND_GROUP_PURGE => {
-                for id in disk::ids(meta).map_err(|e| corrupt(loc, e))? {
-                    if let Some(at) = group_expires.remove(&id) {
-                        st.group_expiry.remove(&(at, id));
+                for id in disk::ids(meta).map_err(corrupt)? {
+                    if let Some(at) = self.group_expires.remove(&id) {
+                        self.st.group_expiry.remove(&(at, id));
                     }
-                    st.forget_group(id);
+                    self.st.forget_group(id);
                 }
             }
             other => {
@@ -671,15 +731,27 @@ fn replay(log: &Log, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, StoreEr
             }
         }
         Ok(())
+    }
+
+    fn finish(self) -> Vec<TaskId> {
+        // Keys of tasks purged along the way.
+        let locs = &self.st.locs;
+        self.st.idem.retain(|_, id| locs.contains_key(id));
+        self.to_cancel.into_iter().map(TaskId).collect()
+    }
+}
+
+/// Reads every frame of the log into `st` (see `Replay`).
+fn replay(log: &Log, st: &mut State, now_ms: u64) -> Result<Vec<TaskId>, StoreError> {
+    let mut r = Replay::new(st, now_ms);
+    log.replay(None, |loc, kind, meta, _payload_len| {
+        r.frame(loc, kind, meta)
     })
     .map_err(|e| match e {
         weir_log::ReplayError::Callback(e) => e,
         e => StoreError::bug(format!("cannot read the task log: {e}")),
     })?;
-    // Keys of tasks purged above.
-    let locs = &st.locs;
-    st.idem.retain(|_, id| locs.contains_key(id));
-    Ok(to_cancel.into_iter().map(TaskId).collect())
+    Ok(r.finish())
 }
 
 /// Ends canceled the tasks found with a pending cancel request and no lease.

@@ -10,7 +10,8 @@
 //! plus node overhead; payloads and records stay on disk.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
@@ -152,24 +153,22 @@ pub struct State {
     /// Scheduled tasks by (run_at, id) → (queue, priority).
     pub scheduled: BTreeMap<(u64, u128), (QueueIdx, i32)>,
     /// Active tasks by id.
-    pub leases: HashMap<u128, Lease>,
+    pub leases: IdMap<Lease>,
     /// Lease expiries by (expires_at, id).
     pub lease_deadlines: BTreeSet<(u64, u128)>,
     /// Long-polls waiting for a task to become terminal.
-    pub waiters: HashMap<u128, Vec<oneshot::Sender<()>>>,
+    pub waiters: IdMap<Vec<oneshot::Sender<()>>>,
     /// Groups with open members.
-    pub groups: HashMap<u128, GroupMem>,
+    pub groups: IdMap<GroupMem>,
     /// Where every task the store holds (retained ones included) is in the log:
     /// written by the writer after a commit, read by every reader.
-    pub locs: HashMap<u128, TaskLoc>,
+    pub locs: IdMap<TaskLoc>,
     /// Where every group's latest record is in the log.
-    pub group_locs: HashMap<u128, u64>,
-    /// How many entries of `locs` and `group_locs` point into each segment: a
-    /// segment no entry points into holds nothing anyone reads (see `writer::collect`).
-    pub seg_refs: BTreeMap<u32, u64>,
-    /// How many references each segment ever had (until it is deleted), so the GC
-    /// can tell a mostly dead segment.
-    pub seg_placed: BTreeMap<u32, u64>,
+    pub group_locs: IdMap<u64>,
+    /// How many entries of `locs` and `group_locs` point into each segment (a
+    /// segment no entry points into holds nothing anyone reads, see
+    /// `writer::collect`), and how many ever did.
+    pub segs: SegRefs,
     /// Idempotency keys of the tasks that hold them: `queue \0 key` → task id.
     pub idem: HashMap<Box<str>, u128>,
     /// Retained completed and canceled tasks by (expires_at, id) → their queue
@@ -188,6 +187,91 @@ pub struct TaskLoc {
     pub last: u64,
 }
 
+/// A map keyed by task or group id. Ids are made here (48-bit time, 80 random
+/// bits) and never chosen by a client for an insert, so a multiply-mix of their
+/// two halves hashes them well; SipHash cost the writer ~4% of its time.
+pub type IdMap<V> = HashMap<u128, V, BuildHasherDefault<IdHasher>>;
+
+/// The hasher of `IdMap`.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u128` keys are hashed here; anything else still hashes (FNV-1a).
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        let mixed = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+        self.0 = mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// References into the log's segments, by segment number: a window from the oldest
+/// segment still counted, so the hot path indexes instead of searching.
+#[derive(Default)]
+pub struct SegRefs {
+    base: u32,
+    /// (references now, references ever) of segments `base..`.
+    counts: VecDeque<(u64, u64)>,
+}
+
+impl SegRefs {
+    fn slot(&mut self, seg: u32) -> &mut (u64, u64) {
+        if self.counts.is_empty() {
+            self.base = seg;
+        }
+        if seg < self.base {
+            // Older than the window (a rebuilt state meets old frames): widen it.
+            for _ in seg..self.base {
+                self.counts.push_front((0, 0));
+            }
+            self.base = seg;
+        }
+        let i = (seg - self.base) as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, (0, 0));
+        }
+        &mut self.counts[i]
+    }
+
+    fn add(&mut self, seg: u32) {
+        let c = self.slot(seg);
+        c.0 += 1;
+        c.1 += 1;
+    }
+
+    fn sub(&mut self, seg: u32) {
+        let c = self.slot(seg);
+        debug_assert!(c.0 > 0, "segment {seg} has no references to drop");
+        c.0 = c.0.saturating_sub(1);
+    }
+
+    /// (references now, references ever) of `seg`.
+    pub fn get(&self, seg: u32) -> (u64, u64) {
+        seg.checked_sub(self.base)
+            .and_then(|i| self.counts.get(i as usize))
+            .copied()
+            .unwrap_or((0, 0))
+    }
+
+    /// Forgets every segment up to `seg` (deleted).
+    pub fn forget_through(&mut self, seg: u32) {
+        while !self.counts.is_empty() && self.base <= seg {
+            debug_assert_eq!(self.counts[0].0, 0, "a deleted segment had references");
+            self.counts.pop_front();
+            self.base += 1;
+        }
+    }
+}
+
 /// The segment a `Loc` (as `u64`) is in.
 pub fn seg_of(loc: u64) -> u32 {
     weir_log::Loc::from_u64(loc).seg
@@ -204,46 +288,54 @@ pub fn idem_key(queue: &str, key: &str) -> Box<str> {
 
 impl State {
     fn add_ref(&mut self, loc: u64) {
-        *self.seg_refs.entry(seg_of(loc)).or_default() += 1;
-        *self.seg_placed.entry(seg_of(loc)).or_default() += 1;
+        self.segs.add(seg_of(loc));
     }
 
     fn drop_ref(&mut self, loc: u64) {
-        let seg = seg_of(loc);
-        match self.seg_refs.get_mut(&seg) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
-                self.seg_refs.remove(&seg);
-            }
-            None => debug_assert!(false, "segment {seg} has no references to drop"),
-        }
+        self.segs.sub(seg_of(loc));
     }
 
     /// Records a task's new frame: `first` if it carries the payload (a new task, or
     /// a copy of a live one), else an update of its record.
     pub fn place_task(&mut self, id: u128, loc: u64, first: bool) {
-        let old = self.locs.get(&id).copied();
-        let new = match (first, old) {
-            (true, _) => TaskLoc {
-                first: loc,
-                last: loc,
-            },
-            (false, Some(old)) => TaskLoc {
-                first: old.first,
-                last: loc,
-            },
-            (false, None) => {
-                // An update of a task that is gone (purged in this very round).
-                return;
+        use std::collections::hash_map::Entry;
+        // One lookup: this runs for every frame of a round and of a replay.
+        let old = match self.locs.entry(id) {
+            Entry::Occupied(mut e) => {
+                let old = *e.get();
+                let first_loc = if first { loc } else { old.first };
+                *e.get_mut() = TaskLoc {
+                    first: first_loc,
+                    last: loc,
+                };
+                Some(old)
+            }
+            // An update of a task that is gone (purged in this very round).
+            Entry::Vacant(_) if !first => return,
+            Entry::Vacant(e) => {
+                e.insert(TaskLoc {
+                    first: loc,
+                    last: loc,
+                });
+                None
             }
         };
-        self.add_ref(new.first);
-        self.add_ref(new.last);
-        if let Some(old) = old {
-            self.drop_ref(old.first);
-            self.drop_ref(old.last);
+        match old {
+            Some(old) if !first => {
+                self.add_ref(loc);
+                self.drop_ref(old.last);
+            }
+            Some(old) => {
+                self.add_ref(loc);
+                self.add_ref(loc);
+                self.drop_ref(old.first);
+                self.drop_ref(old.last);
+            }
+            None => {
+                self.add_ref(loc);
+                self.add_ref(loc);
+            }
         }
-        self.locs.insert(id, new);
     }
 
     /// Forgets a task's frames (retention removed it).

@@ -448,19 +448,13 @@ fn collect(shared: &Shared, log: &mut Log) -> Result<(), CommitError> {
             return Ok(());
         };
         debug_assert!(oldest.seq < active.seq);
-        let (refs, placed) = {
-            let st = shared.lock();
-            (
-                st.seg_refs.get(&oldest.seq).copied().unwrap_or(0),
-                st.seg_placed.get(&oldest.seq).copied().unwrap_or(0),
-            )
-        };
+        let (refs, placed) = shared.lock().segs.get(oldest.seq);
         if refs == 0 {
             if let Err(e) = log.delete_segment(oldest.seq) {
                 tracing::warn!(error = %e, segment = oldest.seq, "cannot delete a collected segment of the task log; retrying later");
                 return Ok(());
             }
-            shared.lock().seg_placed.remove(&oldest.seq);
+            shared.lock().segs.forget_through(oldest.seq);
             continue;
         }
         // Mostly dead: at most a quarter of the references it ever had are left.
