@@ -360,11 +360,11 @@ mod tests {
     use super::*;
     use weir_core::{machine, NewTask};
 
-    #[test]
-    fn record_round_trips() {
-        let mut r = machine::create(
+    /// A record with every optional field the caller chooses.
+    fn sample(queue: &str, key: &str, deadline_ms: Option<u64>) -> TaskRecord {
+        machine::create(
             TaskId::new(5, 6),
-            "q",
+            queue,
             NewTask {
                 kind: "k".into(),
                 priority: -3,
@@ -372,12 +372,17 @@ mod tests {
                 delay_ms: 0,
                 max_attempts: 4,
                 timeout_ms: 10,
-                deadline_ms: Some(1000),
-                idempotency_key: Some("ik".into()),
+                deadline_ms,
+                idempotency_key: Some(key.into()),
                 retention_ms: 7,
             },
             5,
-        );
+        )
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let mut r = sample("q", "ik", Some(1000));
         r.result = Some(b"{\"a\":1}".to_vec());
         r.last_error = Some("boom".into());
         assert_eq!(decode_record(r.id, &encode_record(&r)).unwrap(), r);
@@ -386,22 +391,7 @@ mod tests {
 
     #[test]
     fn task_frames_carry_a_summary_that_matches_the_record() {
-        let mut r = machine::create(
-            TaskId::new(5, 6),
-            "emails",
-            NewTask {
-                kind: "k".into(),
-                priority: -3,
-                run_at_ms: Some(99),
-                delay_ms: 0,
-                max_attempts: 4,
-                timeout_ms: 10,
-                deadline_ms: None,
-                idempotency_key: Some("ik-1".into()),
-                retention_ms: 7,
-            },
-            5,
-        );
+        let mut r = sample("emails", "ik-1", None);
         let m = task_meta(&r);
         let s = summary(&m).unwrap();
         assert_eq!(

@@ -793,17 +793,9 @@ pub(crate) fn record_in(
     st: &State,
     id: u128,
 ) -> Result<Option<TaskRecord>, StoreError> {
-    let Some(loc) = st.locs.get(&id).copied() else {
-        return Ok(None);
-    };
-    match disk.record_at(loc) {
-        Ok(r) => Ok(Some(r)),
-        Err(ReadFail::Gone) => Err(StoreError::bug(format!(
-            "task {} points into a collected segment",
-            TaskId(id)
-        ))),
-        Err(ReadFail::Err(e)) => Err(e),
-    }
+    read_in(st.locs.get(&id).copied(), "task", id, |loc| {
+        disk.record_at(loc)
+    })
 }
 
 /// A group's latest record, read by the writer (or recovery) under the state lock.
@@ -812,13 +804,26 @@ pub(crate) fn group_in(
     st: &State,
     id: u128,
 ) -> Result<Option<GroupRecord>, StoreError> {
-    let Some(loc) = st.group_locs.get(&id).copied() else {
+    read_in(st.group_locs.get(&id).copied(), "group", id, |loc| {
+        disk.group_at(loc)
+    })
+}
+
+/// Reads what `loc` points at (`None`: nothing does); under the state lock a
+/// collected segment is a bug, never a reason to look again.
+fn read_in<L, T>(
+    loc: Option<L>,
+    what: &str,
+    id: u128,
+    read: impl FnOnce(L) -> Result<T, ReadFail>,
+) -> Result<Option<T>, StoreError> {
+    let Some(loc) = loc else {
         return Ok(None);
     };
-    match disk.group_at(loc) {
-        Ok(g) => Ok(Some(g)),
+    match read(loc) {
+        Ok(v) => Ok(Some(v)),
         Err(ReadFail::Gone) => Err(StoreError::bug(format!(
-            "group {} points into a collected segment",
+            "{what} {} points into a collected segment",
             TaskId(id)
         ))),
         Err(ReadFail::Err(e)) => Err(e),
