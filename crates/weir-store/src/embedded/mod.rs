@@ -196,6 +196,8 @@ fn open_log(
     cfg.segment_bytes = config.segment_bytes;
     if let Some(storage) = &config.storage {
         cfg.storage = storage.clone();
+        // Injected storage is for tests: storage calls in one fixed order.
+        cfg.spare_in_background = false;
     }
     let log = Log::open_visiting(cfg, visit).map_err(|e| match &e {
         weir_log::OpenError::Io { source, .. } => {
