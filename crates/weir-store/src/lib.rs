@@ -72,19 +72,37 @@ impl LeaseId {
 }
 
 impl fmt::Display for LeaseId {
+    /// 32 lowercase hex digits, without `fmt`'s machinery (every leased task and
+    /// every ack carries one).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = HEX[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        // Only ASCII hex digits were written.
+        f.write_str(std::str::from_utf8(&out).expect("hex digits"))
     }
 }
 
 impl FromStr for LeaseId {
     type Err = ();
-    /// Exactly 32 hex digits (`from_str_radix` alone would also take a sign).
+    /// Exactly 32 hex digits, either case (no sign, no prefix).
     fn from_str(s: &str) -> Result<LeaseId, ()> {
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if s.len() != 32 {
             return Err(());
         }
-        u128::from_str_radix(s, 16).map(LeaseId).map_err(|_| ())
+        let mut v: u128 = 0;
+        for b in s.bytes() {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return Err(()),
+            };
+            v = (v << 4) | u128::from(d);
+        }
+        Ok(LeaseId(v))
     }
 }
 
@@ -391,6 +409,9 @@ mod tests {
         assert_eq!(id.to_string(), "0123456789abcdef0011223344556677");
         assert_eq!(id.to_string().parse::<LeaseId>(), Ok(id));
         assert_eq!(LeaseId(1).to_string().len(), 32);
+        assert_eq!(LeaseId(1).to_string(), format!("{:032x}", 1));
+        assert_eq!(LeaseId(u128::MAX).to_string(), "f".repeat(32));
+        assert_eq!("f".repeat(32).parse::<LeaseId>(), Ok(LeaseId(u128::MAX)));
         assert_eq!(
             "0123456789ABCDEF0011223344556677".parse::<LeaseId>(),
             Ok(id)
