@@ -9,8 +9,8 @@
   conn.py flood WEIR_BIN [--nofile 512] [--connections 600] [--batches 40]
       Issue 6's scenario: the server under `prlimit --nofile=N`, N connections
       held open, while one producer connection opened before them enqueues
-      batches of 250 tasks with 1 KiB payloads (memtables of 4 MiB, so the store
-      flushes and opens new files). Prints the enqueue statuses and /readyz.
+      batches of 250 tasks with 1 KiB payloads (segments of 4 MiB, so the store
+      opens new segment files). Prints the enqueue statuses and /readyz.
 
 Standard library only. Each run starts its own server on a free port with a fresh
 data directory and kills it at the end.
@@ -133,7 +133,7 @@ def memory(args):
 def flood(args):
     with tempfile.TemporaryDirectory(dir=args.data_dir) as d:
         proc, addr = start(args.bin, d, wrapper=["prlimit", f"--nofile={args.nofile}:{args.nofile}"],
-                           extra=["--memtable-bytes-max", "4194304"])
+                           extra=["--segment-bytes", "4194304"])
         try:
             producer = socket.create_connection(addr)
             request(producer, "GET", "/readyz")
