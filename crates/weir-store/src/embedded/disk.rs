@@ -3,6 +3,8 @@
 //! docs/design/embedded-store.md). Records are postcard with a leading
 //! format-version byte, so a future layout can be told apart.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use weir_core::{TaskId, TaskRecord, TaskState};
 
@@ -59,12 +61,20 @@ pub struct Summary<'a> {
 /// | 40..42 | idempotency key length + 1, u16 LE (0: no key) |
 /// | 42.. | queue name, key, then `FORMAT_V1` + postcard `DiskRecord` |
 pub fn task_meta(r: &TaskRecord) -> Vec<u8> {
+    let mut m = Vec::new();
+    task_meta_into(r, &mut m);
+    m
+}
+
+/// `task_meta` into `m` (cleared first), so the writer reuses one buffer.
+pub fn task_meta_into(r: &TaskRecord, m: &mut Vec<u8>) {
+    m.clear();
     let key = r.idempotency_key.as_deref();
     let key_len = key.map_or(0, str::len);
     // The record repeats the names; 64 bytes cover its numbers.
     let names = r.queue.len() + r.kind.len() + key_len;
     let tail = r.result.as_ref().map_or(0, Vec::len) + r.last_error.as_ref().map_or(0, String::len);
-    let mut m = Vec::with_capacity(SUMMARY_BYTES + 2 * names + tail + 64);
+    m.reserve(SUMMARY_BYTES + 2 * names + tail + 64);
     m.extend_from_slice(&r.id.0.to_be_bytes());
     m.push(r.state.index() as u8);
     m.push(u8::from(r.cancel_requested));
@@ -83,8 +93,7 @@ pub fn task_meta(r: &TaskRecord) -> Vec<u8> {
     if let Some(k) = key {
         m.extend_from_slice(k.as_bytes());
     }
-    encode_record_into(r, &mut m);
-    m
+    encode_record_into(r, m);
 }
 
 /// Reads a task frame's summary.
@@ -219,10 +228,12 @@ pub fn decode_group(bytes: &[u8]) -> Result<GroupRecord, Corrupt> {
     decode("group", bytes)
 }
 
+/// A task's record as stored. Borrowed when written (`encode_record_into`, from a
+/// `TaskRecord`'s own strings), owned when read; postcard encodes both the same.
 #[derive(Serialize, Deserialize)]
-struct DiskRecord {
-    queue: String,
-    kind: String,
+struct DiskRecord<'a> {
+    queue: Cow<'a, str>,
+    kind: Cow<'a, str>,
     priority: i32,
     state: u8,
     attempt: u32,
@@ -230,13 +241,13 @@ struct DiskRecord {
     timeout_ms: u64,
     run_at_ms: u64,
     deadline_ms: Option<u64>,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<Cow<'a, str>>,
     retention_ms: u64,
     created_ms: u64,
     started_ms: Option<u64>,
     finished_ms: Option<u64>,
-    result: Option<Vec<u8>>,
-    last_error: Option<String>,
+    result: Option<Cow<'a, [u8]>>,
+    last_error: Option<Cow<'a, str>>,
     cancel_requested: bool,
     group: Option<u128>,
 }
@@ -276,35 +287,12 @@ pub fn encode_record(r: &TaskRecord) -> Vec<u8> {
     out
 }
 
-/// Appends a record's encoding to `out`, borrowing its strings: the same bytes as
-/// `DiskRecord`'s (postcard encodes `&str` as `String`, `&[u8]` as `Vec<u8>`),
-/// without copying them first.
+/// Appends a record's encoding to `out`, borrowing its strings.
 pub fn encode_record_into(r: &TaskRecord, out: &mut Vec<u8>) {
-    #[derive(Serialize)]
-    struct DiskRecordRef<'a> {
-        queue: &'a str,
-        kind: &'a str,
-        priority: i32,
-        state: u8,
-        attempt: u32,
-        max_attempts: u32,
-        timeout_ms: u64,
-        run_at_ms: u64,
-        deadline_ms: Option<u64>,
-        idempotency_key: Option<&'a str>,
-        retention_ms: u64,
-        created_ms: u64,
-        started_ms: Option<u64>,
-        finished_ms: Option<u64>,
-        result: Option<&'a [u8]>,
-        last_error: Option<&'a str>,
-        cancel_requested: bool,
-        group: Option<u128>,
-    }
     out.push(FORMAT_V1);
-    let rec = DiskRecordRef {
-        queue: &r.queue,
-        kind: &r.kind,
+    let rec = DiskRecord {
+        queue: Cow::Borrowed(&r.queue),
+        kind: Cow::Borrowed(&r.kind),
         priority: r.priority,
         state: r.state.index() as u8,
         attempt: r.attempt,
@@ -312,13 +300,13 @@ pub fn encode_record_into(r: &TaskRecord, out: &mut Vec<u8>) {
         timeout_ms: r.timeout_ms,
         run_at_ms: r.run_at_ms,
         deadline_ms: r.deadline_ms,
-        idempotency_key: r.idempotency_key.as_deref(),
+        idempotency_key: r.idempotency_key.as_deref().map(Cow::Borrowed),
         retention_ms: r.retention_ms,
         created_ms: r.created_ms,
         started_ms: r.started_ms,
         finished_ms: r.finished_ms,
-        result: r.result.as_deref(),
-        last_error: r.last_error.as_deref(),
+        result: r.result.as_deref().map(Cow::Borrowed),
+        last_error: r.last_error.as_deref().map(Cow::Borrowed),
         cancel_requested: r.cancel_requested,
         group: r.group.map(|g| g.0),
     };
@@ -334,8 +322,8 @@ pub fn decode_record(id: TaskId, bytes: &[u8]) -> Result<TaskRecord, Corrupt> {
     })?;
     Ok(TaskRecord {
         id,
-        queue: d.queue,
-        kind: d.kind,
+        queue: d.queue.into_owned(),
+        kind: d.kind.into_owned(),
         priority: d.priority,
         state,
         attempt: d.attempt,
@@ -343,13 +331,13 @@ pub fn decode_record(id: TaskId, bytes: &[u8]) -> Result<TaskRecord, Corrupt> {
         timeout_ms: d.timeout_ms,
         run_at_ms: d.run_at_ms,
         deadline_ms: d.deadline_ms,
-        idempotency_key: d.idempotency_key,
+        idempotency_key: d.idempotency_key.map(Cow::into_owned),
         retention_ms: d.retention_ms,
         created_ms: d.created_ms,
         started_ms: d.started_ms,
         finished_ms: d.finished_ms,
-        result: d.result,
-        last_error: d.last_error,
+        result: d.result.map(Cow::into_owned),
+        last_error: d.last_error.map(Cow::into_owned),
         cancel_requested: d.cancel_requested,
         group: d.group.map(TaskId),
     })

@@ -305,50 +305,51 @@ impl Shared {
     /// The task's latest record (`None`: no such task), looked up again if the
     /// segment it was in was collected between the lookup and the read.
     pub fn record(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.read(id, |disk, loc| disk.record_at(loc))
+        self.read(
+            "task",
+            id,
+            |st| st.locs.get(&id.0).copied(),
+            Disk::record_at,
+        )
     }
 
     /// The task's latest record and its payload.
     pub fn task(&self, id: TaskId) -> Result<Option<(TaskRecord, Bytes)>, StoreError> {
-        self.read(id, |disk, loc| disk.task_at(loc))
-    }
-
-    fn read<T>(
-        &self,
-        id: TaskId,
-        f: impl Fn(&Disk, TaskLoc) -> Result<T, ReadFail>,
-    ) -> Result<Option<T>, StoreError> {
-        let disk = self.disk()?;
-        for _ in 0..READ_RETRIES_MAX {
-            let Some(loc) = self.lock().locs.get(&id.0).copied() else {
-                return Ok(None);
-            };
-            match f(&disk, loc) {
-                Ok(v) => return Ok(Some(v)),
-                Err(ReadFail::Gone) => continue,
-                Err(ReadFail::Err(e)) => return Err(e),
-            }
-        }
-        Err(StoreError::bug(format!(
-            "task {id} moved {READ_RETRIES_MAX} times while being read"
-        )))
+        self.read("task", id, |st| st.locs.get(&id.0).copied(), Disk::task_at)
     }
 
     /// A group's latest stored record.
     pub fn group_record(&self, id: TaskId) -> Result<Option<GroupRecord>, StoreError> {
+        self.read(
+            "group",
+            id,
+            |st| st.group_locs.get(&id.0).copied(),
+            Disk::group_at,
+        )
+    }
+
+    /// Looks `id` up under the lock (`None`: no such task or group), then reads it
+    /// without the lock; looks it up again if its segment was collected in between.
+    fn read<L, T>(
+        &self,
+        what: &str,
+        id: TaskId,
+        lookup: impl Fn(&State) -> Option<L>,
+        read: impl Fn(&Disk, L) -> Result<T, ReadFail>,
+    ) -> Result<Option<T>, StoreError> {
         let disk = self.disk()?;
         for _ in 0..READ_RETRIES_MAX {
-            let Some(loc) = self.lock().group_locs.get(&id.0).copied() else {
+            let Some(loc) = lookup(&self.lock()) else {
                 return Ok(None);
             };
-            match disk.group_at(loc) {
+            match read(&disk, loc) {
                 Ok(v) => return Ok(Some(v)),
                 Err(ReadFail::Gone) => continue,
                 Err(ReadFail::Err(e)) => return Err(e),
             }
         }
         Err(StoreError::bug(format!(
-            "group {id} moved {READ_RETRIES_MAX} times while being read"
+            "{what} {id} moved {READ_RETRIES_MAX} times while being read"
         )))
     }
 

@@ -558,6 +558,18 @@ async fn refused_finalize_puts_its_tasks_back() {
     assert_eq!(l[0].record.id, id);
 }
 
+/// An ack, without a result, of every task in `leased`.
+fn acks(leased: &[Leased]) -> Vec<Settle> {
+    leased
+        .iter()
+        .map(|l| Settle::Ack {
+            id: l.record.id,
+            lease_id: l.lease_id,
+            result: None,
+        })
+        .collect()
+}
+
 /// Segment files of the task log in a data directory (the spare being prepared
 /// ahead is not one yet).
 fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -599,15 +611,7 @@ async fn steady_enqueue_and_ack_keeps_the_log_bounded_and_gc_loses_nothing_live(
         b.enqueue("steady", items).await.unwrap();
         let leased = b.lease("steady", TASKS, WAIT).await.unwrap();
         assert_eq!(leased.len(), TASKS);
-        let acks = leased
-            .iter()
-            .map(|l| Settle::Ack {
-                id: l.record.id,
-                lease_id: l.lease_id,
-                result: None,
-            })
-            .collect();
-        b.settle(acks).await.unwrap();
+        b.settle(acks(&leased)).await.unwrap();
         done.extend(leased.iter().map(|l| l.record.id));
         // Past their retention; the next rounds purge them and collect.
         clock.advance(2_000);
@@ -773,15 +777,7 @@ async fn crash_run(seed: u64) {
             enqueued.extend(got.iter().map(|e| e.id));
         }
         if let Ok(leased) = b.lease("crash", 20, Duration::ZERO).await {
-            let acks = leased
-                .iter()
-                .map(|l| Settle::Ack {
-                    id: l.record.id,
-                    lease_id: l.lease_id,
-                    result: None,
-                })
-                .collect();
-            if let Ok(res) = b.settle(acks).await {
+            if let Ok(res) = b.settle(acks(&leased)).await {
                 for (l, r) in leased.iter().zip(res) {
                     if matches!(r, Ok(TaskState::Completed)) {
                         completed.push(l.record.id);

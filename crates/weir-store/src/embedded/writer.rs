@@ -114,6 +114,9 @@ impl Op {
 pub(crate) struct Batch<'a> {
     log: &'a mut Log,
     placed: Vec<Placed>,
+    /// Where a record's meta is encoded before the log copies it: one buffer for
+    /// the round, not one allocation per frame.
+    scratch: Vec<u8>,
     /// A purge frame is staged.
     purged: bool,
 }
@@ -130,6 +133,7 @@ impl<'a> Batch<'a> {
         Batch {
             log,
             placed: Vec::new(),
+            scratch: Vec::new(),
             purged: false,
         }
     }
@@ -147,13 +151,23 @@ impl<'a> Batch<'a> {
 
     /// A task's changed record.
     pub fn update(&mut self, rec: &TaskRecord) {
-        let loc = self
-            .log
-            .append(disk::KIND_UPDATE, &disk::task_meta(rec), &[]);
+        disk::task_meta_into(rec, &mut self.scratch);
+        let loc = self.log.append(disk::KIND_UPDATE, &self.scratch, &[]);
         self.placed.push(Placed::Task {
             id: rec.id.0,
             loc: loc.to_u64(),
             first: false,
+        });
+    }
+
+    /// A live task copied forward by the GC: its record and its payload again.
+    pub fn copy_task(&mut self, rec: &TaskRecord, payload: &[u8]) {
+        disk::task_meta_into(rec, &mut self.scratch);
+        let loc = self.log.append(disk::KIND_TASK, &self.scratch, payload);
+        self.placed.push(Placed::Task {
+            id: rec.id.0,
+            loc: loc.to_u64(),
+            first: true,
         });
     }
 
@@ -522,7 +536,7 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
     let mut batch = Batch::new(log);
     for (id, loc) in &tasks {
         match disk.task_at(*loc) {
-            Ok((rec, payload)) => batch.new_task(*id, &disk::task_meta(&rec), &payload),
+            Ok((rec, payload)) => batch.copy_task(&rec, &payload),
             Err(super::ReadFail::Gone) => {}
             Err(super::ReadFail::Err(e)) => {
                 tracing::error!(error = %e, task = %TaskId(*id), "cannot read a live task to copy it forward");
