@@ -27,6 +27,14 @@ impl TaskId {
     pub fn timestamp_ms(self) -> u64 {
         ulid::Ulid(self.0).timestamp_ms()
     }
+
+    /// The id as its 26 ASCII characters, on the stack (what `Display` writes,
+    /// without `fmt`'s machinery or an allocation).
+    pub fn to_text(self) -> [u8; 26] {
+        let mut buf = [0u8; 26];
+        ulid::Ulid(self.0).array_to_str(&mut buf);
+        buf
+    }
 }
 
 impl fmt::Display for TaskId {
@@ -60,6 +68,7 @@ mod tests {
         assert_eq!(TaskId::from_bytes(id.to_bytes()), id);
         assert_eq!(id.timestamp_ms(), 1_700_000_000_000);
         assert_eq!(id.to_string().len(), 26);
+        assert_eq!(&id.to_text()[..], id.to_string().as_bytes());
     }
 
     #[test]

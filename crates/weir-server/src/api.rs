@@ -314,8 +314,18 @@ async fn enqueue_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let out = s.broker.enqueue(&queue, tasks).await?;
     let created = out.iter().filter(|e| e.created).count();
-    let ids = out.into_iter().map(|e| e.id.to_string()).collect();
-    Ok((StatusCode::CREATED, Json(BatchResponse { ids, created })).into_response())
+    let body = batch_body(out.iter().map(|e| e.id), created);
+    Ok(json_bytes(StatusCode::CREATED, body))
+}
+
+/// A JSON answer whose body was written by hand (see `wire::lease_body`).
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from(body),
+    )
+        .into_response()
 }
 
 async fn get_task(
@@ -362,8 +372,7 @@ async fn lease(
         .broker
         .lease_for(&queue, max, wait, b.worker.as_deref())
         .await?;
-    let tasks = leased.into_iter().map(LeasedJson::from).collect();
-    Ok(Json(LeaseResponse { tasks }).into_response())
+    Ok(json_bytes(StatusCode::OK, lease_body(&leased)))
 }
 
 fn result_bytes(

@@ -60,6 +60,16 @@ pub struct TaskView {
 pub struct LeaseId(pub u128);
 
 impl LeaseId {
+    /// The id as 32 lowercase ASCII hex digits, on the stack (what `Display` writes).
+    pub fn to_hex(self) -> [u8; 32] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = HEX[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
+
     /// A fresh random lease id (`rand::thread_rng` is a CSPRNG).
     pub fn random() -> LeaseId {
         LeaseId(rand::Rng::gen(&mut rand::thread_rng()))
@@ -75,13 +85,9 @@ impl fmt::Display for LeaseId {
     /// 32 lowercase hex digits, without `fmt`'s machinery (every leased task and
     /// every ack carries one).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = HEX[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
-        }
+        let hex = self.to_hex();
         // Only ASCII hex digits were written.
-        f.write_str(std::str::from_utf8(&out).expect("hex digits"))
+        f.write_str(std::str::from_utf8(&hex).expect("hex digits"))
     }
 }
 
