@@ -129,6 +129,7 @@ mod segdir;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod storage;
+mod summary;
 
 #[cfg(test)]
 mod tests;
@@ -140,6 +141,7 @@ pub use log::{Log, LogConfig, SegmentInfo};
 pub use read::{Frame, Reader};
 pub use recover::Visit;
 pub use storage::{RealStorage, Storage, StorageFile};
+pub use summary::SummaryMeta;
 
 /// Where a frame lives: its segment's seq and the byte offset of its header in that segment.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
