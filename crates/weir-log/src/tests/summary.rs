@@ -301,6 +301,22 @@ fn a_crash_while_writing_a_summary_never_breaks_open_or_loses_frames() {
             drop(log);
             sim.crash(seed * 1000 + n);
             let ctx = format!("seed {seed}, power lost at call {n} of {calls_rolled}");
+            // A summary that has its name is whole (synced before its rename): a crash
+            // leaves a summary or none, never a torn one.
+            for file in sim.files() {
+                let Some(seq) = file
+                    .file_name()
+                    .and_then(|n| crate::summary::parse_sum_name(n.to_str()?))
+                else {
+                    continue;
+                };
+                let seg = file_bytes(&sim, &seg_file(seq));
+                let header = crate::format::SegmentHeader::decode(&seg[..64]).expect("header");
+                let bytes = file_bytes(&sim, &file);
+                if let Err(e) = crate::summary::Summary::parse(&bytes, &header) {
+                    panic!("{ctx}: {} after the crash: {e}", file.display());
+                }
+            }
             let (log, visited) = open_visited(cfg(&sim));
             assert!(visited.len() >= acked.len(), "{ctx}");
             let (old, extra) = visited.split_at(acked.len());
