@@ -194,6 +194,9 @@ fn open_log(
     )?;
     let mut cfg = LogConfig::new(dir.join(LOG_DIR));
     cfg.segment_bytes = config.segment_bytes;
+    // Recovery reads task frames only up to their names: segment summaries keep
+    // that much, not the records.
+    cfg.summary_meta = Some(disk::recovery_meta_len);
     if let Some(storage) = &config.storage {
         cfg.storage = storage.clone();
         // Injected storage is for tests: storage calls in one fixed order.
