@@ -291,7 +291,7 @@ impl Locs {
                                 u32::try_from(self.split.len() - 1).expect("fewer than 2^32 tasks")
                             }
                         };
-                        *e.get_mut() = u64::from(slot) << 1 | SPLIT;
+                        *e.get_mut() = (u64::from(slot) << 1) | SPLIT;
                     }
                 }
                 Ok(Some(old))
@@ -764,10 +764,10 @@ mod tests {
             let mut model: HashMap<u128, TaskLoc> = HashMap::new();
             let mut next = 1u64;
             for step in 0..5000 {
-                let id = u128::from(rng.gen_range(0..200u32)) << 70 | 7;
+                let id = (u128::from(rng.gen_range(0..200u32)) << 70) | 7;
                 // Log order: every new frame is after the ones before.
                 next += rng.gen_range(1..50);
-                let loc = (next / 64) << 32 | (next % 64) * 8;
+                let loc = ((next / 64) << 32) | ((next % 64) * 8);
                 match rng.gen_range(0..10) {
                     0..4 => {
                         st.place_task(id, loc, true);
@@ -816,12 +816,14 @@ mod tests {
                     "seed {seed}: references into segment {seg}"
                 );
             }
-            assert!(
-                st.locs.split.len() <= model.len(),
-                "freed slots are reused: {} slots for {} tasks",
-                st.locs.split.len(),
-                model.len()
+            // A side slot exactly for each task whose two frames differ.
+            let split = model.values().filter(|l| l.first != l.last).count();
+            assert_eq!(
+                st.locs.split.len() - st.locs.free.len(),
+                split,
+                "seed {seed}: side slots in use"
             );
+            assert!(st.locs.split.len() <= model.len(), "freed slots are reused");
         }
     }
 
