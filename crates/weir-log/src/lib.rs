@@ -73,6 +73,34 @@
 //! round number, start, count and chain. Frames of different rounds mixed by a crash can
 //! therefore never pass for one round.
 //!
+//! ## Segment summaries
+//!
+//! When the log rolls, the segment it sealed gets a summary `<seq>.sum`: what recovery
+//! visits in it, so that a later open need not read the segment. It is made by reading the
+//! sealed segment back and walking it exactly as recovery does (on a background thread; at
+//! the roll itself when `spare_in_background` is false), written to `<seq>.sum.tmp`,
+//! fdatasynced and renamed to `<seq>.sum`. The directory is not synced: a lost rename (or a
+//! summary never written, or a crash before its rename) only means the next open walks that
+//! segment and writes the summary then. Dropping the log waits for the summaries queued.
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 8 | magic `b"WEIRSUM1"` |
+//! | 8  | 4 | summary version, `1` |
+//! | 12 | 4 | `seq` of the segment |
+//! | 16 | 8 | `segment_bytes` of the segment |
+//! | 24 | 8 | committed length: the end of its seal marker |
+//! | 32 | 8 | first round number (the segment header's `round_first`) |
+//! | 40 | 8 | last round number (its seal marker's) |
+//! | 48 | 4 | entry count |
+//! | 52 | 4 | reserved, zero |
+//! | 56 | … | entries, packed, one per committed frame in order: offset (u32), kind (u8), `n` (u32), payload length (u32), then the first `n` bytes of the meta |
+//! | end − 4 | 4 | CRC of everything before it |
+//!
+//! `n` is what `LogConfig::summary_meta` keeps of the frame's meta (all of it by default).
+//! `delete_segment` deletes a segment's summary with it; open deletes `.sum.tmp` files and
+//! `.sum` files whose segment is gone or is the last one.
+//!
 //! # Commit protocol
 //!
 //! `append` copies a frame into one reusable round buffer. A frame goes to the current
@@ -98,10 +126,16 @@
 //! `Log::open` reads every segment in seq order:
 //!
 //! - The header must be valid (it was durable before the file had its name).
-//! - A segment that is not the last was sealed and synced before its successor existed:
-//!   every frame up to a seal marker must be valid, or the open fails with
-//!   `OpenError::Corrupt` naming the file and offset. Its committed length must equal the
-//!   successor's `prev_len`, and round numbers must continue, when the successor is seq + 1.
+//! - A segment that is not the last was sealed and synced before its successor existed.
+//!   If it has a summary that checks out (CRC; magic, version, seq, size and first round
+//!   match the segment; entries in order inside the committed length; and a valid seal
+//!   marker of its last round ends the segment exactly where it says), its frames are
+//!   visited from the summary and the segment itself is not read further. Otherwise every
+//!   frame up to a seal marker must be valid, or the open fails with `OpenError::Corrupt`
+//!   naming the file and offset; the summary is then (re)written from that walk, and an
+//!   invalid one is logged (`tracing::warn`, naming the file) and never trusted. Either
+//!   way, its committed length must equal the successor's `prev_len`, and round numbers
+//!   must continue, when the successor is seq + 1.
 //! - In the last segment, rounds are walked (frames up to and including a valid marker).
 //!   Let `m` be the last good round, ending at offset `t`, and `p` the first offset with no
 //!   valid frame (or a marker that does not close its round). If a valid marker of round
@@ -112,6 +146,13 @@
 //!   unsynced write persist in any order): `[t, last nonzero byte)` is overwritten with
 //!   zeros and synced, and the log appends from `t`.
 //! - A last segment that ends with a seal makes the next frame go to a new segment.
+//!
+//! The trade of summaries (the same as Kafka's recovery point, below which it does not scan
+//! segments at startup): damage inside a summarized segment, short of its header and seal
+//! marker, is no longer found at open. Every read still checks its frame's CRC
+//! (`Reader::read`, `replay`), so such damage is reported as `ReadError::Corrupt` /
+//! `ReplayError::Corrupt` when the frame is read, naming file and offset, never returned as
+//! data. Delete the `.sum` files to have the next open check every segment in full.
 //!
 //! What this cannot tell: a bit flipped in the last acknowledged round, with no round after
 //! it, looks exactly like a torn tail, and that round is dropped. A round that rolled commits
@@ -129,6 +170,7 @@ mod segdir;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod storage;
+mod summary;
 
 #[cfg(test)]
 mod tests;
@@ -140,6 +182,7 @@ pub use log::{Log, LogConfig, SegmentInfo};
 pub use read::{Frame, Reader};
 pub use recover::Visit;
 pub use storage::{RealStorage, Storage, StorageFile};
+pub use summary::SummaryMeta;
 
 /// Where a frame lives: its segment's seq and the byte offset of its header in that segment.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

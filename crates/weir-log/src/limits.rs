@@ -22,6 +22,9 @@ pub const MARKER_BODY_BYTES: u64 = 32;
 pub const REPLAY_BUFFER_BYTES: usize = 8 << 20;
 /// Size of each write that zero-fills a new segment file.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+/// Sealed segments waiting for their summary on the background thread; a segment sealed
+/// while this many wait goes without one (the next open walks it and writes it).
+pub const SUMMARY_QUEUE_MAX: usize = 16;
 
 /// The most `meta.len() + payload.len()` one frame may carry in a segment of `segment_bytes`.
 ///

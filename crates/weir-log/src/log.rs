@@ -20,6 +20,7 @@ use crate::read::{
 use crate::recover::{recover, Visit};
 use crate::segdir::{write_zeros, Fail, SegDir, Spares};
 use crate::storage::{RealStorage, Storage, StorageFile};
+use crate::summary::{sum_path, Summaries, SummaryMeta};
 use crate::Loc;
 
 /// How to open a log.
@@ -31,10 +32,16 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// The file layer.
     pub storage: Arc<dyn Storage>,
-    /// Prepare the next spare segment on a background thread (the default). When false, a
-    /// roll prepares it synchronously, which keeps the order of storage calls deterministic
-    /// for simulation tests.
+    /// Prepare the next spare segment, and write the summary of a segment just sealed, on
+    /// background threads (the default). When false, a roll does both synchronously, which
+    /// keeps the order of storage calls deterministic for simulation tests.
     pub spare_in_background: bool,
+    /// How many leading bytes of a frame's meta `open_visiting` hands to its visitor, given
+    /// the frame's kind and whole meta (`None`: all of it). Segment summaries keep only
+    /// these bytes, so the less a caller needs to rebuild its indexes, the smaller they are
+    /// and the faster the log opens. Changing what this keeps for frames already written
+    /// requires deleting the `.sum` files (or a new summary version).
+    pub summary_meta: Option<SummaryMeta>,
 }
 
 impl LogConfig {
@@ -45,6 +52,7 @@ impl LogConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             storage: Arc::new(RealStorage::default()),
             spare_in_background: true,
+            summary_meta: None,
         }
     }
 }
@@ -181,6 +189,8 @@ pub struct Log {
     poisoned: bool,
     /// The next segment, prepared ahead.
     spares: Spares,
+    /// Writes the summary of each segment sealed.
+    summaries: Summaries,
 }
 
 // The writer moves to its own thread; readers are shared across threads.
@@ -213,7 +223,7 @@ impl Log {
             storage: cfg.storage,
             dir: cfg.dir,
         };
-        let mut recovered = recover(&segdir, cfg.segment_bytes, visit)?.segments;
+        let mut recovered = recover(&segdir, cfg.segment_bytes, cfg.summary_meta, visit)?.segments;
         let last = recovered
             .pop()
             .expect("recovery yields at least one segment");
@@ -252,6 +262,7 @@ impl Log {
             .map_or(last.header.round_first, |r| r + 1);
         let mut spares = Spares::new(segdir.clone(), cfg.segment_bytes, cfg.spare_in_background);
         spares.request(active.seq + 1);
+        let summaries = Summaries::new(segdir.clone(), cfg.summary_meta, cfg.spare_in_background);
         Ok(Log {
             segdir,
             segment_bytes: cfg.segment_bytes,
@@ -262,6 +273,7 @@ impl Log {
             scrub: None,
             poisoned: false,
             spares,
+            summaries,
         })
     }
 
@@ -586,6 +598,7 @@ impl Log {
     /// Makes a written and synced round visible to readers and moves the tail past it.
     fn publish(&mut self, installed: Vec<Arc<dyn StorageFile>>) {
         let mut installed = installed.into_iter();
+        let mut sealed_now: Vec<(u32, Arc<dyn StorageFile>)> = Vec::new();
         for i in 0..self.stage.parts.len() {
             let part = &self.stage.parts[i];
             let bytes = self.stage.part_bytes(i);
@@ -612,6 +625,7 @@ impl Log {
                     file: self.active.file.clone(),
                     len: self.active.committed,
                 };
+                sealed_now.push((self.active.seq, old.file.clone()));
                 write_lock(&self.shared.sealed).insert(self.active.seq, old);
                 let mut image = vec![0u8; part.size as usize].into_boxed_slice();
                 image[part.start as usize..end as usize].copy_from_slice(bytes);
@@ -634,6 +648,11 @@ impl Log {
         }
         self.stage.clear();
         self.spares.request(self.active.seq + 1);
+        // The round is committed whatever happens here: a summary that cannot be written is
+        // only a slower next open.
+        for (seq, file) in sealed_now {
+            self.summaries.sealed(seq, file);
+        }
     }
 
     /// A cheap, clonable handle for readers on other threads.
@@ -658,8 +677,9 @@ impl Log {
         out
     }
 
-    /// Deletes a segment other than the active one: readers get `ReadError::Gone` for it from
-    /// now on, and the unlink is made durable. Deleting a segment that is already gone is Ok.
+    /// Deletes a segment other than the active one, and its summary: readers get
+    /// `ReadError::Gone` for it from now on, and the unlinks are made durable. Deleting a
+    /// segment that is already gone is Ok.
     pub fn delete_segment(&mut self, seq: u32) -> Result<(), io::Error> {
         if seq >= self.active.seq {
             return Err(io::Error::new(
@@ -680,6 +700,12 @@ impl Log {
                 }
                 return Err(e);
             }
+        }
+        // After the segment: a summary left behind by a failure here is removed at open.
+        match self.segdir.storage.remove(&sum_path(&self.segdir.dir, seq)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         self.segdir.storage.sync_dir(&self.segdir.dir)
     }

@@ -1,6 +1,7 @@
 //! Recovery at open: checks every segment, tells a torn tail (cut it) from corruption
 //! (refuse to open), and hands back the state the writer continues from.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,6 +13,10 @@ use crate::limits::{FRAME_ALIGN_BYTES, SEGMENT_HEADER_BYTES};
 use crate::read::{frame_at, FileSource, SliceSource, Source};
 use crate::segdir::{parse_seg_name, write_zeros, Fail, SegDir, TMP_SUFFIX};
 use crate::storage::StorageFile;
+use crate::summary::{
+    check_seal, keep_len, parse_sum_name, sum_path, write_summary, Builder, Summary, SummaryMeta,
+    SUM_TMP_SUFFIX,
+};
 
 /// What a walk over a segment's rounds found.
 #[derive(Debug)]
@@ -29,16 +34,19 @@ pub(crate) struct Walk {
 }
 
 /// What `Log::open_visiting` calls for every committed frame it recovers, in log
-/// order: `(loc, kind, meta, payload length)`; `Err` stops the open.
+/// order: `(loc, kind, meta, payload length)`, `meta` cut to what `LogConfig::summary_meta`
+/// keeps; `Err` stops the open.
 pub type Visit<'a> = dyn FnMut(crate::Loc, u8, &[u8], u32) -> Result<(), ()> + 'a;
 
 /// Walks the rounds of segment `header.seq` (whose bytes end at `end`): frames up to and
-/// including a marker that closes exactly them. Stops at a seal or at the first frame that is
+/// including a marker that closes exactly them, each closed round's frames handed to `visit`
+/// with their meta cut to what `keep` keeps. Stops at a seal or at the first frame that is
 /// not valid.
 pub(crate) fn walk(
     src: &mut dyn Source,
     header: &SegmentHeader,
     end: u64,
+    keep: Option<SummaryMeta>,
     mut visit: Option<&mut Visit<'_>>,
 ) -> std::io::Result<Walk> {
     let mut w = Walk {
@@ -109,6 +117,7 @@ pub(crate) fn walk(
             frames += 1;
             if visit.is_some() {
                 let meta = &frame.body[..frame.header.meta_len as usize];
+                let meta = &meta[..keep_len(keep, frame.header.kind, meta)];
                 let start = metas.len();
                 metas.extend_from_slice(meta);
                 round_frames.push((
@@ -200,6 +209,7 @@ impl From<Fail> for OpenError {
 pub(crate) fn recover(
     segdir: &SegDir,
     segment_bytes: u64,
+    keep: Option<SummaryMeta>,
     mut visit: Option<&mut Visit<'_>>,
 ) -> Result<RecoveredLog, OpenError> {
     let storage = &segdir.storage;
@@ -208,28 +218,46 @@ pub(crate) fn recover(
         .create_dir_all(dir)
         .map_err(io_err(dir, "create log directory"))?;
     let mut seqs = Vec::new();
-    let mut strays = false;
+    let mut sums = Vec::new();
+    let mut strays = Vec::new();
     for name in storage
         .list(dir)
         .map_err(io_err(dir, "list log directory"))?
     {
         if let Some(seq) = parse_seg_name(&name) {
             seqs.push(seq);
-        } else if name.ends_with(TMP_SUFFIX) {
-            // A spare never put in place holds nothing of the log.
-            let path = dir.join(&name);
-            storage
-                .remove(&path)
-                .map_err(io_err(&path, "remove stray spare"))?;
-            strays = true;
+        } else if let Some(seq) = parse_sum_name(&name) {
+            sums.push(seq);
+        } else if name.ends_with(TMP_SUFFIX) || name.ends_with(SUM_TMP_SUFFIX) {
+            // A spare never put in place holds nothing of the log; a summary never renamed
+            // into place is no summary.
+            strays.push(dir.join(&name));
         }
     }
-    if strays {
+    seqs.sort_unstable();
+    // Summaries of sealed segments only: one whose segment is gone (deleted, its summary
+    // left by a crash or written late) or is the last one (never summarized; walked whole
+    // anyway) is a stray.
+    let sealed: HashSet<u32> = seqs[..seqs.len().saturating_sub(1)]
+        .iter()
+        .copied()
+        .collect();
+    let (sums, stray_sums): (HashSet<u32>, Vec<u32>) = {
+        let (keep_sums, stray): (Vec<u32>, Vec<u32>) =
+            sums.into_iter().partition(|seq| sealed.contains(seq));
+        (keep_sums.into_iter().collect(), stray)
+    };
+    strays.extend(stray_sums.into_iter().map(|seq| sum_path(dir, seq)));
+    for path in &strays {
+        storage
+            .remove(path)
+            .map_err(io_err(path, "remove stray file"))?;
+    }
+    if !strays.is_empty() {
         storage
             .sync_dir(dir)
             .map_err(io_err(dir, "sync log directory"))?;
     }
-    seqs.sort_unstable();
     if seqs.is_empty() {
         let header = SegmentHeader {
             seq: 1,
@@ -262,9 +290,9 @@ pub(crate) fn recover(
     let mut segments: Vec<Recovered> = Vec::with_capacity(seqs.len());
     for (i, &seq) in seqs.iter().enumerate() {
         let seg = if i == last {
-            recover_last(segdir, seq, visit.as_deref_mut())?
+            recover_last(segdir, seq, keep, visit.as_deref_mut())?
         } else {
-            recover_sealed(segdir, seq, visit.as_deref_mut())?
+            recover_sealed(segdir, seq, keep, sums.contains(&seq), visit.as_deref_mut())?
         };
         if seg.walk.visit_stopped {
             return Err(OpenError::Stopped);
@@ -322,18 +350,66 @@ fn open_segment(
 }
 
 /// A segment that is not the last: it was sealed and synced before its successor was made, so
-/// every frame up to its seal must be valid.
+/// every frame up to its seal must be valid. Visited from its summary (`has_summary`) when
+/// that is valid; otherwise walked whole, and its summary (re)written.
 fn recover_sealed(
     segdir: &SegDir,
     seq: u32,
-    visit: Option<&mut Visit<'_>>,
+    keep: Option<SummaryMeta>,
+    has_summary: bool,
+    mut visit: Option<&mut Visit<'_>>,
 ) -> Result<Recovered, OpenError> {
     let (path, file, size, header) = open_segment(segdir, seq)?;
+    if has_summary {
+        let sum_file = sum_path(&segdir.dir, seq);
+        let used = read_summary(segdir, &sum_file, &header).and_then(|bytes| {
+            let summary = Summary::parse(&bytes, &header)?;
+            check_seal(file.as_ref(), &header, &summary)
+                .map_err(|e| format!("read segment: {e}"))??;
+            // Checked whole: only now is anything visited.
+            let visit_stopped = match visit.as_deref_mut() {
+                Some(v) => summary.visit(seq, v).is_err(),
+                None => false,
+            };
+            Ok(Walk {
+                committed: summary.committed,
+                last_round: Some(summary.round_last),
+                sealed: true,
+                stop: None,
+                visit_stopped,
+            })
+        });
+        match used {
+            Ok(walk) => {
+                return Ok(Recovered {
+                    seq,
+                    file,
+                    header,
+                    walk,
+                    image: None,
+                });
+            }
+            Err(error) => tracing::warn!(
+                file = %sum_file.display(),
+                error = %error,
+                "ignoring an invalid segment summary: reading the segment instead and rewriting it"
+            ),
+        }
+    }
+    let mut builder = Builder::new();
+    let mut both = |loc: crate::Loc, kind: u8, meta: &[u8], payload_len: u32| {
+        builder.push(loc.off, kind, meta, payload_len);
+        match visit.as_deref_mut() {
+            Some(v) => v(loc, kind, meta, payload_len),
+            None => Ok(()),
+        }
+    };
     let walk = walk(
         &mut FileSource::new(file.as_ref(), size),
         &header,
         size,
-        visit,
+        keep,
+        Some(&mut both),
     )
     .map_err(io_err(&path, "read segment"))?;
     if !walk.sealed && !walk.visit_stopped {
@@ -344,6 +420,17 @@ fn recover_sealed(
             format!("{detail} (in a segment that was sealed and synced)"),
         ));
     }
+    if let (Some(round_last), false) = (walk.last_round, walk.visit_stopped) {
+        let bytes = builder.finish(&header, walk.committed, round_last);
+        if let Err(error) = write_summary(segdir, seq, &bytes) {
+            // Only a lost shortcut: the next open walks this segment again.
+            tracing::warn!(
+                file = %sum_path(&segdir.dir, seq).display(),
+                error = %error,
+                "cannot write a segment summary"
+            );
+        }
+    }
     Ok(Recovered {
         seq,
         file,
@@ -353,17 +440,37 @@ fn recover_sealed(
     })
 }
 
+/// Reads the summary file at `path` of the segment with `header`; the error says why it
+/// cannot be read.
+fn read_summary(segdir: &SegDir, path: &Path, header: &SegmentHeader) -> Result<Vec<u8>, String> {
+    let file = segdir
+        .storage
+        .open(path)
+        .map_err(|e| format!("open: {e}"))?;
+    let len = file.len_bytes().map_err(|e| format!("size: {e}"))?;
+    // A summary lists at most one entry per frame, each no larger than the frame: it is
+    // never larger than its segment.
+    if len > header.segment_bytes {
+        return Err(format!("summary of {len} bytes is larger than its segment"));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_at(0, &mut bytes)
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(bytes)
+}
+
 /// The last segment: its last round may be torn by a crash; anything before that may not.
 fn recover_last(
     segdir: &SegDir,
     seq: u32,
+    keep: Option<SummaryMeta>,
     visit: Option<&mut Visit<'_>>,
 ) -> Result<Recovered, OpenError> {
     let (path, file, size, header) = open_segment(segdir, seq)?;
     let mut image = vec![0u8; size as usize].into_boxed_slice();
     file.read_at(0, &mut image)
         .map_err(io_err(&path, "read segment"))?;
-    let walk = walk(&mut SliceSource(&image), &header, size, visit)
+    let walk = walk(&mut SliceSource(&image), &header, size, keep, visit)
         .map_err(io_err(&path, "read segment"))?;
     if walk.visit_stopped {
         return Err(OpenError::Stopped);

@@ -147,21 +147,54 @@ fn three_segments(sim: &SimStorage) -> Vec<Expect> {
     all
 }
 
+/// Removes every segment summary, so that open walks every segment.
+fn drop_summaries(sim: &SimStorage) {
+    use crate::storage::Storage;
+    for file in sim.files() {
+        if file.extension().is_some_and(|e| e == "sum") {
+            sim.remove(&file).unwrap();
+        }
+    }
+}
+
 /// A segment that is not the last was synced whole before the next one existed: damage
-/// anywhere in it, even in its last round, is corruption.
+/// anywhere in it, even in its last round, is corruption (when open walks it: without a
+/// summary).
 #[test]
 fn a_broken_frame_in_a_sealed_segment_is_corruption_even_in_its_last_round() {
     let sim = SimStorage::new();
     let all = three_segments(&sim);
+    drop_summaries(&sim);
     let last_of_1 = all.iter().rfind(|e| e.loc.seg == 1).unwrap().clone();
     sim.flip_bit(&seg_file(1), payload_byte(&last_of_1), 3);
     expect_corrupt(&sim, seg_file(1), u64::from(last_of_1.loc.off));
 
     let sim = SimStorage::new();
     let all = three_segments(&sim);
+    drop_summaries(&sim);
     let first_of_2 = all.iter().find(|e| e.loc.seg == 2).unwrap().clone();
     sim.flip_bit(&seg_file(2), payload_byte(&first_of_2), 3);
     expect_corrupt(&sim, seg_file(2), u64::from(first_of_2.loc.off));
+}
+
+/// The trade of summaries: open does not read a summarized segment, so damage inside it
+/// (short of its header and seal, which open still checks) is found when the frame is read,
+/// by its CRC, not at open.
+#[test]
+fn a_broken_frame_in_a_summarized_segment_is_found_when_read() {
+    let sim = SimStorage::new();
+    let all = three_segments(&sim);
+    let last_of_1 = all.iter().rfind(|e| e.loc.seg == 1).unwrap().clone();
+    sim.flip_bit(&seg_file(1), payload_byte(&last_of_1), 3);
+    let log = open(&sim, SEGMENT_BYTES);
+    match log.reader().read(last_of_1.loc) {
+        Err(crate::ReadError::Corrupt { file, off, .. }) => {
+            assert_eq!((file, off), (seg_file(1), u64::from(last_of_1.loc.off)));
+        }
+        other => panic!("want Corrupt, got {other:?}"),
+    }
+    let intact: Vec<Expect> = all.into_iter().filter(|e| e.loc != last_of_1.loc).collect();
+    assert_reads(&log, &intact);
 }
 
 /// The seal of a sealed segment is part of what was synced.

@@ -7,6 +7,7 @@ mod gc;
 mod reads;
 mod roundtrip;
 mod simulation;
+mod summary;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub(crate) fn sim_cfg(sim: &SimStorage, segment_bytes: u64) -> LogConfig {
         segment_bytes,
         storage: Arc::new(sim.clone()),
         spare_in_background: false,
+        summary_meta: None,
     }
 }
 
@@ -103,8 +105,11 @@ pub(crate) fn commit_round(log: &mut Log, frames: &[Content]) -> Vec<Expect> {
     round
 }
 
+/// Frames as `replay` and `open_visiting` hand them out: (loc, kind, meta, payload_len).
+pub(crate) type Visited = Vec<(Loc, u8, Vec<u8>, u32)>;
+
 /// Everything `replay(None)` yields: (loc, kind, meta, payload_len).
-pub(crate) fn replay_all(log: &Log) -> Vec<(Loc, u8, Vec<u8>, u32)> {
+pub(crate) fn replay_all(log: &Log) -> Visited {
     let mut out = Vec::new();
     log.replay::<()>(None, |loc, kind, meta, len| {
         out.push((loc, kind, meta.to_vec(), len));

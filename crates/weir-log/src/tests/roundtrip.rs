@@ -75,6 +75,7 @@ fn real_storage_round_trip_with_background_spares() {
         segment_bytes,
         storage: Arc::new(RealStorage::default()),
         spare_in_background: true,
+        summary_meta: None,
     };
     let mut rng = StdRng::seed_from_u64(2);
     let mut log = Log::open(cfg()).expect("open");
@@ -102,7 +103,15 @@ fn real_storage_round_trip_with_background_spares() {
         names.iter().any(|n| n.ends_with(".seg.tmp")),
         "a spare is kept ready: {names:?}"
     );
-    for name in &names {
+    // Dropping the log waits for the background summaries: every sealed segment has one.
+    let segments = log_segments_on_disk(&names);
+    for seq in &segments[..segments.len() - 1] {
+        assert!(
+            names.contains(&format!("{seq:010}.sum")),
+            "segment {seq} is summarized: {names:?}"
+        );
+    }
+    for name in names.iter().filter(|n| n.contains(".seg")) {
         let len = std::fs::metadata(dir.path().join("log").join(name))
             .unwrap()
             .len();
@@ -117,6 +126,16 @@ fn real_storage_round_trip_with_background_spares() {
         .collect();
     // Open deletes the stray spare, then asks the worker for a new one; either may be seen.
     assert!(names_after.len() <= 1);
+}
+
+/// The seqs of the `.seg` files among `names`, in order.
+fn log_segments_on_disk(names: &[String]) -> Vec<u32> {
+    let mut seqs: Vec<u32> = names
+        .iter()
+        .filter_map(|n| crate::segdir::parse_seg_name(n))
+        .collect();
+    seqs.sort_unstable();
+    seqs
 }
 
 #[test]

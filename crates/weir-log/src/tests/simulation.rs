@@ -38,6 +38,7 @@ fn acknowledged_rounds_survive_crashes_at_any_point() {
         assert!(stats.in_flight_partly_recovered >= 1, "{stats:?}");
         assert!(stats.failed_rounds >= seeds / 2, "{stats:?}");
         assert!(stats.deletes >= seeds / 5, "{stats:?}");
+        assert!(stats.opened_with_summaries >= seeds, "{stats:?}");
     }
 }
 
@@ -57,6 +58,8 @@ struct Stats {
     failed_rounds: u64,
     deletes: u64,
     rounds_acked: u64,
+    /// Opens that found segment summaries to visit from.
+    opened_with_summaries: u64,
 }
 
 impl Stats {
@@ -70,6 +73,7 @@ impl Stats {
         self.failed_rounds += o.failed_rounds;
         self.deletes += o.deletes;
         self.rounds_acked += o.rounds_acked;
+        self.opened_with_summaries += o.opened_with_summaries;
     }
 }
 
@@ -103,9 +107,9 @@ fn run_seed(seed: u64) -> Stats {
                 sim.crash(rng.gen());
             }
         }
-        let mut log = Log::open(sim_cfg(&sim, segment_bytes))
-            .unwrap_or_else(|e| panic!("{}: open: {e}", ctx(cycle)));
+        let (mut log, visited) = open_visiting(&sim, segment_bytes, &ctx(cycle), &mut stats);
         check_recovered(&log, &mut model, &ctx(cycle), &mut stats);
+        check_visited(&log, &visited, &ctx(cycle));
 
         // Power fails at the `halt_at`-th storage call from here (maybe never this cycle).
         let halt_at = rng.gen_range(1..400);
@@ -225,10 +229,43 @@ fn run_seed(seed: u64) -> Stats {
         drop(log);
         sim.crash(rng.gen());
     }
-    let log = Log::open(sim_cfg(&sim, segment_bytes))
-        .unwrap_or_else(|e| panic!("{}: open: {e}", ctx(CYCLES)));
+    let (log, visited) = open_visiting(&sim, segment_bytes, &ctx(CYCLES), &mut stats);
     check_recovered(&log, &mut model, &ctx(CYCLES), &mut stats);
+    check_visited(&log, &visited, &ctx(CYCLES));
     stats
+}
+
+/// Opens the log, collecting what open visits (from segment summaries where they are).
+fn open_visiting(
+    sim: &SimStorage,
+    segment_bytes: u64,
+    ctx: &str,
+    stats: &mut Stats,
+) -> (Log, Visited) {
+    if sim
+        .files()
+        .iter()
+        .any(|f| f.extension().is_some_and(|e| e == "sum"))
+    {
+        stats.opened_with_summaries += 1;
+    }
+    let mut visited = Vec::new();
+    let mut visit = |loc, kind, meta: &[u8], payload_len| {
+        visited.push((loc, kind, meta.to_vec(), payload_len));
+        Ok(())
+    };
+    let log = Log::open_visiting(sim_cfg(sim, segment_bytes), Some(&mut visit))
+        .unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
+    (log, visited)
+}
+
+/// What open visited (from summaries or walks) is exactly what a replay of the log reads.
+fn check_visited(log: &Log, visited: &[(crate::Loc, u8, Vec<u8>, u32)], ctx: &str) {
+    let got = replay_all(log);
+    assert_eq!(visited.len(), got.len(), "{ctx}: frames visited at open");
+    for (i, (v, g)) in visited.iter().zip(&got).enumerate() {
+        assert_eq!(v, g, "{ctx}: frame {i} visited at open");
+    }
 }
 
 /// Checks the recovered log against the model, then makes what survived the new truth.

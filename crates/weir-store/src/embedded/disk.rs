@@ -96,6 +96,18 @@ pub fn task_meta_into(r: &TaskRecord, m: &mut Vec<u8>) {
     encode_record_into(r, m);
 }
 
+/// How much of a frame's meta recovery reads (the log's `LogConfig::summary_meta`,
+/// so segment summaries keep only this): a task or update frame's summary up to the
+/// end of its queue name and key (`Replay::frame` reads nothing past them), every
+/// other kind whole. A task summary that does not parse is kept whole, so that
+/// recovery reports it as it would have.
+pub fn recovery_meta_len(kind: u8, meta: &[u8]) -> usize {
+    match kind {
+        KIND_TASK | KIND_UPDATE => summary(meta).map_or(meta.len(), |s| s.record_at),
+        _ => meta.len(),
+    }
+}
+
 /// Reads a task frame's summary.
 pub fn summary(meta: &[u8]) -> Result<Summary<'_>, Corrupt> {
     let bad = |detail: &str| Corrupt {

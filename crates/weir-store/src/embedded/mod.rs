@@ -194,6 +194,9 @@ fn open_log(
     )?;
     let mut cfg = LogConfig::new(dir.join(LOG_DIR));
     cfg.segment_bytes = config.segment_bytes;
+    // Recovery reads task frames only up to their names: segment summaries keep
+    // that much, not the records.
+    cfg.summary_meta = Some(disk::recovery_meta_len);
     if let Some(storage) = &config.storage {
         cfg.storage = storage.clone();
         // Injected storage is for tests: storage calls in one fixed order.
@@ -305,17 +308,12 @@ impl Shared {
     /// The task's latest record (`None`: no such task), looked up again if the
     /// segment it was in was collected between the lookup and the read.
     pub fn record(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.read(
-            "task",
-            id,
-            |st| st.locs.get(&id.0).copied(),
-            Disk::record_at,
-        )
+        self.read("task", id, |st| st.locs.get(id.0), Disk::record_at)
     }
 
     /// The task's latest record and its payload.
     pub fn task(&self, id: TaskId) -> Result<Option<(TaskRecord, Bytes)>, StoreError> {
-        self.read("task", id, |st| st.locs.get(&id.0).copied(), Disk::task_at)
+        self.read("task", id, |st| st.locs.get(id.0), Disk::task_at)
     }
 
     /// A group's latest stored record.
@@ -796,9 +794,7 @@ pub(crate) fn record_in(
     st: &State,
     id: u128,
 ) -> Result<Option<TaskRecord>, StoreError> {
-    read_in(st.locs.get(&id).copied(), "task", id, |loc| {
-        disk.record_at(loc)
-    })
+    read_in(st.locs.get(id), "task", id, |loc| disk.record_at(loc))
 }
 
 /// A group's latest record, read by the writer (or recovery) under the state lock.
@@ -1244,7 +1240,7 @@ impl EmbeddedBroker {
                         worker: worker.cloned(),
                     },
                 );
-                taken.push((id, lease_id, st.locs.get(&id).copied()));
+                taken.push((id, lease_id, st.locs.get(id)));
             }
             taken
         };

@@ -11,7 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
@@ -162,7 +162,7 @@ pub struct State {
     pub groups: IdMap<GroupMem>,
     /// Where every task the store holds (retained ones included) is in the log:
     /// written by the writer after a commit, read by every reader.
-    pub locs: IdMap<TaskLoc>,
+    pub locs: Locs,
     /// Where every group's latest record is in the log.
     pub group_locs: IdMap<u64>,
     /// How many entries of `locs` and `group_locs` point into each segment (a
@@ -185,6 +185,134 @@ pub struct State {
 pub struct TaskLoc {
     pub first: u64,
     pub last: u64,
+}
+
+/// A task id as the key of `Locs`: its two halves, so the key is 8-aligned and a
+/// bucket with a `u64` value is 24 bytes (a `u128` key is 16-aligned: 32). Hashed as
+/// the `u128` it is, with `IdHasher`'s mixing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IdKey([u64; 2]);
+
+impl IdKey {
+    fn new(id: u128) -> IdKey {
+        IdKey([(id >> 64) as u64, id as u64])
+    }
+
+    fn id(self) -> u128 {
+        (u128::from(self.0[0]) << 64) | u128::from(self.0[1])
+    }
+}
+
+impl Hash for IdKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(self.id());
+    }
+}
+
+/// The flag of a `Locs` map value that is not a location but `slot << 1 | SPLIT`.
+const SPLIT: u64 = 1;
+
+/// Where every task's frames are (`TaskLoc`), packed for memory: this is the one
+/// index with an entry per task the store holds, ~10M for a large backlog.
+///
+/// A location (`weir_log::Loc` as `u64`) always has its low three bits clear:
+/// frames start at multiples of 8. A task whose payload frame is also its latest
+/// (every task never updated: new, pending, scheduled, leased) maps to that
+/// location; a task with a later record maps to `slot << 1 | SPLIT`, an index into
+/// `split` holding both. So a never-updated task costs one 24-byte bucket (with
+/// `TaskLoc` values keyed by `u128`, 32), an updated one a bucket and 16 bytes.
+#[derive(Default)]
+pub struct Locs {
+    /// Task id → its one location, or a `split` slot.
+    map: HashMap<IdKey, u64, BuildHasherDefault<IdHasher>>,
+    /// Locations of tasks whose latest frame is not their payload frame.
+    split: Vec<TaskLoc>,
+    /// Unused slots of `split`, reused before it grows.
+    free: Vec<u32>,
+}
+
+impl Locs {
+    fn decode(split: &[TaskLoc], v: u64) -> TaskLoc {
+        if v & SPLIT == 0 {
+            TaskLoc { first: v, last: v }
+        } else {
+            split[(v >> 1) as usize]
+        }
+    }
+
+    /// The task's locations.
+    pub fn get(&self, id: u128) -> Option<TaskLoc> {
+        self.map
+            .get(&IdKey::new(id))
+            .map(|&v| Locs::decode(&self.split, v))
+    }
+
+    pub fn contains_key(&self, id: &u128) -> bool {
+        self.map.contains_key(&IdKey::new(*id))
+    }
+
+    /// How many tasks.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Sets the locations of a task's new frame at `loc` (`first`: it carries the
+    /// payload) and returns the ones it had; an update of an unknown task (purged in
+    /// the same round) changes nothing and returns `Err(())`.
+    fn place(&mut self, id: u128, loc: u64, first: bool) -> Result<Option<TaskLoc>, ()> {
+        use std::collections::hash_map::Entry;
+        debug_assert_eq!(loc & 7, 0, "frames are 8-aligned");
+        // One lookup: this runs for every frame of a round and of a replay.
+        match self.map.entry(IdKey::new(id)) {
+            Entry::Occupied(mut e) => {
+                let v = *e.get();
+                let old = Locs::decode(&self.split, v);
+                let payload = if first { loc } else { old.first };
+                if payload == loc {
+                    if v & SPLIT != 0 {
+                        self.free.push((v >> 1) as u32);
+                    }
+                    *e.get_mut() = loc;
+                } else {
+                    let new = TaskLoc {
+                        first: payload,
+                        last: loc,
+                    };
+                    if v & SPLIT != 0 {
+                        self.split[(v >> 1) as usize] = new;
+                    } else {
+                        let slot = match self.free.pop() {
+                            Some(slot) => {
+                                self.split[slot as usize] = new;
+                                slot
+                            }
+                            None => {
+                                self.split.push(new);
+                                u32::try_from(self.split.len() - 1).expect("fewer than 2^32 tasks")
+                            }
+                        };
+                        *e.get_mut() = (u64::from(slot) << 1) | SPLIT;
+                    }
+                }
+                Ok(Some(old))
+            }
+            Entry::Vacant(_) if !first => Err(()),
+            Entry::Vacant(e) => {
+                e.insert(loc);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes a task, returning its locations.
+    fn remove(&mut self, id: u128) -> Option<TaskLoc> {
+        let v = self.map.remove(&IdKey::new(id))?;
+        let old = Locs::decode(&self.split, v);
+        if v & SPLIT != 0 {
+            self.free.push((v >> 1) as u32);
+        }
+        Some(old)
+    }
 }
 
 /// A map keyed by task or group id. Ids are made here (48-bit time, 80 random
@@ -298,27 +426,9 @@ impl State {
     /// Records a task's new frame: `first` if it carries the payload (a new task, or
     /// a copy of a live one), else an update of its record.
     pub fn place_task(&mut self, id: u128, loc: u64, first: bool) {
-        use std::collections::hash_map::Entry;
-        // One lookup: this runs for every frame of a round and of a replay.
-        let old = match self.locs.entry(id) {
-            Entry::Occupied(mut e) => {
-                let old = *e.get();
-                let first_loc = if first { loc } else { old.first };
-                *e.get_mut() = TaskLoc {
-                    first: first_loc,
-                    last: loc,
-                };
-                Some(old)
-            }
+        let Ok(old) = self.locs.place(id, loc, first) else {
             // An update of a task that is gone (purged in this very round).
-            Entry::Vacant(_) if !first => return,
-            Entry::Vacant(e) => {
-                e.insert(TaskLoc {
-                    first: loc,
-                    last: loc,
-                });
-                None
-            }
+            return;
         };
         match old {
             Some(old) if !first => {
@@ -340,7 +450,7 @@ impl State {
 
     /// Forgets a task's frames (retention removed it).
     pub fn forget_task(&mut self, id: u128) -> Option<TaskLoc> {
-        let old = self.locs.remove(&id)?;
+        let old = self.locs.remove(id)?;
         self.drop_ref(old.first);
         self.drop_ref(old.last);
         Some(old)
@@ -635,8 +745,87 @@ mod tests {
 
     use weir_core::TaskState;
 
-    use super::{PendingSet, State};
+    use std::collections::HashMap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::{PendingSet, State, TaskLoc};
     use crate::StoreError;
+
+    /// `place_task` and `forget_task` against a plain map of `TaskLoc`s: the packed
+    /// `locs` (one location, or a split slot reused after it is freed) answers the
+    /// same, and every segment's reference count is what the model's entries give.
+    #[test]
+    fn packed_locs_match_a_plain_map_and_count_segment_references_exactly() {
+        for seed in 0..20 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut st = State::default();
+            let mut model: HashMap<u128, TaskLoc> = HashMap::new();
+            let mut next = 1u64;
+            for step in 0..5000 {
+                let id = (u128::from(rng.gen_range(0..200u32)) << 70) | 7;
+                // Log order: every new frame is after the ones before.
+                next += rng.gen_range(1..50);
+                let loc = ((next / 64) << 32) | ((next % 64) * 8);
+                match rng.gen_range(0..10) {
+                    0..4 => {
+                        st.place_task(id, loc, true);
+                        model.insert(
+                            id,
+                            TaskLoc {
+                                first: loc,
+                                last: loc,
+                            },
+                        );
+                    }
+                    4..8 => {
+                        st.place_task(id, loc, false);
+                        if let Some(l) = model.get_mut(&id) {
+                            l.last = loc;
+                        }
+                    }
+                    _ => {
+                        assert_eq!(
+                            st.forget_task(id),
+                            model.remove(&id),
+                            "seed {seed} step {step}"
+                        );
+                    }
+                }
+                assert_eq!(
+                    st.locs.get(id),
+                    model.get(&id).copied(),
+                    "seed {seed} step {step}"
+                );
+            }
+            assert_eq!(st.locs.len(), model.len());
+            for (&id, &l) in &model {
+                assert_eq!(st.locs.get(id), Some(l), "seed {seed}");
+                assert!(st.locs.contains_key(&id));
+            }
+            let mut refs: HashMap<u32, u64> = HashMap::new();
+            for l in model.values() {
+                *refs.entry(super::seg_of(l.first)).or_default() += 1;
+                *refs.entry(super::seg_of(l.last)).or_default() += 1;
+            }
+            for seg in 0..=(next / 64) as u32 + 1 {
+                assert_eq!(
+                    st.segs.get(seg).0,
+                    refs.get(&seg).copied().unwrap_or(0),
+                    "seed {seed}: references into segment {seg}"
+                );
+            }
+            // A side slot exactly for each task whose two frames differ.
+            let split = model.values().filter(|l| l.first != l.last).count();
+            assert_eq!(
+                st.locs.split.len() - st.locs.free.len(),
+                split,
+                "seed {seed}: side slots in use"
+            );
+            assert!(st.locs.split.len() <= model.len(), "freed slots are reused");
+        }
+    }
 
     #[test]
     fn deleted_queue_slots_are_tombstones_reused_by_the_next_queue() {

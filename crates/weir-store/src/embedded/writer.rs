@@ -503,9 +503,9 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
             let st = shared.lock();
             match kind {
                 disk::KIND_TASK | disk::KIND_UPDATE => {
-                    if let Some(l) = st.locs.get(&id) {
+                    if let Some(l) = st.locs.get(id) {
                         if state::seg_of(l.first) == seq || state::seg_of(l.last) == seq {
-                            tasks.push((id, *l));
+                            tasks.push((id, l));
                         }
                     }
                 }
