@@ -199,7 +199,10 @@ pub async fn stale_lease_is_refused(b: &dyn Broker) {
 pub async fn fail_retries_then_dies(b: &dyn Broker) {
     let mut t = task("k");
     t.max_attempts = 2;
-    let id = one(b, "c6", t, "1").await;
+    // The payload outlives every change of the record: a store that kept it with the
+    // latest record only (or pointed at an update's copy) would lose it here.
+    let payload = r#"{"keep":"me"}"#;
+    let id = one(b, "c6", t, payload).await;
     let l = b.lease("c6", 1, Duration::ZERO).await.unwrap().remove(0);
     let out = b
         .settle(vec![Settle::Fail {
@@ -215,6 +218,7 @@ pub async fn fail_retries_then_dies(b: &dyn Broker) {
     let l2 = b.lease("c6", 1, WAIT).await.unwrap().remove(0);
     assert_eq!(l2.record.id, id);
     assert_eq!(l2.record.attempt, 2);
+    assert_eq!(&l2.payload[..], payload.as_bytes(), "after one update");
     let out = b
         .settle(vec![Settle::Fail {
             id,
@@ -229,6 +233,7 @@ pub async fn fail_retries_then_dies(b: &dyn Broker) {
     assert_eq!(v.record.state, TaskState::Dead);
     assert_eq!(v.record.last_error.as_deref(), Some("again"));
     assert_eq!(v.record.attempt, 2);
+    assert_eq!(&v.payload[..], payload.as_bytes(), "after two updates");
 }
 
 pub async fn fail_without_retry_dies(b: &dyn Broker) {
