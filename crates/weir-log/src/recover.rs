@@ -10,11 +10,11 @@ use memchr::memmem;
 use crate::error::OpenError;
 use crate::format::{Marker, SegmentHeader, MARKER_KIND, MARKER_MAGIC, MARKER_MAGIC_AT};
 use crate::limits::{FRAME_ALIGN_BYTES, SEGMENT_HEADER_BYTES};
-use crate::read::{frame_at, FileSource, SliceSource, Source};
+use crate::read::{frame_at, SliceSource, Source};
 use crate::segdir::{parse_seg_name, write_zeros, Fail, SegDir, TMP_SUFFIX};
 use crate::storage::StorageFile;
 use crate::summary::{
-    check_seal, keep_len, parse_sum_name, sum_path, write_summary, Builder, Summary, SummaryMeta,
+    check_seal, keep_len, parse_sum_name, report, sum_path, walk_summarizing, Summary, SummaryMeta,
     SUM_TMP_SUFFIX,
 };
 
@@ -238,16 +238,15 @@ pub(crate) fn recover(
     // Summaries of sealed segments only: one whose segment is gone (deleted, its summary
     // left by a crash or written late) or is the last one (never summarized; walked whole
     // anyway) is a stray.
-    let sealed: HashSet<u32> = seqs[..seqs.len().saturating_sub(1)]
-        .iter()
-        .copied()
-        .collect();
-    let (sums, stray_sums): (HashSet<u32>, Vec<u32>) = {
-        let (keep_sums, stray): (Vec<u32>, Vec<u32>) =
-            sums.into_iter().partition(|seq| sealed.contains(seq));
-        (keep_sums.into_iter().collect(), stray)
-    };
-    strays.extend(stray_sums.into_iter().map(|seq| sum_path(dir, seq)));
+    let sealed = &seqs[..seqs.len().saturating_sub(1)];
+    let mut summarized = HashSet::new();
+    for seq in sums {
+        if sealed.binary_search(&seq).is_ok() {
+            summarized.insert(seq);
+        } else {
+            strays.push(sum_path(dir, seq));
+        }
+    }
     for path in &strays {
         storage
             .remove(path)
@@ -292,7 +291,13 @@ pub(crate) fn recover(
         let seg = if i == last {
             recover_last(segdir, seq, keep, visit.as_deref_mut())?
         } else {
-            recover_sealed(segdir, seq, keep, sums.contains(&seq), visit.as_deref_mut())?
+            recover_sealed(
+                segdir,
+                seq,
+                keep,
+                summarized.contains(&seq),
+                visit.as_deref_mut(),
+            )?
         };
         if seg.walk.visit_stopped {
             return Err(OpenError::Stopped);
@@ -396,22 +401,8 @@ fn recover_sealed(
             ),
         }
     }
-    let mut builder = Builder::new();
-    let mut both = |loc: crate::Loc, kind: u8, meta: &[u8], payload_len: u32| {
-        builder.push(loc.off, kind, meta, payload_len);
-        match visit.as_deref_mut() {
-            Some(v) => v(loc, kind, meta, payload_len),
-            None => Ok(()),
-        }
-    };
-    let walk = walk(
-        &mut FileSource::new(file.as_ref(), size),
-        &header,
-        size,
-        keep,
-        Some(&mut both),
-    )
-    .map_err(io_err(&path, "read segment"))?;
+    let (walk, written) = walk_summarizing(segdir, keep, &header, file.as_ref(), size, visit)
+        .map_err(io_err(&path, "read segment"))?;
     if !walk.sealed && !walk.visit_stopped {
         let (off, detail) = walk.stop.clone().expect("an unsealed walk stops somewhere");
         return Err(corrupt(
@@ -420,16 +411,13 @@ fn recover_sealed(
             format!("{detail} (in a segment that was sealed and synced)"),
         ));
     }
-    if let (Some(round_last), false) = (walk.last_round, walk.visit_stopped) {
-        let bytes = builder.finish(&header, walk.committed, round_last);
-        if let Err(error) = write_summary(segdir, seq, &bytes) {
-            // Only a lost shortcut: the next open walks this segment again.
-            tracing::warn!(
-                file = %sum_path(&segdir.dir, seq).display(),
-                error = %error,
-                "cannot write a segment summary"
-            );
-        }
+    if let Some(result) = written {
+        // Only a lost shortcut if it failed: the next open walks this segment again.
+        report(
+            segdir,
+            seq,
+            result.map_err(|e| format!("write summary: {e}")),
+        );
     }
     Ok(Recovered {
         seq,

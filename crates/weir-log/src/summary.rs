@@ -20,7 +20,7 @@ use crate::limits::{
     SUMMARY_QUEUE_MAX,
 };
 use crate::read::{frame_at, FileSource};
-use crate::recover::{walk, Visit};
+use crate::recover::{walk, Visit, Walk};
 use crate::segdir::SegDir;
 use crate::storage::StorageFile;
 
@@ -300,24 +300,51 @@ pub(crate) fn summarize(
     file.read_at(0, &mut head)
         .map_err(|e| io("read segment header", e))?;
     let header = SegmentHeader::decode(&head)?;
+    if header.seq != seq {
+        return Err(format!("segment {seq}'s header says {}", header.seq));
+    }
+    let (_, written) = walk_summarizing(segdir, keep, &header, file, size, None)
+        .map_err(|e| io("read segment", e))?;
+    match written {
+        Some(result) => result.map_err(|e| io("write summary", e)),
+        None => Err("the segment does not end with a seal".into()),
+    }
+}
+
+/// Walks segment `header.seq` (its `file` of `size` bytes) as recovery does, handing each
+/// frame to `visit` too, and, if the walk reached the seal without being stopped, writes the
+/// segment's summary: `Some(result of the write)` then, `None` otherwise.
+pub(crate) fn walk_summarizing(
+    segdir: &SegDir,
+    keep: Option<SummaryMeta>,
+    header: &SegmentHeader,
+    file: &dyn StorageFile,
+    size: u64,
+    mut visit: Option<&mut Visit<'_>>,
+) -> io::Result<(Walk, Option<io::Result<()>>)> {
     let mut builder = Builder::new();
-    let mut push = |loc: crate::Loc, kind: u8, meta: &[u8], payload_len: u32| {
+    let mut both = |loc: crate::Loc, kind: u8, meta: &[u8], payload_len: u32| {
         builder.push(loc.off, kind, meta, payload_len);
-        Ok(())
+        match visit.as_deref_mut() {
+            Some(v) => v(loc, kind, meta, payload_len),
+            None => Ok(()),
+        }
     };
     let w = walk(
         &mut FileSource::new(file, size),
-        &header,
+        header,
         size,
         keep,
-        Some(&mut push),
-    )
-    .map_err(|e| io("read segment", e))?;
-    let Some(round_last) = w.last_round.filter(|_| w.sealed) else {
-        return Err("the segment does not end with a seal".into());
+        Some(&mut both),
+    )?;
+    let written = match w.last_round {
+        Some(round_last) if w.sealed && !w.visit_stopped => {
+            let bytes = builder.finish(header, w.committed, round_last);
+            Some(write_summary(segdir, header.seq, &bytes))
+        }
+        _ => None,
     };
-    let bytes = builder.finish(&header, w.committed, round_last);
-    write_summary(segdir, seq, &bytes).map_err(|e| io("write summary", e))
+    Ok((w, written))
 }
 
 type Job = (u32, Arc<dyn StorageFile>);
@@ -388,7 +415,7 @@ impl Summaries {
     }
 }
 
-fn report(segdir: &SegDir, seq: u32, result: Result<(), String>) {
+pub(crate) fn report(segdir: &SegDir, seq: u32, result: Result<(), String>) {
     if let Err(error) = result {
         // Harmless: the next open walks the segment instead (and writes the summary then).
         tracing::warn!(
