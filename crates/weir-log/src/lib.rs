@@ -83,6 +83,12 @@
 //! summary never written, or a crash before its rename) only means the next open walks that
 //! segment and writes the summary then. Dropping the log waits for the summaries queued.
 //!
+//! Only a segment that is mostly payload gets one (`LogConfig::summary_payload_percent_min`,
+//! 50% by default): a summary spares open reading the payloads, and little else. A segment
+//! of small frames would get a summary about half its own size, paid for at every seal
+//! (measured: 10% of a server's CPU in an end-to-end run of small tasks) to save ~0.1 µs per
+//! frame at open; such a segment is always walked, and open does not write a summary for it.
+//!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 8 | magic `b"WEIRSUM1"` |

@@ -13,6 +13,7 @@ use crate::format::{
 };
 use crate::limits::{
     frame_bytes, frame_bytes_max, MARKER_FRAME_BYTES, SEGMENT_BYTES_DEFAULT, SEGMENT_HEADER_BYTES,
+    SUMMARY_PAYLOAD_PERCENT_MIN_DEFAULT,
 };
 use crate::read::{
     frame_at, ActiveImage, FileSource, Reader, SealedSeg, Shared, SliceSource, Source,
@@ -20,7 +21,7 @@ use crate::read::{
 use crate::recover::{recover, Visit};
 use crate::segdir::{write_zeros, Fail, SegDir, Spares};
 use crate::storage::{RealStorage, Storage, StorageFile};
-use crate::summary::{sum_path, Summaries, SummaryMeta};
+use crate::summary::{sum_path, Policy, Summaries, SummaryMeta};
 use crate::Loc;
 
 /// How to open a log.
@@ -42,6 +43,11 @@ pub struct LogConfig {
     /// and the faster the log opens. Changing what this keeps for frames already written
     /// requires deleting the `.sum` files (or a new summary version).
     pub summary_meta: Option<SummaryMeta>,
+    /// A sealed segment gets a summary only if at least this percent of its committed
+    /// bytes are frame payloads (`SUMMARY_PAYLOAD_PERCENT_MIN_DEFAULT`; 0: every one). A
+    /// summary spares open reading the payloads; a segment of small frames would get one
+    /// nearly as large as itself, paid for at every seal and saving nothing at open.
+    pub summary_payload_percent_min: u8,
 }
 
 impl LogConfig {
@@ -53,6 +59,7 @@ impl LogConfig {
             storage: Arc::new(RealStorage::default()),
             spare_in_background: true,
             summary_meta: None,
+            summary_payload_percent_min: SUMMARY_PAYLOAD_PERCENT_MIN_DEFAULT,
         }
     }
 }
@@ -77,6 +84,8 @@ struct Active {
     committed: u64,
     /// The last committed round sealed this segment: the next frame goes to a new one.
     sealed: bool,
+    /// Payload bytes of its committed frames (whether its summary pays).
+    payload_bytes: u64,
 }
 
 /// The frames of the current round that go to one segment.
@@ -95,6 +104,8 @@ struct Part {
     chain: crc32fast::Hasher,
     /// Frames in the part (its marker not counted).
     frames: u32,
+    /// Payload bytes of its frames.
+    payload_bytes: u64,
 }
 
 /// The round being staged.
@@ -223,7 +234,11 @@ impl Log {
             storage: cfg.storage,
             dir: cfg.dir,
         };
-        let mut recovered = recover(&segdir, cfg.segment_bytes, cfg.summary_meta, visit)?.segments;
+        let policy = Policy {
+            keep: cfg.summary_meta,
+            payload_percent_min: cfg.summary_payload_percent_min,
+        };
+        let mut recovered = recover(&segdir, cfg.segment_bytes, policy, visit)?.segments;
         let last = recovered
             .pop()
             .expect("recovery yields at least one segment");
@@ -255,6 +270,7 @@ impl Log {
             size: last.header.segment_bytes,
             committed: last.walk.committed,
             sealed: last.walk.sealed,
+            payload_bytes: last.walk.payload_bytes,
         };
         let next_round = last
             .walk
@@ -262,7 +278,7 @@ impl Log {
             .map_or(last.header.round_first, |r| r + 1);
         let mut spares = Spares::new(segdir.clone(), cfg.segment_bytes, cfg.spare_in_background);
         spares.request(active.seq + 1);
-        let summaries = Summaries::new(segdir.clone(), cfg.summary_meta, cfg.spare_in_background);
+        let summaries = Summaries::new(segdir.clone(), policy, cfg.spare_in_background);
         Ok(Log {
             segdir,
             segment_bytes: cfg.segment_bytes,
@@ -409,6 +425,7 @@ impl Log {
         let part = &mut self.stage.parts[last];
         part.chain.update(&crc.to_le_bytes());
         part.frames += 1;
+        part.payload_bytes += payload.len() as u64;
         self.stage.frames += 1;
         Loc {
             seg: part_seq,
@@ -430,6 +447,7 @@ impl Log {
             round,
             chain: crc32fast::Hasher::new(),
             frames: 0,
+            payload_bytes: 0,
         });
     }
 
@@ -598,7 +616,8 @@ impl Log {
     /// Makes a written and synced round visible to readers and moves the tail past it.
     fn publish(&mut self, installed: Vec<Arc<dyn StorageFile>>) {
         let mut installed = installed.into_iter();
-        let mut sealed_now: Vec<(u32, Arc<dyn StorageFile>)> = Vec::new();
+        // (seq, file, payload bytes, committed length) of each segment this round sealed.
+        let mut sealed_now: Vec<(u32, Arc<dyn StorageFile>, u64, u64)> = Vec::new();
         for i in 0..self.stage.parts.len() {
             let part = &self.stage.parts[i];
             let bytes = self.stage.part_bytes(i);
@@ -612,6 +631,7 @@ impl Log {
                 let mut image = write_lock(&self.shared.active);
                 image.bytes[part.start as usize..end as usize].copy_from_slice(bytes);
                 image.committed = end;
+                self.active.payload_bytes += part.payload_bytes;
             } else {
                 assert_eq!(
                     part.seq,
@@ -625,7 +645,12 @@ impl Log {
                     file: self.active.file.clone(),
                     len: self.active.committed,
                 };
-                sealed_now.push((self.active.seq, old.file.clone()));
+                sealed_now.push((
+                    self.active.seq,
+                    old.file.clone(),
+                    self.active.payload_bytes,
+                    old.len,
+                ));
                 write_lock(&self.shared.sealed).insert(self.active.seq, old);
                 let mut image = vec![0u8; part.size as usize].into_boxed_slice();
                 image[part.start as usize..end as usize].copy_from_slice(bytes);
@@ -640,6 +665,7 @@ impl Log {
                     size: part.size,
                     committed: end,
                     sealed: false,
+                    payload_bytes: part.payload_bytes,
                 };
             }
             self.active.committed = end;
@@ -650,8 +676,8 @@ impl Log {
         self.spares.request(self.active.seq + 1);
         // The round is committed whatever happens here: a summary that cannot be written is
         // only a slower next open.
-        for (seq, file) in sealed_now {
-            self.summaries.sealed(seq, file);
+        for (seq, file, payload_bytes, committed) in sealed_now {
+            self.summaries.sealed(seq, file, payload_bytes, committed);
         }
     }
 

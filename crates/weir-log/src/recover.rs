@@ -14,8 +14,8 @@ use crate::read::{frame_at, SliceSource, Source};
 use crate::segdir::{parse_seg_name, write_zeros, Fail, SegDir, TMP_SUFFIX};
 use crate::storage::StorageFile;
 use crate::summary::{
-    check_seal, keep_len, parse_sum_name, report, sum_path, walk_summarizing, Summary, SummaryMeta,
-    SUM_TMP_SUFFIX,
+    check_seal, keep_len, parse_sum_name, report, sum_path, walk_summarizing, Policy, Summary,
+    SummaryMeta, SUM_TMP_SUFFIX,
 };
 
 /// What a walk over a segment's rounds found.
@@ -31,6 +31,8 @@ pub(crate) struct Walk {
     pub stop: Option<(u64, String)>,
     /// The visitor asked to stop.
     pub visit_stopped: bool,
+    /// Payload bytes of the frames of the complete rounds (those up to `committed`).
+    pub payload_bytes: u64,
 }
 
 /// What `Log::open_visiting` calls for every committed frame it recovers, in log
@@ -55,6 +57,7 @@ pub(crate) fn walk(
         sealed: false,
         stop: None,
         visit_stopped: false,
+        payload_bytes: 0,
     };
     // The frames of the round being walked, handed to `visit` only once its marker
     // closes it (a torn round is never visited): (offset, kind, meta range in
@@ -65,6 +68,7 @@ pub(crate) fn walk(
     let mut round = header.round_first;
     let mut chain = crc32fast::Hasher::new();
     let mut frames = 0u32;
+    let mut round_payload = 0u64;
     loop {
         let frame = match frame_at(src, header.seq, pos, end)? {
             Ok(frame) => frame,
@@ -105,9 +109,11 @@ pub(crate) fn walk(
             }
             w.committed = pos + len;
             w.last_round = Some(round);
+            w.payload_bytes += round_payload;
             round += 1;
             chain = crc32fast::Hasher::new();
             frames = 0;
+            round_payload = 0;
             if marker.is_some_and(|m| m.seal) {
                 w.sealed = true;
                 return Ok(w);
@@ -115,17 +121,14 @@ pub(crate) fn walk(
         } else {
             chain.update(&frame.header.crc.to_le_bytes());
             frames += 1;
+            let payload_len = frame.header.body_len - frame.header.meta_len;
+            round_payload += u64::from(payload_len);
             if visit.is_some() {
                 let meta = &frame.body[..frame.header.meta_len as usize];
                 let meta = &meta[..keep_len(keep, frame.header.kind, meta)];
                 let start = metas.len();
                 metas.extend_from_slice(meta);
-                round_frames.push((
-                    pos,
-                    frame.header.kind,
-                    start..metas.len(),
-                    frame.header.body_len - frame.header.meta_len,
-                ));
+                round_frames.push((pos, frame.header.kind, start..metas.len(), payload_len));
             }
         }
         pos += len;
@@ -209,7 +212,7 @@ impl From<Fail> for OpenError {
 pub(crate) fn recover(
     segdir: &SegDir,
     segment_bytes: u64,
-    keep: Option<SummaryMeta>,
+    policy: Policy,
     mut visit: Option<&mut Visit<'_>>,
 ) -> Result<RecoveredLog, OpenError> {
     let storage = &segdir.storage;
@@ -274,6 +277,7 @@ pub(crate) fn recover(
             sealed: false,
             stop: None,
             visit_stopped: false,
+            payload_bytes: 0,
         };
         return Ok(RecoveredLog {
             segments: vec![Recovered {
@@ -289,12 +293,12 @@ pub(crate) fn recover(
     let mut segments: Vec<Recovered> = Vec::with_capacity(seqs.len());
     for (i, &seq) in seqs.iter().enumerate() {
         let seg = if i == last {
-            recover_last(segdir, seq, keep, visit.as_deref_mut())?
+            recover_last(segdir, seq, policy.keep, visit.as_deref_mut())?
         } else {
             recover_sealed(
                 segdir,
                 seq,
-                keep,
+                policy,
                 summarized.contains(&seq),
                 visit.as_deref_mut(),
             )?
@@ -360,7 +364,7 @@ fn open_segment(
 fn recover_sealed(
     segdir: &SegDir,
     seq: u32,
-    keep: Option<SummaryMeta>,
+    policy: Policy,
     has_summary: bool,
     mut visit: Option<&mut Visit<'_>>,
 ) -> Result<Recovered, OpenError> {
@@ -382,6 +386,7 @@ fn recover_sealed(
                 sealed: true,
                 stop: None,
                 visit_stopped,
+                payload_bytes: summary.payload_bytes,
             })
         });
         match used {
@@ -401,7 +406,7 @@ fn recover_sealed(
             ),
         }
     }
-    let (walk, written) = walk_summarizing(segdir, keep, &header, file.as_ref(), size, visit)
+    let (walk, written) = walk_summarizing(segdir, policy, &header, file.as_ref(), size, visit)
         .map_err(io_err(&path, "read segment"))?;
     if !walk.sealed && !walk.visit_stopped {
         let (off, detail) = walk.stop.clone().expect("an unsealed walk stops somewhere");

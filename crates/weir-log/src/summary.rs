@@ -43,6 +43,26 @@ const CRC_LEN: usize = 4;
 /// keeps), given the frame's kind and whole meta. See `LogConfig::summary_meta`.
 pub type SummaryMeta = fn(kind: u8, meta: &[u8]) -> usize;
 
+/// Which sealed segments get a summary, and what their entries keep of each meta.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    /// `LogConfig::summary_meta`.
+    pub keep: Option<SummaryMeta>,
+    /// `LogConfig::summary_payload_percent_min`.
+    pub payload_percent_min: u8,
+}
+
+impl Policy {
+    /// Whether a sealed segment of `committed` bytes, `payload_bytes` of them frame
+    /// payloads, gets a summary. A summary saves open from reading the payloads and little
+    /// else: for a segment of small frames it is a third of the segment's size, costs as
+    /// much to write, and saves about nothing at open.
+    pub(crate) fn pays(&self, payload_bytes: u64, committed: u64) -> bool {
+        payload_bytes.saturating_mul(100)
+            >= committed.saturating_mul(u64::from(self.payload_percent_min))
+    }
+}
+
 /// The length of `meta` that `keep` keeps (all of it without a `keep`).
 pub(crate) fn keep_len(keep: Option<SummaryMeta>, kind: u8, meta: &[u8]) -> usize {
     keep.map_or(meta.len(), |f| f(kind, meta).min(meta.len()))
@@ -130,6 +150,8 @@ pub(crate) struct Summary<'a> {
     pub committed: u64,
     /// Round number of the segment's last (sealing) marker.
     pub round_last: u64,
+    /// Payload bytes of the segment's frames (the sum of the entries').
+    pub payload_bytes: u64,
 }
 
 impl<'a> Summary<'a> {
@@ -185,15 +207,17 @@ impl<'a> Summary<'a> {
         if u32_at(body, 52) != 0 {
             return Err("reserved header bytes are not zero".into());
         }
-        let summary = Summary {
+        let mut summary = Summary {
             entries: &body[HEADER_LEN..],
             committed,
             round_last,
+            payload_bytes: 0,
         };
         // Shape of the entries, checked in full before anything is visited: a summary is
         // either used whole or not at all.
         let mut prev_end = SEGMENT_HEADER_BYTES;
         let mut n = 0u32;
+        let mut payload_bytes = 0u64;
         let mut bad = None;
         summary
             .for_each(|off, kind, meta, payload_len| {
@@ -212,12 +236,14 @@ impl<'a> Summary<'a> {
                 }
                 prev_end = frame_end;
                 n += 1;
+                payload_bytes += u64::from(payload_len);
                 Ok(())
             })
             .map_err(|()| bad.take().unwrap_or_else(|| "entries are cut short".into()))?;
         if n != count {
             return Err(format!("summary has {n} entries, its header says {count}"));
         }
+        summary.payload_bytes = payload_bytes;
         Ok(summary)
     }
 
@@ -290,7 +316,7 @@ pub(crate) fn write_summary(segdir: &SegDir, seq: u32, bytes: &[u8]) -> io::Resu
 /// that does not end with a seal gets none.
 pub(crate) fn summarize(
     segdir: &SegDir,
-    keep: Option<SummaryMeta>,
+    policy: Policy,
     seq: u32,
     file: &dyn StorageFile,
 ) -> Result<(), String> {
@@ -303,20 +329,22 @@ pub(crate) fn summarize(
     if header.seq != seq {
         return Err(format!("segment {seq}'s header says {}", header.seq));
     }
-    let (_, written) = walk_summarizing(segdir, keep, &header, file, size, None)
+    let (w, written) = walk_summarizing(segdir, policy, &header, file, size, None)
         .map_err(|e| io("read segment", e))?;
     match written {
         Some(result) => result.map_err(|e| io("write summary", e)),
+        None if w.sealed => Ok(()),
         None => Err("the segment does not end with a seal".into()),
     }
 }
 
 /// Walks segment `header.seq` (its `file` of `size` bytes) as recovery does, handing each
-/// frame to `visit` too, and, if the walk reached the seal without being stopped, writes the
-/// segment's summary: `Some(result of the write)` then, `None` otherwise.
+/// frame to `visit` too, and, if the walk reached the seal without being stopped and the
+/// summary pays (`Policy::pays`), writes the segment's summary: `Some(result of the write)`
+/// then, `None` otherwise.
 pub(crate) fn walk_summarizing(
     segdir: &SegDir,
-    keep: Option<SummaryMeta>,
+    policy: Policy,
     header: &SegmentHeader,
     file: &dyn StorageFile,
     size: u64,
@@ -334,11 +362,13 @@ pub(crate) fn walk_summarizing(
         &mut FileSource::new(file, size),
         header,
         size,
-        keep,
+        policy.keep,
         Some(&mut both),
     )?;
     let written = match w.last_round {
-        Some(round_last) if w.sealed && !w.visit_stopped => {
+        Some(round_last)
+            if w.sealed && !w.visit_stopped && policy.pays(w.payload_bytes, w.committed) =>
+        {
             let bytes = builder.finish(header, w.committed, round_last);
             Some(write_summary(segdir, header.seq, &bytes))
         }
@@ -354,7 +384,7 @@ type Job = (u32, Arc<dyn StorageFile>);
 #[derive(Debug)]
 pub(crate) struct Summaries {
     segdir: SegDir,
-    keep: Option<SummaryMeta>,
+    policy: Policy,
     worker: Option<Worker>,
 }
 
@@ -370,7 +400,7 @@ struct Worker {
 }
 
 impl Summaries {
-    pub(crate) fn new(segdir: SegDir, keep: Option<SummaryMeta>, background: bool) -> Summaries {
+    pub(crate) fn new(segdir: SegDir, policy: Policy, background: bool) -> Summaries {
         let worker = background.then(|| {
             let (jobs, rx): (SyncSender<Job>, Receiver<Job>) =
                 mpsc::sync_channel(SUMMARY_QUEUE_MAX);
@@ -379,7 +409,7 @@ impl Summaries {
                 .name("weir-log-summary".into())
                 .spawn(move || {
                     for (seq, file) in rx {
-                        report(&dir, seq, summarize(&dir, keep, seq, file.as_ref()));
+                        report(&dir, seq, summarize(&dir, policy, seq, file.as_ref()));
                     }
                 })
                 .expect("spawn the segment-summary thread");
@@ -390,18 +420,28 @@ impl Summaries {
         });
         Summaries {
             segdir,
-            keep,
+            policy,
             worker,
         }
     }
 
-    /// Segment `seq` (its `file`) was sealed: write its summary.
-    pub(crate) fn sealed(&mut self, seq: u32, file: Arc<dyn StorageFile>) {
+    /// Segment `seq` (its `file`) was sealed at `committed` bytes, `payload_bytes` of them
+    /// frame payloads: write its summary if it pays.
+    pub(crate) fn sealed(
+        &mut self,
+        seq: u32,
+        file: Arc<dyn StorageFile>,
+        payload_bytes: u64,
+        committed: u64,
+    ) {
+        if !self.policy.pays(payload_bytes, committed) {
+            return;
+        }
         let Some(worker) = &self.worker else {
             report(
                 &self.segdir,
                 seq,
-                summarize(&self.segdir, self.keep, seq, file.as_ref()),
+                summarize(&self.segdir, self.policy, seq, file.as_ref()),
             );
             return;
         };

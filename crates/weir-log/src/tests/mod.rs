@@ -27,7 +27,8 @@ pub(crate) fn seg_file(seq: u32) -> PathBuf {
     crate::segdir::seg_path(&sim_dir(), seq)
 }
 
-/// A config on `sim` with synchronous spares, so storage calls happen in a fixed order.
+/// A config on `sim` with synchronous spares, so storage calls happen in a fixed order, and
+/// a summary for every sealed segment.
 pub(crate) fn sim_cfg(sim: &SimStorage, segment_bytes: u64) -> LogConfig {
     LogConfig {
         dir: sim_dir(),
@@ -35,6 +36,7 @@ pub(crate) fn sim_cfg(sim: &SimStorage, segment_bytes: u64) -> LogConfig {
         storage: Arc::new(sim.clone()),
         spare_in_background: false,
         summary_meta: None,
+        summary_payload_percent_min: 0,
     }
 }
 

@@ -76,6 +76,7 @@ fn real_storage_round_trip_with_background_spares() {
         storage: Arc::new(RealStorage::default()),
         spare_in_background: true,
         summary_meta: None,
+        summary_payload_percent_min: 0,
     };
     let mut rng = StdRng::seed_from_u64(2);
     let mut log = Log::open(cfg()).expect("open");

@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::sim::{errno, Fault, OpKind};
 use crate::summary::{sum_path, sum_tmp_path};
+use crate::SUMMARY_PAYLOAD_PERCENT_MIN_DEFAULT;
 
 const SEGMENT_BYTES: u64 = 8 << 10;
 
@@ -126,6 +127,69 @@ fn summaries_give_exactly_what_a_full_walk_visits() {
         }
         assert_log(&log, &frames);
     }
+}
+
+/// Under the default policy a segment of small frames (mostly headers and metas) gets no
+/// summary and one mostly of payload gets one; open visits the same frames either way and
+/// writes no summary the policy would not.
+#[test]
+fn only_segments_mostly_of_payload_get_a_summary() {
+    let sim = SimStorage::new();
+    let cfg = || LogConfig {
+        summary_payload_percent_min: SUMMARY_PAYLOAD_PERCENT_MIN_DEFAULT,
+        ..cfg(&sim)
+    };
+    let mut log = Log::open(cfg()).expect("open");
+    let mut frames = Vec::new();
+    // 16 header + 24 meta + 8 payload bytes: 17% payload.
+    let small: Vec<Content> = (0..10)
+        .map(|_| Content {
+            kind: 2,
+            meta: vec![7; 24],
+            payload: vec![1; 8],
+        })
+        .collect();
+    while log.segments().len() < 3 {
+        frames.extend(commit_round(&mut log, &small));
+    }
+    let small_sealed = sealed_seqs(&log);
+    // 16 + 24 + 400: 91% payload.
+    let big = [Content {
+        kind: 2,
+        meta: vec![7; 24],
+        payload: vec![1; 400],
+    }];
+    while log.segments().len() < 6 {
+        frames.extend(commit_round(&mut log, &big));
+    }
+    let sealed = sealed_seqs(&log);
+    let big_sealed: Vec<u32> = sealed[small_sealed.len() + 1..].to_vec();
+    drop(log);
+    let summarized = |seqs: &[u32]| -> Vec<bool> {
+        seqs.iter()
+            .map(|&seq| summary_bytes(&sim, seq).is_some())
+            .collect()
+    };
+    assert_eq!(summarized(&small_sealed), vec![false; small_sealed.len()]);
+    assert_eq!(summarized(&big_sealed), vec![true; big_sealed.len()]);
+
+    let (log, visited) = open_visited(cfg());
+    assert_eq!(visited, want(&frames));
+    assert_eq!(summarized(&small_sealed), vec![false; small_sealed.len()]);
+    assert_eq!(summarized(&big_sealed), vec![true; big_sealed.len()]);
+    assert_log(&log, &frames);
+    drop(log);
+
+    // Every summary gone: open walks, and writes back only those the policy wants.
+    use crate::Storage;
+    for &seq in &big_sealed {
+        sim.remove(&sum_path(&sim_dir(), seq))
+            .expect("remove summary");
+    }
+    let (_log, visited) = open_visited(cfg());
+    assert_eq!(visited, want(&frames));
+    assert_eq!(summarized(&small_sealed), vec![false; small_sealed.len()]);
+    assert_eq!(summarized(&big_sealed), vec![true; big_sealed.len()]);
 }
 
 #[test]
