@@ -81,7 +81,9 @@
 //! the roll itself when `spare_in_background` is false), written to `<seq>.sum.tmp`,
 //! fdatasynced and renamed to `<seq>.sum`. The directory is not synced: a lost rename (or a
 //! summary never written, or a crash before its rename) only means the next open walks that
-//! segment and writes the summary then. Dropping the log waits for the summaries queued.
+//! segment; once open, the log hands every sealed segment it walked for want of a summary to
+//! the same writer. Dropping the log waits for the summaries of segments it sealed; what is
+//! left of the ones found at open is left to the next open.
 //!
 //! Only a segment that is mostly payload gets one (`LogConfig::summary_payload_percent_min`,
 //! 50% by default): a summary spares open reading the payloads, and little else. A segment
@@ -138,7 +140,7 @@
 //!   marker of its last round ends the segment exactly where it says), its frames are
 //!   visited from the summary and the segment itself is not read further. Otherwise every
 //!   frame up to a seal marker must be valid, or the open fails with `OpenError::Corrupt`
-//!   naming the file and offset; the summary is then (re)written from that walk, and an
+//!   naming the file and offset; the summary is written again after open (above), and an
 //!   invalid one is logged (`tracing::warn`, naming the file) and never trusted. Either
 //!   way, its committed length must equal the successor's `prev_len`, and round numbers
 //!   must continue, when the successor is seq + 1.

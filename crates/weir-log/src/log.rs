@@ -238,10 +238,19 @@ impl Log {
             keep: cfg.summary_meta,
             payload_percent_min: cfg.summary_payload_percent_min,
         };
-        let mut recovered = recover(&segdir, cfg.segment_bytes, policy, visit)?.segments;
+        let mut recovered = recover(&segdir, cfg.segment_bytes, policy.keep, visit)?.segments;
         let last = recovered
             .pop()
             .expect("recovery yields at least one segment");
+        // Sealed segments walked for want of a valid summary, for the summary writer.
+        let unsummarized: Vec<(u32, Arc<dyn StorageFile>, u64, u64)> = recovered
+            .iter()
+            .filter(|seg| !seg.summarized)
+            .map(|seg| {
+                let w = &seg.walk;
+                (seg.seq, seg.file.clone(), w.payload_bytes, w.committed)
+            })
+            .collect();
         let sealed: BTreeMap<u32, SealedSeg> = recovered
             .into_iter()
             .map(|seg| {
@@ -278,7 +287,8 @@ impl Log {
             .map_or(last.header.round_first, |r| r + 1);
         let mut spares = Spares::new(segdir.clone(), cfg.segment_bytes, cfg.spare_in_background);
         spares.request(active.seq + 1);
-        let summaries = Summaries::new(segdir.clone(), policy, cfg.spare_in_background);
+        let mut summaries = Summaries::new(segdir.clone(), policy, cfg.spare_in_background);
+        summaries.found(unsummarized);
         Ok(Log {
             segdir,
             segment_bytes: cfg.segment_bytes,

@@ -10,12 +10,11 @@ use memchr::memmem;
 use crate::error::OpenError;
 use crate::format::{Marker, SegmentHeader, MARKER_KIND, MARKER_MAGIC, MARKER_MAGIC_AT};
 use crate::limits::{FRAME_ALIGN_BYTES, SEGMENT_HEADER_BYTES};
-use crate::read::{frame_at, SliceSource, Source};
+use crate::read::{frame_at, FileSource, SliceSource, Source};
 use crate::segdir::{parse_seg_name, write_zeros, Fail, SegDir, TMP_SUFFIX};
 use crate::storage::StorageFile;
 use crate::summary::{
-    check_seal, keep_len, parse_sum_name, report, sum_path, walk_summarizing, Policy, Summary,
-    SummaryMeta, SUM_TMP_SUFFIX,
+    check_seal, keep_len, parse_sum_name, sum_path, Summary, SummaryMeta, SUM_TMP_SUFFIX,
 };
 
 /// What a walk over a segment's rounds found.
@@ -173,6 +172,8 @@ pub(crate) struct Recovered {
     pub walk: Walk,
     /// The last segment's whole content (its committed part becomes the active image).
     pub image: Option<Box<[u8]>>,
+    /// Visited from a valid summary (a sealed segment without one was walked instead).
+    pub summarized: bool,
 }
 
 /// Everything `Log::open` continues from: segments in order, the last one last.
@@ -212,7 +213,7 @@ impl From<Fail> for OpenError {
 pub(crate) fn recover(
     segdir: &SegDir,
     segment_bytes: u64,
-    policy: Policy,
+    keep: Option<SummaryMeta>,
     mut visit: Option<&mut Visit<'_>>,
 ) -> Result<RecoveredLog, OpenError> {
     let storage = &segdir.storage;
@@ -286,6 +287,7 @@ pub(crate) fn recover(
                 header,
                 walk,
                 image: Some(image),
+                summarized: false,
             }],
         });
     }
@@ -293,12 +295,12 @@ pub(crate) fn recover(
     let mut segments: Vec<Recovered> = Vec::with_capacity(seqs.len());
     for (i, &seq) in seqs.iter().enumerate() {
         let seg = if i == last {
-            recover_last(segdir, seq, policy.keep, visit.as_deref_mut())?
+            recover_last(segdir, seq, keep, visit.as_deref_mut())?
         } else {
             recover_sealed(
                 segdir,
                 seq,
-                policy,
+                keep,
                 summarized.contains(&seq),
                 visit.as_deref_mut(),
             )?
@@ -360,11 +362,11 @@ fn open_segment(
 
 /// A segment that is not the last: it was sealed and synced before its successor was made, so
 /// every frame up to its seal must be valid. Visited from its summary (`has_summary`) when
-/// that is valid; otherwise walked whole, and its summary (re)written.
+/// that is valid; otherwise walked whole (and `Log::open` hands it to the summary writer).
 fn recover_sealed(
     segdir: &SegDir,
     seq: u32,
-    policy: Policy,
+    keep: Option<SummaryMeta>,
     has_summary: bool,
     mut visit: Option<&mut Visit<'_>>,
 ) -> Result<Recovered, OpenError> {
@@ -397,17 +399,24 @@ fn recover_sealed(
                     header,
                     walk,
                     image: None,
+                    summarized: true,
                 });
             }
             Err(error) => tracing::warn!(
                 file = %sum_file.display(),
                 error = %error,
-                "ignoring an invalid segment summary: reading the segment instead and rewriting it"
+                "ignoring an invalid segment summary: reading the segment instead (it is rewritten after open)"
             ),
         }
     }
-    let (walk, written) = walk_summarizing(segdir, policy, &header, file.as_ref(), size, visit)
-        .map_err(io_err(&path, "read segment"))?;
+    let walk = walk(
+        &mut FileSource::new(file.as_ref(), size),
+        &header,
+        size,
+        keep,
+        visit,
+    )
+    .map_err(io_err(&path, "read segment"))?;
     if !walk.sealed && !walk.visit_stopped {
         let (off, detail) = walk.stop.clone().expect("an unsealed walk stops somewhere");
         return Err(corrupt(
@@ -416,20 +425,13 @@ fn recover_sealed(
             format!("{detail} (in a segment that was sealed and synced)"),
         ));
     }
-    if let Some(result) = written {
-        // Only a lost shortcut if it failed: the next open walks this segment again.
-        report(
-            segdir,
-            seq,
-            result.map_err(|e| format!("write summary: {e}")),
-        );
-    }
     Ok(Recovered {
         seq,
         file,
         header,
         walk,
         image: None,
+        summarized: false,
     })
 }
 
@@ -501,6 +503,7 @@ fn recover_last(
         header,
         walk,
         image: Some(image),
+        summarized: false,
     })
 }
 

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,7 +21,7 @@ use crate::limits::{
     SUMMARY_QUEUE_MAX,
 };
 use crate::read::{frame_at, FileSource};
-use crate::recover::{walk, Visit, Walk};
+use crate::recover::{walk, Visit};
 use crate::segdir::SegDir;
 use crate::storage::StorageFile;
 
@@ -312,8 +313,8 @@ pub(crate) fn write_summary(segdir: &SegDir, seq: u32, bytes: &[u8]) -> io::Resu
     segdir.storage.rename(&tmp, &sum_path(&segdir.dir, seq))
 }
 
-/// Reads sealed segment `seq` back (its `file`), walks it and writes its summary. A segment
-/// that does not end with a seal gets none.
+/// Reads sealed segment `seq` back (its `file`), walks it as recovery does and writes its
+/// summary if it pays (`Policy::pays`). A segment that does not end with a seal gets none.
 pub(crate) fn summarize(
     segdir: &SegDir,
     policy: Policy,
@@ -329,58 +330,44 @@ pub(crate) fn summarize(
     if header.seq != seq {
         return Err(format!("segment {seq}'s header says {}", header.seq));
     }
-    let (w, written) = walk_summarizing(segdir, policy, &header, file, size, None)
-        .map_err(|e| io("read segment", e))?;
-    match written {
-        Some(result) => result.map_err(|e| io("write summary", e)),
-        None if w.sealed => Ok(()),
-        None => Err("the segment does not end with a seal".into()),
-    }
-}
-
-/// Walks segment `header.seq` (its `file` of `size` bytes) as recovery does, handing each
-/// frame to `visit` too, and, if the walk reached the seal without being stopped and the
-/// summary pays (`Policy::pays`), writes the segment's summary: `Some(result of the write)`
-/// then, `None` otherwise.
-pub(crate) fn walk_summarizing(
-    segdir: &SegDir,
-    policy: Policy,
-    header: &SegmentHeader,
-    file: &dyn StorageFile,
-    size: u64,
-    mut visit: Option<&mut Visit<'_>>,
-) -> io::Result<(Walk, Option<io::Result<()>>)> {
     let mut builder = Builder::new();
-    let mut both = |loc: crate::Loc, kind: u8, meta: &[u8], payload_len: u32| {
+    let mut push = |loc: crate::Loc, kind: u8, meta: &[u8], payload_len: u32| {
         builder.push(loc.off, kind, meta, payload_len);
-        match visit.as_deref_mut() {
-            Some(v) => v(loc, kind, meta, payload_len),
-            None => Ok(()),
-        }
+        Ok(())
     };
     let w = walk(
         &mut FileSource::new(file, size),
-        header,
+        &header,
         size,
         policy.keep,
-        Some(&mut both),
-    )?;
-    let written = match w.last_round {
-        Some(round_last)
-            if w.sealed && !w.visit_stopped && policy.pays(w.payload_bytes, w.committed) =>
-        {
-            let bytes = builder.finish(header, w.committed, round_last);
-            Some(write_summary(segdir, header.seq, &bytes))
-        }
-        _ => None,
+        Some(&mut push),
+    )
+    .map_err(|e| io("read segment", e))?;
+    let Some(round_last) = w.last_round.filter(|_| w.sealed) else {
+        return Err("the segment does not end with a seal".into());
     };
-    Ok((w, written))
+    if !policy.pays(w.payload_bytes, w.committed) {
+        return Ok(());
+    }
+    let bytes = builder.finish(&header, w.committed, round_last);
+    write_summary(segdir, seq, &bytes).map_err(|e| io("write summary", e))
 }
 
-type Job = (u32, Arc<dyn StorageFile>);
+/// A sealed segment (its seq and file) to summarize.
+type Seg = (u32, Arc<dyn StorageFile>);
 
-/// Writes the summary of each segment the log seals: on a background thread, or (for
-/// simulation tests, whose storage calls must come in a fixed order) right at the roll.
+/// Work for the summary thread.
+enum Job {
+    /// A segment the log just sealed.
+    Sealed(Seg),
+    /// Sealed segments open found without a valid summary: given up at drop, where the
+    /// next open finds them again.
+    Found(Vec<Seg>),
+}
+
+/// Writes the summary of each segment the log seals, and of those open found without one:
+/// on a background thread, or (for simulation tests, whose storage calls must come in a
+/// fixed order) right away.
 #[derive(Debug)]
 pub(crate) struct Summaries {
     segdir: SegDir,
@@ -393,9 +380,12 @@ struct Worker {
     /// Bounded: when the thread falls this far behind, a sealed segment goes without a
     /// summary (the next open walks it and writes one).
     jobs: Option<SyncSender<Job>>,
-    /// Joined on drop, after it wrote the summaries still queued (at most
-    /// `SUMMARY_QUEUE_MAX`, a fraction of a second each): a clean shutdown leaves every
-    /// sealed segment summarized, and no storage call happens after the log is dropped.
+    /// Set at drop: the rest of a `Job::Found` is left to the next open.
+    stopping: Arc<AtomicBool>,
+    /// Joined on drop, after it wrote the summaries of the segments sealed and still
+    /// queued (at most `SUMMARY_QUEUE_MAX`, a fraction of a second each): a clean shutdown
+    /// leaves every segment sealed since open summarized, and no storage call happens after
+    /// the log is dropped.
     thread: Option<JoinHandle<()>>,
 }
 
@@ -405,16 +395,32 @@ impl Summaries {
             let (jobs, rx): (SyncSender<Job>, Receiver<Job>) =
                 mpsc::sync_channel(SUMMARY_QUEUE_MAX);
             let dir = segdir.clone();
+            let stopping = Arc::new(AtomicBool::new(false));
+            let stop = Arc::clone(&stopping);
             let thread = std::thread::Builder::new()
                 .name("weir-log-summary".into())
                 .spawn(move || {
-                    for (seq, file) in rx {
-                        report(&dir, seq, summarize(&dir, policy, seq, file.as_ref()));
+                    let one = |(seq, file): Seg| {
+                        report(&dir, seq, summarize(&dir, policy, seq, file.as_ref()))
+                    };
+                    for job in rx {
+                        match job {
+                            Job::Sealed(seg) => one(seg),
+                            Job::Found(segs) => {
+                                for seg in segs {
+                                    if stop.load(Ordering::Relaxed) {
+                                        break;
+                                    }
+                                    one(seg);
+                                }
+                            }
+                        }
                     }
                 })
                 .expect("spawn the segment-summary thread");
             Worker {
                 jobs: Some(jobs),
+                stopping,
                 thread: Some(thread),
             }
         });
@@ -434,28 +440,47 @@ impl Summaries {
         payload_bytes: u64,
         committed: u64,
     ) {
-        if !self.policy.pays(payload_bytes, committed) {
-            return;
+        if self.policy.pays(payload_bytes, committed) {
+            self.submit(Job::Sealed((seq, file)));
         }
+    }
+
+    /// Sealed segments that open found without a valid summary (and walked), each with its
+    /// file, payload bytes and committed length: write the summaries that pay.
+    pub(crate) fn found(&mut self, segs: Vec<(u32, Arc<dyn StorageFile>, u64, u64)>) {
+        let segs: Vec<Seg> = segs
+            .into_iter()
+            .filter(|&(_, _, payload_bytes, committed)| self.policy.pays(payload_bytes, committed))
+            .map(|(seq, file, _, _)| (seq, file))
+            .collect();
+        if !segs.is_empty() {
+            self.submit(Job::Found(segs));
+        }
+    }
+
+    fn submit(&mut self, job: Job) {
         let Some(worker) = &self.worker else {
-            report(
-                &self.segdir,
-                seq,
-                summarize(&self.segdir, self.policy, seq, file.as_ref()),
-            );
+            let segs = match job {
+                Job::Sealed(seg) => vec![seg],
+                Job::Found(segs) => segs,
+            };
+            for (seq, file) in segs {
+                report(
+                    &self.segdir,
+                    seq,
+                    summarize(&self.segdir, self.policy, seq, file.as_ref()),
+                );
+            }
             return;
         };
         let jobs = worker.jobs.as_ref().expect("jobs open until drop");
-        if let Err(TrySendError::Full((seq, _))) = jobs.try_send((seq, file)) {
-            tracing::debug!(
-                segment = seq,
-                "segment summaries are behind; this one is left to the next open"
-            );
+        if let Err(TrySendError::Full(_)) = jobs.try_send(job) {
+            tracing::debug!("segment summaries are behind; these are left to the next open");
         }
     }
 }
 
-pub(crate) fn report(segdir: &SegDir, seq: u32, result: Result<(), String>) {
+fn report(segdir: &SegDir, seq: u32, result: Result<(), String>) {
     if let Err(error) = result {
         // Harmless: the next open walks the segment instead (and writes the summary then).
         tracing::warn!(
@@ -468,6 +493,7 @@ pub(crate) fn report(segdir: &SegDir, seq: u32, result: Result<(), String>) {
 
 impl Drop for Worker {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.jobs = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
