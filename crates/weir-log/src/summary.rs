@@ -314,10 +314,11 @@ pub(crate) fn write_summary(segdir: &SegDir, seq: u32, bytes: &[u8]) -> io::Resu
 }
 
 /// Reads sealed segment `seq` back (its `file`), walks it as recovery does and writes its
-/// summary if it pays (`Policy::pays`). A segment that does not end with a seal gets none.
+/// summary, each entry keeping `keep` of its meta. A segment that does not end with a seal
+/// gets none. (Whether a segment gets one at all, `Policy::pays`, its callers decide.)
 pub(crate) fn summarize(
     segdir: &SegDir,
-    policy: Policy,
+    keep: Option<SummaryMeta>,
     seq: u32,
     file: &dyn StorageFile,
 ) -> Result<(), String> {
@@ -339,16 +340,13 @@ pub(crate) fn summarize(
         &mut FileSource::new(file, size),
         &header,
         size,
-        policy.keep,
+        keep,
         Some(&mut push),
     )
     .map_err(|e| io("read segment", e))?;
     let Some(round_last) = w.last_round.filter(|_| w.sealed) else {
         return Err("the segment does not end with a seal".into());
     };
-    if !policy.pays(w.payload_bytes, w.committed) {
-        return Ok(());
-    }
     let bytes = builder.finish(&header, w.committed, round_last);
     write_summary(segdir, seq, &bytes).map_err(|e| io("write summary", e))
 }
@@ -401,7 +399,7 @@ impl Summaries {
                 .name("weir-log-summary".into())
                 .spawn(move || {
                     let one = |(seq, file): Seg| {
-                        report(&dir, seq, summarize(&dir, policy, seq, file.as_ref()))
+                        report(&dir, seq, summarize(&dir, policy.keep, seq, file.as_ref()))
                     };
                     for job in rx {
                         match job {
@@ -468,7 +466,7 @@ impl Summaries {
                 report(
                     &self.segdir,
                     seq,
-                    summarize(&self.segdir, self.policy, seq, file.as_ref()),
+                    summarize(&self.segdir, self.policy.keep, seq, file.as_ref()),
                 );
             }
             return;
