@@ -3,6 +3,7 @@
 //! and randomness are passed in), so every rule here is unit- and property-tested.
 
 pub mod backoff;
+pub mod flow;
 pub mod group;
 pub mod id;
 pub mod json;
@@ -12,6 +13,7 @@ pub mod task;
 pub mod validate;
 
 pub use backoff::Backoff;
+pub use flow::{ConfigPatch, QueueConfig};
 pub use group::{GroupState, GroupTally};
 pub use id::TaskId;
 pub use limits::Limits;

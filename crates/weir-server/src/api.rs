@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use weir_core::limits::{KIND_DEFAULT, MAX_ATTEMPTS_DEFAULT, TIMEOUT_MS_DEFAULT};
@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/queues", get(list_queues))
         .route("/v1/queues/{queue}", get(get_queue).delete(delete_queue))
+        .route("/v1/queues/{queue}/config", put(configure_queue))
         .route("/v1/queues/{queue}/tasks", post(enqueue))
         .route("/v1/queues/{queue}/tasks:batch", post(enqueue_batch))
         .route("/v1/queues/{queue}/lease", post(lease))
@@ -645,10 +646,7 @@ async fn list_queues(State(s): State<AppState>) -> ApiResult {
         .queues()
         .await?
         .into_iter()
-        .map(|q| QueueJson {
-            name: q.name,
-            counts: q.counts.into(),
-        })
+        .map(QueueJson::from)
         .collect();
     Ok(Json(QueuesResponse { queues }).into_response())
 }
@@ -662,11 +660,21 @@ async fn get_queue(State(s): State<AppState>, Path(queue): Path<String>) -> ApiR
         .into_iter()
         .find(|q| q.name == queue)
         .ok_or_else(|| ApiError::not_found(format!("no queue named {queue}")))?;
-    Ok(Json(QueueJson {
-        name: q.name,
-        counts: q.counts.into(),
-    })
-    .into_response())
+    Ok(Json(QueueJson::from(q)).into_response())
+}
+
+/// Changes a queue's flow-control settings: 200 with the whole config.
+async fn configure_queue(
+    State(s): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    let bytes = read_body(&headers, body, ENVELOPE_BYTES_MAX).await?;
+    let b: QueueConfigBody = parse(&bytes)?;
+    let config = s.broker.configure(&queue, b.into()).await?;
+    Ok(Json(QueueConfigJson::from(config)).into_response())
 }
 
 /// Removes an empty queue: 204; 409 with its counts if it holds any task.

@@ -10,7 +10,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
-use weir_store::{Counts, GroupView, Leased, TaskView};
+use weir_core::{ConfigPatch, QueueConfig};
+use weir_store::{Counts, GroupView, Leased, QueueInfo, TaskView};
 
 /// A request struct that must come as a JSON object. serde's derive also reads a
 /// struct from an array of its fields in declaration order (`[{"a":1},"email.send",
@@ -430,6 +431,79 @@ impl From<Counts> for CountsJson {
 pub struct QueueJson {
     pub name: String,
     pub counts: CountsJson,
+    pub config: QueueConfigJson,
+}
+
+impl From<QueueInfo> for QueueJson {
+    fn from(q: QueueInfo) -> QueueJson {
+        QueueJson {
+            name: q.name,
+            counts: q.counts.into(),
+            config: q.config.into(),
+        }
+    }
+}
+
+/// A queue's flow-control settings as the API shows them (`null`: no limit).
+#[derive(Serialize)]
+pub struct QueueConfigJson {
+    pub rate_per_sec: Option<f64>,
+    /// As set (`null`: one second of the rate).
+    pub burst: Option<u64>,
+    pub max_in_flight: Option<u64>,
+    pub max_pending: Option<u64>,
+    pub paused: bool,
+}
+
+impl From<QueueConfig> for QueueConfigJson {
+    fn from(c: QueueConfig) -> QueueConfigJson {
+        QueueConfigJson {
+            rate_per_sec: c.rate_per_sec,
+            burst: c.burst,
+            max_in_flight: c.max_in_flight,
+            max_pending: c.max_pending,
+            paused: c.paused,
+        }
+    }
+}
+
+/// `PUT /v1/queues/{queue}/config`: each field absent keeps the setting, `null`
+/// clears it (`paused: null` is `false`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfigBody {
+    #[serde(default, deserialize_with = "present")]
+    pub rate_per_sec: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub burst: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub max_in_flight: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub max_pending: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub paused: Option<Option<bool>>,
+}
+
+impl From<QueueConfigBody> for ConfigPatch {
+    fn from(b: QueueConfigBody) -> ConfigPatch {
+        ConfigPatch {
+            rate_per_sec: b.rate_per_sec,
+            burst: b.burst,
+            max_in_flight: b.max_in_flight,
+            max_pending: b.max_pending,
+            paused: b.paused.map(|p| p.unwrap_or(false)),
+        }
+    }
+}
+
+/// A field that is present (`Some`), its value possibly `null` (`Some(None)`);
+/// with `#[serde(default)]` an absent one is `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Serialize)]

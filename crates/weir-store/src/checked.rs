@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_core::validate::{self, InvalidInput};
-use weir_core::{Limits, TaskId, TaskState};
+use weir_core::{ConfigPatch, Limits, QueueConfig, TaskId, TaskState};
 
 use crate::{
     Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, QueueInfo,
@@ -188,6 +188,13 @@ impl<B: Broker + ?Sized> Broker for Checked<B> {
 
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         self.inner.queues().await
+    }
+
+    async fn configure(&self, queue: &str, patch: ConfigPatch) -> Result<QueueConfig, StoreError> {
+        validate::queue_name(queue, &self.limits)?;
+        // The values alone (a store checks the result of applying them again).
+        QueueConfig::default().patched(&patch, self.limits.queue_tasks_max)?;
+        self.inner.configure(queue, patch).await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {

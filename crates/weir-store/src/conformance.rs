@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_core::{GroupState, NewTask, TaskId, TaskState};
+use weir_core::{ConfigPatch, GroupState, NewTask, QueueConfig, TaskId, TaskState};
 
 use crate::{Broker, EnqueueTask, LeaseId, Settle, StoreError};
 
@@ -811,6 +811,318 @@ pub async fn delete_queue_only_when_empty(b: &dyn Broker) {
     assert_eq!(l[0].record.id, id);
 }
 
+/// A store that wakes parked leases answers well before the Redis store's own
+/// re-check (1–2 s) would have: a wake-up test bounded by this fails on a store
+/// that only re-checks.
+fn woken_within() -> Duration {
+    Duration::from_millis(crate::redis::RECHECK_MS_MIN)
+}
+
+async fn config_of(b: &dyn Broker, queue: &str) -> Option<QueueConfig> {
+    b.queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == queue)
+        .map(|q| q.config)
+}
+
+async fn counts_of(b: &dyn Broker, queue: &str) -> crate::Counts {
+    let qs = b.queues().await.unwrap();
+    qs.into_iter()
+        .find(|q| q.name == queue)
+        .expect("the queue")
+        .counts
+}
+
+async fn enqueue_n(b: &dyn Broker, queue: &str, n: usize) -> Vec<TaskId> {
+    let mut ids = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let items = chunk
+            .iter()
+            .map(|i| item(task("k"), &i.to_string()))
+            .collect();
+        ids.extend(
+            b.enqueue(queue, items)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id),
+        );
+    }
+    ids
+}
+
+pub async fn queue_config_is_kept_patched_and_deleted_with_the_queue(b: &dyn Broker) {
+    // Configuring creates the queue: a limit can be set before the first task.
+    let c = b
+        .configure(
+            "f0",
+            ConfigPatch {
+                rate_per_sec: Some(Some(12.5)),
+                max_pending: Some(Some(100)),
+                ..ConfigPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let want = QueueConfig {
+        rate_per_sec: Some(12.5),
+        max_pending: Some(100),
+        ..QueueConfig::default()
+    };
+    assert_eq!(c, want);
+    assert_eq!(config_of(b, "f0").await, Some(want));
+    // Absent fields stay, null clears, paused flips.
+    let c = b
+        .configure(
+            "f0",
+            ConfigPatch {
+                rate_per_sec: Some(None),
+                burst: Some(Some(4)),
+                max_in_flight: Some(Some(2)),
+                paused: Some(true),
+                ..ConfigPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let want = QueueConfig {
+        rate_per_sec: None,
+        burst: Some(4),
+        max_in_flight: Some(2),
+        max_pending: Some(100),
+        paused: true,
+    };
+    assert_eq!(c, want);
+    assert_eq!(config_of(b, "f0").await, Some(want));
+    // A bad value changes nothing.
+    let bad = ConfigPatch {
+        max_in_flight: Some(Some(0)),
+        paused: Some(false),
+        ..ConfigPatch::default()
+    };
+    assert!(matches!(
+        b.configure("f0", bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(config_of(b, "f0").await, Some(want));
+    // Deleting the (empty) queue takes its config with it.
+    b.delete_queue("f0").await.unwrap();
+    assert_eq!(config_of(b, "f0").await, None);
+    one(b, "f0", task("k"), "1").await;
+    assert_eq!(config_of(b, "f0").await, Some(QueueConfig::default()));
+}
+
+pub async fn a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed<B: Broker + Clone>(
+    b: B,
+) {
+    let pause = |p| ConfigPatch {
+        paused: Some(p),
+        ..ConfigPatch::default()
+    };
+    b.configure("f1", pause(true)).await.unwrap();
+    let id = one(&b, "f1", task("k"), "1").await;
+    assert_eq!(state(&b, id).await, TaskState::Pending);
+    assert!(b.lease("f1", 10, Duration::ZERO).await.unwrap().is_empty());
+    let parked = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let got = b.lease("f1", 10, WAIT).await.unwrap();
+            (got, tokio::time::Instant::now())
+        })
+    };
+    // Give the lease time to park (if it has not, it finds the queue resumed and
+    // the test proves less, but still passes only on a correct store).
+    for _ in 0..3 {
+        b.queues().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let resumed = tokio::time::Instant::now();
+    b.configure("f1", pause(false)).await.unwrap();
+    let (got, at) = parked.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].record.id, id);
+    let took = at.saturating_duration_since(resumed);
+    assert!(
+        took < woken_within(),
+        "resume woke the parked lease after {took:?}"
+    );
+}
+
+pub async fn max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot<B: Broker + Clone>(b: B) {
+    b.configure(
+        "f2",
+        ConfigPatch {
+            max_in_flight: Some(Some(3)),
+            ..ConfigPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    enqueue_n(&b, "f2", 10).await;
+    let first = b.lease("f2", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(b.lease("f2", 10, Duration::ZERO).await.unwrap().is_empty());
+
+    assert_eq!(counts_of(&b, "f2").await.get(TaskState::Active), 3);
+    // Each way out of active frees a slot: ack, fail, release.
+    ack(&b, first[0].record.id, first[0].lease_id).await;
+    let l = b.lease("f2", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(l.len(), 1);
+    b.settle(vec![Settle::Fail {
+        id: first[1].record.id,
+        lease_id: first[1].lease_id,
+        error: "e".into(),
+        retry: false,
+    }])
+    .await
+    .unwrap();
+    b.release(first[2].record.id, first[2].lease_id)
+        .await
+        .unwrap();
+    let l2 = b.lease("f2", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(l2.len(), 2);
+    assert_eq!(counts_of(&b, "f2").await.get(TaskState::Active), 3);
+    // A parked lease is woken by the slot an ack frees.
+    let parked = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let got = b.lease("f2", 10, WAIT).await.unwrap();
+            (got, tokio::time::Instant::now())
+        })
+    };
+    for _ in 0..3 {
+        b.queues().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let acked = tokio::time::Instant::now();
+    ack(&b, l[0].record.id, l[0].lease_id).await;
+    let (got, at) = parked.await.unwrap();
+    assert_eq!(got.len(), 1, "one slot, one task");
+    let took = at.saturating_duration_since(acked);
+    assert!(
+        took < woken_within(),
+        "the ack woke the parked lease after {took:?}"
+    );
+    assert_eq!(counts_of(&b, "f2").await.get(TaskState::Active), 3);
+    // Raising the cap lets more go at once.
+    b.configure(
+        "f2",
+        ConfigPatch {
+            max_in_flight: Some(None),
+            ..ConfigPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    let rest = b.lease("f2", 10, Duration::ZERO).await.unwrap();
+    // 10 = 2 completed + 1 dead + 3 active + 4 still pending.
+    assert_eq!(rest.len(), 4);
+}
+
+pub async fn max_pending_refuses_what_would_overflow_whole(b: &dyn Broker) {
+    b.configure(
+        "f3",
+        ConfigPatch {
+            max_pending: Some(Some(5)),
+            ..ConfigPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    enqueue_n(b, "f3", 3).await;
+    let full = |r: Result<Vec<_>, StoreError>| match r {
+        Err(StoreError::QueueFull {
+            limit,
+            retry_after_ms,
+            ..
+        }) => {
+            assert_eq!(limit, 5);
+            assert!(retry_after_ms > 0);
+        }
+        other => panic!("not refused as full: {other:?}"),
+    };
+    let three = || {
+        (0..3)
+            .map(|i| item(task("k"), &i.to_string()))
+            .collect::<Vec<_>>()
+    };
+    full(b.enqueue("f3", three()).await);
+    match b.create_group("f3", three(), false).await {
+        Err(StoreError::QueueFull { limit: 5, .. }) => {}
+        other => panic!("group not refused as full: {other:?}"),
+    }
+
+    assert_eq!(
+        counts_of(b, "f3").await.get(TaskState::Pending),
+        3,
+        "nothing half-enqueued"
+    );
+    // Delayed tasks count too (scheduled + pending).
+    let mut later = task("k");
+    later.delay_ms = 3_600_000;
+    b.enqueue("f3", vec![item(later, "x"), item(task("k"), "y")])
+        .await
+        .unwrap();
+    full(b.enqueue("f3", vec![item(task("k"), "z")]).await);
+    // Active tasks do not: leasing one makes room for one.
+    let l = b.lease("f3", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(l.len(), 1);
+    b.enqueue("f3", vec![item(task("k"), "z")]).await.unwrap();
+    full(b.enqueue("f3", vec![item(task("k"), "w")]).await);
+    let c = counts_of(b, "f3").await;
+    assert_eq!(
+        (
+            c.get(TaskState::Scheduled),
+            c.get(TaskState::Pending),
+            c.get(TaskState::Active)
+        ),
+        (1, 4, 1)
+    );
+}
+
+/// The rate in real time, measured by the store's own clock (each task's start):
+/// 100/s with a burst of 50, an eager long-polling taker. The first 50 go at
+/// once, the next 200 one per 10 ms: 2 s, within 5%. A store that re-checks
+/// instead of waking on the next token falls far behind.
+pub async fn rate_caps_leases_per_second<B: Broker + Clone>(b: B) {
+    b.configure(
+        "f4",
+        ConfigPatch {
+            rate_per_sec: Some(Some(100.0)),
+            burst: Some(Some(50)),
+            ..ConfigPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    enqueue_n(&b, "f4", 260).await;
+    let mut starts = Vec::new();
+    let by = tokio::time::Instant::now() + 4 * WAIT;
+    while starts.len() < 250 {
+        assert!(
+            tokio::time::Instant::now() < by,
+            "only {} leased",
+            starts.len()
+        );
+        let got = b.lease("f4", 100, WAIT).await.unwrap();
+        starts.extend(got.iter().map(|l| l.record.started_ms.expect("started")));
+    }
+    starts.sort_unstable();
+    let first = starts[0];
+    assert!(
+        starts[49] - first <= 5,
+        "the burst came at once: {:?}",
+        &starts[..50]
+    );
+    let span = starts[249] - first;
+    assert!(
+        (1900..=2100).contains(&span),
+        "200 tasks at 100/s took {span} ms"
+    );
+}
+
 pub async fn lease_ids_are_random(b: &dyn Broker) {
     let items = (0..16).map(|i| item(task("k"), &i.to_string())).collect();
     b.enqueue("c17", items).await.unwrap();
@@ -851,7 +1163,12 @@ macro_rules! conformance_tests {
             group_fail_fast_cancels_the_rest, group_without_fail_fast_runs_everything,
             group_cancel_cancels_members, group_member_retried_after_fail_fast_is_canceled,
             lease_on_unknown_queue_creates_nothing, delete_queue_only_when_empty,
-            lease_ids_are_random);
+            lease_ids_are_random, queue_config_is_kept_patched_and_deleted_with_the_queue,
+            max_pending_refuses_what_would_overflow_whole);
+        $crate::conformance_tests!(@owned $make;
+            a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed,
+            max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot,
+            rate_caps_leases_per_second);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn long_poll_lease_wakes_on_enqueue() {
             let b = $crate::Checked::new($make.await, weir_core::Limits::default());
@@ -873,6 +1190,15 @@ macro_rules! conformance_tests {
             let b = $crate::Checked::new($make.await, weir_core::Limits::default());
             $crate::conformance::wait_wakes_when_terminal(b).await;
         }
+    };
+    (@owned $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let b = $crate::Checked::new($make.await, weir_core::Limits::default());
+                $crate::conformance::$case(b).await;
+            }
+        )*
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

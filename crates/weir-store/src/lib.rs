@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_core::machine::TransitionError;
 use weir_core::validate::InvalidInput;
-use weir_core::{GroupState, NewTask, TaskId, TaskRecord, TaskState};
+use weir_core::{ConfigPatch, GroupState, NewTask, QueueConfig, TaskId, TaskRecord, TaskState};
 
 pub use checked::Checked;
 pub use clock::{Clock, SystemClock};
@@ -165,10 +165,12 @@ impl Counts {
 }
 
 /// One queue's public view.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QueueInfo {
     pub name: String,
     pub counts: Counts,
+    /// Its flow-control settings (all unset for a queue never configured).
+    pub config: QueueConfig,
 }
 
 /// A task group as a reader sees it: its state and every member (without payloads).
@@ -384,8 +386,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Every known queue with its counts. A queue exists from its first enqueue
     /// until `delete_queue`; a lease or a read never creates one.
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
+    /// Changes a queue's flow-control settings (creating the queue if it does not
+    /// exist, within `queues_max`) and answers the whole config once durable. Every
+    /// server on the store applies it from its next lease on; a change wakes the
+    /// queue's parked leases so they judge it at once.
+    async fn configure(&self, queue: &str, patch: ConfigPatch) -> Result<QueueConfig, StoreError>;
     /// Removes an empty queue: one holding no task in any state, retained finished
-    /// tasks included. `QueueNotFound` if unknown, `QueueNotEmpty` (with its counts)
+    /// tasks included. Its config goes with it. `QueueNotFound` if unknown, `QueueNotEmpty` (with its counts)
     /// otherwise. Lease long-polls parked on it keep waiting, as on an unknown queue,
     /// and the next enqueue creates it afresh.
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError>;

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use weir_core::{TaskId, TaskRecord, TaskState};
+use weir_core::{QueueConfig, TaskId, TaskRecord, TaskState};
 
 /// Version byte in front of every encoded value.
 const FORMAT_V1: u8 = 1;
@@ -24,6 +24,10 @@ pub const KIND_GROUP: u8 = 3;
 pub const KIND_PURGE: u8 = 4;
 /// Groups retention removed: their ids (16 each, BE).
 pub const KIND_GROUP_PURGE: u8 = 5;
+/// A queue's flow-control config: the postcard `QueueFrame` (its name and every
+/// setting). The latest frame of a name wins; one with no setting (written when
+/// the queue is deleted or its settings cleared) ends the config.
+pub const KIND_QUEUE: u8 = 6;
 
 /// Bytes of one entry of a `KIND_PURGE` frame.
 pub const PURGE_ENTRY_BYTES: usize = 24;
@@ -240,6 +244,42 @@ pub fn decode_group(bytes: &[u8]) -> Result<GroupRecord, Corrupt> {
     decode("group", bytes)
 }
 
+/// A queue's config as stored (`KIND_QUEUE`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct QueueFrame<'a> {
+    queue: Cow<'a, str>,
+    rate_per_sec: Option<f64>,
+    burst: Option<u64>,
+    max_in_flight: Option<u64>,
+    max_pending: Option<u64>,
+    paused: bool,
+}
+
+/// The meta of a `KIND_QUEUE` frame.
+pub fn queue_meta(queue: &str, c: &QueueConfig) -> Vec<u8> {
+    encode(&QueueFrame {
+        queue: Cow::Borrowed(queue),
+        rate_per_sec: c.rate_per_sec,
+        burst: c.burst,
+        max_in_flight: c.max_in_flight,
+        max_pending: c.max_pending,
+        paused: c.paused,
+    })
+}
+
+/// Reads a `KIND_QUEUE` frame: the queue's name and config.
+pub fn queue_frame(meta: &[u8]) -> Result<(String, QueueConfig), Corrupt> {
+    let f: QueueFrame = decode("queue config", meta)?;
+    let c = QueueConfig {
+        rate_per_sec: f.rate_per_sec,
+        burst: f.burst,
+        max_in_flight: f.max_in_flight,
+        max_pending: f.max_pending,
+        paused: f.paused,
+    };
+    Ok((f.queue.into_owned(), c))
+}
+
 /// A task's record as stored. Borrowed when written (`encode_record_into`, from a
 /// `TaskRecord`'s own strings), owned when read; postcard encodes both the same.
 #[derive(Serialize, Deserialize)]
@@ -378,6 +418,20 @@ mod tests {
             },
             5,
         )
+    }
+
+    #[test]
+    fn queue_configs_round_trip() {
+        let c = QueueConfig {
+            rate_per_sec: Some(12.5),
+            burst: Some(3),
+            max_in_flight: None,
+            max_pending: Some(1000),
+            paused: true,
+        };
+        let (q, back) = queue_frame(&queue_meta("emails", &c)).unwrap();
+        assert_eq!((q.as_str(), back), ("emails", c));
+        assert!(queue_frame(&[1, 200]).is_err());
     }
 
     #[test]

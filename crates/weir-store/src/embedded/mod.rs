@@ -24,7 +24,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use weir_core::machine::{self, Start};
-use weir_core::{Backoff, Limits, TaskId, TaskRecord, TaskState};
+use weir_core::{Backoff, ConfigPatch, Limits, QueueConfig, TaskId, TaskRecord, TaskState};
 use weir_log::{Log, LogConfig};
 
 use crate::clock::{Clock, SystemClock};
@@ -596,7 +596,7 @@ fn finish_load(
         writer::apply(&mut st, placed);
     }
     // A queue whose every task was left out (past its retention) is no queue: only
-    // queues with tasks survive a restart. (Tasks `kept` for the caller's leases
+    // queues with tasks or a config survive a restart. (Tasks `kept` for the caller's leases
     // are counted by `carry_over`, and their queue is one the caller has.)
     let kept_queues: HashSet<String> = kept
         .iter()
@@ -606,7 +606,7 @@ fn finish_load(
     let empty: Vec<String> = st
         .queues
         .iter()
-        .filter(|q| !q.name.is_empty() && q.counts.iter().all(|&c| c == 0))
+        .filter(|q| !q.name.is_empty() && q.counts.iter().all(|&c| c == 0) && q.config.is_default())
         .map(|q| q.name.to_string())
         .filter(|name| !kept_queues.contains(name))
         .collect();
@@ -716,6 +716,11 @@ impl<'a> Replay<'a> {
                         self.st.forget_task(id);
                     }
                 }
+            }
+            disk::KIND_QUEUE => {
+                let (name, config) = disk::queue_frame(meta).map_err(corrupt)?;
+                let q = self.st.intern(&name);
+                self.st.place_config(q, config, Some(loc.to_u64()));
             }
             disk::KIND_GROUP_PURGE => {
                 for id in disk::ids(meta).map_err(corrupt)? {
@@ -877,7 +882,7 @@ impl Broker for EmbeddedBroker {
         // A lease never creates its queue: on a queue nobody enqueued to it finds
         // nothing, and a long-poll waits under the name (`State::lease_notify`).
         if wait.is_zero() {
-            return self.try_lease(queue, max, worker.as_ref());
+            return Ok(self.try_lease(queue, max, worker.as_ref())?.0);
         }
         let deadline = tokio::time::Instant::now() + wait;
         let mut parked = ParkedWaiter {
@@ -893,7 +898,7 @@ impl Broker for EmbeddedBroker {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.try_lease(queue, max, worker.as_ref())?;
+            let (got, next_token_ms) = self.try_lease(queue, max, worker.as_ref())?;
             if !got.is_empty() {
                 return Ok(got);
             }
@@ -905,9 +910,16 @@ impl Broker for EmbeddedBroker {
             if !self.shared.lock().is_lease_notify(queue, &notify) {
                 continue;
             }
+            // Held back by the queue's rate: look again when the next token is due
+            // (a timer, not a poll: it is set only while tasks wait for tokens).
+            let token = next_token_ms.map(|at| {
+                let now = self.shared.now_ms();
+                tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now))
+            });
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                _ = sleep_until_some(token) => {}
                 _ = self.shared.closing.cancelled() => return Ok(Vec::new()),
             }
         }
@@ -1020,6 +1032,15 @@ impl Broker for EmbeddedBroker {
 
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         Ok(self.shared.lock().queue_infos())
+    }
+
+    async fn configure(&self, queue: &str, patch: ConfigPatch) -> Result<QueueConfig, StoreError> {
+        self.submit(|reply| Op::Configure {
+            queue: queue.to_owned(),
+            patch,
+            reply,
+        })
+        .await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {
@@ -1204,25 +1225,29 @@ impl EmbeddedBroker {
         }))
     }
 
-    /// Takes up to `max` pending tasks of `queue` and leases them. Tasks past their
-    /// deadline are handed to the writer to end dead instead.
+    /// Takes up to `max` pending tasks of `queue`, as many as its flow control
+    /// allows now, and leases them. Tasks past their deadline are handed to the
+    /// writer to end dead instead. Also answers, when the queue's rate held tasks
+    /// back, when its next token is due (ms).
     fn try_lease(
         &self,
         queue: &str,
         max: usize,
         worker: Option<&Arc<str>>,
-    ) -> Result<Vec<Leased>, StoreError> {
+    ) -> Result<(Vec<Leased>, Option<u64>), StoreError> {
         let now = self.shared.now_ms();
         let mut woken = Vec::new();
         // Step 1, under the lock: pop ids and hold them with placeholder leases.
-        let taken: Vec<(u128, u128, Option<TaskLoc>)> = {
+        let (taken, next_token_ms) = {
             let mut st = self.shared.lock();
             st.promote_due(now, &mut woken);
             let Some(&q) = st.queue_index.get(queue) else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             };
-            let mut taken = Vec::new();
-            while taken.len() < max {
+            let (allowed, next_token_ms) = st.queue(q).allowance(max as u64, now);
+            let allowed = allowed as usize;
+            let mut taken: Vec<(u128, u128, Option<TaskLoc>)> = Vec::new();
+            while taken.len() < allowed {
                 let Some((priority, id)) = st.queue(q).pending.pop_first() else {
                     break;
                 };
@@ -1242,13 +1267,17 @@ impl EmbeddedBroker {
                 );
                 taken.push((id, lease_id, st.locs.get(id)));
             }
-            taken
+            let queue = st.queue(q);
+            queue.spend(taken.len() as u64, now);
+            // The next token matters only to tasks still waiting for one.
+            let next_token_ms = next_token_ms.filter(|_| queue.pending.len() > 0);
+            (taken, next_token_ms)
         };
         for n in woken {
             n.notify_waiters();
         }
         if taken.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), next_token_ms));
         }
         // Step 2, without the lock: read records and payloads.
         let disk = self.shared.disk();
@@ -1359,7 +1388,15 @@ impl EmbeddedBroker {
                 return Err(e);
             }
         }
-        Ok(out)
+        Ok((out, next_token_ms))
+    }
+}
+
+/// Sleeps until `at`, or for ever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

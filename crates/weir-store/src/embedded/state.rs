@@ -15,7 +15,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
-use weir_core::{GroupTally, TaskRecord, TaskState};
+use weir_core::{GroupTally, QueueConfig, TaskRecord, TaskState};
 
 use super::disk::GroupRecord;
 
@@ -35,6 +35,53 @@ pub struct QueueState {
     pub counts: [u64; 6],
     /// Woken whenever tasks become pending, for long-polling leases.
     pub notify: Arc<Notify>,
+    /// Flow-control settings.
+    pub config: QueueConfig,
+    /// Where the config's frame is in the log (`None` while it has no setting).
+    pub config_loc: Option<u64>,
+    /// The dispatch rate limiter's state (`weir_core::flow::Gcra`): memory only, a
+    /// restart starts with a full bucket.
+    pub tat_ms: f64,
+}
+
+impl QueueState {
+    fn new(name: Arc<str>, notify: Arc<Notify>) -> QueueState {
+        QueueState {
+            name,
+            pending: PendingSet::default(),
+            counts: [0; 6],
+            notify,
+            config: QueueConfig::default(),
+            config_loc: None,
+            tat_ms: 0.0,
+        }
+    }
+
+    /// How many tasks a lease for `want` may take now, and, when the rate is what
+    /// holds it back, when the next one may go (ms).
+    pub fn allowance(&self, want: u64, now_ms: u64) -> (u64, Option<u64>) {
+        let room = self
+            .config
+            .room(want, self.counts[TaskState::Active.index()]);
+        match self.config.gcra() {
+            Some(g) if room > 0 => {
+                let now = now_ms as f64;
+                let n = g.available(self.tat_ms, now).min(room);
+                let next = (n < room).then(|| g.next_ms(self.tat_ms, now));
+                (n, next)
+            }
+            _ => (room, None),
+        }
+    }
+
+    /// Spends `n` tokens of the rate limiter (the tasks a lease took).
+    pub fn spend(&mut self, n: u64, now_ms: u64) {
+        if let Some(g) = self.config.gcra() {
+            if n > 0 {
+                self.tat_ms = g.spend(self.tat_ms, now_ms as f64, n);
+            }
+        }
+    }
 }
 
 /// Pending task ids in dispatch order: by priority (highest first), then by id
@@ -482,12 +529,7 @@ impl State {
             Some(p) => p.notify.clone(),
             None => Arc::new(Notify::new()),
         };
-        let queue = QueueState {
-            name: name.clone(),
-            pending: PendingSet::default(),
-            counts: [0; 6],
-            notify,
-        };
+        let queue = QueueState::new(name.clone(), notify);
         let i = match self.free_queues.pop() {
             Some(i) => {
                 self.queues[i as usize] = queue;
@@ -521,15 +563,16 @@ impl State {
         q
     }
 
-    /// Removes an empty queue (no task in any state, retained ones included),
-    /// tombstoning its slot for reuse. Its lease long-polls are woken so that they
-    /// park under the name instead (see `lease_notify`).
+    /// Removes an empty queue (no task in any state, retained ones included) and its
+    /// config, tombstoning its slot for reuse. Its lease long-polls are woken so
+    /// that they park under the name instead (see `lease_notify`). Answers whether
+    /// the queue had a config on disk (the caller writes its end).
     ///
     /// Only the writer calls this, after a round has published everything it
     /// planned: then no `QueueIdx` of this queue lives outside `State` (every task
     /// the round touched is counted again, and a count of zero means no pending
     /// entry, scheduled timer entry or lease refers to it).
-    pub fn delete_queue(&mut self, name: &str) -> Result<(), crate::StoreError> {
+    pub fn delete_queue(&mut self, name: &str) -> Result<bool, crate::StoreError> {
         let Some(&i) = self.queue_index.get(name) else {
             return Err(crate::StoreError::QueueNotFound);
         };
@@ -544,16 +587,30 @@ impl State {
         self.queue_index.remove(name);
         let dead = std::mem::replace(
             &mut self.queues[i as usize],
-            QueueState {
-                name: Arc::from(""),
-                pending: PendingSet::default(),
-                counts: [0; 6],
-                notify: Arc::new(Notify::new()),
-            },
+            QueueState::new(Arc::from(""), Arc::new(Notify::new())),
         );
         self.free_queues.push(i);
         dead.notify.notify_waiters();
-        Ok(())
+        if let Some(loc) = dead.config_loc {
+            self.drop_ref(loc);
+        }
+        Ok(dead.config_loc.is_some())
+    }
+
+    /// Sets a queue's config; `loc` is its frame (`None`: a frame ending the
+    /// config, or none). Wakes its parked leases so they judge the new settings.
+    pub fn place_config(&mut self, q: QueueIdx, config: QueueConfig, loc: Option<u64>) {
+        let loc = loc.filter(|_| !config.is_default());
+        if let Some(l) = loc {
+            self.add_ref(l);
+        }
+        let queue = self.queue(q);
+        let old = std::mem::replace(&mut queue.config_loc, loc);
+        queue.config = config;
+        queue.notify.notify_waiters();
+        if let Some(l) = old {
+            self.drop_ref(l);
+        }
     }
 
     /// The `Notify` a lease long-poll on `name` waits on: the queue's own if it
@@ -688,6 +745,12 @@ impl State {
         let lease = self.leases.remove(&id)?;
         self.lease_deadlines.remove(&(lease.expires_ms, id));
         self.count(lease.queue, Some(TaskState::Active), None);
+        let queue = &self.queues[lease.queue as usize];
+        if queue.config.max_in_flight.is_some() {
+            // A slot is free: one parked lease may take it (a waiter that leaves
+            // without taking a notification passes it on, as tokio's `Notify` does).
+            queue.notify.notify_one();
+        }
         Some(lease)
     }
 
@@ -732,6 +795,7 @@ impl State {
             .map(|q| QueueInfo {
                 name: q.name.to_string(),
                 counts: Counts(q.counts),
+                config: q.config,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Notify};
 use weir_core::machine;
-use weir_core::{GroupTally, TaskId, TaskRecord, TaskState};
+use weir_core::{ConfigPatch, GroupTally, QueueConfig, TaskId, TaskRecord, TaskState};
 use weir_log::Log;
 
 use super::groups::{self, GroupEvent};
@@ -66,6 +66,12 @@ pub(crate) enum Op {
         id: TaskId,
         reply: Reply<()>,
     },
+    /// Change a queue's flow-control settings.
+    Configure {
+        queue: String,
+        patch: ConfigPatch,
+        reply: Reply<QueueConfig>,
+    },
     /// Delete an empty queue, at the end of the round (`State::delete_queue`).
     DeleteQueue {
         queue: String,
@@ -87,6 +93,7 @@ impl Op {
             Op::Cancel { .. }
             | Op::Release { .. }
             | Op::CancelGroup { .. }
+            | Op::Configure { .. }
             | Op::DeleteQueue { .. }
             | Op::Stop { .. } => 1,
         }
@@ -123,8 +130,20 @@ pub(crate) struct Batch<'a> {
 
 /// Where a frame of the round went, applied to `State` after the commit.
 pub(crate) enum Placed {
-    Task { id: u128, loc: u64, first: bool },
-    Group { id: u128, loc: u64 },
+    Task {
+        id: u128,
+        loc: u64,
+        first: bool,
+    },
+    Group {
+        id: u128,
+        loc: u64,
+    },
+    Queue {
+        q: QueueIdx,
+        config: QueueConfig,
+        loc: u64,
+    },
 }
 
 impl<'a> Batch<'a> {
@@ -180,6 +199,25 @@ impl<'a> Batch<'a> {
             id,
             loc: loc.to_u64(),
         });
+    }
+
+    /// A queue's config (a frame with no setting ends it).
+    pub fn queue_config(&mut self, q: QueueIdx, name: &str, config: QueueConfig) {
+        let loc = self
+            .log
+            .append(disk::KIND_QUEUE, &disk::queue_meta(name, &config), &[]);
+        self.placed.push(Placed::Queue {
+            q,
+            config,
+            loc: loc.to_u64(),
+        });
+    }
+
+    /// The end of a deleted queue's config (it is in no index: nothing to place).
+    pub fn queue_end(&mut self, name: &str) {
+        let meta = disk::queue_meta(name, &QueueConfig::default());
+        self.log.append(disk::KIND_QUEUE, &meta, &[]);
+        self.purged = true;
     }
 
     /// Tasks retention removed (id, the expiry they were removed at), so that a
@@ -238,6 +276,7 @@ pub(crate) fn apply(st: &mut State, placed: Vec<Placed>) {
         match p {
             Placed::Task { id, loc, first } => st.place_task(id, loc, first),
             Placed::Group { id, loc } => st.place_group(id, loc),
+            Placed::Queue { q, config, loc } => st.place_config(q, config, Some(loc)),
         }
     }
 }
@@ -490,11 +529,25 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
     };
     let mut tasks: Vec<(u128, super::state::TaskLoc)> = Vec::new();
     let mut groups: Vec<(u128, u64)> = Vec::new();
+    let mut queues: Vec<(QueueIdx, String, QueueConfig)> = Vec::new();
     let scan = log.replay(
         Some(weir_log::Loc { seg: seq, off: 0 }),
         |loc, kind, meta, _| {
             if loc.seg != seq || tasks.len() >= COPY_FORWARD_TASKS_MAX {
                 return Err(());
+            }
+            if kind == disk::KIND_QUEUE {
+                // Only the frame a live config points at; an unreadable one stays
+                // where it is (and keeps its segment) rather than stop the scan.
+                if let Ok((name, config)) = disk::queue_frame(meta) {
+                    let st = shared.lock();
+                    if let Some(&q) = st.queue_index.get(name.as_str()) {
+                        if st.queues[q as usize].config_loc == Some(loc.to_u64()) {
+                            queues.push((q, name, config));
+                        }
+                    }
+                }
+                return Ok(());
             }
             if meta.len() < 16 {
                 return Ok(());
@@ -553,6 +606,9 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
                 return Ok(());
             }
         }
+    }
+    for (q, name, config) in &queues {
+        batch.queue_config(*q, name, *config);
     }
     if batch.is_empty() {
         return Ok(());
@@ -736,6 +792,7 @@ fn refuse(shared: &Shared, op: Op) -> bool {
         Op::CreateGroup { reply, .. } => drop(reply.send(Err(e()))),
         Op::CancelGroup { reply, .. } => drop(reply.send(Err(e()))),
         Op::DeleteQueue { reply, .. } => drop(reply.send(Err(e()))),
+        Op::Configure { reply, .. } => drop(reply.send(Err(e()))),
         Op::Finalize { records } => requeue(shared, records),
         Op::Stop { reply } => {
             let _ = reply.send(());
@@ -834,6 +891,22 @@ fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
     }
 }
 
+/// Marks the store unhealthy after a failed commit, before any caller hears of the
+/// failure, so that none sees a ready store after.
+fn commit_failed(shared: &Shared, e: &CommitError, now: u64) {
+    tracing::error!(error = ?e, "group commit failed");
+    shared.set_health(match e {
+        CommitError::Outage { cause, detail } => Health::Outage {
+            cause: *cause,
+            detail: detail.clone(),
+            retry_at_ms: now + HEAL_RETRY_MS_MIN,
+        },
+        CommitError::Fatal(detail) => Health::Failed {
+            detail: detail.clone(),
+        },
+    });
+}
+
 /// One group commit.
 fn round(
     shared: &Shared,
@@ -859,6 +932,8 @@ fn round(
     let mut after = After::default();
     let mut woken: Vec<Arc<Notify>> = Vec::new();
     let mut deletes: Vec<(String, Reply<()>)> = Vec::new();
+    // Deleted queues whose config must end on disk too.
+    let mut ended: Vec<(String, Reply<()>)> = Vec::new();
 
     // Reads of the log happen first, so the lock is held only for memory work.
     let pre: Vec<Pre> = ops.iter().map(|op| pre_read(shared, op)).collect();
@@ -869,6 +944,7 @@ fn round(
         expire_leases(&mut st, &mut batch, &mut after, now);
         let mut round_idem: HashMap<(QueueIdx, String), (TaskId, TaskState)> = HashMap::new();
         let mut added: HashMap<QueueIdx, u64> = HashMap::new();
+        let mut configs: HashMap<QueueIdx, QueueConfig> = HashMap::new();
         for (op, pre) in ops.into_iter().zip(pre) {
             match op {
                 Op::Enqueue {
@@ -990,6 +1066,22 @@ fn round(
                     };
                     after.reply(reply, res);
                 }
+                Op::Configure {
+                    queue,
+                    patch,
+                    reply,
+                } => {
+                    let limits = &shared.config.limits;
+                    let res = st.try_intern(&queue, limits.queues_max).and_then(|q| {
+                        // A second change in the round builds on the first.
+                        let old = configs.get(&q).copied().unwrap_or(st.queue(q).config);
+                        let new = old.patched(&patch, limits.queue_tasks_max)?;
+                        configs.insert(q, new);
+                        batch.queue_config(q, &queue, new);
+                        Ok(new)
+                    });
+                    after.reply(reply, res);
+                }
                 Op::DeleteQueue { queue, reply } => deletes.push((queue, reply)),
                 Op::Stop { reply } => after.stop = Some(reply),
             }
@@ -1034,17 +1126,7 @@ fn round(
         // Nothing of this round is applied to memory or answered as done; `heal`
         // (or `fail`) rebuilds memory from what is durable. The health changes
         // before any caller hears of the failure, so none sees a ready store after.
-        tracing::error!(error = ?e, "group commit failed");
-        shared.set_health(match e {
-            CommitError::Outage { cause, detail } => Health::Outage {
-                cause: *cause,
-                detail: detail.clone(),
-                retry_at_ms: now + HEAL_RETRY_MS_MIN,
-            },
-            CommitError::Fatal(detail) => Health::Failed {
-                detail: detail.clone(),
-            },
-        });
+        commit_failed(shared, e, now);
     } else {
         let mut st = shared.lock();
         // First where the new frames are, so that whoever finds a task below can
@@ -1073,8 +1155,10 @@ fn round(
         }
         // Last, once every task of the round is counted again.
         for (queue, reply) in deletes.drain(..) {
-            let res = st.delete_queue(&queue);
-            after.reply(reply, res);
+            match st.delete_queue(&queue) {
+                Ok(true) => ended.push((queue, reply)),
+                res => after.reply(reply, res.map(drop)),
+            }
         }
     }
     // After a failed commit nothing is deleted; `reply` answers the failure.
@@ -1086,6 +1170,24 @@ fn round(
     for n in woken {
         n.notify_waiters();
     }
+    // The end of a deleted queue's config, in a commit of its own: whether the
+    // queue could go was known only after this round's. If it fails, memory
+    // (which deleted the queue) is rebuilt from the log, where it still is.
+    let mut ending_failed = None;
+    if !ended.is_empty() {
+        let mut b = Batch::new(log);
+        for (queue, _) in &ended {
+            b.queue_end(queue);
+        }
+        let res = b.commit(&shared.config.data_dir).map(drop);
+        if let Err(e) = &res {
+            commit_failed(shared, e, now);
+        }
+        for (_, reply) in ended {
+            let _ = reply.send(res.clone().map_err(StoreError::from));
+        }
+        ending_failed = res.err();
+    }
     for r in after.replies {
         r(failure.as_ref());
     }
@@ -1093,7 +1195,7 @@ fn round(
         let _ = stop.send(());
         return Outcome::Stop;
     }
-    match failure {
+    match failure.or(ending_failed) {
         Some(e) => Outcome::Failed(e),
         None => Outcome::Next,
     }
@@ -1203,12 +1305,23 @@ fn plan_enqueue(
         + c[TaskState::Pending.index()]
         + c[TaskState::Active.index()];
     let new = existing.iter().filter(|e| e.is_none()).count() as u64;
-    if held + added.get(&q).copied().unwrap_or(0) + new > limit {
+    let added_q = added.get(&q).copied().unwrap_or(0);
+    if held + added_q + new > limit {
         return Err(StoreError::QueueFull {
             queue: queue.to_owned(),
             limit,
             retry_after_ms: 1000,
         });
+    }
+    if let Some(max_pending) = st.queue(q).config.max_pending {
+        let waiting = c[TaskState::Scheduled.index()] + c[TaskState::Pending.index()];
+        if waiting + added_q + new > max_pending {
+            return Err(StoreError::QueueFull {
+                queue: queue.to_owned(),
+                limit: max_pending,
+                retry_after_ms: 1000,
+            });
+        }
     }
     let mut out = Vec::with_capacity(items.len());
     for (p, old) in items.into_iter().zip(existing) {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use redis::Value;
-use weir_core::{NewTask, TaskId, TaskRecord, TaskState};
+use weir_core::{ConfigPatch, NewTask, QueueConfig, TaskId, TaskRecord, TaskState};
 
 use crate::{StoreError, TaskView};
 
@@ -55,6 +55,52 @@ pub fn opt_u64(v: Value) -> Result<Option<u64>, StoreError> {
     t.parse()
         .map(Some)
         .map_err(|_| bug(&format!("not a number: {t:?}")))
+}
+
+/// A queue's config from its meta hash's fields cr, cb, cf, cp, cz (in that
+/// order; `None` or empty for an unset one).
+pub fn config(fields: &[Option<String>]) -> Result<QueueConfig, StoreError> {
+    let field = |i: usize| fields.get(i).cloned().flatten().filter(|v| !v.is_empty());
+    let num = |i: usize| -> Result<Option<u64>, StoreError> {
+        field(i)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bug(&format!("queue config field {i}: {v:?}")))
+            })
+            .transpose()
+    };
+    let rate_per_sec = field(0)
+        .map(|v| {
+            v.parse::<f64>()
+                .map_err(|_| bug(&format!("queue rate {v:?}")))
+        })
+        .transpose()?;
+    Ok(QueueConfig {
+        rate_per_sec,
+        burst: num(1)?,
+        max_in_flight: num(2)?,
+        max_pending: num(3)?,
+        paused: field(4).is_some(),
+    })
+}
+
+/// A config patch as the five arguments of `configure.lua` ('-' keeps a field,
+/// '' clears it).
+pub fn patch_args(p: &ConfigPatch) -> [String; 5] {
+    fn arg<T: ToString>(v: Option<Option<T>>) -> String {
+        match v {
+            None => "-".into(),
+            Some(None) => String::new(),
+            Some(Some(v)) => v.to_string(),
+        }
+    }
+    [
+        arg(p.rate_per_sec),
+        arg(p.burst),
+        arg(p.max_in_flight),
+        arg(p.max_pending),
+        arg(p.paused.map(|z| z.then_some(1u8))),
+    ]
 }
 
 pub fn state(i: i64) -> Result<TaskState, StoreError> {

@@ -11,6 +11,7 @@ pub mod keys;
 mod scripts;
 mod sweep;
 mod wake;
+pub(crate) use wake::RECHECK_MS_MIN;
 
 #[cfg(test)]
 mod tests;
@@ -27,7 +28,7 @@ use redis::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use weir_core::machine::TransitionError;
-use weir_core::{Backoff, GroupState, Limits, TaskId, TaskState};
+use weir_core::{Backoff, ConfigPatch, GroupState, Limits, QueueConfig, TaskId, TaskState};
 
 use crate::clock::{Clock, SystemClock};
 use crate::{
@@ -42,6 +43,9 @@ use wake::Waiters;
 
 /// Most queues swept at once by the elected sweeper.
 const SWEEP_CONCURRENCY_MAX: usize = 8;
+/// A queue's config fields in its meta hash (`decode::config` reads them in this
+/// order; `configure.lua` and `lease.lua` name them too).
+const CONFIG_FIELDS: [&str; 5] = ["cr", "cb", "cf", "cp", "cz"];
 /// Most entries one sweep script call handles per index.
 const SWEEP_BATCH_MAX: usize = 1000;
 /// Most sweep calls per queue per round (a backlog beyond is left for the next).
@@ -332,37 +336,7 @@ impl RedisBroker {
         self.gate()?;
         let core = self.core();
         let limits = &core.config.limits;
-        let known = self
-            .inner
-            .registered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(queue);
-        if !known {
-            let member: bool = core
-                .redis
-                .query(
-                    "check queue registry",
-                    redis::cmd("SISMEMBER").arg(core.keys.registry()).arg(queue),
-                )
-                .await?;
-            if member {
-                self.remember(queue);
-            } else {
-                let n: usize = core
-                    .redis
-                    .query(
-                        "count queues",
-                        redis::cmd("SCARD").arg(core.keys.registry()),
-                    )
-                    .await?;
-                if n >= limits.queues_max {
-                    return Err(StoreError::TooManyQueues {
-                        limit: limits.queues_max,
-                    });
-                }
-            }
-        }
+        self.check_queue_room(queue).await?;
         let slot = queue_slot(queue);
         let meta = core.keys.meta(queue);
         let mut inv = core.invocation(&core.scripts.enqueue, &meta, slot);
@@ -397,9 +371,10 @@ impl RedisBroker {
         let mut it = reply.into_iter();
         let first = it.next().ok_or_else(|| bug("empty enqueue reply"))?;
         if matches!(&first, Value::BulkString(b) if b == b"full") {
+            let limit = it.next().map(opt_u64).transpose()?.flatten();
             return Err(StoreError::QueueFull {
                 queue: queue.to_owned(),
-                limit: limits.queue_tasks_max,
+                limit: limit.unwrap_or(limits.queue_tasks_max),
                 retry_after_ms: 1000,
             });
         }
@@ -420,6 +395,44 @@ impl RedisBroker {
             self.register(queue).await?;
         }
         Ok(out)
+    }
+
+    /// Refuses a queue this store does not know yet once it holds `queues_max`.
+    async fn check_queue_room(&self, queue: &str) -> Result<(), StoreError> {
+        let core = self.core();
+        let limits = &core.config.limits;
+        let known = self
+            .inner
+            .registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(queue);
+        if !known {
+            let member: bool = core
+                .redis
+                .query(
+                    "check queue registry",
+                    redis::cmd("SISMEMBER").arg(core.keys.registry()).arg(queue),
+                )
+                .await?;
+            if member {
+                self.remember(queue);
+            } else {
+                let n: usize = core
+                    .redis
+                    .query(
+                        "count queues",
+                        redis::cmd("SCARD").arg(core.keys.registry()),
+                    )
+                    .await?;
+                if n >= limits.queues_max {
+                    return Err(StoreError::TooManyQueues {
+                        limit: limits.queues_max,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn remember(&self, queue: &str) {
@@ -548,6 +561,7 @@ impl RedisBroker {
         let now = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?.unwrap_or(0);
         let next_due = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?;
         let next_lease = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?;
+        let next_token = opt_u64(it.next().ok_or_else(|| bug("lease reply"))?)?;
         let mut out = Vec::new();
         let mut lease_ids = lease_ids.into_iter();
         while let (Some(id), Some(rec)) = (it.next(), it.next()) {
@@ -562,7 +576,7 @@ impl RedisBroker {
                     .ok_or_else(|| bug("more leased than asked"))?,
             });
         }
-        let next = [next_due, next_lease]
+        let next = [next_due, next_lease, next_token]
             .into_iter()
             .flatten()
             .min()
@@ -935,16 +949,23 @@ impl Broker for RedisBroker {
             for i in 0..6 {
                 cmd.arg(format!("n{i}"));
             }
-            let v: Vec<Option<i64>> = core.redis.query("read queue counts", &cmd).await?;
-            if v.first().copied().flatten().is_none() {
+            cmd.arg(&CONFIG_FIELDS[..]);
+            let v: Vec<Option<String>> = core.redis.query("read queue counts", &cmd).await?;
+            if v.first().cloned().flatten().is_none() {
                 // Deleted (or never made): not a queue.
                 return Ok::<_, StoreError>(None);
             }
             let mut counts = Counts::default();
-            for (i, c) in v.iter().skip(1).enumerate() {
-                counts.0[i] = c.unwrap_or(0).max(0) as u64;
+            for (i, c) in v.iter().skip(1).take(6).enumerate() {
+                let n = c.as_deref().unwrap_or("0");
+                counts.0[i] = n.parse::<i64>().map_err(|_| bug("queue count"))?.max(0) as u64;
             }
-            Ok(Some(QueueInfo { name, counts }))
+            let config = decode::config(&v[7..])?;
+            Ok(Some(QueueInfo {
+                name,
+                counts,
+                config,
+            }))
         });
         let mut out: Vec<QueueInfo> = stream::iter(reads)
             .buffer_unordered(SWEEP_CONCURRENCY_MAX * 4)
@@ -957,6 +978,26 @@ impl Broker for RedisBroker {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    async fn configure(&self, queue: &str, patch: ConfigPatch) -> Result<QueueConfig, StoreError> {
+        self.gate()?;
+        self.check_queue_room(queue).await?;
+        let core = self.core();
+        let meta = core.keys.meta(queue);
+        let mut inv = core.invocation(&core.scripts.configure, &meta, queue_slot(queue));
+        inv.arg(queue).arg(&decode::patch_args(&patch)[..]);
+        let reply = array(core.redis.script("configure queue", &inv).await?)?;
+        let mut it = reply.into_iter();
+        let new_queue = int(it.next().ok_or_else(|| bug("configure reply"))?)? == 1;
+        let fields = it
+            .map(|v| text(v).map(Some))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = decode::config(&fields)?;
+        if new_queue {
+            self.register(queue).await?;
+        }
+        Ok(config)
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {

@@ -22,6 +22,7 @@ pub struct Scripts {
     pub group_cancel: Script,
     pub sweep: Script,
     pub delete_queue: Script,
+    pub configure: Script,
     pub mark_registered: Script,
     pub audit: Script,
 }
@@ -40,6 +41,7 @@ impl Scripts {
             group_cancel: script(include_str!("scripts/group_cancel.lua")),
             sweep: script(include_str!("scripts/sweep.lua")),
             delete_queue: script(include_str!("scripts/delete_queue.lua")),
+            configure: script(include_str!("scripts/configure.lua")),
             mark_registered: script(include_str!("scripts/mark_registered.lua")),
             audit: script(include_str!("scripts/audit.lua")),
         }

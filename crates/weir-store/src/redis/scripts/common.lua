@@ -219,10 +219,19 @@ local function flush_later(t, order, cmd)
     for i = 1, z.n, 1000 do redis.call(cmd, k, unpack(z, i, math.min(i + 999, z.n))) end
   end
 end
--- A task leaves 'active' (its lease index entry and worker name).
+-- A task leaves 'active' (its lease index entry and worker name). On a queue
+-- with a max in flight that frees a slot: its parked leases are woken (read
+-- once per queue and call).
+local capped = {}
 local function unlease(q, id)
   later(zrems, zremmed, qkey(q, 'active'), id)
   later(hdels, hdeled, qkey(q, 'w'), id)
+  local c = capped[q]
+  if c == nil then
+    c = redis.call('HEXISTS', qkey(q, 'm'), 'cf') == 1
+    capped[q] = c
+  end
+  if c then wake('q' .. hex(q)) end
 end
 
 local function flush_z()

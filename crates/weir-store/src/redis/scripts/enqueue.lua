@@ -4,7 +4,7 @@
 -- i32::MAX - priority, big-endian), when ('' for now, '+<ms>' for a delay,
 -- '<ms>' for an absolute run_at), idempotency key ('' for none), and D (the
 -- record's immutable part with the payload, packed by the server: common.lua).
--- Returns {'full'} or {new_queue, now, id, state, created, ...}.
+-- Returns {'full', limit} or {new_queue, now, id, state, created, ...}.
 local q, meta = ARGV[3], KEYS[1]
 local gid = ARGV[5]
 local n = tonumber(ARGV[8])
@@ -30,9 +30,11 @@ for i = 0, n - 1 do
     if not existing(ik) then fresh = fresh + 1 end
   end
 end
-local c = redis.call('HMGET', meta, 'n0', 'n1', 'n2')
-local held = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0)
-if held + fresh > tonumber(ARGV[4]) then return {'full'} end
+local c = redis.call('HMGET', meta, 'n0', 'n1', 'n2', 'cp')
+local waiting = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0)
+if waiting + (tonumber(c[3]) or 0) + fresh > tonumber(ARGV[4]) then return {'full', ARGV[4]} end
+-- The queue's max pending (scheduled + pending).
+if c[4] and waiting + fresh > tonumber(c[4]) then return {'full', c[4]} end
 
 local out, nout = {new_queue, fmt(NOW)}, 2
 local ids, nids, any_pending = {}, 0, false

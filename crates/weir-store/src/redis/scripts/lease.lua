@@ -4,10 +4,13 @@
 -- end dead instead of starting. KEYS[1]: the queue's meta hash.
 -- ARGV: base, channel, queue, max, grace, worker ('' for none), then max lease
 -- ids (16 bytes each).
--- Returns {now, next scheduled run_at or '', next lease expiry or '', then per
--- task: id, record}.
+-- Flow control (the queue's config in its meta hash: cz paused, cf max in
+-- flight, cr rate per second, cb burst, and tat, the rate limiter's state:
+-- weir_core::flow::Gcra restated) caps how many it takes.
+-- Returns {now, next scheduled run_at or '', next lease expiry or '', next
+-- rate token or '' (only while tasks wait for one), then per task: id, record}.
 local q, meta = ARGV[3], KEYS[1]
-if redis.call('EXISTS', meta) == 0 then return {fmt(NOW), '', ''} end
+if redis.call('EXISTS', meta) == 0 then return {fmt(NOW), '', '', ''} end
 local max, grace, worker = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 maintain(q, 1000)
 -- Retention keeps pace with leasing: each call also purges up to max finished
@@ -15,7 +18,28 @@ maintain(q, 1000)
 -- round, which a busy queue could outrun).
 purge(q, max)
 local ready, active, wkey = qkey(q, 'ready'), qkey(q, 'active'), qkey(q, 'w')
-local out, nout, got, leased, nleased = {fmt(NOW), '', ''}, 3, 0, {}, 0
+local out, nout, got, leased, nleased = {fmt(NOW), '', '', ''}, 4, 0, {}, 0
+-- What flow control allows now (the active count as maintain left it).
+flush_counts()
+local cfg = redis.call('HMGET', meta, 'cz', 'cf', 'cr', 'cb', 'tat', 'n2')
+local allowed = max
+if cfg[1] then allowed = 0 end
+if cfg[2] then
+  allowed = math.min(allowed, math.max(0, tonumber(cfg[2]) - (tonumber(cfg[6]) or 0)))
+end
+local rate, interval, burst, tat, by_rate = tonumber(cfg[3]), 0, 0, 0, false
+if rate and allowed > 0 then
+  interval = 1000 / rate
+  burst = tonumber(cfg[4]) or math.min(math.max(math.ceil(rate), 1), 1000000)
+  tat = tonumber(cfg[5]) or 0
+  local n = math.floor((NOW + burst * interval - math.max(tat, NOW)) / interval + 1e-9)
+  n = math.min(math.max(n, 0), burst)
+  if n < allowed then
+    allowed = n
+    by_rate = true
+  end
+end
+max = allowed
 -- The header's first 45 bytes as a lease writes them, but for the lease id
 -- and the attempt: one pack per lease expiry.
 local NOWB = struct.pack('>i8', NOW)
@@ -71,6 +95,13 @@ end
 -- One ZADD for the batch (chunked to stay within Lua's argument limits).
 for k = 1, nleased, 1000 do
   redis.call('ZADD', active, unpack(leased, k, math.min(k + 999, nleased)))
+end
+if rate and got > 0 then
+  tat = math.max(tat, NOW) + got * interval
+  redis.call('HSET', meta, 'tat', string.format('%.3f', tat))
+end
+if by_rate and redis.call('ZCARD', ready) > 0 then
+  out[4] = fmt(math.ceil(math.max(tat - (burst - 1) * interval, NOW)))
 end
 flush_wakes()
 out[2] = next_score(qkey(q, 'sched'))
