@@ -1274,3 +1274,101 @@ async fn an_oversized_body_sent_whole_gets_its_413() {
     assert!(answer.contains("urn:weir:problem:too-large"), "{answer}");
     s.stop().await;
 }
+
+/// `PUT /v1/queues/{queue}/config`: absent fields stay, `null` clears, unknown
+/// fields and bad values are 400 and change nothing; `GET /v1/queues/{queue}`
+/// shows the config; a paused queue takes tasks and leases none.
+#[tokio::test]
+async fn queue_config_over_http() {
+    let s = Server::start().await;
+    let (st, v) = s
+        .call(
+            "PUT",
+            "/v1/queues/cfg/config",
+            Some(
+                json!({"rate_per_sec": 50.0, "burst": 10, "max_in_flight": 8, "max_pending": 1000}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"rate_per_sec": 50.0, "burst": 10, "max_in_flight": 8, "max_pending": 1000, "paused": false})
+    );
+    let (st, v) = s
+        .call(
+            "PUT",
+            "/v1/queues/cfg/config",
+            Some(json!({"burst": null, "paused": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["burst"], Value::Null);
+    assert_eq!(v["rate_per_sec"], 50.0);
+    assert_eq!(v["paused"], true);
+    for (body, field) in [
+        (json!({"rate": 5}), None),
+        (json!({"max_in_flight": 0}), Some("max_in_flight")),
+        (json!({"rate_per_sec": -1}), Some("rate_per_sec")),
+        (json!({"burst": "ten"}), None),
+    ] {
+        let (st, v) = s
+            .call("PUT", "/v1/queues/cfg/config", Some(body.clone()))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body} -> {v}");
+        if let Some(f) = field {
+            assert_eq!(v["field"], f, "{v}");
+        }
+    }
+    let (st, v) = s.get("/v1/queues/cfg").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        v["config"],
+        json!({"rate_per_sec": 50.0, "burst": null, "max_in_flight": 8, "max_pending": 1000, "paused": true})
+    );
+    assert_eq!(v["counts"]["pending"], 0);
+    // Paused: the enqueue is taken, the lease gets nothing; resumed, it does.
+    let id = s.enqueue("cfg", json!({"payload": 1})).await;
+    assert!(s.lease("cfg", json!({"max": 5})).await.is_empty());
+    s.call(
+        "PUT",
+        "/v1/queues/cfg/config",
+        Some(json!({"paused": false})),
+    )
+    .await;
+    let got = s.lease("cfg", json!({"max": 5})).await;
+    assert_eq!(got[0]["id"], id.as_str());
+    let (_, v) = s.get("/v1/queues").await;
+    assert_eq!(v["queues"][0]["config"]["max_in_flight"], 8);
+    s.stop().await;
+}
+
+/// A queue at its `max_pending` answers 429 with `Retry-After` and a problem
+/// ending in `queue-full`; a batch that would overflow is refused whole.
+#[tokio::test]
+async fn max_pending_answers_429_and_refuses_a_batch_whole() {
+    let s = Server::start().await;
+    s.call(
+        "PUT",
+        "/v1/queues/mp/config",
+        Some(json!({"max_pending": 2})),
+    )
+    .await;
+    s.enqueue("mp", json!({"payload": 1})).await;
+    let (st, headers, v) = s
+        .raw(
+            "/v1/queues/mp/tasks:batch",
+            r#"{"tasks": [{"payload": 2}, {"payload": 3}]}"#,
+        )
+        .await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    problem(&v, "queue-full");
+    assert!(v["type"].as_str().unwrap().ends_with("queue-full"));
+    let (_, v) = s.get("/v1/queues/mp").await;
+    assert_eq!(v["counts"]["pending"], 1, "nothing half-enqueued");
+    s.enqueue("mp", json!({"payload": 2})).await;
+    let (st, _, _) = s.raw("/v1/queues/mp/tasks", r#"{"payload": 3}"#).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    s.stop().await;
+}
