@@ -19,8 +19,8 @@ pub use error::{error_from_response, Error};
 pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{
     AckItem, Counts, EnqueueOptions, Enqueued, FailItem, Group, GroupCreated, GroupState,
-    GroupTask, Heartbeat, LeaseBatch, LeasedTask, QueueInfo, SettleOutcome, SettleResponse, Task,
-    TaskState, UndecodableTask,
+    GroupTask, Heartbeat, LeaseBatch, LeasedTask, QueueConfig, QueueConfigPatch, QueueInfo,
+    SettleOutcome, SettleResponse, Task, TaskState, UndecodableTask,
 };
 
 use types::{
@@ -319,6 +319,20 @@ impl Client {
     pub async fn queue(&self, name: &str) -> Result<QueueInfo, Error> {
         self.get_json(&format!("/v1/queues/{}", seg(name)), None)
             .await
+    }
+
+    /// `PUT /v1/queues/{queue}/config`: changes the queue's flow-control settings
+    /// (creating the queue if needed) and answers the whole config.
+    pub async fn configure_queue(
+        &self,
+        name: &str,
+        patch: &QueueConfigPatch,
+    ) -> Result<QueueConfig, Error> {
+        let rb = self
+            .request(Method::PUT, &format!("/v1/queues/{}/config", seg(name)))
+            .json(patch);
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
     }
 
     // ---- plumbing ----

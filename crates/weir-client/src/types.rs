@@ -407,9 +407,41 @@ pub struct Counts {
 pub struct QueueInfo {
     pub name: String,
     pub counts: Counts,
-    /// The queue's config, present on `GET /v1/queues/{queue}`.
+    /// The queue's flow-control settings (absent from servers that predate them).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub config: Option<Value>,
+    pub config: Option<QueueConfig>,
+}
+
+/// A queue's flow-control settings (`None`: no limit).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueConfig {
+    /// Most tasks leased per second, over every worker and server.
+    pub rate_per_sec: Option<f64>,
+    /// Most leased at once after an idle spell (`None`: one second of the rate).
+    pub burst: Option<u64>,
+    /// Most tasks active at once.
+    pub max_in_flight: Option<u64>,
+    /// Most tasks scheduled + pending; enqueues beyond it get 429.
+    pub max_pending: Option<u64>,
+    /// A paused queue takes enqueues and leases nothing.
+    pub paused: bool,
+}
+
+/// A change to a queue's settings for `Client::configure_queue`: `None` leaves a
+/// setting as it is, `Some(None)` clears it, `Some(Some(v))` sets it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct QueueConfigPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -174,6 +174,49 @@ pub enum TaskCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
+    /// Show one queue: its counts and flow-control settings.
+    Get {
+        /// Queue name.
+        queue: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a queue's flow-control settings (creating the queue if needed);
+    /// `none` clears a limit, a flag left out keeps it. Prints the whole config.
+    Config {
+        /// Queue name.
+        queue: String,
+        /// Most tasks leased per second over every worker and server: `50/s`,
+        /// `600/m`, `10/h`, a bare number (per second), or `none`.
+        #[arg(long, value_parser = setting(parse_queue_rate))]
+        rate: Option<Setting<f64>>,
+        /// Most tasks leased at once after an idle spell, or `none` (one second's
+        /// worth of the rate).
+        #[arg(long, value_parser = setting(parse_count))]
+        burst: Option<Setting<u64>>,
+        /// Most tasks active at once, or `none`.
+        #[arg(long, value_parser = setting(parse_count))]
+        max_in_flight: Option<Setting<u64>>,
+        /// Most tasks scheduled + pending (enqueues beyond it get 429), or `none`.
+        #[arg(long, value_parser = setting(parse_count))]
+        max_pending: Option<Setting<u64>>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop leasing from a queue (enqueues are still taken).
+    Pause {
+        /// Queue name.
+        queue: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume leasing from a paused queue; parked workers get tasks at once.
+    Resume {
+        /// Queue name.
+        queue: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete an empty queue (one holding no task in any state, finished ones
     /// included); a queue that is not empty is refused with its counts.
     Delete {
@@ -410,5 +453,63 @@ mod tests {
         assert_eq!(e.priority, Some(-3));
         assert_eq!(e.delay, Some(Duration::from_secs(10)));
         assert!(e.client.json);
+    }
+}
+
+/// A flow-control flag's value: a limit, or `none` to clear it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Setting<T> {
+    Set(T),
+    Clear,
+}
+
+impl<T> Setting<T> {
+    /// As a patch field: `Some(None)` clears, `Some(Some(v))` sets.
+    pub fn patch(self) -> Option<T> {
+        match self {
+            Setting::Set(v) => Some(v),
+            Setting::Clear => None,
+        }
+    }
+}
+
+/// A value parser for `Setting<T>`: `none` (or `off`) clears, else `parse`.
+fn setting<T>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl Fn(&str) -> Result<Setting<T>, String> + Clone + Send + Sync + 'static
+where
+    T: 'static,
+{
+    move |text: &str| match text.trim() {
+        "none" | "off" => Ok(Setting::Clear),
+        t => parse(t).map(Setting::Set),
+    }
+}
+
+/// A whole number of at least 1.
+fn parse_count(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number of at least 1")),
+    }
+}
+
+/// A queue's dispatch rate in tasks per second: `50/s`, `600/m`, `10/h`, or a
+/// bare number (per second); fractions are allowed (`0.5/s`).
+pub fn parse_queue_rate(text: &str) -> Result<f64, String> {
+    let (number, per_secs) = match text.split_once('/') {
+        None => (text, 1.0),
+        Some((n, "s")) => (n, 1.0),
+        Some((n, "m")) => (n, 60.0),
+        Some((n, "h")) => (n, 3600.0),
+        Some((_, other)) => {
+            return Err(format!(
+                "`{text}` has an unknown unit `/{other}` (use /s, /m or /h)"
+            ))
+        }
+    };
+    match number.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n / per_secs),
+        _ => Err(format!("`{text}` is not a rate (e.g. 50/s, 600/m, 10/h)")),
     }
 }

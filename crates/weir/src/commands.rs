@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use weir_client::{Client, EnqueueOptions, QueueInfo, Task, TaskState};
+use weir_client::{
+    Client, EnqueueOptions, QueueConfig, QueueConfigPatch, QueueInfo, Task, TaskState,
+};
 
-use crate::cli::{ClientArgs, EnqueueArgs, QueueCommand, TaskCommand};
+use crate::cli::{ClientArgs, EnqueueArgs, QueueCommand, Setting, TaskCommand};
 use crate::duration::{as_ms, format_duration};
 
 /// Longest single long-poll `task wait` asks the server for (its `wait_ms` limit).
@@ -156,7 +158,83 @@ pub async fn queues(args: ClientArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
+    let configure = |queue: String, patch: QueueConfigPatch, args: ClientArgs| async move {
+        let config = client(&args)?
+            .configure_queue(&queue, &patch)
+            .await
+            .with_context(|| format!("configuring queue {queue}"))?;
+        if args.json {
+            print_json(&json!({ "queue": queue, "config": config }))?;
+        } else {
+            print!("{}", config_lines(&config));
+        }
+        Ok(ExitCode::SUCCESS)
+    };
     match cmd {
+        QueueCommand::Get {
+            queue,
+            client: args,
+        } => {
+            let q = match client(&args)?.queue(&queue).await {
+                Err(weir_client::Error::NotFound) => bail!("no queue named {queue}"),
+                other => other.with_context(|| format!("reading queue {queue}"))?,
+            };
+            if args.json {
+                print_json(&q)?;
+            } else {
+                print!("{}", queue_table(std::slice::from_ref(&q)));
+                print!("{}", config_lines(&q.config.unwrap_or_default()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Config {
+            queue,
+            rate,
+            burst,
+            max_in_flight,
+            max_pending,
+            client: args,
+        } => {
+            if [
+                rate.is_some(),
+                burst.is_some(),
+                max_in_flight.is_some(),
+                max_pending.is_some(),
+            ]
+            .iter()
+            .all(|set| !set)
+            {
+                bail!("give at least one of --rate, --burst, --max-in-flight, --max-pending (`none` clears one)");
+            }
+            let patch = QueueConfigPatch {
+                rate_per_sec: rate.map(Setting::patch),
+                burst: burst.map(Setting::patch),
+                max_in_flight: max_in_flight.map(Setting::patch),
+                max_pending: max_pending.map(Setting::patch),
+                paused: None,
+            };
+            configure(queue, patch, args).await
+        }
+        QueueCommand::Pause {
+            queue,
+            client: args,
+        } => {
+            let patch = QueueConfigPatch {
+                paused: Some(true),
+                ..QueueConfigPatch::default()
+            };
+            configure(queue, patch, args).await
+        }
+        QueueCommand::Resume {
+            queue,
+            client: args,
+        } => {
+            let patch = QueueConfigPatch {
+                paused: Some(false),
+                ..QueueConfigPatch::default()
+            };
+            configure(queue, patch, args).await
+        }
         QueueCommand::Delete {
             queue,
             client: args,
@@ -177,6 +255,24 @@ pub async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A queue's flow-control settings, one per line.
+fn config_lines(c: &QueueConfig) -> String {
+    let limit = |v: Option<u64>| v.map_or("none".to_owned(), |n| n.to_string());
+    let rate = match c.rate_per_sec {
+        None => "none".to_owned(),
+        Some(r) => match c.burst {
+            Some(b) => format!("{r}/s (burst {b})"),
+            None => format!("{r}/s (burst: one second's worth)"),
+        },
+    };
+    format!(
+        "rate:          {rate}\nmax in flight: {}\nmax pending:   {}\npaused:        {}\n",
+        limit(c.max_in_flight),
+        limit(c.max_pending),
+        if c.paused { "yes" } else { "no" }
+    )
 }
 
 /// Queues as an aligned text table, names left, counts right.

@@ -301,3 +301,71 @@ async fn an_undecodable_task_is_shown_raw() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), body);
 }
+
+/// `weir queue config|pause|resume|get`: settings set, kept, cleared with
+/// `none`, shown in text and `--json`; a bad value is refused before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_config_pause_resume_and_get() {
+    let mut server = common::start_server(&[]).await;
+    let s = server.base.clone();
+    let v = json(
+        &weir(
+            &s,
+            &[
+                "queue",
+                "config",
+                "mail",
+                "--rate",
+                "600/m",
+                "--burst",
+                "10",
+                "--max-in-flight",
+                "8",
+                "--max-pending",
+                "1000000",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        v["config"],
+        json!({"rate_per_sec": 10.0, "burst": 10, "max_in_flight": 8, "max_pending": 1000000, "paused": false})
+    );
+    let v = json(&weir(&s, &["queue", "pause", "mail", "--json"]).await);
+    assert_eq!(v["config"]["paused"], true);
+    assert_eq!(v["config"]["max_in_flight"], 8, "pause keeps the rest");
+    let out = weir(&s, &["queue", "get", "mail"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("rate:          10/s (burst 10)"), "{text}");
+    assert!(text.contains("paused:        yes"), "{text}");
+    json(&weir(&s, &["queue", "resume", "mail", "--json"]).await);
+    let v = json(&weir(&s, &["queue", "config", "mail", "--rate", "none", "--json"]).await);
+    assert_eq!(v["config"]["rate_per_sec"], Value::Null);
+    let v = json(&weir(&s, &["queue", "get", "mail", "--json"]).await);
+    assert_eq!(v["config"]["paused"], false);
+    assert_eq!(v["config"]["max_pending"], 1000000);
+    for bad in [
+        &["--rate", "0/s"][..],
+        &["--burst", "0"],
+        &["--rate", "5/d"],
+        &[],
+    ] {
+        let mut args = vec!["queue", "config", "mail"];
+        args.extend_from_slice(bad);
+        let out = weir(&s, &args).await;
+        assert!(!out.status.success(), "{bad:?} was taken");
+    }
+    let v = json(&weir(&s, &["queue", "get", "mail", "--json"]).await);
+    assert_eq!(
+        v["config"]["max_in_flight"], 8,
+        "refused flags changed nothing"
+    );
+    let out = weir(&s, &["queue", "get", "nope"]).await;
+    assert!(
+        stderr(&out).contains("no queue named nope"),
+        "{}",
+        stderr(&out)
+    );
+    server.child.kill().await.unwrap();
+}
