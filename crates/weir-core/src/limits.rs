@@ -45,6 +45,11 @@ pub struct Limits {
     /// Also the most queue names lease long-polls may wait on before those queues
     /// exist (the embedded store's `State::parked`).
     pub queues_max: usize,
+    /// Most periodic-task schedules one store holds.
+    pub schedules_max: usize,
+    /// Largest schedule definition (its cron, zone, queue and task template with
+    /// its payload), in bytes of JSON text: every schedule is kept in memory.
+    pub schedule_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +72,8 @@ impl Default for Limits {
             request_bytes_max: 64 * 1024 * 1024,
             queue_tasks_max: 100_000_000,
             queues_max: 10_000,
+            schedules_max: 1_000,
+            schedule_bytes_max: 64 * 1024,
         }
     }
 }

@@ -55,6 +55,11 @@ pub fn queue_name(name: &str, limits: &Limits) -> Result<(), InvalidInput> {
     name_like("queue", name, limits.queue_name_bytes_max)
 }
 
+/// Schedule names follow the queue-name rules.
+pub fn schedule_name(name: &str, limits: &Limits) -> Result<(), InvalidInput> {
+    name_like("name", name, limits.queue_name_bytes_max)
+}
+
 /// Task kinds follow the queue-name alphabet, so they are safe in logs and metrics.
 pub fn kind(kind: &str, limits: &Limits) -> Result<(), InvalidInput> {
     name_like("kind", kind, limits.kind_bytes_max)

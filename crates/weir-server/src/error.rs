@@ -205,6 +205,12 @@ impl From<StoreError> for ApiError {
                 err.extensions = Some(Box::new(ext));
                 err
             }
+            StoreError::TooManySchedules { limit } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too-many-schedules",
+                "Too many schedules",
+                format!("the store already holds its limit of {limit} schedules; delete one or raise the limit"),
+            ),
             StoreError::TooManyQueues { limit } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "too-many-queues",

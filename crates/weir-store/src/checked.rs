@@ -15,7 +15,7 @@ use weir_core::{ConfigPatch, Limits, QueueConfig, TaskId, TaskState};
 
 use crate::{
     Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, QueueInfo,
-    Settle, StoreError, TaskView,
+    Schedule, Settle, StoreError, TaskView,
 };
 
 /// A backend behind the shared input checks.
@@ -195,6 +195,36 @@ impl<B: Broker + ?Sized> Broker for Checked<B> {
         // The values alone (a store checks the result of applying them again).
         QueueConfig::default().patched(&patch, self.limits.queue_tasks_max)?;
         self.inner.configure(queue, patch).await
+    }
+
+    async fn put_schedule(
+        &self,
+        name: &str,
+        spec: String,
+        now_ms: u64,
+    ) -> Result<Schedule, StoreError> {
+        validate::schedule_name(name, &self.limits)?;
+        validate::size("schedule", spec.len(), self.limits.schedule_bytes_max)?;
+        self.inner.put_schedule(name, spec, now_ms).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.inner.schedules().await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        validate::schedule_name(name, &self.limits)?;
+        self.inner.delete_schedule(name).await
+    }
+
+    async fn schedule_ran(
+        &self,
+        name: &str,
+        tick_ms: u64,
+        run: Option<(u64, TaskId)>,
+    ) -> Result<(), StoreError> {
+        validate::schedule_name(name, &self.limits)?;
+        self.inner.schedule_ran(name, tick_ms, run).await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {

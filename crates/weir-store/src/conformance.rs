@@ -1123,6 +1123,69 @@ pub async fn rate_caps_leases_per_second<B: Broker + Clone>(b: B) {
     );
 }
 
+pub async fn schedules_are_kept_and_their_ticks_only_move_forward(b: &dyn Broker) {
+    let s = b
+        .put_schedule("nightly", "{\"v\":1}".into(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.last_tick_ms, s.last_run_ms, s.last_task_id),
+        (1000, None, None)
+    );
+    let id = one(b, "sq", task("k"), "1").await;
+    b.schedule_ran("nightly", 2000, Some((2005, id)))
+        .await
+        .unwrap();
+    // Older or equal ticks change nothing (another server was first).
+    b.schedule_ran("nightly", 2000, None).await.unwrap();
+    b.schedule_ran("nightly", 1500, Some((9, TaskId(7))))
+        .await
+        .unwrap();
+    let all = b.schedules().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].last_tick_ms, all[0].last_run_ms, all[0].last_task_id),
+        (2000, Some(2005), Some(id))
+    );
+    // A skipped tick moves the tick and keeps the last run.
+    b.schedule_ran("nightly", 3000, None).await.unwrap();
+    // Replacing the definition keeps the last run; its tick becomes the new now.
+    let s = b
+        .put_schedule("nightly", "{\"v\":2}".into(), 4000)
+        .await
+        .unwrap();
+    assert_eq!(s.spec, "{\"v\":2}");
+    assert_eq!(
+        (s.last_tick_ms, s.last_run_ms, s.last_task_id),
+        (4000, Some(2005), Some(id))
+    );
+    b.put_schedule("hourly", "{}".into(), 1).await.unwrap();
+    let names: Vec<String> = b
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["hourly", "nightly"]);
+    assert!(matches!(
+        b.put_schedule("bad name", "{}".into(), 1).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(b.delete_schedule("nightly").await.unwrap());
+    assert!(!b.delete_schedule("nightly").await.unwrap());
+    // A run recorded for a deleted schedule does not bring it back.
+    b.schedule_ran("nightly", 9000, None).await.unwrap();
+    let names: Vec<String> = b
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["hourly"]);
+}
+
 pub async fn lease_ids_are_random(b: &dyn Broker) {
     let items = (0..16).map(|i| item(task("k"), &i.to_string())).collect();
     b.enqueue("c17", items).await.unwrap();
@@ -1164,7 +1227,8 @@ macro_rules! conformance_tests {
             group_cancel_cancels_members, group_member_retried_after_fail_fast_is_canceled,
             lease_on_unknown_queue_creates_nothing, delete_queue_only_when_empty,
             lease_ids_are_random, queue_config_is_kept_patched_and_deleted_with_the_queue,
-            max_pending_refuses_what_would_overflow_whole);
+            max_pending_refuses_what_would_overflow_whole,
+            schedules_are_kept_and_their_ticks_only_move_forward);
         $crate::conformance_tests!(@owned $make;
             a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed,
             max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot,

@@ -173,6 +173,22 @@ pub struct QueueInfo {
     pub config: QueueConfig,
 }
 
+/// A periodic-task schedule as the store keeps it. The definition is the server's
+/// (JSON text the store does not read); the store keeps which tick was handled
+/// last, so that every server on it agrees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub name: String,
+    /// The definition, as the server wrote it.
+    pub spec: String,
+    /// The latest tick handled (fired, or skipped as missed); ticks up to it are
+    /// never fired again. Set to the time of a `put_schedule`.
+    pub last_tick_ms: u64,
+    /// When the schedule last enqueued a task, and the task.
+    pub last_run_ms: Option<u64>,
+    pub last_task_id: Option<TaskId>,
+}
+
 /// A task group as a reader sees it: its state and every member (without payloads).
 #[derive(Clone, Debug)]
 pub struct GroupView {
@@ -216,6 +232,8 @@ pub enum StoreError {
     },
     #[error("the server already holds its limit of {limit} queues")]
     TooManyQueues { limit: usize },
+    #[error("the store already holds its limit of {limit} schedules")]
+    TooManySchedules { limit: usize },
     #[error("queue not found")]
     QueueNotFound,
     /// `delete_queue` of a queue that still holds tasks (retained finished ones too).
@@ -391,6 +409,27 @@ pub trait Broker: Send + Sync + 'static {
     /// server on the store applies it from its next lease on; a change wakes the
     /// queue's parked leases so they judge it at once.
     async fn configure(&self, queue: &str, patch: ConfigPatch) -> Result<QueueConfig, StoreError>;
+    /// Creates or replaces the schedule `name` (within `schedules_max`); its last
+    /// handled tick becomes `now_ms`, its last run is kept.
+    async fn put_schedule(
+        &self,
+        name: &str,
+        spec: String,
+        now_ms: u64,
+    ) -> Result<Schedule, StoreError>;
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError>;
+    /// Removes a schedule; false if there was none.
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError>;
+    /// Records that the schedule handled `tick_ms` (and, if it enqueued a task,
+    /// when and which). Only moves forward: a tick at or before the last one
+    /// handled, or an unknown schedule, changes nothing.
+    async fn schedule_ran(
+        &self,
+        name: &str,
+        tick_ms: u64,
+        run: Option<(u64, TaskId)>,
+    ) -> Result<(), StoreError>;
     /// Removes an empty queue: one holding no task in any state, retained finished
     /// tasks included. Its config goes with it. `QueueNotFound` if unknown, `QueueNotEmpty` (with its counts)
     /// otherwise. Lease long-polls parked on it keep waiting, as on an unknown queue,

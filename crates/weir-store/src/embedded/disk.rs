@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use weir_core::{QueueConfig, TaskId, TaskRecord, TaskState};
 
+use crate::Schedule;
+
 /// Version byte in front of every encoded value.
 const FORMAT_V1: u8 = 1;
 
@@ -28,6 +30,9 @@ pub const KIND_GROUP_PURGE: u8 = 5;
 /// setting). The latest frame of a name wins; one with no setting (written when
 /// the queue is deleted or its settings cleared) ends the config.
 pub const KIND_QUEUE: u8 = 6;
+/// A periodic-task schedule: the postcard `ScheduleFrame`. The latest frame of a
+/// name wins; one without a definition ends the schedule.
+pub const KIND_SCHEDULE: u8 = 7;
 
 /// Bytes of one entry of a `KIND_PURGE` frame.
 pub const PURGE_ENTRY_BYTES: usize = 24;
@@ -280,6 +285,53 @@ pub fn queue_frame(meta: &[u8]) -> Result<(String, QueueConfig), Corrupt> {
     Ok((f.queue.into_owned(), c))
 }
 
+/// A schedule as stored (`KIND_SCHEDULE`); `spec: None` ends it.
+#[derive(Serialize, Deserialize)]
+struct ScheduleFrame<'a> {
+    name: Cow<'a, str>,
+    spec: Option<Cow<'a, str>>,
+    last_tick_ms: u64,
+    last_run_ms: Option<u64>,
+    last_task_id: Option<u128>,
+}
+
+/// The meta of a `KIND_SCHEDULE` frame holding `s`.
+pub fn schedule_meta(s: &Schedule) -> Vec<u8> {
+    encode(&ScheduleFrame {
+        name: Cow::Borrowed(&s.name),
+        spec: Some(Cow::Borrowed(&s.spec)),
+        last_tick_ms: s.last_tick_ms,
+        last_run_ms: s.last_run_ms,
+        last_task_id: s.last_task_id.map(|t| t.0),
+    })
+}
+
+/// The meta of a `KIND_SCHEDULE` frame that ends the schedule `name`.
+pub fn schedule_end_meta(name: &str) -> Vec<u8> {
+    encode(&ScheduleFrame {
+        name: Cow::Borrowed(name),
+        spec: None,
+        last_tick_ms: 0,
+        last_run_ms: None,
+        last_task_id: None,
+    })
+}
+
+/// Reads a `KIND_SCHEDULE` frame: the schedule, or its name alone if it ended.
+pub fn schedule_frame(meta: &[u8]) -> Result<Result<Schedule, String>, Corrupt> {
+    let f: ScheduleFrame = decode("schedule", meta)?;
+    Ok(match f.spec {
+        None => Err(f.name.into_owned()),
+        Some(spec) => Ok(Schedule {
+            name: f.name.into_owned(),
+            spec: spec.into_owned(),
+            last_tick_ms: f.last_tick_ms,
+            last_run_ms: f.last_run_ms,
+            last_task_id: f.last_task_id.map(TaskId),
+        }),
+    })
+}
+
 /// A task's record as stored. Borrowed when written (`encode_record_into`, from a
 /// `TaskRecord`'s own strings), owned when read; postcard encodes both the same.
 #[derive(Serialize, Deserialize)]
@@ -418,6 +470,22 @@ mod tests {
             },
             5,
         )
+    }
+
+    #[test]
+    fn schedules_round_trip() {
+        let s = Schedule {
+            name: "nightly".into(),
+            spec: "{}".into(),
+            last_tick_ms: 5,
+            last_run_ms: Some(4),
+            last_task_id: Some(TaskId(9)),
+        };
+        assert_eq!(schedule_frame(&schedule_meta(&s)).unwrap(), Ok(s));
+        assert_eq!(
+            schedule_frame(&schedule_end_meta("gone")).unwrap(),
+            Err("gone".to_owned())
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use weir_log::{Log, LogConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::{
     Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, Outage,
-    QueueInfo, Settle, StoreError, TaskView,
+    QueueInfo, Schedule, Settle, StoreError, TaskView,
 };
 use disk::GroupRecord;
 use state::{Lease, State, TaskLoc};
@@ -722,6 +722,10 @@ impl<'a> Replay<'a> {
                 let q = self.st.intern(&name);
                 self.st.place_config(q, config, Some(loc.to_u64()));
             }
+            disk::KIND_SCHEDULE => match disk::schedule_frame(meta).map_err(corrupt)? {
+                Ok(sched) => self.st.place_schedule(sched, loc.to_u64()),
+                Err(name) => self.st.end_schedule(&name),
+            },
             disk::KIND_GROUP_PURGE => {
                 for id in disk::ids(meta).map_err(corrupt)? {
                     if let Some(at) = self.group_expires.remove(&id) {
@@ -1038,6 +1042,49 @@ impl Broker for EmbeddedBroker {
         self.submit(|reply| Op::Configure {
             queue: queue.to_owned(),
             patch,
+            reply,
+        })
+        .await
+    }
+
+    async fn put_schedule(
+        &self,
+        name: &str,
+        spec: String,
+        now_ms: u64,
+    ) -> Result<Schedule, StoreError> {
+        self.submit(|reply| Op::PutSchedule {
+            name: name.to_owned(),
+            spec,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let st = self.shared.lock();
+        Ok(st.schedules.values().map(|(s, _)| s.clone()).collect())
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.submit(|reply| Op::DeleteSchedule {
+            name: name.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    async fn schedule_ran(
+        &self,
+        name: &str,
+        tick_ms: u64,
+        run: Option<(u64, TaskId)>,
+    ) -> Result<(), StoreError> {
+        self.submit(|reply| Op::ScheduleRan {
+            name: name.to_owned(),
+            tick_ms,
+            run,
             reply,
         })
         .await

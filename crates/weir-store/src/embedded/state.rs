@@ -19,7 +19,7 @@ use weir_core::{GroupTally, QueueConfig, TaskRecord, TaskState};
 
 use super::disk::GroupRecord;
 
-use crate::{Counts, QueueInfo};
+use crate::{Counts, QueueInfo, Schedule};
 
 /// Index of a queue in `State::queues`. A deleted queue's slot is a tombstone
 /// until `intern` reuses it for a new queue; `delete_queue` runs only when nothing
@@ -224,6 +224,8 @@ pub struct State {
     pub expiry: BTreeMap<(u64, u128), (QueueIdx, TaskState, bool)>,
     /// Finished groups by (expires_at, id).
     pub group_expiry: BTreeSet<(u64, u128)>,
+    /// Periodic-task schedules by name, with where each one's frame is.
+    pub schedules: BTreeMap<String, (Schedule, u64)>,
 }
 
 /// Where a task's frames are in the log (`weir_log::Loc` as `u64`): the frame with
@@ -595,6 +597,21 @@ impl State {
             self.drop_ref(loc);
         }
         Ok(dead.config_loc.is_some())
+    }
+
+    /// Records a schedule's frame (the latest of its name wins).
+    pub fn place_schedule(&mut self, s: Schedule, loc: u64) {
+        self.add_ref(loc);
+        if let Some((_, old)) = self.schedules.insert(s.name.clone(), (s, loc)) {
+            self.drop_ref(old);
+        }
+    }
+
+    /// Forgets an ended schedule.
+    pub fn end_schedule(&mut self, name: &str) {
+        if let Some((_, old)) = self.schedules.remove(name) {
+            self.drop_ref(old);
+        }
     }
 
     /// Sets a queue's config; `loc` is its frame (`None`: a frame ending the

@@ -604,6 +604,7 @@ async fn steady_enqueue_and_ack_keeps_the_log_bounded_and_gc_loses_nothing_live(
         ..weir_core::ConfigPatch::default()
     };
     b.configure("keep", limits).await.unwrap();
+    b.put_schedule("kept", "{}".into(), 1).await.unwrap();
     // Pending for the whole run: it pins the first segment until copied forward.
     let keep = b
         .enqueue("keep", vec![item(task("k"), &pad)])
@@ -659,6 +660,7 @@ async fn steady_enqueue_and_ack_keeps_the_log_bounded_and_gc_loses_nothing_live(
     let q = b.queues().await.unwrap();
     let config = q.iter().find(|q| q.name == "keep").unwrap().config;
     assert_eq!(config.max_in_flight, Some(7), "the config survives GC");
+    assert_eq!(b.schedules().await.unwrap().len(), 1, "the schedule survives GC");
     assert!(b
         .lease("steady", 10, Duration::ZERO)
         .await
@@ -827,8 +829,8 @@ fn queue_config(infos: &[QueueInfo], name: &str) -> Option<QueueConfig> {
     infos.iter().find(|q| q.name == name).map(|q| q.config)
 }
 
-/// Configs are durable: kept over a restart (a queue with a config and no task
-/// too), gone after the queue's deletion or once every setting is cleared.
+/// Configs and schedules are durable: kept over a restart (a queue with a config
+/// and no task too), gone after their deletion or once every setting is cleared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_configs_survive_a_restart_and_deletion_ends_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -857,7 +859,23 @@ async fn queue_configs_survive_a_restart_and_deletion_ends_them() {
     };
     s.configure("cleared", clear).await.unwrap();
     s.delete_queue("doomed").await.unwrap();
+    s.put_schedule("kept", "{}".into(), 10).await.unwrap();
+    s.schedule_ran("kept", 20, Some((21, TaskId(5))))
+        .await
+        .unwrap();
+    s.put_schedule("dropped", "{}".into(), 10).await.unwrap();
+    s.delete_schedule("dropped").await.unwrap();
     let s = reopen(s).await;
+    let sched = s.schedules().await.unwrap();
+    assert_eq!(sched.len(), 1, "{sched:?}");
+    assert_eq!(
+        (
+            sched[0].name.as_str(),
+            sched[0].last_tick_ms,
+            sched[0].last_task_id
+        ),
+        ("kept", 20, Some(TaskId(5)))
+    );
     let q = s.queues().await.unwrap();
     assert_eq!(queue_config(&q, "empty"), Some(full));
     assert_eq!(queue_config(&q, "busy"), Some(full));

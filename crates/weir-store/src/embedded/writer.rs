@@ -24,7 +24,7 @@ use super::{
     COPY_FORWARD_TASKS_MAX, RETENTION_PURGE_BATCH_MAX, WRITER_BYTES_PER_COMMIT_MAX,
     WRITER_OPS_PER_COMMIT_MAX, WRITER_TASKS_PER_COMMIT_MAX, WRITER_TICK_MS_MAX,
 };
-use crate::{Enqueued, GroupCreated, LeaseId, Outage, Settle, StoreError};
+use crate::{Enqueued, GroupCreated, LeaseId, Outage, Schedule, Settle, StoreError};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -72,6 +72,24 @@ pub(crate) enum Op {
         patch: ConfigPatch,
         reply: Reply<QueueConfig>,
     },
+    /// Create or replace a schedule.
+    PutSchedule {
+        name: String,
+        spec: String,
+        now_ms: u64,
+        reply: Reply<Schedule>,
+    },
+    DeleteSchedule {
+        name: String,
+        reply: Reply<bool>,
+    },
+    /// A schedule handled a tick.
+    ScheduleRan {
+        name: String,
+        tick_ms: u64,
+        run: Option<(u64, TaskId)>,
+        reply: Reply<()>,
+    },
     /// Delete an empty queue, at the end of the round (`State::delete_queue`).
     DeleteQueue {
         queue: String,
@@ -94,6 +112,9 @@ impl Op {
             | Op::Release { .. }
             | Op::CancelGroup { .. }
             | Op::Configure { .. }
+            | Op::PutSchedule { .. }
+            | Op::DeleteSchedule { .. }
+            | Op::ScheduleRan { .. }
             | Op::DeleteQueue { .. }
             | Op::Stop { .. } => 1,
         }
@@ -143,6 +164,13 @@ pub(crate) enum Placed {
         q: QueueIdx,
         config: QueueConfig,
         loc: u64,
+    },
+    Schedule {
+        schedule: Schedule,
+        loc: u64,
+    },
+    ScheduleEnd {
+        name: String,
     },
 }
 
@@ -213,6 +241,24 @@ impl<'a> Batch<'a> {
         });
     }
 
+    /// A schedule's new state.
+    pub fn schedule(&mut self, schedule: Schedule) {
+        let loc = self
+            .log
+            .append(disk::KIND_SCHEDULE, &disk::schedule_meta(&schedule), &[]);
+        self.placed.push(Placed::Schedule {
+            schedule,
+            loc: loc.to_u64(),
+        });
+    }
+
+    /// The end of a deleted schedule.
+    pub fn schedule_end(&mut self, name: String) {
+        self.log
+            .append(disk::KIND_SCHEDULE, &disk::schedule_end_meta(&name), &[]);
+        self.placed.push(Placed::ScheduleEnd { name });
+    }
+
     /// The end of a deleted queue's config (it is in no index: nothing to place).
     pub fn queue_end(&mut self, name: &str) {
         let meta = disk::queue_meta(name, &QueueConfig::default());
@@ -277,6 +323,8 @@ pub(crate) fn apply(st: &mut State, placed: Vec<Placed>) {
             Placed::Task { id, loc, first } => st.place_task(id, loc, first),
             Placed::Group { id, loc } => st.place_group(id, loc),
             Placed::Queue { q, config, loc } => st.place_config(q, config, Some(loc)),
+            Placed::Schedule { schedule, loc } => st.place_schedule(schedule, loc),
+            Placed::ScheduleEnd { name } => st.end_schedule(&name),
         }
     }
 }
@@ -530,11 +578,21 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
     let mut tasks: Vec<(u128, super::state::TaskLoc)> = Vec::new();
     let mut groups: Vec<(u128, u64)> = Vec::new();
     let mut queues: Vec<(QueueIdx, String, QueueConfig)> = Vec::new();
+    let mut schedules: Vec<Schedule> = Vec::new();
     let scan = log.replay(
         Some(weir_log::Loc { seg: seq, off: 0 }),
         |loc, kind, meta, _| {
             if loc.seg != seq || tasks.len() >= COPY_FORWARD_TASKS_MAX {
                 return Err(());
+            }
+            if kind == disk::KIND_SCHEDULE {
+                if let Ok(Ok(sched)) = disk::schedule_frame(meta) {
+                    let st = shared.lock();
+                    if st.schedules.get(&sched.name).map(|(_, l)| *l) == Some(loc.to_u64()) {
+                        schedules.push(sched);
+                    }
+                }
+                return Ok(());
             }
             if kind == disk::KIND_QUEUE {
                 // Only the frame a live config points at; an unreadable one stays
@@ -609,6 +667,9 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
     }
     for (q, name, config) in &queues {
         batch.queue_config(*q, name, *config);
+    }
+    for sched in schedules {
+        batch.schedule(sched);
     }
     if batch.is_empty() {
         return Ok(());
@@ -793,6 +854,9 @@ fn refuse(shared: &Shared, op: Op) -> bool {
         Op::CancelGroup { reply, .. } => drop(reply.send(Err(e()))),
         Op::DeleteQueue { reply, .. } => drop(reply.send(Err(e()))),
         Op::Configure { reply, .. } => drop(reply.send(Err(e()))),
+        Op::PutSchedule { reply, .. } => drop(reply.send(Err(e()))),
+        Op::DeleteSchedule { reply, .. } => drop(reply.send(Err(e()))),
+        Op::ScheduleRan { reply, .. } => drop(reply.send(Err(e()))),
         Op::Finalize { records } => requeue(shared, records),
         Op::Stop { reply } => {
             let _ = reply.send(());
@@ -891,6 +955,34 @@ fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
     }
 }
 
+/// Schedule changes planned in a round, over the state's: a second op on one
+/// schedule in a round builds on the first.
+#[derive(Default)]
+struct PlannedSchedules {
+    changed: HashMap<String, Option<Schedule>>,
+    /// Net schedules added (removed, negative) by the round.
+    added: isize,
+}
+
+impl PlannedSchedules {
+    fn current(&self, st: &State, name: &str) -> Option<Schedule> {
+        match self.changed.get(name) {
+            Some(planned) => planned.clone(),
+            None => st.schedules.get(name).map(|(s, _)| s.clone()),
+        }
+    }
+
+    fn count(&self, st: &State) -> usize {
+        (st.schedules.len() as isize + self.added).max(0) as usize
+    }
+
+    fn set(&mut self, st: &State, name: String, s: Option<Schedule>) {
+        let before = self.current(st, &name).is_some();
+        self.added += s.is_some() as isize - before as isize;
+        self.changed.insert(name, s);
+    }
+}
+
 /// Marks the store unhealthy after a failed commit, before any caller hears of the
 /// failure, so that none sees a ready store after.
 fn commit_failed(shared: &Shared, e: &CommitError, now: u64) {
@@ -945,6 +1037,7 @@ fn round(
         let mut round_idem: HashMap<(QueueIdx, String), (TaskId, TaskState)> = HashMap::new();
         let mut added: HashMap<QueueIdx, u64> = HashMap::new();
         let mut configs: HashMap<QueueIdx, QueueConfig> = HashMap::new();
+        let mut planned = PlannedSchedules::default();
         for (op, pre) in ops.into_iter().zip(pre) {
             match op {
                 Op::Enqueue {
@@ -1081,6 +1174,58 @@ fn round(
                         Ok(new)
                     });
                     after.reply(reply, res);
+                }
+                Op::PutSchedule {
+                    name,
+                    spec,
+                    now_ms,
+                    reply,
+                } => {
+                    let old = planned.current(&st, &name);
+                    let limit = shared.config.limits.schedules_max;
+                    let res = if old.is_none() && planned.count(&st) >= limit {
+                        Err(StoreError::TooManySchedules { limit })
+                    } else {
+                        let s = Schedule {
+                            name,
+                            spec,
+                            last_tick_ms: now_ms,
+                            last_run_ms: old.as_ref().and_then(|o| o.last_run_ms),
+                            last_task_id: old.as_ref().and_then(|o| o.last_task_id),
+                        };
+                        planned.set(&st, s.name.clone(), Some(s.clone()));
+                        batch.schedule(s.clone());
+                        Ok(s)
+                    };
+                    after.reply(reply, res);
+                }
+                Op::DeleteSchedule { name, reply } => {
+                    let found = planned.current(&st, &name).is_some();
+                    if found {
+                        planned.set(&st, name.clone(), None);
+                        batch.schedule_end(name);
+                    }
+                    after.reply(reply, Ok(found));
+                }
+                Op::ScheduleRan {
+                    name,
+                    tick_ms,
+                    run,
+                    reply,
+                } => {
+                    match planned.current(&st, &name) {
+                        Some(mut s) if tick_ms > s.last_tick_ms => {
+                            s.last_tick_ms = tick_ms;
+                            if let Some((at, id)) = run {
+                                s.last_run_ms = Some(at);
+                                s.last_task_id = Some(id);
+                            }
+                            planned.set(&st, name, Some(s.clone()));
+                            batch.schedule(s);
+                        }
+                        _ => {}
+                    }
+                    after.reply(reply, Ok(()));
                 }
                 Op::DeleteQueue { queue, reply } => deletes.push((queue, reply)),
                 Op::Stop { reply } => after.stop = Some(reply),

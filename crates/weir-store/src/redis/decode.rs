@@ -7,7 +7,7 @@ use bytes::Bytes;
 use redis::Value;
 use weir_core::{ConfigPatch, NewTask, QueueConfig, TaskId, TaskRecord, TaskState};
 
-use crate::{StoreError, TaskView};
+use crate::{Schedule, StoreError, TaskView};
 
 pub fn bug(what: &str) -> StoreError {
     StoreError::bug(format!("redis script reply: {what}"))
@@ -101,6 +101,29 @@ pub fn patch_args(p: &ConfigPatch) -> [String; 5] {
         arg(p.max_pending),
         arg(p.paused.map(|z| z.then_some(1u8))),
     ]
+}
+
+/// A schedule from its definition and its run state `tick|run|task`.
+pub fn schedule(name: String, spec: String, run: &str) -> Result<Schedule, StoreError> {
+    let bad = || bug(&format!("schedule {name} run state {run:?}"));
+    let mut parts = run.splitn(3, '|');
+    let (tick, at, task) = (parts.next(), parts.next(), parts.next());
+    let (Some(tick), Some(at), Some(task)) = (tick, at, task) else {
+        return Err(bad());
+    };
+    Ok(Schedule {
+        last_tick_ms: tick.parse().map_err(|_| bad())?,
+        last_run_ms: (!at.is_empty())
+            .then(|| at.parse())
+            .transpose()
+            .map_err(|_| bad())?,
+        last_task_id: (!task.is_empty())
+            .then(|| task.parse())
+            .transpose()
+            .map_err(|_| bad())?,
+        name,
+        spec,
+    })
 }
 
 pub fn state(i: i64) -> Result<TaskState, StoreError> {

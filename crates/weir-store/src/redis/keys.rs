@@ -180,6 +180,11 @@ impl Keys {
         format!("{}:queues", self.prefix)
     }
 
+    /// Every periodic-task schedule (one hash: schedule.lua).
+    pub fn schedules(&self) -> String {
+        format!("{}:schedules", self.prefix)
+    }
+
     /// The lock that elects one sweeper per interval.
     pub fn sweep_lock(&self) -> String {
         format!("{}:sweep", self.prefix)

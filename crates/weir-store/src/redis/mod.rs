@@ -16,7 +16,7 @@ pub(crate) use wake::RECHECK_MS_MIN;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +33,7 @@ use weir_core::{Backoff, ConfigPatch, GroupState, Limits, QueueConfig, TaskId, T
 use crate::clock::{Clock, SystemClock};
 use crate::{
     Broker, Counts, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased,
-    QueueInfo, Settle, StoreError, TaskView,
+    QueueInfo, Schedule, Settle, StoreError, TaskView,
 };
 use conn::{Conn, Health, Redis};
 use decode::{array, bug, bytes, int, opt_u64, text, Fields};
@@ -998,6 +998,83 @@ impl Broker for RedisBroker {
             self.register(queue).await?;
         }
         Ok(config)
+    }
+
+    async fn put_schedule(
+        &self,
+        name: &str,
+        spec: String,
+        now_ms: u64,
+    ) -> Result<Schedule, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.schedules();
+        let mut inv = core.invocation(&core.scripts.schedule, &key, 0);
+        inv.arg("put")
+            .arg(name)
+            .arg(&spec)
+            .arg(now_ms)
+            .arg(core.config.limits.schedules_max);
+        let v = array(core.redis.script("put schedule", &inv).await?)?;
+        if matches!(v.first(), Some(Value::BulkString(b)) if b == b"full") {
+            return Err(StoreError::TooManySchedules {
+                limit: core.config.limits.schedules_max,
+            });
+        }
+        let mut it = v.into_iter().map(|x| text(x));
+        let mut next = || it.next().unwrap_or_else(|| Err(bug("schedule reply")));
+        let (tick, run, task) = (next()?, next()?, next()?);
+        decode::schedule(name.to_owned(), spec, &format!("{tick}|{run}|{task}"))
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let all: HashMap<String, String> = core
+            .redis
+            .query(
+                "read schedules",
+                redis::cmd("HGETALL").arg(core.keys.schedules()),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (field, spec) in &all {
+            let Some(name) = field.strip_prefix("d:") else {
+                continue;
+            };
+            let run = all.get(&format!("r:{name}")).map_or("0||", String::as_str);
+            out.push(decode::schedule(name.to_owned(), spec.clone(), run)?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.schedules();
+        let mut inv = core.invocation(&core.scripts.schedule, &key, 0);
+        inv.arg("del").arg(name);
+        Ok(int(core.redis.script("delete schedule", &inv).await?)? == 1)
+    }
+
+    async fn schedule_ran(
+        &self,
+        name: &str,
+        tick_ms: u64,
+        run: Option<(u64, TaskId)>,
+    ) -> Result<(), StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.schedules();
+        let mut inv = core.invocation(&core.scripts.schedule, &key, 0);
+        inv.arg("ran").arg(name).arg(tick_ms);
+        match run {
+            Some((at, id)) => inv.arg(at).arg(id.to_string()),
+            None => inv.arg("").arg(""),
+        };
+        core.redis.script("record a schedule's run", &inv).await?;
+        Ok(())
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {

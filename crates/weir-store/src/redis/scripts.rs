@@ -23,6 +23,7 @@ pub struct Scripts {
     pub sweep: Script,
     pub delete_queue: Script,
     pub configure: Script,
+    pub schedule: Script,
     pub mark_registered: Script,
     pub audit: Script,
 }
@@ -42,6 +43,7 @@ impl Scripts {
             sweep: script(include_str!("scripts/sweep.lua")),
             delete_queue: script(include_str!("scripts/delete_queue.lua")),
             configure: script(include_str!("scripts/configure.lua")),
+            schedule: script(include_str!("scripts/schedule.lua")),
             mark_registered: script(include_str!("scripts/mark_registered.lua")),
             audit: script(include_str!("scripts/audit.lua")),
         }
