@@ -19,6 +19,7 @@ use weir_store::{Broker, EnqueueTask, LeaseId, Settle, StoreError};
 
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::schedule::{Compiled, ScheduleBody, ScheduleJson};
 use crate::wire::*;
 use crate::ServeConfig;
 
@@ -27,6 +28,9 @@ use crate::ServeConfig;
 pub struct AppState {
     pub broker: Arc<dyn Broker>,
     pub config: Arc<ServeConfig>,
+    /// Woken when this server changes a schedule, so its scheduler loop reads
+    /// them again at once.
+    pub schedules_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Room for the JSON around a payload or result in a single-task request body.
@@ -38,6 +42,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues", get(list_queues))
         .route("/v1/queues/{queue}", get(get_queue).delete(delete_queue))
         .route("/v1/queues/{queue}/config", put(configure_queue))
+        .route("/v1/schedules", get(list_schedules))
+        .route(
+            "/v1/schedules/{name}",
+            put(put_schedule).get(get_schedule).delete(delete_schedule),
+        )
         .route("/v1/queues/{queue}/tasks", post(enqueue))
         .route("/v1/queues/{queue}/tasks:batch", post(enqueue_batch))
         .route("/v1/queues/{queue}/lease", post(lease))
@@ -182,7 +191,7 @@ fn now_ms() -> u64 {
 /// Validates one task of an enqueue request. Fields are named as in a single
 /// enqueue; a batch prefixes them (`tasks[3].`) only when there is an error, so the
 /// success path allocates no names.
-fn new_task(
+pub(crate) fn new_task(
     body: &Bytes,
     b: EnqueueBody<'_>,
     config: &ServeConfig,
@@ -675,6 +684,64 @@ async fn configure_queue(
     let b: QueueConfigBody = parse(&bytes)?;
     let config = s.broker.configure(&queue, b.into()).await?;
     Ok(Json(QueueConfigJson::from(config)).into_response())
+}
+
+/// The API's view of a stored schedule (`None` if its definition does not parse).
+fn schedule_view(s: &weir_store::Schedule, now: u64) -> Result<ScheduleJson, ApiError> {
+    let compiled = Compiled::from_store(&s.spec)
+        .map_err(|e| ApiError::from(StoreError::bug(format!("schedule {}: {e}", s.name))))?;
+    Ok(compiled.view(s, now))
+}
+
+/// Creates or replaces a schedule: 200 with its view (`next_run_at` included).
+async fn put_schedule(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    validate::schedule_name(&name, &s.config.limits)?;
+    let limit = s.config.limits.schedule_bytes_max;
+    let bytes = read_body(&headers, body, limit).await?;
+    let b: ScheduleBody = parse(&bytes)?;
+    let now = now_ms();
+    let (_, spec) = Compiled::from_body(b, &s.config, now)?;
+    let stored = s.broker.put_schedule(&name, spec, now).await?;
+    s.schedules_changed.notify_one();
+    Ok(Json(schedule_view(&stored, now)?).into_response())
+}
+
+async fn get_schedule(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    validate::schedule_name(&name, &s.config.limits)?;
+    let found = s
+        .broker
+        .schedules()
+        .await?
+        .into_iter()
+        .find(|x| x.name == name);
+    let found = found.ok_or_else(|| ApiError::not_found(format!("no schedule named {name}")))?;
+    Ok(Json(schedule_view(&found, now_ms())?).into_response())
+}
+
+async fn list_schedules(State(s): State<AppState>) -> ApiResult {
+    let now = now_ms();
+    let schedules = s
+        .broker
+        .schedules()
+        .await?
+        .iter()
+        .map(|x| schedule_view(x, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(serde_json::json!({ "schedules": schedules })).into_response())
+}
+
+/// Removes a schedule: 204, or 404 if there was none.
+async fn delete_schedule(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    validate::schedule_name(&name, &s.config.limits)?;
+    if !s.broker.delete_schedule(&name).await? {
+        return Err(ApiError::not_found(format!("no schedule named {name}")));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Removes an empty queue: 204; 409 with its counts if it holds any task.

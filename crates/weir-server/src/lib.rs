@@ -6,6 +6,7 @@ pub mod api;
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod schedule;
 pub mod wire;
 
 use std::future::Future;
@@ -58,10 +59,16 @@ impl Default for ServeConfig {
 /// The API over a broker, without a socket. The broker is reached through
 /// `Checked`, so every store gets the same input checks.
 pub fn app(broker: Arc<dyn Broker>, config: ServeConfig) -> axum::Router {
-    api::router(api::AppState {
+    api::router(state(broker, config))
+}
+
+/// What every handler shares: the broker behind the input checks, the config.
+fn state(broker: Arc<dyn Broker>, config: ServeConfig) -> api::AppState {
+    api::AppState {
         broker: Arc::new(Checked::shared(broker, config.limits.clone())),
         config: Arc::new(config),
-    })
+        schedules_changed: Arc::new(tokio::sync::Notify::new()),
+    }
 }
 
 /// Serves the API over `broker` on `listener` until `shutdown` resolves (or the
@@ -75,9 +82,18 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let limits = config.conn;
-    let app = app(broker.clone(), config);
+    let state = state(broker.clone(), config);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
+    // Periodic tasks: every server fires them (exactly once per tick, see
+    // `schedule`); the loop stops with the accept loop.
+    let scheduler = tokio::spawn(schedule::run(
+        state.broker.clone(),
+        state.config.clone(),
+        state.schedules_changed.clone(),
+        stopping.clone(),
+    ));
+    let app = api::router(state);
     let accepting = conn::accept_loop(listener, app, limits, stopping.clone(), connections.clone());
     // Serve until one of these ends; a new reason to stop is one more arm.
     tokio::select! {
@@ -94,6 +110,9 @@ pub async fn serve(
     tracing::info!("shutting down: draining requests");
     broker.begin_shutdown();
     stopping.cancel();
+    // Safe to stop anywhere: a tick enqueued but not recorded fires again into
+    // the same task (its idempotency key).
+    scheduler.abort();
     connections.close();
     if tokio::time::timeout(grace, connections.wait())
         .await

@@ -43,6 +43,8 @@ pub struct TestStore {
     /// What backs the store, for messages: `embedded:DIR` or `URL prefix=P`.
     pub name: String,
     _dir: Option<tempfile::TempDir>,
+    /// A Redis store's config, for `peers`.
+    redis: Option<RedisConfig>,
 }
 
 impl TestStore {
@@ -62,6 +64,7 @@ impl TestStore {
                     broker: Arc::new(broker),
                     name: format!("embedded:{}", dir.path().display()),
                     _dir: Some(dir),
+                    redis: None,
                 }
             }
             url if is_redis_url(url) => {
@@ -74,7 +77,7 @@ impl TestStore {
                 c.backoff = config.backoff;
                 c.lease_grace_ms = config.lease_grace_ms;
                 let name = format!("{url} prefix={prefix}");
-                let broker = RedisBroker::connect(c).await.unwrap_or_else(|e| {
+                let broker = RedisBroker::connect(c.clone()).await.unwrap_or_else(|e| {
                     panic!("WEIR_TEST_STORE: cannot open the Redis store {name}: {e} (is Redis running there?)")
                 });
                 // A store may connect lazily: one round trip proves Redis answers,
@@ -86,6 +89,7 @@ impl TestStore {
                     broker: Arc::new(broker),
                     name,
                     _dir: None,
+                    redis: Some(c),
                 }
             }
             other => panic!(
@@ -93,6 +97,26 @@ impl TestStore {
                  rediss://HOST:PORT or redis-cluster://HOST:PORT,…)"
             ),
         }
+    }
+}
+
+impl TestStore {
+    /// `n` brokers on this store, as `n` servers would hold it: on Redis, new
+    /// connections under the same prefix; on the embedded store (one server per
+    /// directory), this one store `n` times.
+    pub async fn peers(&self, n: usize) -> Vec<Arc<dyn Broker>> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(match &self.redis {
+                None => self.broker.clone(),
+                Some(c) => Arc::new(
+                    RedisBroker::connect(c.clone())
+                        .await
+                        .unwrap_or_else(|e| panic!("another broker on {}: {e}", self.name)),
+                ) as Arc<dyn Broker>,
+            });
+        }
+        out
     }
 }
 

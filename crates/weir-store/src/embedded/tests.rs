@@ -660,7 +660,11 @@ async fn steady_enqueue_and_ack_keeps_the_log_bounded_and_gc_loses_nothing_live(
     let q = b.queues().await.unwrap();
     let config = q.iter().find(|q| q.name == "keep").unwrap().config;
     assert_eq!(config.max_in_flight, Some(7), "the config survives GC");
-    assert_eq!(b.schedules().await.unwrap().len(), 1, "the schedule survives GC");
+    assert_eq!(
+        b.schedules().await.unwrap().len(),
+        1,
+        "the schedule survives GC"
+    );
     assert!(b
         .lease("steady", 10, Duration::ZERO)
         .await
