@@ -20,12 +20,13 @@ pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{
     AckItem, Counts, EnqueueOptions, Enqueued, FailItem, Group, GroupCreated, GroupState,
     GroupTask, Heartbeat, LeaseBatch, LeasedTask, QueueConfig, QueueConfigPatch, QueueInfo,
-    SettleOutcome, SettleResponse, Task, TaskState, UndecodableTask,
+    Schedule, ScheduleSpec, SettleOutcome, SettleResponse, Task, TaskState, UndecodableTask,
 };
 
 use types::{
     decode_lease, AckRequest, BatchRequest, BatchResponse, FailRequest, GroupRequest,
-    HeartbeatWait, LeaseOnly, LeaseRequest, QueuesResponse, SettleRequest, StateResponse,
+    HeartbeatWait, LeaseOnly, LeaseRequest, QueuesResponse, SchedulesResponse, SettleRequest,
+    StateResponse,
 };
 
 /// Longest a request that does not long-poll may take before it fails as a
@@ -333,6 +334,35 @@ impl Client {
             .json(patch);
         let (status, body) = execute(rb).await?;
         decode(status, &body)
+    }
+
+    // ---- schedules ----
+
+    /// `PUT /v1/schedules/{name}`: creates or replaces a periodic task.
+    pub async fn put_schedule(&self, name: &str, spec: &ScheduleSpec) -> Result<Schedule, Error> {
+        let rb = self
+            .request(Method::PUT, &format!("/v1/schedules/{}", seg(name)))
+            .json(spec);
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    /// `GET /v1/schedules/{name}` (`Error::NotFound` if there is none).
+    pub async fn schedule(&self, name: &str) -> Result<Schedule, Error> {
+        self.get_json(&format!("/v1/schedules/{}", seg(name)), None)
+            .await
+    }
+
+    /// `GET /v1/schedules`.
+    pub async fn schedules(&self) -> Result<Vec<Schedule>, Error> {
+        let resp: SchedulesResponse = self.get_json("/v1/schedules", None).await?;
+        Ok(resp.schedules)
+    }
+
+    /// `DELETE /v1/schedules/{name}` (`Error::NotFound` if there is none).
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), Error> {
+        let rb = self.request(Method::DELETE, &format!("/v1/schedules/{}", seg(name)));
+        execute(rb).await.map(drop)
     }
 
     // ---- plumbing ----

@@ -428,6 +428,43 @@ pub struct QueueConfig {
     pub paused: bool,
 }
 
+/// A periodic-task schedule to create or replace (`Client::put_schedule`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScheduleSpec {
+    /// Five fields (minute hour day month weekday), or six with seconds first.
+    pub cron: String,
+    /// IANA time zone the expression is read in [UTC].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+    pub queue: String,
+    /// The task each tick enqueues (without an idempotency key, `run_at` or
+    /// `deadline`).
+    pub task: EnqueueOptions,
+    /// `skip` (the default) or `run_once`: what ticks missed while no server ran
+    /// turn into.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed: Option<String>,
+}
+
+/// A schedule as the server shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: String,
+    pub tz: String,
+    pub queue: String,
+    pub task: Value,
+    pub missed: String,
+    pub next_run_at: Option<String>,
+    pub last_run_at: Option<String>,
+    pub last_task_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SchedulesResponse {
+    pub schedules: Vec<Schedule>,
+}
+
 /// A change to a queue's settings for `Client::configure_queue`: `None` leaves a
 /// setting as it is, `Some(None)` clears it, `Some(Some(v))` sets it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -36,6 +36,9 @@ pub enum Command {
     /// Manage one queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Manage periodic tasks.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Load-generate against a server and report throughput and latency.
     Bench(BenchArgs),
     /// Run a worker pool that runs a shell command per task.
@@ -454,6 +457,73 @@ mod tests {
         assert_eq!(e.delay, Some(Duration::from_secs(10)));
         assert!(e.client.json);
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create or replace a schedule: every tick of CRON enqueues one task.
+    Set(ScheduleSetArgs),
+    /// Show one schedule with its next and last run.
+    Get {
+        /// Schedule name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List every schedule.
+    List(ClientArgs),
+    /// Delete a schedule.
+    Delete {
+        /// Schedule name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleSetArgs {
+    /// Schedule name.
+    pub name: String,
+    /// Cron expression: `*/5 * * * *` (minute hour day month weekday), or six
+    /// fields with seconds first (`*/10 * * * * *`).
+    #[arg(long)]
+    pub cron: String,
+    /// IANA time zone the expression is read in [default: UTC].
+    #[arg(long)]
+    pub tz: Option<String>,
+    /// Queue each tick enqueues into.
+    #[arg(long)]
+    pub queue: String,
+    /// Task payload: JSON text, `@file`, or `@-` for stdin [default: {}].
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Task kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Priority; higher runs first.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Attempts before a task is dead.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout (30s, 5m; a bare number is ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// What ticks missed while no server ran turn into.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub missed: MissedPolicy,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `--missed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MissedPolicy {
+    /// Drop them; go on with the next tick.
+    Skip,
+    /// Run one task for all of them at once.
+    RunOnce,
 }
 
 /// A flow-control flag's value: a limit, or `none` to clear it.

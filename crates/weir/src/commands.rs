@@ -9,10 +9,13 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use weir_client::{
-    Client, EnqueueOptions, QueueConfig, QueueConfigPatch, QueueInfo, Task, TaskState,
+    Client, EnqueueOptions, QueueConfig, QueueConfigPatch, QueueInfo, Schedule, ScheduleSpec, Task,
+    TaskState,
 };
 
-use crate::cli::{ClientArgs, EnqueueArgs, QueueCommand, Setting, TaskCommand};
+use crate::cli::{
+    ClientArgs, EnqueueArgs, MissedPolicy, QueueCommand, ScheduleCommand, Setting, TaskCommand,
+};
 use crate::duration::{as_ms, format_duration};
 
 /// Longest single long-poll `task wait` asks the server for (its `wait_ms` limit).
@@ -255,6 +258,93 @@ pub async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    let not_found = |name: &str, e: weir_client::Error| match e {
+        weir_client::Error::NotFound => anyhow::anyhow!("no schedule named {name}"),
+        e => anyhow::Error::new(e).context(format!("schedule {name}")),
+    };
+    match cmd {
+        ScheduleCommand::Set(a) => {
+            let payload = match &a.payload {
+                None => json!({}),
+                Some(text) => parse_payload(text)?,
+            };
+            let mut task = EnqueueOptions::new(payload);
+            task.kind = a.kind;
+            task.priority = a.priority;
+            task.max_attempts = a.max_attempts;
+            task.timeout_ms = a.timeout.map(as_ms);
+            let spec = ScheduleSpec {
+                cron: a.cron,
+                tz: a.tz,
+                queue: a.queue,
+                task,
+                missed: Some(
+                    match a.missed {
+                        MissedPolicy::Skip => "skip",
+                        MissedPolicy::RunOnce => "run_once",
+                    }
+                    .to_owned(),
+                ),
+            };
+            let s = client(&a.client)?
+                .put_schedule(&a.name, &spec)
+                .await
+                .with_context(|| format!("setting schedule {}", a.name))?;
+            print_schedules(std::slice::from_ref(&s), a.client.json, false)?;
+        }
+        ScheduleCommand::Get { name, client: args } => {
+            let s = client(&args)?
+                .schedule(&name)
+                .await
+                .map_err(|e| not_found(&name, e))?;
+            print_schedules(std::slice::from_ref(&s), args.json, false)?;
+        }
+        ScheduleCommand::List(args) => {
+            let all = client(&args)?
+                .schedules()
+                .await
+                .context("listing schedules")?;
+            print_schedules(&all, args.json, true)?;
+        }
+        ScheduleCommand::Delete { name, client: args } => {
+            client(&args)?
+                .delete_schedule(&name)
+                .await
+                .map_err(|e| not_found(&name, e))?;
+            if args.json {
+                print_json(&json!({ "schedule": name, "deleted": true }))?;
+            } else {
+                println!("deleted schedule {name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Schedules as JSON (one object, or `{"schedules": [...]}` for a list) or text.
+fn print_schedules(all: &[Schedule], json_out: bool, list: bool) -> anyhow::Result<()> {
+    if json_out {
+        return match (list, all) {
+            (false, [one]) => print_json(one),
+            _ => print_json(&json!({ "schedules": all })),
+        };
+    }
+    for s in all {
+        println!(
+            "{}  {} ({})  -> {}  missed: {}  next: {}  last: {}",
+            s.name,
+            s.cron,
+            s.tz,
+            s.queue,
+            s.missed,
+            s.next_run_at.as_deref().unwrap_or("never"),
+            s.last_run_at.as_deref().unwrap_or("never"),
+        );
+    }
+    Ok(())
 }
 
 /// A queue's flow-control settings, one per line.

@@ -369,3 +369,64 @@ async fn queue_config_pause_resume_and_get() {
     );
     server.child.kill().await.unwrap();
 }
+
+/// `weir schedule set|get|list|delete`, with `--json`; a bad expression is
+/// refused with the server's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_set_get_list_delete() {
+    let mut server = common::start_server(&[]).await;
+    let s = server.base.clone();
+    let v = json(
+        &weir(
+            &s,
+            &[
+                "schedule",
+                "set",
+                "daily",
+                "--cron",
+                "0 9 * * *",
+                "--tz",
+                "Europe/Paris",
+                "--queue",
+                "reports",
+                "--payload",
+                r#"{"r":1}"#,
+                "--kind",
+                "report",
+                "--missed",
+                "run-once",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(v["name"], "daily");
+    assert_eq!(v["missed"], "run_once");
+    assert_eq!(v["task"], json!({"payload": {"r": 1}, "kind": "report"}));
+    assert!(v["next_run_at"].is_string(), "{v}");
+    let v = json(&weir(&s, &["schedule", "get", "daily", "--json"]).await);
+    assert_eq!(v["cron"], "0 9 * * *");
+    let out = weir(&s, &["schedule", "list"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("daily  0 9 * * * (Europe/Paris)  -> reports"),
+        "{text}"
+    );
+    let out = weir(
+        &s,
+        &["schedule", "set", "bad", "--cron", "nope", "--queue", "q"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cron"), "{}", stderr(&out));
+    json(&weir(&s, &["schedule", "delete", "daily", "--json"]).await);
+    let out = weir(&s, &["schedule", "get", "daily"]).await;
+    assert!(
+        stderr(&out).contains("no schedule named daily"),
+        "{}",
+        stderr(&out)
+    );
+    let v = json(&weir(&s, &["schedule", "list", "--json"]).await);
+    assert_eq!(v, json!({"schedules": []}));
+    server.child.kill().await.unwrap();
+}
