@@ -373,6 +373,23 @@ async fn run_scenarios(
             deadline: Instant::now() + args.scenario_timeout,
             max_errors: args.max_errors.max(1),
         });
+        if args.queue_rate.is_some() || args.queue_max_in_flight.is_some() {
+            let queue = match (scenario, &args.drain_queue) {
+                (Scenario::Drain, Some(q)) => q.clone(),
+                _ => shared.queue.clone(),
+            };
+            let patch = weir_client::QueueConfigPatch {
+                rate_per_sec: args.queue_rate.map(Some),
+                burst: args.queue_burst.map(Some),
+                max_in_flight: args.queue_max_in_flight.map(Some),
+                ..Default::default()
+            };
+            shared
+                .client(1)?
+                .configure_queue(&queue, &patch)
+                .await
+                .with_context(|| format!("configuring queue {queue}"))?;
+        }
         let report = match scenario {
             Scenario::Enqueue => enqueue(args, shared).await?,
             Scenario::Batch => batch(args, shared).await?,
@@ -928,6 +945,9 @@ async fn ack_all(shared: &Shared, client: &Client, leased: Vec<LeasedTask>) {
 /// `--consumers` loops of lease (up to `--lease-max`) → one `POST /v1/acks`, until
 /// `--drain-queue` has nothing pending: how fast weir dispatches a backlog it
 /// absorbed earlier (peak shaving's second half).
+/// How long a drain consumer waits for a task before it takes the queue as empty.
+const DRAIN_WAIT_MS: u64 = 1000;
+
 async fn drain(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> {
     let queue = args
         .drain_queue
@@ -942,15 +962,19 @@ async fn drain(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> 
     let _progress = Progress::start("drain", &shared, n);
     let started = Instant::now();
     let mut consumers = JoinSet::new();
+    let finished = Arc::new(std::sync::OnceLock::new());
     for c in 0..args.consumers {
         let client = shared.client(1)?;
         let (shared, queue) = (Arc::clone(&shared), queue.clone());
+        let finished = Arc::clone(&finished);
         let lease_max = args.lease_max;
         consumers.spawn(async move {
             let worker = format!("bench-drain-{c}");
             while !shared.stopped() {
+                // A long-poll: a queue under a rate limit hands tasks out as its
+                // tokens come; an empty answer after a whole wait means drained.
                 let Some(leased) = retrying(&shared, "lease", || {
-                    client.lease(&queue, lease_max, 0, Some(&worker))
+                    client.lease(&queue, lease_max, DRAIN_WAIT_MS, Some(&worker))
                 })
                 .await
                 else {
@@ -961,11 +985,18 @@ async fn drain(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> 
                     break;
                 }
                 ack_all(&shared, &client, leased).await;
+                // Everything counted at the start is done: the run ends now,
+                // not when the other consumers' long-polls give up.
+                if shared.stats.done.load(Ordering::Relaxed) >= n {
+                    let _ = finished.set(Instant::now());
+                    break;
+                }
             }
         });
     }
     join_all(&mut consumers).await?;
-    let secs = started.elapsed().as_secs_f64();
+    let ended = finished.get().copied().unwrap_or_else(Instant::now);
+    let secs = ended.duration_since(started).as_secs_f64();
     let done = shared.stats.done.load(Ordering::Relaxed);
     Ok(shared.report("drain", done, secs, done >= n))
 }

@@ -305,6 +305,16 @@ pub struct BenchArgs {
     /// The queue the `drain` scenario empties.
     #[arg(long, env = "WEIR_BENCH_DRAIN_QUEUE")]
     pub drain_queue: Option<String>,
+    /// Configure each scenario's queue (the drain queue too) with this dispatch
+    /// rate before it runs (`5000/s`), to measure flow control's cost or accuracy.
+    #[arg(long, env = "WEIR_BENCH_QUEUE_RATE", value_parser = parse_queue_rate)]
+    pub queue_rate: Option<f64>,
+    /// With --queue-rate: the burst.
+    #[arg(long, env = "WEIR_BENCH_QUEUE_BURST")]
+    pub queue_burst: Option<u64>,
+    /// Configure each scenario's queue with this in-flight cap before it runs.
+    #[arg(long, env = "WEIR_BENCH_QUEUE_MAX_IN_FLIGHT")]
+    pub queue_max_in_flight: Option<u64>,
     /// Prefix of the queues the scenarios use (each run makes fresh ones).
     #[arg(long, env = "WEIR_BENCH_QUEUE_PREFIX", default_value = "bench")]
     pub queue_prefix: String,
