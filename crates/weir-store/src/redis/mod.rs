@@ -1021,7 +1021,7 @@ impl Broker for RedisBroker {
                 limit: core.config.limits.schedules_max,
             });
         }
-        let mut it = v.into_iter().map(|x| text(x));
+        let mut it = v.into_iter().map(text);
         let mut next = || it.next().unwrap_or_else(|| Err(bug("schedule reply")));
         let (tick, run, task) = (next()?, next()?, next()?);
         decode::schedule(name.to_owned(), spec, &format!("{tick}|{run}|{task}"))
