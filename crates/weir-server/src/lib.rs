@@ -1,11 +1,13 @@
 //! weir's HTTP API (SPEC §5) on axum: wire types, one error mapping to
 //! problem+json, the routes, and a server loop on hyper with a connection cap,
-//! connection timeouts and graceful shutdown.
+//! connection timeouts, an optional ingress limit per client address and graceful
+//! shutdown.
 
 pub mod api;
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod ingress;
 pub mod wire;
 
 use std::future::Future;
@@ -17,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use weir_store::{Broker, Checked};
 
 pub use conn::{ConnLimits, FileBudget};
+pub use ingress::IngressLimit;
 
 use weir_core::Limits;
 
@@ -34,6 +37,9 @@ pub struct ServeConfig {
     pub shutdown_grace_ms: u64,
     /// The connection layer's limits: the connection cap and the timeouts.
     pub conn: ConnLimits,
+    /// The request rate each client address may send (every route but the
+    /// probes); `None`, the default, limits nothing and costs nothing.
+    pub ingress: Option<IngressLimit>,
 }
 
 impl ServeConfig {
@@ -45,6 +51,7 @@ impl ServeConfig {
             retention_ms: weir_core::limits::RETENTION_MS_DEFAULT,
             shutdown_grace_ms: 10_000,
             conn: ConnLimits::new(FileBudget::from_process()),
+            ingress: None,
         }
     }
 }
@@ -56,12 +63,20 @@ impl Default for ServeConfig {
 }
 
 /// The API over a broker, without a socket. The broker is reached through
-/// `Checked`, so every store gets the same input checks.
+/// `Checked`, so every store gets the same input checks. With an ingress limit,
+/// every route is behind it; the client's address is the request's
+/// `ConnectInfo<SocketAddr>`, which `serve` sets (without one, all requests share
+/// one bucket).
 pub fn app(broker: Arc<dyn Broker>, config: ServeConfig) -> axum::Router {
-    api::router(api::AppState {
+    let ingress = config.ingress;
+    let router = api::router(api::AppState {
         broker: Arc::new(Checked::shared(broker, config.limits.clone())),
         config: Arc::new(config),
-    })
+    });
+    match ingress {
+        Some(limit) => router.layer(ingress::IngressLayer::new(limit)),
+        None => router,
+    }
 }
 
 /// Serves the API over `broker` on `listener` until `shutdown` resolves (or the
@@ -75,10 +90,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let limits = config.conn;
+    // Only the limiter reads the peer address; without it, requests carry none.
+    let tag_peer = config.ingress.is_some();
     let app = app(broker.clone(), config);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
-    let accepting = conn::accept_loop(listener, app, limits, stopping.clone(), connections.clone());
+    let accepting = conn::accept_loop(
+        listener,
+        app,
+        limits,
+        tag_peer,
+        stopping.clone(),
+        connections.clone(),
+    );
     // Serve until one of these ends; a new reason to stop is one more arm.
     tokio::select! {
         () = shutdown => {}
