@@ -125,16 +125,25 @@ impl IngressLimit {
             .expect("IngressLimit::new refuses a zero interval")
             .allow_burst(self.burst)
     }
+}
 
-    /// The rate as the flag writes it (`10000/s`).
-    fn rate_text(&self) -> String {
-        let unit = match self.per.as_secs() {
-            1 => "s".to_owned(),
-            60 => "m".to_owned(),
-            3600 => "h".to_owned(),
-            _ => format!("{:?}", self.per),
+/// As the flags write it: `10000/s, burst 20000`.
+impl std::fmt::Display for IngressLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match (self.per.as_secs(), self.per.subsec_nanos()) {
+            (1, 0) => "s",
+            (60, 0) => "m",
+            (3600, 0) => "h",
+            _ => {
+                return write!(
+                    f,
+                    "{} per {:?}, burst {}",
+                    self.requests, self.per, self.burst
+                )
+            }
         };
-        format!("{}/{unit}", self.requests)
+        write!(f, "{}/{unit}", self.requests)?;
+        write!(f, ", burst {}", self.burst)
     }
 }
 
@@ -412,9 +421,8 @@ impl<C: Clock> IngressLimiter<C> {
             "rate-limited",
             "Rate limited",
             format!(
-                "this client address is over the server's ingress limit of {} in bursts of {}; retry after {secs} s",
-                self.limit.rate_text(),
-                self.limit.burst()
+                "this client address is over the server's ingress limit ({}); retry after {secs} s",
+                self.limit
             ),
         );
         err.retry_after_secs = Some(secs);
@@ -571,7 +579,11 @@ mod tests {
         assert_eq!(IngressLimit::new(90, min, None).unwrap().burst(), 2);
         assert_eq!(IngressLimit::new(30, min, None).unwrap().burst(), 1);
         assert_eq!(IngressLimit::new(1, HOUR, None).unwrap().burst(), 1);
-        assert_eq!(IngressLimit::new(1, HOUR, None).unwrap().rate_text(), "1/h");
+        assert_eq!(
+            IngressLimit::new(1, HOUR, None).unwrap().to_string(),
+            "1/h, burst 1"
+        );
+        assert_eq!(l.to_string(), "10000/s, burst 10000");
         assert!(IngressLimit::new(0, sec, None).is_err());
         assert!(IngressLimit::new(1, Duration::ZERO, None).is_err());
         assert!(IngressLimit::new(10, sec, Some(0)).is_err());

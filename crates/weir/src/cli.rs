@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::duration::parse_duration;
+use crate::duration::{parse_duration, parse_rate, Rate};
 
 /// weir: a durable task queue server, and its client.
 #[derive(Debug, Parser)]
@@ -97,6 +97,16 @@ pub struct ServeArgs {
     /// Time a client has to send a request's body [default: 60s].
     #[arg(long, env = "WEIR_BODY_TIMEOUT", value_parser = parse_duration)]
     pub body_timeout: Option<Duration>,
+    /// Requests each client address (IPv4 address, IPv6 /64) may send, on
+    /// average: `10000/s`, `600/m`, `5/h`, or a bare number per second. Over it,
+    /// 429 with Retry-After; /healthz, /readyz and /metrics are never limited
+    /// [default: no limit].
+    #[arg(long, env = "WEIR_INGRESS_RATE", value_parser = parse_rate)]
+    pub ingress_rate: Option<Rate>,
+    /// Most requests a client address may send at once after a quiet spell
+    /// [default: one second's worth of --ingress-rate, at least 1].
+    #[arg(long, env = "WEIR_INGRESS_BURST")]
+    pub ingress_burst: Option<u32>,
 }
 
 /// Flags shared by every command that talks to a server.
