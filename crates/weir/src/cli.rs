@@ -149,6 +149,13 @@ pub struct EnqueueArgs {
     /// Idempotency key: the same key again returns the first task.
     #[arg(long, env = "WEIR_ENQUEUE_IDEMPOTENCY_KEY")]
     pub idempotency_key: Option<String>,
+    /// How long to keep trying while the server refuses the enqueue for now
+    /// (429 over a rate limit or a full queue, 503/507 in an outage: nothing was
+    /// stored) or cannot be connected to. Each retry waits the server's
+    /// Retry-After plus a growing, jittered backoff; one that would end past this
+    /// is not made. 0 tries once.
+    #[arg(long, env = "WEIR_ENQUEUE_RETRY_FOR", default_value = "30s", value_parser = parse_duration)]
+    pub retry_for: Duration,
     #[command(flatten)]
     pub client: ClientArgs,
 }
