@@ -12,6 +12,7 @@ every task completed with the expected result.
 import argparse
 import json
 import os
+import random
 import sys
 import time
 import urllib.error
@@ -22,6 +23,10 @@ BATCH_TASKS_MAX = 1000
 # Longest one long-poll asks the server to wait, in milliseconds (its limit is 60000).
 WAIT_MS = 30000
 TERMINAL = {"completed", "dead", "canceled"}
+
+# Most tries of one call the server refuses for now (429, 503); each waits the
+# Retry-After it names.
+TRIES_MAX = 5
 
 
 class ApiError(Exception):
@@ -41,15 +46,24 @@ def call(server, method, path, body=None, timeout=30.0):
         method=method,
         headers={"content-type": "application/json"},
     )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as e:
+    for attempt in range(1, TRIES_MAX + 1):
         try:
-            detail = json.load(e).get("detail", e.reason)
-        except ValueError:
-            detail = e.reason
-        raise ApiError(e.code, detail) from None
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as e:
+            if e.code in (429, 503) and attempt < TRIES_MAX:
+                # Nothing was done (over the server's rate limit, or it is briefly
+                # unavailable): wait what it asks, plus a little jitter, then again.
+                pause = float(e.headers.get("Retry-After", 1)) + random.uniform(0, 0.5)
+                e.close()
+                print(f"producer: HTTP {e.code}, retrying in {pause:.1f} s", file=sys.stderr)
+                time.sleep(pause)
+                continue
+            try:
+                detail = json.load(e).get("detail", e.reason)
+            except ValueError:
+                detail = e.reason
+            raise ApiError(e.code, detail) from None
 
 
 def task_for(i):

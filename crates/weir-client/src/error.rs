@@ -30,9 +30,15 @@ pub enum Error {
         /// The offending request field, when the server names one.
         field: Option<String>,
     },
-    /// 5xx (or an unexpected non-success status).
+    /// 5xx (or an unexpected non-success status). A 503 or 507 (an outage that
+    /// clears by itself: nothing of the request was done) usually says when to
+    /// retry in `retry_after`.
     #[error("server error (HTTP {status}): {detail}")]
-    Server { status: u16, detail: String },
+    Server {
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
     /// The request never got an answer: connection refused or reset, timeout, ...
     #[error("transport error")]
     Transport(#[source] reqwest::Error),
@@ -49,6 +55,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// How long the server asked the client to wait before it sends the request
+    /// again: the `Retry-After` of a 429, 503 or 507, if it had one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after } | Error::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The pause before sending the request again after this error, given the
+    /// caller's own `backoff` (jittered, growing with each try): the server's
+    /// `Retry-After` (at most [`RETRY_AFTER_HONOURED_MAX`]) plus `backoff`. Adding
+    /// the two means clients told the same `Retry-After` do not come back in step,
+    /// and one refused again waits longer each time.
+    pub fn retry_pause(&self, backoff: Duration) -> Duration {
+        self.retry_after()
+            .map_or(Duration::ZERO, |d| d.min(RETRY_AFTER_HONOURED_MAX))
+            .saturating_add(backoff)
+    }
+
     /// True for errors worth retrying the same request after a pause: overload
     /// (429, 503), a server whose disk is full (507: it takes writes again once
     /// space is freed) and transport failures.
@@ -64,6 +90,11 @@ impl Error {
         )
     }
 }
+
+/// Longest `Retry-After` [`Error::retry_pause`] honours: a server asking for more
+/// (a client over a limit of a few requests an hour) is asked again after this,
+/// which costs it one cheap refusal.
+pub const RETRY_AFTER_HONOURED_MAX: Duration = Duration::from_secs(60);
 
 /// The fields of a problem document this client reads; others are ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -118,7 +149,11 @@ pub fn error_from_response(status: u16, retry_after: Option<&str>, body: &[u8]) 
                 field,
             }
         }
-        _ => Error::Server { status, detail },
+        _ => Error::Server {
+            status,
+            detail,
+            retry_after: retry_after.and_then(parse_retry_after),
+        },
     }
 }
 
@@ -208,7 +243,7 @@ mod tests {
     #[test]
     fn server_error_with_non_json_body() {
         match error_from_response(502, None, b"  <html>bad gateway</html>\n") {
-            Error::Server { status, detail } => {
+            Error::Server { status, detail, .. } => {
                 assert_eq!(status, 502);
                 assert_eq!(detail, "<html>bad gateway</html>");
             }
@@ -219,6 +254,27 @@ mod tests {
             Error::Server { detail, .. } => assert!(detail.len() <= RAW_DETAIL_BYTES_MAX),
             e => panic!("unexpected {e:?}"),
         }
+    }
+
+    #[test]
+    fn retry_after_of_429_503_and_507() {
+        let secs = Duration::from_secs;
+        for status in [429, 503, 507] {
+            let e = error_from_response(status, Some("3"), b"");
+            assert_eq!(e.retry_after(), Some(secs(3)), "{status}");
+            assert_eq!(
+                e.retry_pause(Duration::from_millis(100)),
+                Duration::from_millis(3100)
+            );
+        }
+        let e = error_from_response(503, None, b"");
+        assert_eq!(e.retry_after(), None);
+        assert_eq!(e.retry_pause(secs(1)), secs(1));
+        // A long Retry-After is honoured only up to the cap.
+        let e = error_from_response(429, Some("7200"), b"");
+        assert_eq!(e.retry_after(), Some(secs(7200)));
+        assert_eq!(e.retry_pause(secs(1)), RETRY_AFTER_HONOURED_MAX + secs(1));
+        assert_eq!(error_from_response(400, Some("3"), b"").retry_after(), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use error::{error_from_response, Error};
+pub use error::{error_from_response, Error, RETRY_AFTER_HONOURED_MAX};
 pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{
     AckItem, Counts, EnqueueOptions, Enqueued, FailItem, Group, GroupCreated, GroupState,

@@ -21,6 +21,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::Request;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
@@ -216,10 +217,15 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// reset that can destroy the 503 before the client reads it. A queued client is
 /// served as soon as a slot frees, and a slot held by an idle client frees after
 /// `idle_timeout_ms`.
+///
+/// With `tag_peer`, every request carries its connection's peer address as a
+/// `ConnectInfo<SocketAddr>` extension (for the ingress limit); without, nothing
+/// is added.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    tag_peer: bool,
     stopping: CancellationToken,
     connections: TaskTracker,
 ) -> Infallible {
@@ -269,6 +275,7 @@ pub(crate) async fn accept_loop(
             router: router.clone(),
             activity: activity.clone(),
             body_read_timeout_ms,
+            peer: tag_peer.then_some(peer),
         };
         // No `with_upgrades`: nothing upgrades yet (a WebSocket worker channel
         // would need it).
@@ -586,12 +593,15 @@ impl AsyncWrite for WatchedIo {
 }
 
 /// The router as one connection's hyper service: marks each exchange for the
-/// socket's timeouts and gives each request body its deadline.
+/// socket's timeouts, gives each request body its deadline and, when asked, the
+/// request its client's address.
 #[derive(Clone)]
 struct ConnService {
     router: Router,
     activity: Arc<Activity>,
     body_read_timeout_ms: u64,
+    /// Set on each request as `ConnectInfo`, when the ingress limit is on.
+    peer: Option<SocketAddr>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -604,7 +614,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let exchange = ExchangeEnd(self.activity.clone());
         let timeout_ms = self.body_read_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        let req = req.map(|inner| {
+        let mut req = req.map(|inner| {
             Body::new(TimedBody {
                 inner,
                 deadline,
@@ -612,6 +622,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 sleep: None,
             })
         });
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
         InFlight {
             response: tower::Service::call(&mut self.router.clone(), req),
             _exchange: exchange,

@@ -1,11 +1,13 @@
 //! weir's HTTP API (SPEC §5) on axum: wire types, one error mapping to
 //! problem+json, the routes, and a server loop on hyper with a connection cap,
-//! connection timeouts and graceful shutdown.
+//! connection timeouts, an optional ingress limit per client address and graceful
+//! shutdown.
 
 pub mod api;
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod ingress;
 pub mod schedule;
 pub mod wire;
 
@@ -18,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use weir_store::{Broker, Checked};
 
 pub use conn::{ConnLimits, FileBudget};
+pub use ingress::IngressLimit;
 
 use weir_core::Limits;
 
@@ -35,6 +38,9 @@ pub struct ServeConfig {
     pub shutdown_grace_ms: u64,
     /// The connection layer's limits: the connection cap and the timeouts.
     pub conn: ConnLimits,
+    /// The request rate each client address may send (every route but the
+    /// probes); `None`, the default, limits nothing and costs nothing.
+    pub ingress: Option<IngressLimit>,
 }
 
 impl ServeConfig {
@@ -46,6 +52,7 @@ impl ServeConfig {
             retention_ms: weir_core::limits::RETENTION_MS_DEFAULT,
             shutdown_grace_ms: 10_000,
             conn: ConnLimits::new(FileBudget::from_process()),
+            ingress: None,
         }
     }
 }
@@ -57,9 +64,21 @@ impl Default for ServeConfig {
 }
 
 /// The API over a broker, without a socket. The broker is reached through
-/// `Checked`, so every store gets the same input checks.
+/// `Checked`, so every store gets the same input checks. With an ingress limit,
+/// every route is behind it; the client's address is the request's
+/// `ConnectInfo<SocketAddr>`, which `serve` sets (without one, all requests share
+/// one bucket).
 pub fn app(broker: Arc<dyn Broker>, config: ServeConfig) -> axum::Router {
-    api::router(state(broker, config))
+    let ingress = config.ingress;
+    with_ingress(api::router(state(broker, config)), ingress)
+}
+
+/// The router behind the ingress limit, if there is one.
+fn with_ingress(router: axum::Router, ingress: Option<ingress::IngressLimit>) -> axum::Router {
+    match ingress {
+        Some(limit) => router.layer(ingress::IngressLayer::new(limit)),
+        None => router,
+    }
 }
 
 /// What every handler shares: the broker behind the input checks, the config.
@@ -82,6 +101,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let limits = config.conn;
+    // Only the limiter reads the peer address; without it, requests carry none.
+    let tag_peer = config.ingress.is_some();
+    let ingress = config.ingress;
     let state = state(broker.clone(), config);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -93,8 +115,15 @@ pub async fn serve(
         state.schedules_changed.clone(),
         stopping.clone(),
     ));
-    let app = api::router(state);
-    let accepting = conn::accept_loop(listener, app, limits, stopping.clone(), connections.clone());
+    let app = with_ingress(api::router(state), ingress);
+    let accepting = conn::accept_loop(
+        listener,
+        app,
+        limits,
+        tag_peer,
+        stopping.clone(),
+        connections.clone(),
+    );
     // Serve until one of these ends; a new reason to stop is one more arm.
     tokio::select! {
         () = shutdown => {}

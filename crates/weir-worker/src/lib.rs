@@ -47,6 +47,7 @@
 mod builder;
 pub mod limits;
 mod pool;
+mod retry;
 mod select;
 mod settle;
 mod supervise;

@@ -28,9 +28,10 @@ pub const LEASE_WAIT_MS_IDLE: u64 = 1_000;
 /// Shortest long-poll when several queues take turns at the idle long-poll.
 pub const LEASE_WAIT_MS_IDLE_MIN: u64 = 100;
 /// First pause after a lease request failed for a transient reason; doubles up to
-/// `LEASE_RETRY_BACKOFF_MS_MAX`.
+/// `LEASE_RETRY_BACKOFF_MS_MAX`, each pause plus up to as much again at random,
+/// and after the server's `Retry-After` when it sent one (429, 503, 507).
 pub const LEASE_RETRY_BACKOFF_MS_MIN: u64 = 50;
-/// Longest pause between lease retries.
+/// Longest pause of our own between lease retries (before jitter).
 pub const LEASE_RETRY_BACKOFF_MS_MAX: u64 = 5_000;
 /// Most acks and fails in one `POST /v1/acks` (the server's `batch_tasks_max`).
 pub const SETTLE_BATCH_MAX: usize = 1_000;
@@ -40,10 +41,21 @@ pub const RESULTS_CHANNEL_MAX: usize = 4_096;
 /// Settle requests the flusher keeps in flight at once, so a batch can fill while
 /// another is being committed.
 pub const SETTLE_REQUESTS_IN_FLIGHT_MAX: usize = 2;
-/// Tries of one settle batch (and of one release) on a transient failure.
+/// Tries of one settle batch (and of one release) on a transient failure the
+/// server gave no `Retry-After` for (no answer, a 5xx).
 pub const SETTLE_TRIES_MAX: u32 = 5;
-/// First pause between settle tries; doubles each time.
+/// How long, in the pauses the server asks for with `Retry-After` (a 429 over its
+/// rate limit, a 503 or 507 outage), one settle batch or release keeps trying,
+/// however many tries that takes. Longer than a default lease (30 s + 5 s grace):
+/// past that the server has handed the task out again and would refuse the
+/// result anyway.
+pub const SETTLE_THROTTLED_MS_MAX: u64 = 60_000;
+/// First pause between settle tries; doubles each time up to
+/// `SETTLE_RETRY_BACKOFF_MS_MAX`, plus up to as much again at random, plus the
+/// server's `Retry-After`.
 pub const SETTLE_RETRY_BACKOFF_MS: u64 = 50;
+/// Longest pause of our own between settle tries (before jitter).
+pub const SETTLE_RETRY_BACKOFF_MS_MAX: u64 = 2_000;
 /// Releases sent at once during shutdown.
 pub const RELEASE_CONCURRENCY_MAX: usize = 32;
 /// Longest error text sent with a fail; longer handler errors are cut (the server

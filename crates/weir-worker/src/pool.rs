@@ -30,9 +30,9 @@ use weir_client::{Client, Error, LeaseBatch, LeasedTask, UndecodableTask};
 use crate::builder::{HandlerFn, Pool};
 use crate::limits::{
     LEASE_RETRY_BACKOFF_MS_MAX, LEASE_RETRY_BACKOFF_MS_MIN, LEASE_WAIT_MS_IDLE,
-    LEASE_WAIT_MS_IDLE_MIN, RELEASE_CONCURRENCY_MAX, RESULTS_CHANNEL_MAX, SETTLE_RETRY_BACKOFF_MS,
-    SETTLE_TRIES_MAX,
+    LEASE_WAIT_MS_IDLE_MIN, RELEASE_CONCURRENCY_MAX, RESULTS_CHANNEL_MAX,
 };
+use crate::retry::{self, Retries};
 use crate::select::QueuePicker;
 use crate::settle::{flush_loop, Settlement};
 use crate::supervise::supervise;
@@ -294,7 +294,10 @@ async fn lease_loop(
 ) -> Result<(), (String, Error)> {
     let weights: Vec<u32> = cfg.queues.iter().map(|(_, w)| *w).collect();
     let mut picker = QueuePicker::new(&weights, cfg.strict);
-    let mut backoff = Duration::from_millis(LEASE_RETRY_BACKOFF_MS_MIN);
+    let new_backoff = || retry::backoff(LEASE_RETRY_BACKOFF_MS_MIN, LEASE_RETRY_BACKOFF_MS_MAX);
+    let mut backoff = new_backoff();
+    // Whether the last lease failed, so the backoff starts over after a success.
+    let mut failing = false;
     loop {
         let first = tokio::select! {
             biased;
@@ -317,7 +320,9 @@ async fn lease_loop(
         let got = lease_round(&shared.client, &cfg, &mut picker, want).await;
         let (queue, batch) = match got {
             Ok(got) => {
-                backoff = Duration::from_millis(LEASE_RETRY_BACKOFF_MS_MIN);
+                if std::mem::take(&mut failing) {
+                    backoff = new_backoff();
+                }
                 got
             }
             Err((queue, e)) => {
@@ -326,12 +331,18 @@ async fn lease_loop(
                     tracing::error!(queue, error = %e, "lease refused; stopping the pool");
                     return Err((queue, e));
                 }
-                tracing::warn!(queue, error = %e, backoff_ms = backoff.as_millis() as u64, "lease failed; retrying");
+                failing = true;
+                // A 429 or 503 says how long to wait: wait that (and a jittered
+                // backoff on top), never hammer a server that is throttling us.
+                let own = backoff
+                    .next()
+                    .unwrap_or(Duration::from_millis(LEASE_RETRY_BACKOFF_MS_MAX));
+                let pause = e.retry_pause(own);
+                tracing::warn!(queue, error = %e, pause_ms = pause.as_millis() as u64, "lease failed; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_millis(LEASE_RETRY_BACKOFF_MS_MAX));
                 continue;
             }
         };
@@ -479,25 +490,27 @@ async fn release_all(shared: &Arc<Shared>, items: Vec<Leased>) {
 
 async fn release_one(shared: Arc<Shared>, item: Leased) {
     let id = &item.task.id;
-    let mut backoff = Duration::from_millis(SETTLE_RETRY_BACKOFF_MS);
-    let mut tries = 0;
+    let mut retries = Retries::new();
     loop {
-        tries += 1;
         match shared.client.release(id, &item.task.lease_id).await {
             Ok(()) => {
                 shared.counters.released.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Err(e) if lease_retryable(&e) && tries < SETTLE_TRIES_MAX => {
-                tracing::warn!(id, error = %e, "release failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
             Err(e) => {
-                // The lease runs out on its own and the task comes back (with an
-                // attempt counted): nothing is lost.
-                tracing::warn!(id, error = %e, "release refused; the lease will expire instead");
-                return;
+                let pause = if lease_retryable(&e) {
+                    retries.after(&e)
+                } else {
+                    None
+                };
+                let Some(pause) = pause else {
+                    // The lease runs out on its own and the task comes back (with an
+                    // attempt counted): nothing is lost.
+                    tracing::warn!(id, error = %e, "release refused; the lease will expire instead");
+                    return;
+                };
+                tracing::warn!(id, error = %e, pause_ms = pause.as_millis() as u64, "release failed; retrying");
+                tokio::time::sleep(pause).await;
             }
         }
     }

@@ -5,17 +5,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use weir_client::{AckItem, Client, Error, FailItem, SettleOutcome};
 
-use crate::limits::{
-    ERROR_BYTES_MAX, SETTLE_BATCH_MAX, SETTLE_REQUESTS_IN_FLIGHT_MAX, SETTLE_RETRY_BACKOFF_MS,
-    SETTLE_TRIES_MAX,
-};
+use crate::limits::{ERROR_BYTES_MAX, SETTLE_BATCH_MAX, SETTLE_REQUESTS_IN_FLIGHT_MAX};
 use crate::pool::Counters;
+use crate::retry::Retries;
 
 /// A finished task's outcome, on its way to the server.
 #[derive(Debug)]
@@ -90,7 +87,7 @@ async fn send_batch(
     fails: Vec<FailItem>,
     counters: Arc<Counters>,
 ) {
-    let mut backoff = Duration::from_millis(SETTLE_RETRY_BACKOFF_MS);
+    let mut retries = Retries::new();
     let mut tries = 0;
     loop {
         tries += 1;
@@ -100,19 +97,18 @@ async fn send_batch(
                 tally(&resp.fails, &counters, false);
                 return;
             }
-            Err(e) if retryable(&e) && tries < SETTLE_TRIES_MAX => {
-                tracing::warn!(error = %e, tries, items = acks.len() + fails.len(), "settle failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
             Err(e) if retryable(&e) => {
-                // The leases will run out and the server hand the tasks out again:
-                // delivery is at-least-once, so this loses no task.
-                tracing::error!(error = %e, tries, items = acks.len() + fails.len(), "settle failed; giving up on this batch");
-                counters
-                    .refused
-                    .fetch_add((acks.len() + fails.len()) as u64, Ordering::Relaxed);
-                return;
+                let Some(pause) = retries.after(&e) else {
+                    // The leases will run out and the server hand the tasks out
+                    // again: delivery is at-least-once, so this loses no task.
+                    tracing::error!(error = %e, tries, items = acks.len() + fails.len(), "settle failed; giving up on this batch");
+                    counters
+                        .refused
+                        .fetch_add((acks.len() + fails.len()) as u64, Ordering::Relaxed);
+                    return;
+                };
+                tracing::warn!(error = %e, tries, items = acks.len() + fails.len(), pause_ms = pause.as_millis() as u64, "settle failed; retrying");
+                tokio::time::sleep(pause).await;
             }
             Err(e) => {
                 // A 4xx for the whole batch means one item is unacceptable (a result

@@ -235,6 +235,8 @@ async fn heartbeat_loop(
             client.heartbeat_wait(&id, &lease_id, wait_ms).await
         };
         let mut pause = true;
+        // A 429 or 503 names the least time before the next beat.
+        let mut asked_for = Duration::ZERO;
         match beat {
             Ok(hb) => {
                 if hb.cancel_requested && ctx.cancel_with(CancelReason::Canceled) {
@@ -249,13 +251,17 @@ async fn heartbeat_loop(
                 }
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                asked_for = e.retry_pause(Duration::ZERO);
+            }
         }
         // Never beat in a tight loop: a beat that came back early (a server that
         // does not wait, an error) is followed by the rest of the interval.
         let spent = asked.elapsed();
         if pause || spent < interval / 2 {
-            tokio::time::sleep(interval.saturating_sub(spent).max(interval / 2)).await;
+            let rest = interval.saturating_sub(spent).max(interval / 2);
+            tokio::time::sleep(rest.max(asked_for)).await;
         }
     }
 }

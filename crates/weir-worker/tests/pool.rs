@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use weir_client::{Client, EnqueueOptions, Task as TaskView, TaskState};
-use weir_server::ServeConfig;
+use weir_server::{IngressLimit, ServeConfig};
 use weir_worker::{
     CancelReason, Ctx, HandlerError, Pool, PoolBuilder, PoolError, PoolReport, Task,
 };
@@ -23,11 +23,15 @@ struct Server {
     client: Client,
     stop: Option<oneshot::Sender<()>>,
     done: Option<JoinHandle<Result<(), String>>>,
-    _store: weir_store::testing::TestStore,
+    store: weir_store::testing::TestStore,
 }
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(ServeConfig::new()).await
+    }
+
+    async fn start_with(config: ServeConfig) -> Server {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -42,7 +46,7 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
-            weir_server::serve(listener, ServeConfig::new(), broker, async move {
+            weir_server::serve(listener, config, broker, async move {
                 let _ = rx.await;
             })
             .await
@@ -52,7 +56,7 @@ impl Server {
             client: Client::new(format!("http://{addr}")).unwrap(),
             stop: Some(tx),
             done: Some(done),
-            _store: store,
+            store,
         }
     }
 
@@ -696,6 +700,8 @@ struct Recorded {
     acks: Vec<Value>,
     fails: Vec<Value>,
     releases: usize,
+    /// When each settle request arrived, refused or not.
+    settle_tries: Vec<Instant>,
 }
 
 /// A stand-in for a weir server, for what a real one no longer hands out: a
@@ -712,12 +718,16 @@ struct FakeServer {
 }
 
 impl FakeServer {
-    async fn start(batch: String) -> FakeServer {
+    /// Hands out `batch` once; answers the first `settles_refused` settle
+    /// requests 429 with `Retry-After: 0.1`.
+    async fn start(batch: String, settles_refused: usize) -> FakeServer {
         use axum::extract::State;
+        use axum::response::IntoResponse;
         use axum::routing::post;
 
         #[derive(Clone)]
         struct St {
+            settles_refused: usize,
             batch: Arc<Mutex<Option<String>>>,
             recorded: Arc<Mutex<Recorded>>,
             settled: Arc<tokio::sync::watch::Sender<usize>>,
@@ -736,6 +746,18 @@ impl FakeServer {
             answer(r#"{"tasks":[]}"#.to_owned())
         };
         let settle = |State(st): State<St>, body: axum::Json<Value>| async move {
+            {
+                let mut r = st.recorded.lock().unwrap();
+                r.settle_tries.push(Instant::now());
+                if r.settle_tries.len() <= st.settles_refused {
+                    return (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "0.1")],
+                        "",
+                    )
+                        .into_response();
+                }
+            }
             let outcome = |items: &Value, state: &str| -> Vec<Value> {
                 let items = items.as_array().cloned().unwrap_or_default();
                 items
@@ -753,7 +775,7 @@ impl FakeServer {
             r.fails
                 .extend(body["fails"].as_array().cloned().unwrap_or_default());
             st.settled.send_replace(r.acks.len() + r.fails.len());
-            answer(outcomes.to_string())
+            answer(outcomes.to_string()).into_response()
         };
         let release = |State(st): State<St>| async move {
             st.recorded.lock().unwrap().releases += 1;
@@ -768,6 +790,7 @@ impl FakeServer {
 
         let (settled_tx, settled) = tokio::sync::watch::channel(0);
         let st = St {
+            settles_refused,
             batch: Arc::new(Mutex::new(Some(batch))),
             recorded: Arc::default(),
             settled: Arc::new(settled_tx),
@@ -812,7 +835,7 @@ async fn an_undecodable_task_fails_alone_and_its_batch_mates_complete() {
         leased_json("lone", r#""\ud800""#),
         leased_json("ok-2", r#"{"n":2}"#),
     );
-    let fake = FakeServer::start(batch).await;
+    let fake = FakeServer::start(batch, 0).await;
     let pool = PoolBuilder::new(Client::new(&fake.base).unwrap())
         .queue("poison", 1)
         .concurrency(4)
@@ -871,4 +894,116 @@ async fn an_undecodable_task_fails_alone_and_its_batch_mates_complete() {
         );
     }
     assert_eq!(r.releases, 0);
+}
+
+/// Issue 9: a pool whose server limits its address gets 429 on its lease,
+/// waits out the Retry-After (instead of exiting or retrying at once) and goes
+/// on to complete every task on its first lease. The tasks come from another
+/// loopback address, so only the pool's requests count against its bucket, and
+/// are watched through the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limited_pool_waits_out_the_retry_after_and_goes_on() {
+    // Five requests a second, in bursts of five: once the bucket is empty a
+    // request is refused with Retry-After 1 (the wait, rounded up to a second),
+    // and a second later it is full again, room for everything else the pool
+    // sends.
+    let burst = 5;
+    let mut config = ServeConfig::new();
+    config.ingress = Some(IngressLimit::new(5, Duration::from_secs(1), Some(burst)).unwrap());
+    let server = Server::start_with(config).await;
+    let http = Client::http_builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let producer = Client::with_http(server.client.base_url(), http);
+    let n = 3;
+    let ids = producer
+        .enqueue_batch("limited", &vec![task("echo", json!({"n": 1})); n])
+        .await
+        .unwrap();
+
+    // Empty the pool's bucket, so that its first lease is refused.
+    let mut sent = 0;
+    let retry_after = loop {
+        match server.client.queues().await {
+            Ok(_) => sent += 1,
+            Err(weir_client::Error::RateLimited { retry_after }) => break retry_after.unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent <= 10 * burst, "never refused");
+    };
+    let first_run: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let ran = first_run.clone();
+    let started = Instant::now();
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("limited", 1)
+        .handler("echo", move |t: Task, _ctx: Ctx| {
+            ran.lock().unwrap().get_or_insert_with(Instant::now);
+            async move { Ok(t.payload) }
+        })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    for id in &ids {
+        let view = server
+            .store
+            .broker
+            .wait(id.parse().unwrap(), Duration::from_millis(WAIT_MS))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.record.state, weir_core::TaskState::Completed, "{id}");
+        assert_eq!(view.record.attempt, 1, "{id}");
+    }
+    // Nothing was leased before the server's Retry-After had passed.
+    let waited = first_run.lock().unwrap().unwrap() - started;
+    assert!(
+        waited >= retry_after,
+        "the first task ran {waited:?} after the start; Retry-After was {retry_after:?}"
+    );
+    let report = running.stop().await;
+    assert_eq!(report.completed, n as u64, "{report:?}");
+    assert_eq!(report.refused, 0, "{report:?}");
+    server.stop().await;
+}
+
+/// Issue 9: a settle refused with 429 is sent again after its Retry-After, as
+/// often as it takes (within `SETTLE_THROTTLED_MS_MAX`), not given up after
+/// `SETTLE_TRIES_MAX` quick tries, which would have every task run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttled_settle_waits_each_retry_after_and_is_not_given_up() {
+    let refused = weir_worker::limits::SETTLE_TRIES_MAX as usize;
+    // One task, so one settle batch: every try is that batch's.
+    let batch = format!(r#"{{"tasks":[{}]}}"#, leased_json("a", r#"{"n":1}"#));
+    let fake = FakeServer::start(batch, refused).await;
+    let pool = PoolBuilder::new(Client::new(&fake.base).unwrap())
+        .queue("poison", 1)
+        .handler("echo", |t: Task, _ctx: Ctx| async move { Ok(t.payload) })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let mut settled = fake.settled.clone();
+    tokio::time::timeout(
+        Duration::from_millis(WAIT_MS),
+        settled.wait_for(|n| *n >= 1),
+    )
+    .await
+    .expect("the task settled in time")
+    .unwrap();
+    fake.closing.cancel();
+    let report = running.stop().await;
+    assert_eq!(
+        report,
+        PoolReport {
+            completed: 1,
+            ..PoolReport::default()
+        }
+    );
+    let r = fake.recorded.lock().unwrap();
+    assert_eq!(r.settle_tries.len(), refused + 1);
+    // Each try after a refusal came no sooner than the Retry-After asked.
+    for pair in r.settle_tries.windows(2).take(refused) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(100), "a retry after {gap:?}");
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::duration::parse_duration;
+use crate::duration::{parse_duration, parse_per_second, parse_rate, Rate};
 
 /// weir: a durable task queue server, and its client.
 #[derive(Debug, Parser)]
@@ -100,6 +100,16 @@ pub struct ServeArgs {
     /// Time a client has to send a request's body [default: 60s].
     #[arg(long, env = "WEIR_BODY_TIMEOUT", value_parser = parse_duration)]
     pub body_timeout: Option<Duration>,
+    /// Requests each client address (IPv4 address, IPv6 /64) may send, on
+    /// average: `10000/s`, `600/m`, `5/h`, or a bare number per second. Over it,
+    /// 429 with Retry-After; /healthz, /readyz and /metrics are never limited
+    /// [default: no limit].
+    #[arg(long, env = "WEIR_INGRESS_RATE", value_parser = parse_rate)]
+    pub ingress_rate: Option<Rate>,
+    /// Most requests a client address may send at once after a quiet spell
+    /// [default: one second's worth of --ingress-rate, at least 1].
+    #[arg(long, env = "WEIR_INGRESS_BURST")]
+    pub ingress_burst: Option<u32>,
 }
 
 /// Flags shared by every command that talks to a server.
@@ -142,6 +152,13 @@ pub struct EnqueueArgs {
     /// Idempotency key: the same key again returns the first task.
     #[arg(long, env = "WEIR_ENQUEUE_IDEMPOTENCY_KEY")]
     pub idempotency_key: Option<String>,
+    /// How long to keep trying while the server refuses the enqueue for now
+    /// (429 over a rate limit or a full queue, 503/507 in an outage: nothing was
+    /// stored) or cannot be connected to. Each retry waits the server's
+    /// Retry-After plus a growing, jittered backoff; one that would end past this
+    /// is not made. 0 tries once.
+    #[arg(long, env = "WEIR_ENQUEUE_RETRY_FOR", default_value = "30s", value_parser = parse_duration)]
+    pub retry_for: Duration,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -191,7 +208,7 @@ pub enum QueueCommand {
         queue: String,
         /// Most tasks leased per second over every worker and server: `50/s`,
         /// `600/m`, `10/h`, a bare number (per second), or `none`.
-        #[arg(long, value_parser = setting(parse_queue_rate))]
+        #[arg(long, value_parser = setting(parse_per_second))]
         rate: Option<Setting<f64>>,
         /// Most tasks leased at once after an idle spell, or `none` (one second's
         /// worth of the rate).
@@ -307,7 +324,7 @@ pub struct BenchArgs {
     pub drain_queue: Option<String>,
     /// Configure each scenario's queue (the drain queue too) with this dispatch
     /// rate before it runs (`5000/s`), to measure flow control's cost or accuracy.
-    #[arg(long, env = "WEIR_BENCH_QUEUE_RATE", value_parser = parse_queue_rate)]
+    #[arg(long, env = "WEIR_BENCH_QUEUE_RATE", value_parser = parse_per_second)]
     pub queue_rate: Option<f64>,
     /// With --queue-rate: the burst.
     #[arg(long, env = "WEIR_BENCH_QUEUE_BURST")]
@@ -571,25 +588,5 @@ fn parse_count(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("`{text}` is not a whole number of at least 1")),
-    }
-}
-
-/// A queue's dispatch rate in tasks per second: `50/s`, `600/m`, `10/h`, or a
-/// bare number (per second); fractions are allowed (`0.5/s`).
-pub fn parse_queue_rate(text: &str) -> Result<f64, String> {
-    let (number, per_secs) = match text.split_once('/') {
-        None => (text, 1.0),
-        Some((n, "s")) => (n, 1.0),
-        Some((n, "m")) => (n, 60.0),
-        Some((n, "h")) => (n, 3600.0),
-        Some((_, other)) => {
-            return Err(format!(
-                "`{text}` has an unknown unit `/{other}` (use /s, /m or /h)"
-            ))
-        }
-    };
-    match number.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 => Ok(n / per_secs),
-        _ => Err(format!("`{text}` is not a rate (e.g. 50/s, 600/m, 10/h)")),
     }
 }

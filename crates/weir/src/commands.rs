@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use backon::{ExponentialBuilder, Retryable};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use weir_client::{
@@ -49,10 +50,39 @@ pub async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     task.timeout_ms = args.timeout.map(as_ms);
     task.idempotency_key = args.idempotency_key;
     let client = client(&args.client)?;
-    let done = client
-        .enqueue(&args.queue, &task)
-        .await
-        .with_context(|| format!("enqueueing into {}", args.queue))?;
+    let started = Instant::now();
+    let mut retries = 0u32;
+    let mut over_budget = false;
+    let done = (|| client.enqueue(&args.queue, &task))
+        .retry(
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(ENQUEUE_RETRY_BACKOFF_MS_MIN))
+                .with_max_delay(Duration::from_millis(ENQUEUE_RETRY_BACKOFF_MS_MAX))
+                .with_jitter()
+                .without_max_times(),
+        )
+        .when(enqueue_retryable)
+        .adjust(|e, backoff| {
+            let pause = e.retry_pause(backoff?);
+            over_budget = started.elapsed() + pause > args.retry_for;
+            (!over_budget).then_some(pause)
+        })
+        .notify(|e, pause| {
+            retries += 1;
+            eprintln!("weir: {e}; retrying in {}", format_duration(pause));
+        })
+        .await;
+    let done = done.with_context(|| {
+        let mut what = format!("enqueueing into {}", args.queue);
+        if over_budget {
+            what += &format!(
+                " (gave up after {retries} retries in {}: the next would end past --retry-for {})",
+                format_duration(started.elapsed()),
+                format_duration(args.retry_for)
+            );
+        }
+        what
+    })?;
     if args.client.json {
         print_json(&done)?;
     } else if done.created {
@@ -61,6 +91,29 @@ pub async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         println!("{} {} (existing task)", done.id, done.state);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// First pause of our own between enqueue tries (on top of the server's
+/// Retry-After); doubles up to `ENQUEUE_RETRY_BACKOFF_MS_MAX`, each plus up to as
+/// much again at random.
+const ENQUEUE_RETRY_BACKOFF_MS_MIN: u64 = 100;
+/// Longest pause of our own between enqueue tries (before jitter).
+const ENQUEUE_RETRY_BACKOFF_MS_MAX: u64 = 5_000;
+
+/// Whether an enqueue that failed this way can be sent again without making a
+/// second task: the server said nothing was stored (429 over a rate limit or a
+/// full queue; 503 or 507 in an outage), or no connection was made. A request
+/// cut off in flight may have been stored, so it is not retried.
+fn enqueue_retryable(e: &weir_client::Error) -> bool {
+    use weir_client::Error;
+    match e {
+        Error::RateLimited { .. }
+        | Error::Server {
+            status: 503 | 507, ..
+        } => true,
+        Error::Transport(t) => t.is_connect(),
+        _ => false,
+    }
 }
 
 /// `--payload` text: inline JSON, `@path`, or `@-` for stdin.

@@ -1,5 +1,6 @@
 //! Parsing of the CLI's durations: a bare number is milliseconds; `ms`, `s`, `m`
-//! and `h` suffixes name the unit (`500ms`, `1.5s`, `5m`).
+//! and `h` suffixes name the unit (`500ms`, `1.5s`, `5m`). And of its rates:
+//! `10000/s`, `600/m`, `5/h`, or a bare number per second.
 
 use std::time::Duration;
 
@@ -39,6 +40,56 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
 }
 
+/// A request rate: `requests` per `per` (a second, a minute or an hour).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub requests: u32,
+    pub per: Duration,
+}
+
+/// Parses `10000/s`, `600/m`, `5/h`, or a bare `10000` (per second). Used as a
+/// clap value parser.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let (number, per) = rate_parts(text)?;
+    let requests: u32 = number.parse().map_err(|_| {
+        format!(
+            "`{text}` is not a rate (expected a whole number of requests, e.g. 10000/s, 600/m, 5/h)"
+        )
+    })?;
+    if requests == 0 {
+        return Err(format!("`{text}`: the rate must be at least 1 request"));
+    }
+    Ok(Rate { requests, per })
+}
+
+/// Parses a queue's dispatch rate in tasks per second: `50/s`, `600/m`, `10/h`,
+/// or a bare number (per second); fractions are allowed (`0.5/s`).
+pub fn parse_per_second(text: &str) -> Result<f64, String> {
+    let (number, per) = rate_parts(text)?;
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n / per.as_secs_f64()),
+        _ => Err(format!("`{text}` is not a rate (e.g. 50/s, 600/m, 10/h)")),
+    }
+}
+
+/// A rate's number (trimmed) and the span it is per (`/s`, `/m`, `/h`; none is
+/// per second).
+fn rate_parts(text: &str) -> Result<(&str, Duration), String> {
+    let t = text.trim();
+    let (number, unit) = t.split_once('/').unwrap_or((t, "s"));
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        other => {
+            return Err(format!(
+                "`{text}` has an unknown unit `/{other}` (use /s, /m or /h)"
+            ))
+        }
+    };
+    Ok((number.trim(), per))
+}
+
 /// A duration as a person would write it back: `30s`, `5m`, `1500ms`.
 pub fn format_duration(d: Duration) -> String {
     let ms = as_ms(d);
@@ -58,6 +109,46 @@ pub fn as_ms(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn per_second_rates() {
+        use super::parse_per_second;
+        assert_eq!(parse_per_second("50/s"), Ok(50.0));
+        assert_eq!(parse_per_second("600/m"), Ok(10.0));
+        assert_eq!(parse_per_second("18/h"), Ok(0.005));
+        assert_eq!(parse_per_second("0.5"), Ok(0.5));
+        for bad in ["0/s", "-1/s", "x/s", "5/d", "inf", "NaN/s", ""] {
+            assert!(parse_per_second(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates() {
+        use super::{parse_rate, Rate};
+        use std::time::Duration;
+        let rate = |requests, secs| Rate {
+            requests,
+            per: Duration::from_secs(secs),
+        };
+        assert_eq!(parse_rate("10000/s"), Ok(rate(10_000, 1)));
+        assert_eq!(parse_rate("10000"), Ok(rate(10_000, 1)));
+        assert_eq!(parse_rate(" 600 / m "), Ok(rate(600, 60)));
+        assert_eq!(parse_rate("5/h"), Ok(rate(5, 3600)));
+        for bad in [
+            "",
+            "/s",
+            "0/s",
+            "0",
+            "1.5/s",
+            "-1/s",
+            "10/d",
+            "10/",
+            "ten/s",
+            "4294967296/s",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
     use super::*;
 
     #[test]

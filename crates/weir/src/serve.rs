@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
-use weir_server::ServeConfig;
+use weir_server::{IngressLimit, ServeConfig};
 
 use crate::cli::ServeArgs;
 use crate::store::StoreConfig;
@@ -53,12 +53,28 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
         config.limits.payload_bytes_max = v;
     }
     conn_config(args, files_max, &mut config)?;
+    config.ingress = ingress_limit(args)?;
     store.set_limits(&config.limits);
     Ok(Settings {
         listen: args.listen,
         serve: config,
         store,
     })
+}
+
+/// `--ingress-rate` and `--ingress-burst`; neither is no limit.
+fn ingress_limit(args: &ServeArgs) -> Result<Option<IngressLimit>, ConfigError> {
+    let Some(rate) = args.ingress_rate else {
+        return match args.ingress_burst {
+            Some(_) => Err(ConfigError(
+                "--ingress-burst needs --ingress-rate (the rate the burst refills at)".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    IngressLimit::new(rate.requests, rate.per, args.ingress_burst)
+        .map(Some)
+        .map_err(|e| ConfigError(format!("--ingress-rate/--ingress-burst: {e}")))
 }
 
 /// The connection cap (below the open-file limit, leaving the store its share)
@@ -184,6 +200,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         addr = %local,
         store = %store_name,
         connections_max = config.conn.connections_max,
+        ingress = %config.ingress.map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
         "listening"
     );
     weir_server::serve(listener, config, broker, shutdown).await
@@ -432,5 +449,39 @@ mod tests {
     #[test]
     fn bad_backoff_is_refused() {
         assert!(config(&args(&["--backoff-base-ms", "10", "--backoff-cap-ms", "5"])).is_err());
+    }
+
+    #[test]
+    fn ingress_flags_reach_the_config() {
+        use std::time::Duration;
+        assert_eq!(config(&args(&[])).unwrap().serve.ingress, None);
+        let limit = |flags: &[&str]| config(&args(flags)).unwrap().serve.ingress.unwrap();
+        let l = limit(&["--ingress-rate", "10000/s", "--ingress-burst", "20000"]);
+        assert_eq!(
+            (l.requests(), l.per(), l.burst()),
+            (10_000, Duration::from_secs(1), 20_000)
+        );
+        // The burst defaults to one second's worth of the rate.
+        assert_eq!(limit(&["--ingress-rate", "10000"]).burst(), 10_000);
+        let l = limit(&["--ingress-rate", "5/h"]);
+        assert_eq!(
+            (l.requests(), l.per(), l.burst()),
+            (5, Duration::from_secs(3600), 1)
+        );
+        assert_eq!(limit(&["--ingress-rate", "600/m"]).burst(), 10);
+
+        let msg = error(&["--ingress-burst", "5"]);
+        assert!(
+            msg.contains("--ingress-burst needs --ingress-rate"),
+            "{msg}"
+        );
+        let msg = error(&["--ingress-rate", "10/s", "--ingress-burst", "0"]);
+        assert!(msg.contains("burst must be at least 1"), "{msg}");
+        let msg = error(&["--ingress-rate", "2000000000/s"]);
+        assert!(msg.contains("more than one per nanosecond"), "{msg}");
+        // A malformed rate is clap's error, naming the flag.
+        let e = Cli::try_parse_from(["weir", "serve", "--ingress-rate", "10/d"]).unwrap_err();
+        assert!(e.to_string().contains("--ingress-rate"), "{e}");
+        assert!(e.to_string().contains("unknown unit `/d`"), "{e}");
     }
 }

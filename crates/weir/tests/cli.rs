@@ -430,3 +430,47 @@ async fn schedule_set_get_list_delete() {
     assert_eq!(v, json!({"schedules": []}));
     server.child.kill().await.unwrap();
 }
+
+/// Issue 9: `weir enqueue` refused with 429 waits the Retry-After and tries
+/// again, storing one task, not two; one whose wait would end past
+/// `--retry-for` gives up at once and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_waits_out_a_429_within_retry_for() {
+    // One request every 2 s per client address, no burst.
+    let mut server =
+        common::start_server(&["--ingress-rate", "30/m", "--ingress-burst", "1"]).await;
+    let s = server.base.clone();
+    json(&weir(&s, &["enqueue", "limited", "--json"]).await);
+    // The bucket is empty: refused, then let through after the Retry-After.
+    let out = weir(&s, &["enqueue", "limited", "--json"]).await;
+    assert_eq!(json(&out)["state"], "pending");
+    let err = stderr(&out);
+    assert!(err.contains("rate limited (retry after"), "{err}");
+    // Once, after the Retry-After: not a hammering of quick retries.
+    assert_eq!(err.matches("retrying in").count(), 1, "{err}");
+
+    // Refused again, and the Retry-After (a second or two) outlasts --retry-for.
+    let out = weir(&s, &["enqueue", "limited", "--retry-for", "500ms"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("gave up after 0 retries"), "{err}");
+    assert!(err.contains("--retry-for 500ms"), "{err}");
+    assert!(err.contains("rate limited"), "{err}");
+
+    // Two tasks: the refused tries stored nothing. (Asked from another address,
+    // whose bucket is full.)
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let queues: Value = other
+        .get(format!("{s}/v1/queues"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queues["queues"][0]["counts"]["pending"], 2, "{queues}");
+    server.child.kill().await.unwrap();
+}

@@ -273,3 +273,50 @@ async fn python_worker_decodes_a_lease_task_by_task() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 9: both examples' `call` waits out a 429's Retry-After and sends the
+/// request again, once, instead of failing. The server lets one request through
+/// every 2 s per client address; each `call` after the first finds the bucket
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_calls_wait_out_a_429() {
+    if !have_python3() {
+        return;
+    }
+    let server = common::start_server(&["--ingress-rate", "30/m", "--ingress-burst", "1"]).await;
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+import producer, worker
+server = sys.argv[2]
+producer.call(server, "GET", "/v1/queues")
+print(worker.call(server, "GET", "/v1/queues"))
+print(producer.call(server, "GET", "/v1/queues"))
+"#;
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .arg(examples())
+        .arg(&server.base)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn python3");
+    let out = finished(child, "the calls").await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout.matches("{'queues': []}").count(), 2, "{stdout}");
+    // One wait each, as long as the server asked (a token every 2 s).
+    for who in ["worker", "producer"] {
+        let waits: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with(&format!("{who}: HTTP 429, retrying in ")))
+            .collect();
+        assert_eq!(waits.len(), 1, "{who}: {stderr}");
+        assert!(
+            waits[0].contains(" in 2.") || waits[0].contains(" in 1."),
+            "{stderr}"
+        );
+    }
+}
