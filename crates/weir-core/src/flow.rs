@@ -23,9 +23,11 @@ pub struct QueueConfig {
     /// Most tasks leased per second, summed over every worker and server.
     pub rate_per_sec: Option<f64>,
     /// Most tasks leased at once after an idle spell (the bucket's size). Unset:
-    /// one second's worth of the rate, at least 1 (`effective_burst`). A burst
-    /// below two milliseconds of the rate loses tokens between leases (time moves
-    /// in milliseconds), so the default never goes below that.
+    /// one second's worth of the rate, at least 1 (`effective_burst`). GCRA
+    /// forgets the lateness of a lease the bucket cannot absorb, so a burst of 1
+    /// spaces leases strictly and loses what each comes late (wake-ups come in
+    /// whole milliseconds); the full rate needs `burst >= 1 + rate / 1000`, which
+    /// the default always is.
     pub burst: Option<u64>,
     /// Most tasks of the queue active at once.
     pub max_in_flight: Option<u64>,
@@ -305,10 +307,12 @@ mod tests {
                 eager += n;
                 now = (g.next_ms(tat, now) as f64).max(now + 1.0);
             }
-            // Leases come at most once a millisecond here: a bucket that does not
-            // hold two milliseconds of tokens loses fractions between them.
+            // The taker comes at whole milliseconds (as timers wake), up to 1 ms
+            // after a token is due. GCRA forgets lateness the bucket cannot hold:
+            // only a bucket with a millisecond of room beside the token in hand
+            // keeps the full rate.
             let want = rate * 10.0;
-            if burst as f64 * 1000.0 / rate >= 2.0 {
+            if (burst as f64 - 1.0) * 1000.0 / rate >= 1.0 {
                 // Less at most what the bucket owed when the window began.
                 prop_assert!(eager as f64 >= want - burst as f64 - 1.0, "{eager} < {want} - {burst}");
             }
