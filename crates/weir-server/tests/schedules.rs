@@ -34,6 +34,46 @@ async fn pending(b: &dyn Broker, queue: &str) -> u64 {
         .map_or(0, |q| q.counts.get(TaskState::Pending))
 }
 
+/// A server on the store `WEIR_TEST_STORE` names, on a free port.
+struct Server {
+    base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _store: TestStore,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let store = TestStore::open(TestStoreConfig::default()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(weir_server::serve(
+            listener,
+            ServeConfig::default(),
+            store.broker.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Server {
+            base,
+            stop,
+            done,
+            _store: store,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.done.await.unwrap().unwrap();
+    }
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Three servers run the scheduler at the same simulated instants, every 20 s
 /// of an hour: a schedule every 5 minutes fires exactly 12 tasks, one per tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,19 +152,8 @@ async fn missed_ticks_run_once_or_are_skipped() {
 /// name the field; an unknown schedule is 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_over_http() {
-    let store = TestStore::open(TestStoreConfig::default()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(weir_server::serve(
-        listener,
-        ServeConfig::default(),
-        store.broker.clone(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    let http = reqwest::Client::new();
+    let server = Server::start().await;
+    let (base, http) = (server.base.clone(), reqwest::Client::new());
     let body = json!({"cron": "0 9 * * *", "tz": "Europe/Paris", "queue": "reports",
         "task": {"payload": {"kind": "daily"}, "max_attempts": 3}, "missed": "run_once"});
     let r = http
@@ -146,23 +175,9 @@ async fn schedules_over_http() {
         next.contains("T08:00:00") || next.contains("T07:00:00"),
         "{next}"
     );
-    let v: Value = http
-        .get(format!("{base}/v1/schedules/daily"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get(&http, &format!("{base}/v1/schedules/daily")).await;
     assert_eq!(v["cron"], "0 9 * * *");
-    let v: Value = http
-        .get(format!("{base}/v1/schedules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get(&http, &format!("{base}/v1/schedules")).await;
     assert_eq!(v["schedules"].as_array().unwrap().len(), 1);
     for (bad, field) in [
         (
@@ -195,14 +210,7 @@ async fn schedules_over_http() {
         }
     }
     // A refused change left the schedule as it was.
-    let v: Value = http
-        .get(format!("{base}/v1/schedules/daily"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get(&http, &format!("{base}/v1/schedules/daily")).await;
     assert_eq!(v["cron"], "0 9 * * *");
     let r = http
         .delete(format!("{base}/v1/schedules/daily"))
@@ -218,26 +226,14 @@ async fn schedules_over_http() {
             .unwrap();
         assert_eq!(r.status(), 404);
     }
-    let _ = tx.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// The loop `weir serve` runs fires a schedule with a seconds field on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_server_fires_a_schedule_every_second() {
-    let store = TestStore::open(TestStoreConfig::default()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(weir_server::serve(
-        listener,
-        ServeConfig::default(),
-        store.broker.clone(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    let http = reqwest::Client::new();
+    let server = Server::start().await;
+    let (base, http) = (server.base.clone(), reqwest::Client::new());
     let r = http
         .put(format!("{base}/v1/schedules/tick"))
         .json(&json!({"cron": "* * * * * *", "queue": "ticks", "task": {"payload": 1}}))
@@ -261,6 +257,5 @@ async fn a_running_server_fires_a_schedule_every_second() {
             .unwrap();
         got += v["tasks"].as_array().unwrap().len();
     }
-    let _ = tx.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -818,6 +818,28 @@ fn woken_within() -> Duration {
     Duration::from_millis(crate::redis::RECHECK_MS_MIN)
 }
 
+/// A lease long-poll for up to 10 tasks of `queue`, spawned; it answers what it
+/// got and when. Gives it a few round trips to park (if it has not parked by the
+/// time the test wakes it, it finds the work at once: the test proves less, and
+/// still passes only on a correct store).
+async fn park_lease<B: Broker + Clone>(
+    b: &B,
+    queue: &'static str,
+) -> tokio::task::JoinHandle<(Vec<crate::Leased>, tokio::time::Instant)> {
+    let parked = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let got = b.lease(queue, 10, WAIT).await.unwrap();
+            (got, tokio::time::Instant::now())
+        })
+    };
+    for _ in 0..3 {
+        b.queues().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    parked
+}
+
 async fn config_of(b: &dyn Broker, queue: &str) -> Option<QueueConfig> {
     b.queues()
         .await
@@ -925,19 +947,7 @@ pub async fn a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed<B: B
     let id = one(&b, "f1", task("k"), "1").await;
     assert_eq!(state(&b, id).await, TaskState::Pending);
     assert!(b.lease("f1", 10, Duration::ZERO).await.unwrap().is_empty());
-    let parked = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            let got = b.lease("f1", 10, WAIT).await.unwrap();
-            (got, tokio::time::Instant::now())
-        })
-    };
-    // Give the lease time to park (if it has not, it finds the queue resumed and
-    // the test proves less, but still passes only on a correct store).
-    for _ in 0..3 {
-        b.queues().await.unwrap();
-        tokio::task::yield_now().await;
-    }
+    let parked = park_lease(&b, "f1").await;
     let resumed = tokio::time::Instant::now();
     b.configure("f1", pause(false)).await.unwrap();
     let (got, at) = parked.await.unwrap();
@@ -985,17 +995,7 @@ pub async fn max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot<B: Broker
     assert_eq!(l2.len(), 2);
     assert_eq!(counts_of(&b, "f2").await.get(TaskState::Active), 3);
     // A parked lease is woken by the slot an ack frees.
-    let parked = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            let got = b.lease("f2", 10, WAIT).await.unwrap();
-            (got, tokio::time::Instant::now())
-        })
-    };
-    for _ in 0..3 {
-        b.queues().await.unwrap();
-        tokio::task::yield_now().await;
-    }
+    let parked = park_lease(&b, "f2").await;
     let acked = tokio::time::Instant::now();
     ack(&b, l[0].record.id, l[0].lease_id).await;
     let (got, at) = parked.await.unwrap();
