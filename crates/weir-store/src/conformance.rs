@@ -1186,6 +1186,57 @@ pub async fn schedules_are_kept_and_their_ticks_only_move_forward(b: &dyn Broker
     assert_eq!(names, ["hourly"]);
 }
 
+/// `max_in_flight = 3` with 10 eager workers, each leasing one task at a time
+/// with a long-poll and acking it: no more than 3 tasks are ever held (checked
+/// by the workers at every lease, and by the store's own count), and all 40 are
+/// done: every ack lets a parked worker in.
+pub async fn ten_eager_workers_never_hold_more_than_the_cap<B: Broker + Clone>(b: B) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    b.configure(
+        "f5",
+        ConfigPatch {
+            max_in_flight: Some(Some(3)),
+            ..ConfigPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    enqueue_n(&b, "f5", 40).await;
+    let held = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..10)
+        .map(|_| {
+            let (b, held, done, most) = (b.clone(), held.clone(), done.clone(), most.clone());
+            tokio::spawn(async move {
+                while done.load(Ordering::SeqCst) < 40 {
+                    // A short wait: the last workers leave once all are done.
+                    let got = b.lease("f5", 1, Duration::from_millis(200)).await.unwrap();
+                    let Some(t) = got.into_iter().next() else {
+                        continue;
+                    };
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let active = counts_of(&b, "f5").await.get(TaskState::Active);
+                    assert!(active <= 3, "{active} active");
+                    tokio::task::yield_now().await;
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    ack(&b, t.record.id, t.lease_id).await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 40);
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&most), "{most} held at once");
+    assert_eq!(counts_of(&b, "f5").await.get(TaskState::Completed), 40);
+}
+
 pub async fn lease_ids_are_random(b: &dyn Broker) {
     let items = (0..16).map(|i| item(task("k"), &i.to_string())).collect();
     b.enqueue("c17", items).await.unwrap();
@@ -1232,6 +1283,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@owned $make;
             a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed,
             max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot,
+            ten_eager_workers_never_hold_more_than_the_cap,
             rate_caps_leases_per_second);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn long_poll_lease_wakes_on_enqueue() {
