@@ -12,11 +12,13 @@ every task completed with the expected result.
 import argparse
 import json
 import os
-import random
 import sys
 import time
 import urllib.error
 import urllib.request
+
+import weir_http
+from weir_http import ApiError
 
 # Most tasks one batch enqueue may carry (the server's limit).
 BATCH_TASKS_MAX = 1000
@@ -24,46 +26,9 @@ BATCH_TASKS_MAX = 1000
 WAIT_MS = 30000
 TERMINAL = {"completed", "dead", "canceled"}
 
-# Most tries of one call the server refuses for now (429, 503); each waits the
-# Retry-After it names.
-TRIES_MAX = 5
-
-
-class ApiError(Exception):
-    """A 4xx/5xx answer: the problem document's detail and the status."""
-
-    def __init__(self, status, detail):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-
-
-def call(server, method, path, body=None, timeout=30.0):
-    """One JSON request; returns the decoded answer, raises ApiError on 4xx/5xx."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        server.rstrip("/") + path,
-        data=data,
-        method=method,
-        headers={"content-type": "application/json"},
-    )
-    for attempt in range(1, TRIES_MAX + 1):
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as e:
-            if e.code in (429, 503) and attempt < TRIES_MAX:
-                # Nothing was done (over the server's rate limit, or it is briefly
-                # unavailable): wait what it asks, plus a little jitter, then again.
-                pause = float(e.headers.get("Retry-After", 1)) + random.uniform(0, 0.5)
-                e.close()
-                print(f"producer: HTTP {e.code}, retrying in {pause:.1f} s", file=sys.stderr)
-                time.sleep(pause)
-                continue
-            try:
-                detail = json.load(e).get("detail", e.reason)
-            except ValueError:
-                detail = e.reason
-            raise ApiError(e.code, detail) from None
+def call(server, method, path, body=None, timeout=30.0, decode=True):
+    """One request to weir (weir_http.call), its retry messages named producer."""
+    return weir_http.call(server, method, path, body, timeout, decode, who="producer")
 
 
 def task_for(i):

@@ -24,59 +24,22 @@ retry, and the loop goes on.
 import argparse
 import json
 import os
-import random
 import re
 import signal
 import socket
 import sys
-import time
 import urllib.error
 import urllib.request
+
+import weir_http
+from weir_http import ApiError
 
 # The longest a lease long-polls for the first task, in milliseconds.
 LEASE_WAIT_MS = 5000
 
-# Most tries of one call the server refuses for now (429, 503); each waits the
-# Retry-After it names.
-TRIES_MAX = 5
-
-
-class ApiError(Exception):
-    """A 4xx/5xx answer: the problem document's detail and the status."""
-
-    def __init__(self, status, detail):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-
-
 def call(server, method, path, body=None, timeout=30.0, decode=True):
-    """One JSON request; returns the decoded answer (its text if not `decode`),
-    raises ApiError on 4xx/5xx."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        server.rstrip("/") + path,
-        data=data,
-        method=method,
-        headers={"content-type": "application/json"},
-    )
-    for attempt in range(1, TRIES_MAX + 1):
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.load(response) if decode else response.read().decode("utf-8")
-        except urllib.error.HTTPError as e:
-            if e.code in (429, 503) and attempt < TRIES_MAX:
-                # Nothing was done (over the server's rate limit, or it is briefly
-                # unavailable): wait what it asks, plus a little jitter, then again.
-                pause = float(e.headers.get("Retry-After", 1)) + random.uniform(0, 0.5)
-                e.close()
-                print(f"worker: HTTP {e.code}, retrying in {pause:.1f} s", file=sys.stderr)
-                time.sleep(pause)
-                continue
-            try:
-                detail = json.load(e).get("detail", e.reason)
-            except ValueError:
-                detail = e.reason
-            raise ApiError(e.code, detail) from None
+    """One request to weir (weir_http.call), its retry messages named worker."""
+    return weir_http.call(server, method, path, body, timeout, decode, who="worker")
 
 
 class Permanent(Exception):

@@ -274,7 +274,7 @@ async fn python_worker_decodes_a_lease_task_by_task() {
     );
 }
 
-/// Issue 9: both examples' `call` waits out a 429's Retry-After and sends the
+/// Issue 9: both examples' `call` (`weir_http.call`) waits out a 429's Retry-After and sends the
 /// request again, once, instead of failing. The server lets one request through
 /// every 2 s per client address; each `call` after the first finds the bucket
 /// empty.
