@@ -274,10 +274,10 @@ async fn python_worker_decodes_a_lease_task_by_task() {
     );
 }
 
-/// Issue 9: both examples' `call` (`weir_http.call`) waits out a 429's Retry-After and sends the
-/// request again, once, instead of failing. The server lets one request through
-/// every 2 s per client address; each `call` after the first finds the bucket
-/// empty.
+/// Issue 9: both examples' `call` (`weir_http.call`) waits out a 429's
+/// Retry-After and sends the request again, once, instead of failing. The server
+/// lets one request through every 2 s per client address; each `call` after the
+/// first finds the bucket empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_calls_wait_out_a_429() {
     if !have_python3() {
