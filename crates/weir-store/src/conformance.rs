@@ -1237,6 +1237,23 @@ pub async fn ten_eager_workers_never_hold_more_than_the_cap<B: Broker + Clone>(b
     assert_eq!(counts_of(&b, "f5").await.get(TaskState::Completed), 40);
 }
 
+/// For a store opened with `schedules_max = 2`: replacing one, or adding one
+/// after a delete, fits; a third is refused and changes nothing.
+pub async fn schedules_are_capped_at_two(b: &dyn Broker) {
+    b.put_schedule("a", "{}".into(), 1).await.unwrap();
+    b.put_schedule("b", "{}".into(), 1).await.unwrap();
+    b.put_schedule("a", "{\"v\":2}".into(), 2).await.unwrap();
+    assert!(matches!(
+        b.put_schedule("c", "{}".into(), 3).await,
+        Err(StoreError::TooManySchedules { limit: 2 })
+    ));
+    let names = |v: Vec<crate::Schedule>| v.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(names(b.schedules().await.unwrap()), ["a", "b"]);
+    assert!(b.delete_schedule("a").await.unwrap());
+    b.put_schedule("c", "{}".into(), 4).await.unwrap();
+    assert_eq!(names(b.schedules().await.unwrap()), ["b", "c"]);
+}
+
 pub async fn lease_ids_are_random(b: &dyn Broker) {
     let items = (0..16).map(|i| item(task("k"), &i.to_string())).collect();
     b.enqueue("c17", items).await.unwrap();

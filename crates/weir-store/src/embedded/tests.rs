@@ -940,3 +940,14 @@ async fn a_rate_of_50_per_second_holds_over_a_simulated_minute() {
     // Never more than a second's worth plus the burst in any one second.
     assert!(per_second.iter().all(|&n| n <= 60), "{per_second:?}");
 }
+
+/// `schedules_max` counts schedules, not puts: a replacement or a put after a
+/// delete fits; a new one past the limit is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.schedules_max = 2;
+    let b = EmbeddedBroker::open(c).unwrap();
+    crate::conformance::schedules_are_capped_at_two(&b).await;
+}

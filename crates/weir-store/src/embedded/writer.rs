@@ -145,8 +145,8 @@ pub(crate) struct Batch<'a> {
     /// Where a record's meta is encoded before the log copies it: one buffer for
     /// the round, not one allocation per frame.
     scratch: Vec<u8>,
-    /// A purge frame is staged.
-    purged: bool,
+    /// A frame that places nothing in the state (a purge, the end of a config) is staged.
+    unplaced: bool,
 }
 
 /// Where a frame of the round went, applied to `State` after the commit.
@@ -181,7 +181,7 @@ impl<'a> Batch<'a> {
             log,
             placed: Vec::new(),
             scratch: Vec::new(),
-            purged: false,
+            unplaced: false,
         }
     }
 
@@ -263,7 +263,7 @@ impl<'a> Batch<'a> {
     pub fn queue_end(&mut self, name: &str) {
         let meta = disk::queue_meta(name, &QueueConfig::default());
         self.log.append(disk::KIND_QUEUE, &meta, &[]);
-        self.purged = true;
+        self.unplaced = true;
     }
 
     /// Tasks retention removed (id, the expiry they were removed at), so that a
@@ -272,7 +272,7 @@ impl<'a> Batch<'a> {
         if !tasks.is_empty() {
             self.log
                 .append(disk::KIND_PURGE, &disk::purge_meta(tasks), &[]);
-            self.purged = true;
+            self.unplaced = true;
         }
     }
 
@@ -281,12 +281,12 @@ impl<'a> Batch<'a> {
         if !ids.is_empty() {
             let meta: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
             self.log.append(disk::KIND_GROUP_PURGE, &meta, &[]);
-            self.purged = true;
+            self.unplaced = true;
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.placed.is_empty() && !self.purged
+        self.placed.is_empty() && !self.unplaced
     }
 
     /// Drops what was staged (a test's injected outage).
@@ -960,8 +960,6 @@ fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
 #[derive(Default)]
 struct PlannedSchedules {
     changed: HashMap<String, Option<Schedule>>,
-    /// Net schedules added (removed, negative) by the round.
-    added: isize,
 }
 
 impl PlannedSchedules {
@@ -972,13 +970,20 @@ impl PlannedSchedules {
         }
     }
 
+    /// How many schedules there are with the round's changes.
     fn count(&self, st: &State) -> usize {
-        (st.schedules.len() as isize + self.added).max(0) as usize
+        let mut n = st.schedules.len();
+        for (name, s) in &self.changed {
+            match (st.schedules.contains_key(name), s.is_some()) {
+                (false, true) => n += 1,
+                (true, false) => n -= 1,
+                _ => {}
+            }
+        }
+        n
     }
 
-    fn set(&mut self, st: &State, name: String, s: Option<Schedule>) {
-        let before = self.current(st, &name).is_some();
-        self.added += s.is_some() as isize - before as isize;
+    fn set(&mut self, name: String, s: Option<Schedule>) {
         self.changed.insert(name, s);
     }
 }
@@ -1193,7 +1198,7 @@ fn round(
                             last_run_ms: old.as_ref().and_then(|o| o.last_run_ms),
                             last_task_id: old.as_ref().and_then(|o| o.last_task_id),
                         };
-                        planned.set(&st, s.name.clone(), Some(s.clone()));
+                        planned.set(s.name.clone(), Some(s.clone()));
                         batch.schedule(s.clone());
                         Ok(s)
                     };
@@ -1202,7 +1207,7 @@ fn round(
                 Op::DeleteSchedule { name, reply } => {
                     let found = planned.current(&st, &name).is_some();
                     if found {
-                        planned.set(&st, name.clone(), None);
+                        planned.set(name.clone(), None);
                         batch.schedule_end(name);
                     }
                     after.reply(reply, Ok(found));
@@ -1220,7 +1225,7 @@ fn round(
                                 s.last_run_ms = Some(at);
                                 s.last_task_id = Some(id);
                             }
-                            planned.set(&st, name, Some(s.clone()));
+                            planned.set(name, Some(s.clone()));
                             batch.schedule(s);
                         }
                         _ => {}

@@ -523,3 +523,14 @@ async fn three_servers_share_one_rate_and_one_in_flight_cap() {
     );
     drop_prefix(&prefix).await;
 }
+
+/// `schedules_max` on Redis (`schedule.lua` counts the hash's definitions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_capped() {
+    let prefix = random_prefix();
+    let mut c = test_config(RedisTarget::parse(&url()).unwrap(), &prefix);
+    c.limits.schedules_max = 2;
+    let b = RedisBroker::connect(c).await.unwrap();
+    crate::conformance::schedules_are_capped_at_two(&b).await;
+    drop_prefix(&prefix).await;
+}
