@@ -840,6 +840,14 @@ async fn park_lease<B: Broker + Clone>(
     parked
 }
 
+/// A patch that sets (or, with `None`, clears) the in-flight cap alone.
+fn in_flight_cap(cap: Option<u64>) -> ConfigPatch {
+    ConfigPatch {
+        max_in_flight: Some(cap),
+        ..ConfigPatch::default()
+    }
+}
+
 async fn config_of(b: &dyn Broker, queue: &str) -> Option<QueueConfig> {
     b.queues()
         .await
@@ -961,15 +969,7 @@ pub async fn a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed<B: B
 }
 
 pub async fn max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot<B: Broker + Clone>(b: B) {
-    b.configure(
-        "f2",
-        ConfigPatch {
-            max_in_flight: Some(Some(3)),
-            ..ConfigPatch::default()
-        },
-    )
-    .await
-    .unwrap();
+    b.configure("f2", in_flight_cap(Some(3))).await.unwrap();
     enqueue_n(&b, "f2", 10).await;
     let first = b.lease("f2", 10, Duration::ZERO).await.unwrap();
     assert_eq!(first.len(), 3);
@@ -1007,15 +1007,7 @@ pub async fn max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot<B: Broker
     );
     assert_eq!(counts_of(&b, "f2").await.get(TaskState::Active), 3);
     // Raising the cap lets more go at once.
-    b.configure(
-        "f2",
-        ConfigPatch {
-            max_in_flight: Some(None),
-            ..ConfigPatch::default()
-        },
-    )
-    .await
-    .unwrap();
+    b.configure("f2", in_flight_cap(None)).await.unwrap();
     let rest = b.lease("f2", 10, Duration::ZERO).await.unwrap();
     // 10 = 2 completed + 1 dead + 3 active + 4 still pending.
     assert_eq!(rest.len(), 4);
@@ -1193,15 +1185,7 @@ pub async fn schedules_are_kept_and_their_ticks_only_move_forward(b: &dyn Broker
 pub async fn ten_eager_workers_never_hold_more_than_the_cap<B: Broker + Clone>(b: B) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    b.configure(
-        "f5",
-        ConfigPatch {
-            max_in_flight: Some(Some(3)),
-            ..ConfigPatch::default()
-        },
-    )
-    .await
-    .unwrap();
+    b.configure("f5", in_flight_cap(Some(3))).await.unwrap();
     enqueue_n(&b, "f5", 40).await;
     let held = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
