@@ -8,12 +8,12 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use weir_server::ServeConfig;
 
+mod common;
+
 struct Server {
     base: String,
     http: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _store: weir_store::testing::TestStore,
+    server: common::TestServer,
 }
 
 impl Server {
@@ -22,37 +22,16 @@ impl Server {
     }
 
     async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
-        let mut config = ServeConfig::new();
-        tweak(&mut config);
-        // The store is the one WEIR_TEST_STORE names, with the same limits.
-        let store = weir_store::testing::TestStore::open(weir_store::testing::TestStoreConfig {
-            limits: config.limits.clone(),
-            ..Default::default()
-        })
-        .await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(weir_server::serve(
-            listener,
-            config,
-            store.broker.clone(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let server = common::TestServer::start(tweak).await;
         Server {
-            base: format!("http://{addr}"),
+            base: server.base.clone(),
             http: reqwest::Client::new(),
-            stop: Some(tx),
-            done: Some(done),
-            _store: store,
+            server,
         }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.done.take().unwrap().await.unwrap().unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {

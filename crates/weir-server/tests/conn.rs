@@ -4,7 +4,6 @@
 //! Timeouts are a few hundred ms so the tests are quick; each asserts that a close
 //! came no sooner than its timeout and that other clients were served meanwhile.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -17,48 +16,21 @@ use weir_server::ServeConfig;
 /// instead of blocking it.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _store: weir_store::testing::TestStore,
-}
+mod common;
+
+struct Server(common::TestServer);
 
 impl Server {
     async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
-        let mut config = ServeConfig::new();
-        tweak(&mut config);
-        let store = weir_store::testing::TestStore::open(weir_store::testing::TestStoreConfig {
-            limits: config.limits.clone(),
-            ..Default::default()
-        })
-        .await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(weir_server::serve(
-            listener,
-            config,
-            store.broker.clone(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Server {
-            addr,
-            stop: Some(tx),
-            done: Some(done),
-            _store: store,
-        }
+        Server(common::TestServer::start(tweak).await)
     }
 
     async fn connect(&self) -> TcpStream {
-        TcpStream::connect(self.addr).await.unwrap()
+        TcpStream::connect(self.0.addr).await.unwrap()
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.done.take().unwrap().await.unwrap().unwrap();
+    async fn stop(self) {
+        self.0.stop().await;
     }
 }
 

@@ -11,50 +11,17 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use weir_server::{IngressLimit, ServeConfig};
+use weir_server::IngressLimit;
 
 const BURST: u32 = 3;
 const HOUR_SECS: u64 = 3600;
 
-struct Server {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _store: weir_store::testing::TestStore,
-}
+mod common;
 
-impl Server {
-    async fn start(ingress: Option<IngressLimit>) -> Server {
-        let mut config = ServeConfig::new();
-        config.ingress = ingress;
-        let store = weir_store::testing::TestStore::open(weir_store::testing::TestStoreConfig {
-            limits: config.limits.clone(),
-            ..Default::default()
-        })
-        .await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(weir_server::serve(
-            listener,
-            config,
-            store.broker.clone(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Server {
-            base: format!("http://{addr}"),
-            stop: Some(tx),
-            done: Some(done),
-            _store: store,
-        }
-    }
+use common::TestServer as Server;
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.done.take().unwrap().await.unwrap().unwrap();
-    }
+async fn start(ingress: Option<IngressLimit>) -> Server {
+    Server::start(|c| c.ingress = ingress).await
 }
 
 fn one_an_hour() -> Option<IngressLimit> {
@@ -100,7 +67,7 @@ fn header_u64(h: &HeaderMap, name: &str) -> u64 {
 
 #[tokio::test]
 async fn a_client_over_its_rate_gets_429_and_others_are_unaffected() {
-    let s = Server::start(one_an_hour()).await;
+    let s = start(one_an_hour()).await;
     let a = client_from(1);
     let b = client_from(2);
     let queues = || format!("{}/v1/queues", s.base);
@@ -148,7 +115,7 @@ async fn a_client_over_its_rate_gets_429_and_others_are_unaffected() {
 
 #[tokio::test]
 async fn probes_are_never_limited() {
-    let s = Server::start(one_an_hour()).await;
+    let s = start(one_an_hour()).await;
     let a = client_from(1);
     for _ in 0..BURST {
         send(&a, "GET", format!("{}/v1/queues", s.base), None).await;
@@ -170,7 +137,7 @@ async fn probes_are_never_limited() {
 
 #[tokio::test]
 async fn without_a_limit_nothing_is_limited_or_labelled() {
-    let s = Server::start(None).await;
+    let s = start(None).await;
     let a = client_from(1);
     for _ in 0..3 * BURST {
         let (status, h, _) = send(&a, "GET", format!("{}/v1/queues", s.base), None).await;

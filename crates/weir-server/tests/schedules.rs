@@ -34,41 +34,7 @@ async fn pending(b: &dyn Broker, queue: &str) -> u64 {
         .map_or(0, |q| q.counts.get(TaskState::Pending))
 }
 
-/// A server on the store `WEIR_TEST_STORE` names, on a free port.
-struct Server {
-    base: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _store: TestStore,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let store = TestStore::open(TestStoreConfig::default()).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(weir_server::serve(
-            listener,
-            ServeConfig::default(),
-            store.broker.clone(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Server {
-            base,
-            stop,
-            done,
-            _store: store,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.done.await.unwrap().unwrap();
-    }
-}
+mod common;
 
 async fn get(http: &reqwest::Client, url: &str) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
@@ -152,7 +118,7 @@ async fn missed_ticks_run_once_or_are_skipped() {
 /// name the field; an unknown schedule is 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_over_http() {
-    let server = Server::start().await;
+    let server = common::TestServer::start(|_| {}).await;
     let (base, http) = (server.base.clone(), reqwest::Client::new());
     let body = json!({"cron": "0 9 * * *", "tz": "Europe/Paris", "queue": "reports",
         "task": {"payload": {"kind": "daily"}, "max_attempts": 3}, "missed": "run_once"});
@@ -232,7 +198,7 @@ async fn schedules_over_http() {
 /// The loop `weir serve` runs fires a schedule with a seconds field on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_server_fires_a_schedule_every_second() {
-    let server = Server::start().await;
+    let server = common::TestServer::start(|_| {}).await;
     let (base, http) = (server.base.clone(), reqwest::Client::new());
     let r = http
         .put(format!("{base}/v1/schedules/tick"))

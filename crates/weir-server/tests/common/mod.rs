@@ -1,0 +1,57 @@
+//! The server the integration tests start: `weir_server::serve` on a free
+//! loopback port over the store `WEIR_TEST_STORE` names, with the store's limits
+//! those of the server's config.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use weir_server::ServeConfig;
+use weir_store::testing::{TestStore, TestStoreConfig};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// `http://ADDR`.
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _store: TestStore,
+}
+
+impl TestServer {
+    /// A server with the default config changed by `tweak`.
+    pub async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let mut config = ServeConfig::new();
+        tweak(&mut config);
+        let store = TestStore::open(TestStoreConfig {
+            limits: config.limits.clone(),
+            ..Default::default()
+        })
+        .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(weir_server::serve(
+            listener,
+            config,
+            store.broker.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestServer {
+            addr,
+            base: format!("http://{addr}"),
+            stop: Some(tx),
+            done: Some(done),
+            _store: store,
+        }
+    }
+
+    /// Shuts the server down and waits for it to end cleanly.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap().unwrap();
+    }
+}
