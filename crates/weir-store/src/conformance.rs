@@ -1238,6 +1238,24 @@ pub async fn schedules_are_capped_at_two(b: &dyn Broker) {
     assert_eq!(names(b.schedules().await.unwrap()), ["b", "c"]);
 }
 
+/// On a queue capped at one in flight, a lease that runs out frees its slot: a
+/// parked lease gets the other task as soon as the first lease expires (20 ms),
+/// well before any re-check would have found it.
+pub async fn an_expired_lease_frees_its_slot(b: &dyn Broker) {
+    b.configure("f6", in_flight_cap(Some(1))).await.unwrap();
+    let mut t = task("k");
+    t.timeout_ms = 20;
+    one(b, "f6", t.clone(), "1").await;
+    one(b, "f6", t, "2").await;
+    let first = b.lease("f6", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let started = tokio::time::Instant::now();
+    let next = b.lease("f6", 10, WAIT).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(next.len(), 1, "one slot, one task");
+    assert!(took < woken_within(), "the slot came back after {took:?}");
+}
+
 pub async fn lease_ids_are_random(b: &dyn Broker) {
     let items = (0..16).map(|i| item(task("k"), &i.to_string())).collect();
     b.enqueue("c17", items).await.unwrap();
@@ -1280,7 +1298,8 @@ macro_rules! conformance_tests {
             lease_on_unknown_queue_creates_nothing, delete_queue_only_when_empty,
             lease_ids_are_random, queue_config_is_kept_patched_and_deleted_with_the_queue,
             max_pending_refuses_what_would_overflow_whole,
-            schedules_are_kept_and_their_ticks_only_move_forward);
+            schedules_are_kept_and_their_ticks_only_move_forward,
+            an_expired_lease_frees_its_slot);
         $crate::conformance_tests!(@owned $make;
             a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed,
             max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot,

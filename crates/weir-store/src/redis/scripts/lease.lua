@@ -19,13 +19,14 @@ maintain(q, 1000)
 purge(q, max)
 local ready, active, wkey = qkey(q, 'ready'), qkey(q, 'active'), qkey(q, 'w')
 local out, nout, got, leased, nleased = {fmt(NOW), '', '', ''}, 4, 0, {}, 0
--- What flow control allows now (the active count as maintain left it).
-flush_counts()
+-- What flow control allows now. The active count is the stored one plus what
+-- maintain changed in this call (not yet flushed).
 local cfg = redis.call('HMGET', meta, 'cz', 'cf', 'cr', 'cb', 'tat', 'n2')
 local allowed = max
 if cfg[1] then allowed = 0 end
 if cfg[2] then
-  allowed = math.min(allowed, math.max(0, tonumber(cfg[2]) - (tonumber(cfg[6]) or 0)))
+  local active = (tonumber(cfg[6]) or 0) + ((counts[q] or {})[ACTIVE] or 0)
+  allowed = math.min(allowed, math.max(0, tonumber(cfg[2]) - active))
 end
 local rate, interval, burst, tat, by_rate = tonumber(cfg[3]), 0, 0, 0, false
 if rate and allowed > 0 then
