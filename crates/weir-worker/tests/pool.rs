@@ -718,6 +718,18 @@ struct FakeServer {
 }
 
 impl FakeServer {
+    /// Waits (at most `WAIT_MS`) until `n` items were settled.
+    async fn until_settled(&self, n: usize) {
+        let mut settled = self.settled.clone();
+        tokio::time::timeout(
+            Duration::from_millis(WAIT_MS),
+            settled.wait_for(|s| *s >= n),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{n} settled in time"))
+        .unwrap();
+    }
+
     /// Hands out `batch` once; answers the first `settles_refused` settle
     /// requests 429 with `Retry-After: 0.1`.
     async fn start(batch: String, settles_refused: usize) -> FakeServer {
@@ -845,14 +857,7 @@ async fn an_undecodable_task_fails_alone_and_its_batch_mates_complete() {
         .unwrap();
     let running = Running::start(pool);
 
-    let mut settled = fake.settled.clone();
-    tokio::time::timeout(
-        Duration::from_millis(WAIT_MS),
-        settled.wait_for(|n| *n >= 4),
-    )
-    .await
-    .expect("all four tasks settled in time")
-    .unwrap();
+    fake.until_settled(4).await;
     fake.closing.cancel();
     let report = running.stop().await;
 
@@ -982,14 +987,7 @@ async fn a_throttled_settle_waits_each_retry_after_and_is_not_given_up() {
         .build()
         .unwrap();
     let running = Running::start(pool);
-    let mut settled = fake.settled.clone();
-    tokio::time::timeout(
-        Duration::from_millis(WAIT_MS),
-        settled.wait_for(|n| *n >= 1),
-    )
-    .await
-    .expect("the task settled in time")
-    .unwrap();
+    fake.until_settled(1).await;
     fake.closing.cancel();
     let report = running.stop().await;
     assert_eq!(
