@@ -18,9 +18,10 @@ use serde_json::Value;
 pub use error::{error_from_response, Error, RETRY_AFTER_HONOURED_MAX};
 pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{
-    AckItem, Counts, EnqueueOptions, Enqueued, FailItem, Group, GroupCreated, GroupState,
-    GroupTask, Heartbeat, LeaseBatch, LeasedTask, QueueConfig, QueueConfigPatch, QueueInfo,
-    Schedule, ScheduleSpec, SettleOutcome, SettleResponse, Task, TaskState, UndecodableTask,
+    AckItem, Counts, DeadOutcome, EnqueueOptions, Enqueued, FailItem, Group, GroupCreated,
+    GroupState, GroupTask, Heartbeat, LeaseBatch, LeasedTask, QueueConfig, QueueConfigPatch,
+    QueueInfo, Schedule, ScheduleSpec, SettleOutcome, SettleResponse, Task, TaskPage, TaskState,
+    UndecodableTask,
 };
 
 use types::{
@@ -332,6 +333,89 @@ impl Client {
         let rb = self
             .request(Method::PUT, &format!("/v1/queues/{}/config", seg(name)))
             .json(patch);
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    // ---- browsing and dead tasks ----
+
+    /// `GET /v1/queues/{queue}/tasks?state=…&limit=…&cursor=…`: one page of the
+    /// queue's tasks in `state` (pending in dispatch order, the others newest
+    /// first); `cursor` is the previous page's `next_cursor`.
+    pub async fn list_tasks(
+        &self,
+        queue: &str,
+        state: TaskState,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<TaskPage, Error> {
+        let mut path = format!(
+            "/v1/queues/{}/tasks?state={}&limit={limit}",
+            seg(queue),
+            state.as_str()
+        );
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={}", seg(c)));
+        }
+        self.get_json(&path, None).await
+    }
+
+    /// `GET /v1/queues/{queue}/tasks?idempotency_key=…`: the task of the queue that
+    /// holds the key, if any (without payload or result).
+    pub async fn find_by_key(&self, queue: &str, key: &str) -> Result<Option<Task>, Error> {
+        let page: TaskPage = self
+            .get_json(
+                &format!(
+                    "/v1/queues/{}/tasks?idempotency_key={}",
+                    seg(queue),
+                    seg(key)
+                ),
+                None,
+            )
+            .await?;
+        Ok(page.tasks.into_iter().next())
+    }
+
+    /// `POST /v1/tasks/{id}/retry`: a dead or canceled task back to pending.
+    pub async fn retry(&self, id: &str) -> Result<Task, Error> {
+        let rb = self.request(Method::POST, &format!("/v1/tasks/{}/retry", seg(id)));
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    /// `DELETE /v1/tasks/{id}`: removes a finished task now.
+    pub async fn delete_task(&self, id: &str) -> Result<(), Error> {
+        let rb = self.request(Method::DELETE, &format!("/v1/tasks/{}", seg(id)));
+        execute(rb).await.map(drop)
+    }
+
+    /// `POST /v1/queues/{queue}/dead/retry`: the dead tasks `ids`, or every dead
+    /// task of the queue, back to pending.
+    pub async fn retry_dead(
+        &self,
+        queue: &str,
+        ids: Option<&[String]>,
+    ) -> Result<DeadOutcome, Error> {
+        let rb = self
+            .request(
+                Method::POST,
+                &format!("/v1/queues/{}/dead/retry", seg(queue)),
+            )
+            .json(&serde_json::json!({ "ids": ids }));
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    /// `DELETE /v1/queues/{queue}/dead`: removes the dead tasks `ids`, or every
+    /// dead task of the queue.
+    pub async fn purge_dead(
+        &self,
+        queue: &str,
+        ids: Option<&[String]>,
+    ) -> Result<DeadOutcome, Error> {
+        let rb = self
+            .request(Method::DELETE, &format!("/v1/queues/{}/dead", seg(queue)))
+            .json(&serde_json::json!({ "ids": ids }));
         let (status, body) = execute(rb).await?;
         decode(status, &body)
     }

@@ -169,6 +169,8 @@ pub struct Task {
     pub deadline: Option<String>,
     pub idempotency_key: Option<String>,
     pub cancel_requested: bool,
+    /// The group the task belongs to, if any.
+    pub group: Option<String>,
     pub lease_expires_at: Option<String>,
     /// The worker holding the lease, while the task is active.
     pub worker: Option<String>,
@@ -176,6 +178,30 @@ pub struct Task {
     /// everything the server said.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
+}
+
+/// One page of `GET /v1/queues/{queue}/tasks`: tasks without payload or result
+/// (read one with `Client::get` for those).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// Pass to the next `list_tasks` call; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// What a queue's dead-task retry or purge did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeadOutcome {
+    /// Tasks put back to pending (a retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried: Option<u64>,
+    /// Tasks removed (a purge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
+    /// Ids given that were not dead tasks of the queue.
+    pub skipped: u64,
 }
 
 /// A task handed to a worker by a lease.

@@ -21,6 +21,12 @@ pub enum TransitionError {
     NotActive(TaskState),
     #[error("task is {}, not pending", .0.as_str())]
     NotPending(TaskState),
+    #[error("task is {}; only dead or canceled tasks can be retried", .0.as_str())]
+    NotRetryable(TaskState),
+    #[error("task is {}; only finished tasks can be deleted", .0.as_str())]
+    NotFinished(TaskState),
+    #[error("task belongs to a group, which has counted its end; it cannot be retried")]
+    GroupMember,
 }
 
 /// Error text recorded when a task's deadline passes before it could (re)start.
@@ -193,6 +199,28 @@ pub fn cancel(rec: &mut TaskRecord, now_ms: u64) -> Result<Cancel, TransitionErr
     }
 }
 
+/// dead | canceled → pending, by an operator: attempts start over, the cancel
+/// request, the result and the finish time are cleared, and it runs now, at its
+/// first place in FIFO order (as a release puts a task back). The last error stays: it says
+/// why the task had ended. Its deadline stays too, so a task past it dies at its
+/// next lease. A group member cannot be retried: its group has counted its end.
+pub fn retry(rec: &mut TaskRecord, now_ms: u64) -> Result<(), TransitionError> {
+    if !matches!(rec.state, TaskState::Dead | TaskState::Canceled) {
+        return Err(TransitionError::NotRetryable(rec.state));
+    }
+    if rec.group.is_some() {
+        return Err(TransitionError::GroupMember);
+    }
+    rec.state = TaskState::Pending;
+    rec.attempt = 0;
+    rec.cancel_requested = false;
+    rec.result = None;
+    rec.finished_ms = None;
+    rec.started_ms = None;
+    rec.run_at_ms = now_ms;
+    Ok(())
+}
+
 fn expect_active(rec: &TaskRecord) -> Result<(), TransitionError> {
     match rec.state {
         TaskState::Active => Ok(()),
@@ -229,6 +257,40 @@ mod tests {
 
     fn rec(max_attempts: u32) -> TaskRecord {
         create(TaskId::new(100, 1), "q", new_task(max_attempts), 100)
+    }
+
+    #[test]
+    fn retry_brings_dead_and_canceled_tasks_back_with_attempts_reset() {
+        let mut r = rec(1);
+        start(&mut r, 110).unwrap();
+        fail(&mut r, "boom".into(), true, &Backoff::default(), 0.5, 120).unwrap();
+        assert_eq!(r.state, TaskState::Dead);
+        retry(&mut r, 130).unwrap();
+        assert_eq!(r.state, TaskState::Pending);
+        assert_eq!((r.attempt, r.run_at_ms, r.finished_ms), (0, 130, None));
+        assert_eq!(
+            r.last_error.as_deref(),
+            Some("boom"),
+            "why it had ended stays"
+        );
+        assert_eq!(start(&mut r, 140), Ok(Start::Started));
+        assert_eq!(
+            retry(&mut r, 150),
+            Err(TransitionError::NotRetryable(TaskState::Active))
+        );
+        complete(&mut r, Some(b"1".to_vec()), 160).unwrap();
+        assert_eq!(
+            retry(&mut r, 170),
+            Err(TransitionError::NotRetryable(TaskState::Completed))
+        );
+
+        let mut c = rec(3);
+        cancel(&mut c, 110).unwrap();
+        c.group = Some(TaskId::new(1, 1));
+        assert_eq!(retry(&mut c, 120), Err(TransitionError::GroupMember));
+        c.group = None;
+        retry(&mut c, 120).unwrap();
+        assert_eq!((c.state, c.cancel_requested), (TaskState::Pending, false));
     }
 
     #[test]

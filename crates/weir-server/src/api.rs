@@ -14,8 +14,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use weir_core::limits::{KIND_DEFAULT, MAX_ATTEMPTS_DEFAULT, TIMEOUT_MS_DEFAULT};
 use weir_core::validate::{self, InvalidInput};
-use weir_core::{NewTask, TaskId};
-use weir_store::{Broker, EnqueueTask, LeaseId, Settle, StoreError};
+use weir_core::{NewTask, TaskId, TaskState};
+use weir_store::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, BROWSE_TASKS_MAX};
 
 use crate::error::ApiError;
 use crate::extract::Path;
@@ -47,10 +47,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/schedules/{name}",
             put(put_schedule).get(get_schedule).delete(delete_schedule),
         )
-        .route("/v1/queues/{queue}/tasks", post(enqueue))
+        .route("/v1/queues/{queue}/tasks", post(enqueue).get(list_tasks))
+        .route("/v1/queues/{queue}/dead", axum::routing::delete(purge_dead))
+        .route("/v1/queues/{queue}/dead/retry", post(retry_dead))
         .route("/v1/queues/{queue}/tasks:batch", post(enqueue_batch))
         .route("/v1/queues/{queue}/lease", post(lease))
-        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}", get(get_task).delete(delete_task))
+        .route("/v1/tasks/{id}/retry", post(retry_task))
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/ack", post(ack))
         .route("/v1/tasks/{id}/fail", post(fail))
@@ -753,6 +756,224 @@ async fn delete_queue(State(s): State<AppState>, Path(queue): Path<String>) -> A
             Err(ApiError::not_found(format!("no queue named {queue}")))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// How many tasks a page of `GET /v1/queues/{queue}/tasks` holds unless `limit` says.
+const LIST_LIMIT_DEFAULT: u64 = 100;
+
+/// A page of a queue's tasks in one state (`?state=`, default pending), or the task
+/// holding an idempotency key (`?idempotency_key=`).
+async fn list_tasks(
+    State(s): State<AppState>,
+    Path(queue): Path<String>,
+    query: Result<Query<TaskListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    let q = query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    if let Some(key) = q.idempotency_key {
+        if q.state.is_some() || q.cursor.is_some() || q.limit.is_some() {
+            return Err(ApiError::invalid(
+                "idempotency_key",
+                "a lookup by idempotency key takes no state, limit or cursor",
+            ));
+        }
+        let found = s.broker.find_key(&queue, &key).await?;
+        let tasks = found
+            .map(|v| TaskJson::listed(v.record))
+            .into_iter()
+            .collect();
+        return Ok(Json(TaskPageJson {
+            tasks,
+            next_cursor: None,
+        })
+        .into_response());
+    }
+    let state = match q.state.as_deref() {
+        None => TaskState::Pending,
+        Some(name) => TaskState::parse(name).ok_or_else(|| {
+            ApiError::invalid(
+                "state",
+                format!(
+                    "{name:?} is not a task state (scheduled, pending, active, completed, dead, canceled)"
+                ),
+            )
+        })?,
+    };
+    let limit = q.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    validate::range("limit", limit, 1, BROWSE_TASKS_MAX as u64)?;
+    let page = s
+        .broker
+        .browse(&queue, state, q.cursor.as_deref(), limit as usize)
+        .await?;
+    Ok(Json(TaskPageJson {
+        tasks: page.tasks.into_iter().map(TaskJson::listed).collect(),
+        next_cursor: page.next,
+    })
+    .into_response())
+}
+
+/// A dead or canceled task back to pending, attempts reset: 200 with the task.
+async fn retry_task(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id = task_id(&id)?;
+    s.broker.retry(vec![id], Scope::ANY).await?.remove(0)?;
+    let view = s.broker.get(id).await?.ok_or(StoreError::NotFound)?;
+    Ok(Json(TaskJson::from(view)).into_response())
+}
+
+/// Removes a finished task now (as its retention would): 204; 409 if not finished.
+async fn delete_task(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id = task_id(&id)?;
+    s.broker
+        .delete_tasks(vec![id], Scope::ANY)
+        .await?
+        .remove(0)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The ids of a dead-task retry or purge body (`None`: every dead task).
+async fn dead_ids(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Option<Vec<TaskId>>, ApiError> {
+    let bytes = read_body(headers, body, s.config.limits.request_bytes_max).await?;
+    let b: DeadBody = if bytes.iter().all(|c| c.is_ascii_whitespace()) {
+        DeadBody::default()
+    } else {
+        parse(&bytes)?
+    };
+    let Some(ids) = b.ids else {
+        return Ok(None);
+    };
+    if ids.is_empty() || ids.len() > BROWSE_TASKS_MAX {
+        return Err(ApiError::invalid(
+            "ids",
+            format!("give 1 to {BROWSE_TASKS_MAX} task ids, or none for every dead task"),
+        ));
+    }
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            id.parse().map_err(|_| {
+                ApiError::invalid(
+                    format!("ids[{i}]"),
+                    format!("{id:?} is not a task id (a 26-character ULID)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// Retries a queue's dead tasks (all, or `{"ids": [...]}`): 200 with counts.
+async fn retry_dead(
+    State(s): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    let ids = dead_ids(&s, &headers, body).await?;
+    let (done, skipped) = for_dead(&s, &queue, ids, DeadOp::Retry).await?;
+    Ok(Json(DeadResponse {
+        retried: Some(done),
+        deleted: None,
+        skipped,
+    })
+    .into_response())
+}
+
+/// Deletes a queue's dead tasks (all, or `{"ids": [...]}`): 200 with counts.
+async fn purge_dead(
+    State(s): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    validate::queue_name(&queue, &s.config.limits)?;
+    let ids = dead_ids(&s, &headers, body).await?;
+    let (done, skipped) = for_dead(&s, &queue, ids, DeadOp::Delete).await?;
+    Ok(Json(DeadResponse {
+        retried: None,
+        deleted: Some(done),
+        skipped,
+    })
+    .into_response())
+}
+
+#[derive(Clone, Copy)]
+enum DeadOp {
+    Retry,
+    Delete,
+}
+
+/// Applies `op` to the queue's dead tasks: the ids given, or every dead task, a
+/// page at a time (each walk step resumes after the last, so tasks that die
+/// meanwhile are taken too, and none twice). Answers (changed, skipped): skipped
+/// counts what was not a dead task of the queue (given ids only; a task that left
+/// dead between the page and the op too).
+async fn for_dead(
+    s: &AppState,
+    queue: &str,
+    ids: Option<Vec<TaskId>>,
+    op: DeadOp,
+) -> Result<(u64, u64), ApiError> {
+    let scope = Scope {
+        queue: Some(queue),
+        state: Some(TaskState::Dead),
+    };
+    let apply = |ids: Vec<TaskId>| async move {
+        let outcomes: Vec<bool> = match op {
+            DeadOp::Retry => s
+                .broker
+                .retry(ids, scope)
+                .await?
+                .into_iter()
+                .map(|r| skipped_or(r.map(drop)))
+                .collect::<Result<_, _>>()?,
+            DeadOp::Delete => s
+                .broker
+                .delete_tasks(ids, scope)
+                .await?
+                .into_iter()
+                .map(skipped_or)
+                .collect::<Result<_, _>>()?,
+        };
+        let done = outcomes.iter().filter(|&&d| d).count() as u64;
+        Ok::<_, StoreError>((done, outcomes.len() as u64 - done))
+    };
+    if let Some(ids) = ids {
+        return Ok(apply(ids).await?);
+    }
+    let (mut done, mut skipped) = (0, 0);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = s
+            .broker
+            .browse(queue, TaskState::Dead, cursor.as_deref(), BROWSE_TASKS_MAX)
+            .await?;
+        if !page.tasks.is_empty() {
+            let (d, k) = apply(page.tasks.iter().map(|t| t.id).collect()).await?;
+            done += d;
+            skipped += k;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok((done, skipped)),
+        }
+    }
+}
+
+/// One task's outcome in a dead-task op: done (true), or not a dead task of the
+/// queue (false); any other error fails the request.
+fn skipped_or(r: Result<(), StoreError>) -> Result<bool, StoreError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(StoreError::NotFound) | Err(StoreError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -10,6 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+use weir_core::TaskRecord;
 use weir_core::{ConfigPatch, QueueConfig};
 use weir_store::{Counts, GroupView, Leased, QueueInfo, TaskView};
 
@@ -350,6 +351,9 @@ impl Serialize for RawJson {
     }
 }
 
+/// A task as the API shows it. A listing (`GET /v1/queues/{q}/tasks`) leaves out
+/// the payload and the result (read one task for those), and what only a lease
+/// knows (its expiry, its worker).
 #[derive(Serialize)]
 pub struct TaskJson {
     pub id: String,
@@ -360,8 +364,10 @@ pub struct TaskJson {
     pub attempt: u32,
     pub max_attempts: u32,
     pub timeout_ms: u64,
-    pub payload: RawJson,
-    pub result: Option<RawJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<RawJson>,
+    #[serde(skip_serializing_if = "Listed::is_listed")]
+    pub result: Listed<RawJson>,
     pub last_error: Option<String>,
     pub created_at: String,
     pub run_at: String,
@@ -370,14 +376,39 @@ pub struct TaskJson {
     pub deadline: Option<String>,
     pub idempotency_key: Option<String>,
     pub cancel_requested: bool,
-    pub lease_expires_at: Option<String>,
+    /// The group the task belongs to, if any.
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Listed::is_listed")]
+    pub lease_expires_at: Listed<String>,
     /// The worker holding the lease (active tasks whose worker named itself).
-    pub worker: Option<String>,
+    #[serde(skip_serializing_if = "Listed::is_listed")]
+    pub worker: Listed<String>,
 }
 
-impl From<TaskView> for TaskJson {
-    fn from(v: TaskView) -> TaskJson {
-        let r = v.record;
+/// A field a task view has (`null` when empty) and a listing leaves out.
+pub enum Listed<T> {
+    Shown(Option<T>),
+    Listed,
+}
+
+impl<T> Listed<T> {
+    fn is_listed(&self) -> bool {
+        matches!(self, Listed::Listed)
+    }
+}
+
+impl<T: Serialize> Serialize for Listed<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Listed::Shown(v) => v.serialize(s),
+            Listed::Listed => s.serialize_none(),
+        }
+    }
+}
+
+impl TaskJson {
+    /// A task as a listing shows it: without payload, result and lease.
+    pub fn listed(r: TaskRecord) -> TaskJson {
         TaskJson {
             id: r.id.to_string(),
             queue: r.queue,
@@ -387,8 +418,8 @@ impl From<TaskView> for TaskJson {
             attempt: r.attempt,
             max_attempts: r.max_attempts,
             timeout_ms: r.timeout_ms,
-            payload: RawJson(v.payload),
-            result: r.result.map(|r| RawJson(Bytes::from(r))),
+            payload: None,
+            result: Listed::Listed,
             last_error: r.last_error,
             created_at: rfc3339(r.created_ms),
             run_at: rfc3339(r.run_at_ms),
@@ -397,10 +428,60 @@ impl From<TaskView> for TaskJson {
             deadline: r.deadline_ms.map(rfc3339),
             idempotency_key: r.idempotency_key,
             cancel_requested: r.cancel_requested,
-            lease_expires_at: v.lease_expires_ms.map(rfc3339),
-            worker: v.worker,
+            group: r.group.map(|g| g.to_string()),
+            lease_expires_at: Listed::Listed,
+            worker: Listed::Listed,
         }
     }
+}
+
+impl From<TaskView> for TaskJson {
+    fn from(v: TaskView) -> TaskJson {
+        let result = v.record.result.clone().map(|r| RawJson(Bytes::from(r)));
+        let mut j = TaskJson::listed(v.record);
+        j.payload = Some(RawJson(v.payload));
+        j.result = Listed::Shown(result);
+        j.lease_expires_at = Listed::Shown(v.lease_expires_ms.map(rfc3339));
+        j.worker = Listed::Shown(v.worker);
+        j
+    }
+}
+
+/// One page of `GET /v1/queues/{queue}/tasks`.
+#[derive(Serialize)]
+pub struct TaskPageJson {
+    pub tasks: Vec<TaskJson>,
+    /// Give it as `cursor` for the next page; `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// The query of `GET /v1/queues/{queue}/tasks`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListQuery {
+    pub state: Option<String>,
+    pub limit: Option<u64>,
+    pub cursor: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The body of a queue's dead-task retry or purge: some ids, or (absent, or an
+/// empty body) every dead task.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeadBody {
+    pub ids: Option<Vec<String>>,
+}
+
+/// What a queue's dead-task retry or purge did: how many tasks it changed, and
+/// how many of the ids given were not dead tasks of the queue.
+#[derive(Serialize)]
+pub struct DeadResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
+    pub skipped: u64,
 }
 
 #[derive(Serialize)]

@@ -1351,3 +1351,183 @@ async fn max_pending_answers_429_and_refuses_a_batch_whole() {
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
     s.stop().await;
 }
+
+/// Makes `n` dead tasks in `queue` over HTTP (one attempt each, failed).
+async fn dead_tasks(s: &Server, queue: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            s.enqueue(queue, json!({"payload": i, "max_attempts": 1}))
+                .await,
+        );
+    }
+    for t in s.lease(queue, json!({"max": n})).await {
+        let (st, v) = s
+            .post(
+                &format!("/v1/tasks/{}/fail", t["id"].as_str().unwrap()),
+                json!({"lease_id": t["lease_id"], "error": "boom"}),
+            )
+            .await;
+        assert_eq!((st, v["state"].as_str()), (StatusCode::OK, Some("dead")));
+    }
+    ids
+}
+
+fn listed_ids(v: &Value) -> Vec<String> {
+    v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn browse_retry_and_purge_dead_tasks_over_http() {
+    let s = Server::start().await;
+    let dead = dead_tasks(&s, "adm", 5).await;
+    // Pages of two, newest first, with a cursor; items leave out the payload.
+    let (st, v) = s.get("/v1/queues/adm/tasks?state=dead&limit=2").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(listed_ids(&v), vec![dead[4].clone(), dead[3].clone()]);
+    let t = &v["tasks"][0];
+    assert_eq!(
+        (t["state"].as_str(), t["last_error"].as_str()),
+        (Some("dead"), Some("boom"))
+    );
+    assert!(
+        t.get("payload").is_none() && t.get("result").is_none(),
+        "{t}"
+    );
+    let cursor = v["next_cursor"].as_str().unwrap().to_owned();
+    let (_, v) = s
+        .get(&format!(
+            "/v1/queues/adm/tasks?state=dead&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(listed_ids(&v), vec![dead[2].clone(), dead[1].clone()]);
+    let cursor = v["next_cursor"].as_str().unwrap().to_owned();
+    let (_, v) = s
+        .get(&format!(
+            "/v1/queues/adm/tasks?state=dead&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(listed_ids(&v), vec![dead[0].clone()]);
+    assert!(v["next_cursor"].is_null());
+
+    // Bad queries are 400s naming the field.
+    for (q, field) in [
+        ("state=zombie", "state"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("cursor=nope&state=dead", "cursor"),
+        ("colour=red", "query"),
+        ("idempotency_key=k&state=dead", "idempotency_key"),
+    ] {
+        let (st, v) = s.get(&format!("/v1/queues/adm/tasks?{q}")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{q}: {v}");
+        assert_eq!(field_detail(&v).0, field, "{q}: {v}");
+    }
+
+    // One task: retry it, then it is pending with its attempts reset.
+    let (st, v) = s
+        .post(&format!("/v1/tasks/{}/retry", dead[0]), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["attempt"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+    assert_eq!(v["payload"], 0);
+    let (st, v) = s
+        .post(&format!("/v1/tasks/{}/retry", dead[0]), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    problem(&v, "conflict");
+    // Delete refuses a task that is not finished.
+    let (st, _) = s
+        .call("DELETE", &format!("/v1/tasks/{}", dead[0]), None)
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    // By ids: the dead ones are retried, the others counted as skipped.
+    let (st, v) = s
+        .post(
+            "/v1/queues/adm/dead/retry",
+            json!({"ids": [dead[1], dead[0], "01ARZ3NDEKTSV4RRFFQ69G5FAV"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"retried": 1, "skipped": 2}));
+    let (st, v) = s
+        .post("/v1/queues/adm/dead/retry", json!({"ids": ["nope"]}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(field_detail(&v).0, "ids[0]");
+    // Purge by ids, then all.
+    let (st, v) = s
+        .call(
+            "DELETE",
+            "/v1/queues/adm/dead",
+            Some(json!({"ids": [dead[2]]})),
+        )
+        .await;
+    assert_eq!(
+        (st, v),
+        (StatusCode::OK, json!({"deleted": 1, "skipped": 0}))
+    );
+    let (st, v) = s.get(&format!("/v1/tasks/{}", dead[2])).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    let (st, v) = s.call("DELETE", "/v1/queues/adm/dead", None).await;
+    assert_eq!(
+        (st, v),
+        (StatusCode::OK, json!({"deleted": 2, "skipped": 0}))
+    );
+    let (_, v) = s.get("/v1/queues/adm").await;
+    assert_eq!(v["counts"]["dead"], 0);
+    assert_eq!(v["counts"]["pending"], 2);
+
+    // Retry all: every dead task of the queue, and only of that queue.
+    let more = dead_tasks(&s, "adm", 3).await;
+    dead_tasks(&s, "adm-other", 1).await;
+    let (st, v) = s.post("/v1/queues/adm/dead/retry", json!({})).await;
+    assert_eq!(
+        (st, v),
+        (StatusCode::OK, json!({"retried": 3, "skipped": 0}))
+    );
+    let (_, v) = s.get("/v1/queues/adm").await;
+    assert_eq!(v["counts"]["pending"], 5);
+    let (_, v) = s.get("/v1/queues/adm-other").await;
+    assert_eq!(v["counts"]["dead"], 1);
+    let (_, v) = s.get("/v1/queues/adm/tasks?limit=1000").await;
+    let pending = listed_ids(&v);
+    for id in more.iter().chain([&dead[0], &dead[1]]) {
+        assert!(pending.contains(id), "{id} is pending");
+    }
+
+    // A finished task is deleted with DELETE /v1/tasks/{id}; its key is free again.
+    let keyed = s
+        .enqueue(
+            "adm",
+            json!({"payload": 1, "idempotency_key": "k1", "priority": 9}),
+        )
+        .await;
+    let (_, v) = s.get("/v1/queues/adm/tasks?idempotency_key=k1").await;
+    assert_eq!(listed_ids(&v), vec![keyed.clone()]);
+    let t = s.lease("adm", json!({})).await.remove(0);
+    assert_eq!(t["id"], keyed.as_str());
+    let (st, _) = s
+        .post(
+            &format!("/v1/tasks/{keyed}/ack"),
+            json!({"lease_id": t["lease_id"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = s.call("DELETE", &format!("/v1/tasks/{keyed}"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, v) = s.get("/v1/queues/adm/tasks?idempotency_key=k1").await;
+    assert_eq!(v, json!({"tasks": [], "next_cursor": null}));
+    let (st, _) = s.call("DELETE", &format!("/v1/tasks/{keyed}"), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    s.stop().await;
+}

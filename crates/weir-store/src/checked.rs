@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_core::validate::{self, InvalidInput};
-use weir_core::{ConfigPatch, Limits, QueueConfig, TaskId, TaskState};
+use weir_core::{ConfigPatch, Limits, QueueConfig, TaskId, TaskRecord, TaskState};
 
 use crate::{
     Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, QueueInfo,
-    Schedule, Settle, StoreError, TaskView,
+    Schedule, Scope, Settle, StoreError, TaskPage, TaskView, BROWSE_TASKS_MAX,
 };
 
 /// A backend behind the shared input checks.
@@ -62,6 +62,23 @@ pub fn tasks(queue: &str, n: usize, what: &str, limits: &Limits) -> Result<(), I
         return Err(InvalidInput::invalid(
             "tasks",
             format!("a {what} holds 1 to {} tasks", limits.batch_tasks_max),
+        ));
+    }
+    Ok(())
+}
+
+/// The longest browse cursor a store makes is well under this.
+pub const CURSOR_BYTES_MAX: usize = 256;
+
+/// The ids of an operator's `retry` or `delete_tasks`: 1 to `BROWSE_TASKS_MAX`.
+fn admin_ids(n: usize, scope: Scope<'_>, limits: &Limits) -> Result<(), InvalidInput> {
+    if let Some(q) = scope.queue {
+        validate::queue_name(q, limits)?;
+    }
+    if n == 0 || n > BROWSE_TASKS_MAX {
+        return Err(InvalidInput::invalid(
+            "ids",
+            format!("1 to {BROWSE_TASKS_MAX} task ids at a time"),
         ));
     }
     Ok(())
@@ -184,6 +201,55 @@ impl<B: Broker + ?Sized> Broker for Checked<B> {
 
     async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError> {
         self.inner.cancel_group(id).await
+    }
+
+    async fn browse(
+        &self,
+        queue: &str,
+        state: TaskState,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<TaskPage, StoreError> {
+        validate::queue_name(queue, &self.limits)?;
+        if limit == 0 || limit > BROWSE_TASKS_MAX {
+            return Err(InvalidInput::invalid(
+                "limit",
+                format!("a page holds 1 to {BROWSE_TASKS_MAX} tasks"),
+            )
+            .into());
+        }
+        if let Some(c) = cursor {
+            validate::text("cursor", c, CURSOR_BYTES_MAX)?;
+        }
+        self.inner.browse(queue, state, cursor, limit).await
+    }
+
+    async fn find_key(&self, queue: &str, key: &str) -> Result<Option<TaskView>, StoreError> {
+        validate::queue_name(queue, &self.limits)?;
+        validate::text(
+            "idempotency_key",
+            key,
+            self.limits.idempotency_key_bytes_max,
+        )?;
+        self.inner.find_key(queue, key).await
+    }
+
+    async fn retry(
+        &self,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Result<TaskRecord, StoreError>>, StoreError> {
+        admin_ids(ids.len(), scope, &self.limits)?;
+        self.inner.retry(ids, scope).await
+    }
+
+    async fn delete_tasks(
+        &self,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        admin_ids(ids.len(), scope, &self.limits)?;
+        self.inner.delete_tasks(ids, scope).await
     }
 
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {

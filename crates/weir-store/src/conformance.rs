@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_core::{ConfigPatch, GroupState, NewTask, QueueConfig, TaskId, TaskState};
 
-use crate::{Broker, EnqueueTask, LeaseId, Settle, StoreError};
+use crate::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, TaskPage};
 
 /// Long enough that a correct backend never hits it; a hang fails the test instead
 /// of passing it.
@@ -1256,6 +1256,390 @@ pub async fn an_expired_lease_frees_its_slot(b: &dyn Broker) {
     assert!(took < woken_within(), "the slot came back after {took:?}");
 }
 
+/// Walks every page of `queue`'s tasks in `state`, `limit` at a time, calling
+/// `between` after each page (the test's changes while the walk goes on).
+async fn walk(
+    b: &dyn Broker,
+    queue: &str,
+    state: TaskState,
+    limit: usize,
+    mut between: impl FnMut(usize) -> Vec<EnqueueTask>,
+) -> Vec<weir_core::TaskRecord> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page_no in 0.. {
+        assert!(page_no < 10_000, "the walk does not end");
+        let TaskPage { tasks, next } = b
+            .browse(queue, state, cursor.as_deref(), limit)
+            .await
+            .unwrap();
+        assert!(tasks.len() <= limit);
+        assert!(tasks.iter().all(|t| t.state == state && t.queue == queue));
+        all.extend(tasks);
+        let more = between(page_no);
+        if !more.is_empty() {
+            b.enqueue(queue, more).await.unwrap();
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    all
+}
+
+/// Fails `id`'s only attempt without retry: it ends dead.
+async fn kill(b: &dyn Broker, queue: &str, id: TaskId) {
+    let l = b.lease(queue, 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(l.record.id, id, "the test leases in order");
+    let out = b
+        .settle(vec![Settle::Fail {
+            id,
+            lease_id: l.lease_id,
+            error: format!("{id} failed"),
+            retry: false,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Dead);
+}
+
+/// 2,500 pending tasks (three priorities) and 2,500 scheduled ones, walked 100
+/// at a time while every page is followed by new tasks of every priority, some
+/// before the cursor and some after: each task there at the start is listed
+/// exactly once, in dispatch order (pending) or newest first (other states),
+/// and no task is listed twice.
+pub async fn browsing_lists_each_task_once_while_tasks_are_added(b: &dyn Broker) {
+    let q = "br1";
+    let mut pending = Vec::new();
+    for chunk in 0..5 {
+        let items: Vec<_> = (0..500)
+            .map(|i| {
+                let mut t = task("k");
+                t.priority = (chunk * 500 + i) % 3;
+                item(t, "1")
+            })
+            .collect();
+        let out = b.enqueue(q, items).await.unwrap();
+        pending.extend(out.iter().map(|e| e.id));
+    }
+    let mut scheduled = Vec::new();
+    for _ in 0..5 {
+        let items: Vec<_> = (0..500)
+            .map(|_| {
+                let mut t = task("k");
+                t.delay_ms = 3_600_000;
+                item(t, "1")
+            })
+            .collect();
+        let out = b.enqueue(q, items).await.unwrap();
+        scheduled.extend(out.iter().map(|e| e.id));
+    }
+    let new_tasks = |delay_ms: u64| {
+        move |page: usize| -> Vec<EnqueueTask> {
+            (0..3)
+                .map(|p| {
+                    let mut t = task("k");
+                    t.priority = p + page as i32 % 2;
+                    t.delay_ms = delay_ms;
+                    item(t, "1")
+                })
+                .collect()
+        }
+    };
+    let listed = walk(b, q, TaskState::Pending, 100, new_tasks(0)).await;
+    let ids: Vec<TaskId> = listed.iter().map(|t| t.id).collect();
+    let unique: std::collections::HashSet<TaskId> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "a pending task was listed twice");
+    for id in &pending {
+        assert!(unique.contains(id), "pending task {id} was not listed");
+    }
+    assert!(
+        listed.windows(2).all(|w| w[0].priority >= w[1].priority),
+        "pending tasks are listed in dispatch order: priority first"
+    );
+    // Within a priority, the tasks there from the start in FIFO order.
+    let first: Vec<TaskId> = listed
+        .iter()
+        .filter(|t| t.priority == 0)
+        .map(|t| t.id)
+        .filter(|id| pending.contains(id))
+        .collect();
+    let mut fifo = first.clone();
+    fifo.sort();
+    assert_eq!(first, fifo, "FIFO within a priority");
+    // The walk's order is the order leases take.
+    let leased: Vec<TaskId> = b
+        .lease(q, 5, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.record.id)
+        .collect();
+    let head: Vec<TaskId> = b
+        .browse(q, TaskState::Active, None, 10)
+        .await
+        .unwrap()
+        .tasks
+        .into_iter()
+        .map(|t| t.id)
+        .rev()
+        .collect();
+    let mut sorted = leased.clone();
+    sorted.sort();
+    assert_eq!(head, sorted, "active tasks are listed newest first");
+
+    let listed = walk(b, q, TaskState::Scheduled, 100, new_tasks(3_600_000)).await;
+    let ids: Vec<TaskId> = listed.iter().map(|t| t.id).collect();
+    let unique: std::collections::HashSet<TaskId> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "a scheduled task was listed twice");
+    for id in &scheduled {
+        assert!(unique.contains(id), "scheduled task {id} was not listed");
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "other states are listed newest first"
+    );
+
+    // Limits and cursors.
+    let page = b.browse(q, TaskState::Pending, None, 1000).await.unwrap();
+    assert_eq!(page.tasks.len(), 1000);
+    assert!(page.next.is_some());
+    for bad in [0, 1001] {
+        assert!(matches!(
+            b.browse(q, TaskState::Pending, None, bad).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    for cursor in ["zz", "not a cursor", ""] {
+        assert!(
+            matches!(
+                b.browse(q, TaskState::Dead, Some(cursor), 10).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{cursor:?}"
+        );
+    }
+    // A pending cursor is not a dead one.
+    assert!(matches!(
+        b.browse(q, TaskState::Dead, page.next.as_deref(), 10).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let none = b
+        .browse("br-unknown", TaskState::Pending, None, 10)
+        .await
+        .unwrap();
+    assert!(none.tasks.is_empty() && none.next.is_none());
+    assert!(b
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .all(|q| q.name != "br-unknown"));
+    // An exact page has no next page.
+    let dead = b.browse(q, TaskState::Dead, None, 10).await.unwrap();
+    assert!(dead.tasks.is_empty() && dead.next.is_none());
+}
+
+/// Dead tasks retried and purged, all or by ids, within a scope: exactly the
+/// right tasks change, and counts, listings and keys follow.
+pub async fn dead_tasks_are_retried_and_deleted_exactly(b: &dyn Broker) {
+    let q = "dd1";
+    let mut dead = Vec::new();
+    for i in 0..8 {
+        let mut t = task("k");
+        t.max_attempts = 1;
+        if i == 0 {
+            t.idempotency_key = Some("dead-key".into());
+        }
+        let id = one(b, q, t, "1").await;
+        kill(b, q, id).await;
+        dead.push(id);
+    }
+    let done = one(b, q, task("k"), "2").await;
+    let l = b.lease(q, 1, Duration::ZERO).await.unwrap().remove(0);
+    ack(b, done, l.lease_id).await;
+    let canceled = one(b, q, task("k"), "3").await;
+    b.cancel(canceled).await.unwrap();
+    let waiting = one(b, q, task("k"), "4").await;
+    let mut t = task("k");
+    t.max_attempts = 1;
+    let elsewhere = one(b, "dd2", t, "5").await;
+    kill(b, "dd2", elsewhere).await;
+
+    let c = counts_of(b, q).await;
+    assert_eq!((c.get(TaskState::Dead), c.get(TaskState::Pending)), (8, 1));
+    let listed: Vec<TaskId> = walk(b, q, TaskState::Dead, 3, |_| Vec::new())
+        .await
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let mut newest_first = dead.clone();
+    newest_first.reverse();
+    assert_eq!(listed, newest_first);
+    let d = b.browse(q, TaskState::Dead, None, 1).await.unwrap();
+    assert_eq!(
+        d.tasks[0].last_error.as_deref(),
+        Some(format!("{} failed", dead[7]).as_str())
+    );
+
+    // Retry by ids, within the queue's dead tasks.
+    let scope = Scope {
+        queue: Some(q),
+        state: Some(TaskState::Dead),
+    };
+    let unknown = TaskId::new(1, 1);
+    let out = b
+        .retry(
+            vec![
+                dead[0], dead[1], done, waiting, unknown, elsewhere, canceled,
+            ],
+            scope,
+        )
+        .await
+        .unwrap();
+    for (i, r) in out[..2].iter().enumerate() {
+        let r = r.as_ref().unwrap();
+        assert_eq!((r.id, r.state, r.attempt), (dead[i], TaskState::Pending, 0));
+        assert_eq!(r.finished_ms, None);
+    }
+    for r in &out[2..] {
+        assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    }
+    let c = counts_of(b, q).await;
+    assert_eq!(
+        (
+            c.get(TaskState::Dead),
+            c.get(TaskState::Pending),
+            c.get(TaskState::Completed)
+        ),
+        (6, 3, 1)
+    );
+    assert_eq!(
+        counts_of(b, "dd2").await.get(TaskState::Dead),
+        1,
+        "another queue's dead task stays"
+    );
+    assert_eq!(state(b, done).await, TaskState::Completed);
+    // A retried task runs again from its first attempt, at its first FIFO place.
+    let leased: Vec<_> = b.lease(q, 3, Duration::ZERO).await.unwrap();
+    let order: Vec<TaskId> = leased.iter().map(|l| l.record.id).collect();
+    assert_eq!(order, vec![dead[0], dead[1], waiting]);
+    assert_eq!(leased[0].record.attempt, 1);
+    for l in &leased {
+        ack(b, l.record.id, l.lease_id).await;
+    }
+    // The idempotency key still names the retried task.
+    let found = b.find_key(q, "dead-key").await.unwrap().unwrap();
+    assert_eq!(found.record.id, dead[0]);
+    assert!(b.find_key(q, "no-such-key").await.unwrap().is_none());
+    assert!(b.find_key("dd2", "dead-key").await.unwrap().is_none());
+
+    // One task, any scope: a canceled one comes back; others are refused.
+    let r = b
+        .retry(vec![canceled], Scope::ANY)
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!((r.state, r.cancel_requested), (TaskState::Pending, false));
+    let refused = b.retry(vec![canceled, done], Scope::ANY).await.unwrap();
+    assert!(matches!(
+        refused[0],
+        Err(StoreError::Conflict(
+            weir_core::machine::TransitionError::NotRetryable(TaskState::Pending)
+        ))
+    ));
+    assert!(matches!(
+        refused[1],
+        Err(StoreError::Conflict(
+            weir_core::machine::TransitionError::NotRetryable(TaskState::Completed)
+        ))
+    ));
+
+    // Delete by ids: only finished tasks, only within the scope.
+    let out = b
+        .delete_tasks(vec![dead[2], canceled, elsewhere], scope)
+        .await
+        .unwrap();
+    assert!(out[0].is_ok());
+    assert!(matches!(out[1], Err(StoreError::NotFound)));
+    assert!(matches!(out[2], Err(StoreError::NotFound)));
+    assert!(b.get(dead[2]).await.unwrap().is_none());
+    let out = b.delete_tasks(vec![canceled], Scope::ANY).await.unwrap();
+    assert!(matches!(
+        out[0],
+        Err(StoreError::Conflict(
+            weir_core::machine::TransitionError::NotFinished(TaskState::Pending)
+        ))
+    ));
+    // Delete all dead: walk and delete page by page.
+    loop {
+        let page = b.browse(q, TaskState::Dead, None, 2).await.unwrap();
+        if page.tasks.is_empty() {
+            break;
+        }
+        let ids = page.tasks.iter().map(|t| t.id).collect();
+        assert!(b
+            .delete_tasks(ids, scope)
+            .await
+            .unwrap()
+            .iter()
+            .all(Result::is_ok));
+    }
+    let c = counts_of(b, q).await;
+    assert_eq!(c.get(TaskState::Dead), 0);
+    assert_eq!(c.get(TaskState::Completed), 4);
+    for id in &dead[3..] {
+        assert!(b.get(*id).await.unwrap().is_none());
+    }
+    // A finished task of any state can be deleted, and frees its key.
+    let out = b
+        .delete_tasks(vec![done, dead[0]], Scope::ANY)
+        .await
+        .unwrap();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert!(b.find_key(q, "dead-key").await.unwrap().is_none());
+    let mut t = task("k");
+    t.idempotency_key = Some("dead-key".into());
+    let again = b.enqueue(q, vec![item(t, "9")]).await.unwrap().remove(0);
+    assert!(again.created, "a deleted task's key is free again");
+    assert_eq!(counts_of(b, q).await.get(TaskState::Completed), 2);
+    assert_eq!(
+        b.browse(q, TaskState::Completed, None, 10)
+            .await
+            .unwrap()
+            .tasks
+            .len(),
+        2
+    );
+
+    // A group member cannot be retried: its group counted its end.
+    let mut t = task("k");
+    t.max_attempts = 1;
+    let g = b
+        .create_group("dd3", vec![item(t, "1")], false)
+        .await
+        .unwrap();
+    kill(b, "dd3", g.task_ids[0]).await;
+    let out = b.retry(g.task_ids.clone(), Scope::ANY).await.unwrap();
+    assert!(matches!(
+        out[0],
+        Err(StoreError::Conflict(
+            weir_core::machine::TransitionError::GroupMember
+        ))
+    ));
+    // Bad input changes nothing.
+    assert!(matches!(
+        b.retry(Vec::new(), Scope::ANY).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        b.delete_tasks(vec![done; 1001], Scope::ANY).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
 pub async fn lease_ids_are_random(b: &dyn Broker) {
     let items = (0..16).map(|i| item(task("k"), &i.to_string())).collect();
     b.enqueue("c17", items).await.unwrap();
@@ -1299,7 +1683,8 @@ macro_rules! conformance_tests {
             lease_ids_are_random, queue_config_is_kept_patched_and_deleted_with_the_queue,
             max_pending_refuses_what_would_overflow_whole,
             schedules_are_kept_and_their_ticks_only_move_forward,
-            an_expired_lease_frees_its_slot);
+            an_expired_lease_frees_its_slot, browsing_lists_each_task_once_while_tasks_are_added,
+            dead_tasks_are_retried_and_deleted_exactly);
         $crate::conformance_tests!(@owned $make;
             a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed,
             max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot,

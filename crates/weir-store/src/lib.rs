@@ -189,6 +189,42 @@ pub struct Schedule {
     pub last_task_id: Option<TaskId>,
 }
 
+/// The most tasks one `browse` page, `retry` or `delete_tasks` call takes.
+pub const BROWSE_TASKS_MAX: usize = 1000;
+
+/// One page of a queue's tasks in one state: their records, without payloads or
+/// results (those are read one task at a time with `get`).
+#[derive(Clone, Debug, Default)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskRecord>,
+    /// Where the next page starts (the store's own opaque text, for `browse`);
+    /// `None` once the walk has reached the end.
+    pub next: Option<String>,
+}
+
+/// Which tasks an operator's `retry` or `delete_tasks` may touch: a task outside
+/// it is `NotFound` (and changes nothing).
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    /// Only tasks of this queue.
+    pub queue: Option<&'a str>,
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+}
+
+impl Scope<'_> {
+    /// Any task.
+    pub const ANY: Scope<'static> = Scope {
+        queue: None,
+        state: None,
+    };
+
+    /// Whether a record is inside the scope.
+    pub fn admits(&self, rec: &TaskRecord) -> bool {
+        self.queue.is_none_or(|q| q == rec.queue) && self.state.is_none_or(|s| s == rec.state)
+    }
+}
+
 /// A task group as a reader sees it: its state and every member (without payloads).
 #[derive(Clone, Debug)]
 pub struct GroupView {
@@ -401,6 +437,38 @@ pub trait Broker: Send + Sync + 'static {
     async fn group(&self, id: TaskId, wait: Duration) -> Result<Option<GroupView>, StoreError>;
     /// Cancels every non-terminal member and marks the group canceled.
     async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError>;
+    /// One page of `queue`'s tasks in `state`, at most `limit` (1..=`BROWSE_TASKS_MAX`):
+    /// pending tasks in dispatch order (what runs next first), every other state
+    /// newest first (by id, that is by creation). `cursor` is an earlier page's
+    /// `next`, resuming after its last task; a walk never lists a task twice, and
+    /// lists every task that stays in the state throughout it. A page may hold
+    /// fewer than `limit` tasks and still have a `next`. An unknown queue is an
+    /// empty page; a cursor this store did not make is `Invalid`.
+    async fn browse(
+        &self,
+        queue: &str,
+        state: TaskState,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<TaskPage, StoreError>;
+    /// The retained task of `queue` that holds the idempotency key `key`.
+    async fn find_key(&self, queue: &str, key: &str) -> Result<Option<TaskView>, StoreError>;
+    /// Puts dead or canceled tasks back to pending (`machine::retry`), each judged
+    /// on its own (at most `BROWSE_TASKS_MAX`): its new record, `NotFound` (unknown,
+    /// or outside `scope`), or `Conflict`. Answers once the changes are durable.
+    async fn retry(
+        &self,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Result<TaskRecord, StoreError>>, StoreError>;
+    /// Removes finished tasks now, as retention would (their idempotency keys are
+    /// free again), each judged on its own (at most `BROWSE_TASKS_MAX`): `NotFound`
+    /// (unknown, or outside `scope`) or `Conflict` for a task not finished.
+    async fn delete_tasks(
+        &self,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     /// Every known queue with its counts. A queue exists from its first enqueue
     /// until `delete_queue`; a lease or a read never creates one.
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;

@@ -28,9 +28,12 @@ pub enum Command {
     Serve(ServeArgs),
     /// Enqueue one task.
     Enqueue(EnqueueArgs),
-    /// Inspect, wait for or cancel a task.
-    #[command(subcommand)]
+    /// Inspect, list, wait for, cancel, retry or delete tasks.
+    #[command(subcommand, visible_alias = "tasks")]
     Task(TaskCommand),
+    /// Retry or purge a queue's dead tasks.
+    #[command(subcommand)]
+    Dead(DeadCommand),
     /// List queues with their task counts.
     Queues(ClientArgs),
     /// Manage one queue.
@@ -187,6 +190,78 @@ pub enum TaskCommand {
     Cancel {
         /// Task id.
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a queue's tasks in one state: pending in dispatch order, the others
+    /// newest first (without payloads: `weir task get` shows one).
+    List {
+        /// Queue name.
+        queue: String,
+        /// Which tasks.
+        #[arg(long, value_enum, default_value = "pending")]
+        state: ListState,
+        /// Most tasks per page (1-1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Start after an earlier page (its `next_cursor`).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow the cursor to the end instead of printing one page.
+        #[arg(long, action = ArgAction::SetTrue)]
+        all: bool,
+        /// Instead, the task holding this idempotency key.
+        #[arg(long, conflicts_with_all = ["cursor", "all"])]
+        key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Put a dead or canceled task back to pending, its attempts reset.
+    Retry {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a finished task now (as its retention would).
+    Delete {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// A task state to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListState {
+    Scheduled,
+    Pending,
+    Active,
+    Completed,
+    Dead,
+    Canceled,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// Put a queue's dead tasks back to pending (all, or those given with --id).
+    Retry {
+        /// Queue name.
+        queue: String,
+        /// Only these tasks (repeat the flag); without it, every dead task.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a queue's dead tasks (all, or those given with --id).
+    Purge {
+        /// Queue name.
+        queue: String,
+        /// Only these tasks (repeat the flag); without it, every dead task.
+        #[arg(long = "id")]
+        ids: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

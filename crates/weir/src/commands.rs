@@ -1,5 +1,5 @@
-//! The client commands: `weir enqueue`, `weir task get|wait|cancel`, `weir queues`
-//! and `weir queue delete`. Concise text by default, one JSON document with `--json`.
+//! The client commands: `weir enqueue`, `weir task get|wait|cancel|list|retry|delete`,
+//! `weir dead retry|purge`, `weir queues`, `weir queue …` and `weir schedule …`. Concise text by default, one JSON document with `--json`.
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -15,7 +15,8 @@ use weir_client::{
 };
 
 use crate::cli::{
-    ClientArgs, EnqueueArgs, MissedPolicy, QueueCommand, ScheduleCommand, Setting, TaskCommand,
+    ClientArgs, DeadCommand, EnqueueArgs, ListState, MissedPolicy, QueueCommand, ScheduleCommand,
+    Setting, TaskCommand,
 };
 use crate::duration::{as_ms, format_duration};
 
@@ -179,6 +180,85 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 }
             })
         }
+        TaskCommand::List {
+            queue,
+            state,
+            limit,
+            cursor,
+            all,
+            key,
+            client: args,
+        } => {
+            let c = client(&args)?;
+            if let Some(key) = key {
+                let found = c
+                    .find_by_key(&queue, &key)
+                    .await
+                    .with_context(|| format!("looking up key {key:?} in queue {queue}"))?;
+                if args.json {
+                    print_json(
+                        &json!({ "tasks": found.iter().collect::<Vec<_>>(), "next_cursor": null }),
+                    )?;
+                } else {
+                    match &found {
+                        Some(t) => print!("{}", task_table(std::slice::from_ref(t))),
+                        None => bail!("no task of queue {queue} holds the key {key:?}"),
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let state = list_state(state);
+            let mut cursor = cursor;
+            let mut tasks = Vec::new();
+            loop {
+                let page = c
+                    .list_tasks(&queue, state, limit, cursor.as_deref())
+                    .await
+                    .with_context(|| format!("listing {state} tasks of queue {queue}"))?;
+                tasks.extend(page.tasks);
+                cursor = page.next_cursor;
+                if !all || cursor.is_none() {
+                    break;
+                }
+            }
+            if args.json {
+                print_json(&json!({ "tasks": tasks, "next_cursor": cursor }))?;
+            } else {
+                print!("{}", task_table(&tasks));
+                if let Some(next) = &cursor {
+                    eprintln!("more: weir task list {queue} --state {state} --cursor {next}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Retry { id, client: args } => {
+            let task = match client(&args)?.retry(&id).await {
+                Err(weir_client::Error::Conflict { detail }) => {
+                    bail!("task {id} cannot be retried: {detail}")
+                }
+                other => other.with_context(|| format!("retrying task {id}"))?,
+            };
+            if args.json {
+                print_json(&task)?;
+            } else {
+                println!("{} {}", task.id, task.state);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Delete { id, client: args } => {
+            match client(&args)?.delete_task(&id).await {
+                Err(weir_client::Error::Conflict { detail }) => {
+                    bail!("task {id} cannot be deleted: {detail}")
+                }
+                other => other.with_context(|| format!("deleting task {id}"))?,
+            }
+            if args.json {
+                print_json(&json!({ "id": id, "deleted": true }))?;
+            } else {
+                println!("{id} deleted");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         TaskCommand::Cancel { id, client: args } => {
             let task = match shown(client(&args)?.cancel(&id).await) {
                 Ok(Shown::Typed(task)) => *task,
@@ -201,6 +281,58 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn list_state(s: ListState) -> TaskState {
+    match s {
+        ListState::Scheduled => TaskState::Scheduled,
+        ListState::Pending => TaskState::Pending,
+        ListState::Active => TaskState::Active,
+        ListState::Completed => TaskState::Completed,
+        ListState::Dead => TaskState::Dead,
+        ListState::Canceled => TaskState::Canceled,
+    }
+}
+
+/// `weir dead retry|purge QUEUE [--id ID]…`.
+pub async fn dead(cmd: DeadCommand) -> anyhow::Result<ExitCode> {
+    let (retry, queue, ids, args) = match cmd {
+        DeadCommand::Retry { queue, ids, client } => (true, queue, ids, client),
+        DeadCommand::Purge { queue, ids, client } => (false, queue, ids, client),
+    };
+    let c = client(&args)?;
+    let ids = (!ids.is_empty()).then_some(&ids[..]);
+    let out = if retry {
+        c.retry_dead(&queue, ids).await
+    } else {
+        c.purge_dead(&queue, ids).await
+    }
+    .with_context(|| {
+        format!(
+            "{} the dead tasks of queue {queue}",
+            if retry { "retrying" } else { "purging" }
+        )
+    })?;
+    if args.json {
+        print_json(&out)?;
+    } else {
+        let (verb, n) = match (out.retried, out.deleted) {
+            (Some(n), _) => ("retried", n),
+            (_, n) => ("purged", n.unwrap_or(0)),
+        };
+        print!(
+            "{verb} {n} dead task{} of {queue}",
+            if n == 1 { "" } else { "s" }
+        );
+        if out.skipped > 0 {
+            print!(
+                " ({} of the ids given were not dead tasks of the queue)",
+                out.skipped
+            );
+        }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn queues(args: ClientArgs) -> anyhow::Result<ExitCode> {
@@ -420,7 +552,7 @@ fn config_lines(c: &QueueConfig) -> String {
 
 /// Queues as an aligned text table, names left, counts right.
 fn queue_table(queues: &[QueueInfo]) -> String {
-    const HEADER: [&str; 7] = [
+    let header = [
         "QUEUE",
         "SCHEDULED",
         "PENDING",
@@ -429,11 +561,11 @@ fn queue_table(queues: &[QueueInfo]) -> String {
         "DEAD",
         "CANCELED",
     ];
-    let rows: Vec<[String; 7]> = queues
+    let rows: Vec<Vec<String>> = queues
         .iter()
         .map(|q| {
             let c = q.counts;
-            [
+            vec![
                 q.name.clone(),
                 c.scheduled.to_string(),
                 c.pending.to_string(),
@@ -444,18 +576,76 @@ fn queue_table(queues: &[QueueInfo]) -> String {
             ]
         })
         .collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &rows {
+    table(&header, &rows, |i| i > 0)
+}
+
+/// Tasks as `weir task list` prints them.
+fn task_table(tasks: &[Task]) -> String {
+    let header = [
+        "ID",
+        "STATE",
+        "KIND",
+        "PRIO",
+        "ATTEMPT",
+        "CREATED",
+        "LAST ERROR",
+    ];
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            let error = t.last_error.as_deref().unwrap_or("");
+            let mut error: String = error
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect();
+            if t.last_error
+                .as_deref()
+                .is_some_and(|e| e.len() > error.len())
+            {
+                error.push('…');
+            }
+            vec![
+                t.id.clone(),
+                t.state.to_string(),
+                t.kind.clone(),
+                t.priority.to_string(),
+                format!("{}/{}", t.attempt, t.max_attempts),
+                t.created_at.clone().unwrap_or_default(),
+                error,
+            ]
+        })
+        .collect();
+    table(&header, &rows, |i| i == 3 || i == 4)
+}
+
+/// A plain-text table: columns padded to their widest cell, two spaces apart;
+/// `right(i)` aligns column `i` to the right (numbers).
+fn table(header: &[&str], rows: &[Vec<String>], right: impl Fn(usize) -> bool) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
     let mut out = String::new();
-    let header = HEADER.map(str::to_owned);
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = format!("{:<w$}", row[0], w = widths[0]);
-        for (cell, w) in row[1..].iter().zip(&widths[1..]) {
-            line.push_str(&format!("  {cell:>w$}"));
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = w - cell.chars().count();
+            if right(i) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
         }
         out.push_str(line.trim_end());
         out.push('\n');

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             Command::Task(cmd) => commands::task(cmd).await,
             Command::Queues(args) => commands::queues(args).await,
             Command::Queue(cmd) => commands::queue(cmd).await,
+            Command::Dead(cmd) => commands::dead(cmd).await,
             Command::Schedule(cmd) => commands::schedule(cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Worker(args) => match worker::config(&args) {

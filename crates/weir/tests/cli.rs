@@ -474,3 +474,106 @@ async fn enqueue_waits_out_a_429_within_retry_for() {
     assert_eq!(queues["queues"][0]["counts"]["pending"], 2, "{queues}");
     server.child.kill().await.unwrap();
 }
+
+/// `weir task list`, `weir task retry|delete` and `weir dead retry|purge` against a
+/// queue with dead tasks (made over HTTP: one attempt each, failed).
+#[tokio::test]
+async fn task_list_and_dead_retry_purge() {
+    let mut server = common::start_server(&[]).await;
+    let s = server.base.clone();
+    let c = weir_client::Client::new(&s).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let mut t = weir_client::EnqueueOptions::new(json!(i));
+        t.max_attempts = Some(1);
+        ids.push(c.enqueue("jobs", &t).await.unwrap().id);
+    }
+    for t in c.lease("jobs", 4, 0, None).await.unwrap().tasks {
+        c.fail(&t.id, &t.lease_id, "it broke\nsecond line", false)
+            .await
+            .unwrap();
+    }
+    let out = weir(&s, &["tasks", "list", "jobs", "--state", "dead"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("LAST ERROR"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[1].starts_with(&ids[3]) && lines[1].ends_with("it broke…"),
+        "{text}"
+    );
+    // One page at a time, and its cursor on stderr.
+    let out = weir(
+        &s,
+        &[
+            "task", "list", "jobs", "--state", "dead", "--limit", "3", "--json",
+        ],
+    )
+    .await;
+    let v = json(&out);
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 3);
+    let cursor = v["next_cursor"].as_str().unwrap().to_owned();
+    let v = json(
+        &weir(
+            &s,
+            &[
+                "task", "list", "jobs", "--state", "dead", "--cursor", &cursor, "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(v["tasks"][0]["id"], ids[0].as_str());
+    let v = json(
+        &weir(
+            &s,
+            &[
+                "task", "list", "jobs", "--state", "dead", "--limit", "1", "--all", "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 4);
+
+    let v = json(&weir(&s, &["task", "retry", &ids[0], "--json"]).await);
+    assert_eq!(
+        (v["state"].as_str(), v["attempt"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+    let out = weir(&s, &["task", "retry", &ids[0]]).await;
+    assert!(
+        stderr(&out).contains("cannot be retried"),
+        "{}",
+        stderr(&out)
+    );
+    let out = weir(
+        &s,
+        &["dead", "retry", "jobs", "--id", &ids[1], "--id", &ids[0]],
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "retried 1 dead task of jobs (1 of the ids given were not dead tasks of the queue)"
+    );
+    let v = json(&weir(&s, &["dead", "purge", "jobs", "--id", &ids[2], "--json"]).await);
+    assert_eq!(v, json!({"deleted": 1, "skipped": 0}));
+    let out = weir(&s, &["dead", "purge", "jobs"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "purged 1 dead task of jobs"
+    );
+    let q = c.queue("jobs").await.unwrap();
+    assert_eq!((q.counts.dead, q.counts.pending), (0, 2));
+    let out = weir(&s, &["task", "delete", &ids[0]]).await;
+    assert!(
+        stderr(&out).contains("cannot be deleted"),
+        "{}",
+        stderr(&out)
+    );
+    let out = weir(&s, &["task", "list", "jobs", "--state", "zombie"]).await;
+    assert!(!out.status.success());
+    server.child.kill().await.unwrap();
+}

@@ -21,8 +21,8 @@ pub const KIND_TASK: u8 = 1;
 pub const KIND_UPDATE: u8 = 2;
 /// A group's record: group id (16, BE) then the postcard `GroupRecord`.
 pub const KIND_GROUP: u8 = 3;
-/// Tasks retention removed: per task, its id (16, BE) and the `expires_at_ms` it
-/// was removed at (8, LE).
+/// Tasks retention (or an operator's delete) removed: per task, its id (16, BE)
+/// and the `expires_at_ms` it was removed at (8, LE; `u64::MAX` for a dead task).
 pub const KIND_PURGE: u8 = 4;
 /// Groups retention removed: their ids (16 each, BE).
 pub const KIND_GROUP_PURGE: u8 = 5;
@@ -33,6 +33,10 @@ pub const KIND_QUEUE: u8 = 6;
 /// A periodic-task schedule: the postcard `ScheduleFrame`. The latest frame of a
 /// name wins; one without a definition ends the schedule.
 pub const KIND_SCHEDULE: u8 = 7;
+/// Finished tasks an operator retried, as a `KIND_PURGE` frame lists them: they
+/// leave their finished state (and its retention) but stay; the update frame after
+/// makes each pending.
+pub const KIND_REOPEN: u8 = 8;
 
 /// Bytes of one entry of a `KIND_PURGE` frame.
 pub const PURGE_ENTRY_BYTES: usize = 24;

@@ -30,7 +30,7 @@ use weir_log::{Log, LogConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::{
     Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, Outage,
-    QueueInfo, Schedule, Settle, StoreError, TaskView,
+    QueueInfo, Schedule, Scope, Settle, StoreError, TaskPage, TaskView,
 };
 use disk::GroupRecord;
 use state::{Lease, State, TaskLoc};
@@ -664,15 +664,15 @@ impl<'a> Replay<'a> {
                 if known {
                     // Out of wherever its previous frame put it.
                     if self.st.queue(q).pending.remove(s.priority, s.id) {
-                        self.st.count(q, Some(TaskState::Pending), None);
+                        self.st.count(q, s.id, Some(TaskState::Pending), None);
                     } else if let Some(at) = self.scheduled_at.remove(&s.id) {
                         self.st.scheduled.remove(&(at, s.id));
-                        self.st.count(q, Some(TaskState::Scheduled), None);
+                        self.st.count(q, s.id, Some(TaskState::Scheduled), None);
                     } else if self.to_cancel.remove(&s.id) {
                     } else if s.state.is_terminal() {
                         // A copy of a terminal task: the same record again.
                         self.st.expiry.remove(&(s.expires_at_ms, s.id));
-                        self.st.count(q, Some(s.state), None);
+                        self.st.count(q, s.id, Some(s.state), None);
                     }
                 }
                 self.st.place_task(s.id, loc.to_u64(), first);
@@ -682,13 +682,12 @@ impl<'a> Replay<'a> {
                     }
                 }
                 if s.state.is_terminal() {
-                    self.st.count(q, None, Some(s.state));
-                    if s.expires_at_ms != u64::MAX {
-                        self.st.expiry.insert(
-                            (s.expires_at_ms, s.id),
-                            (q, s.state, s.idempotency_key.is_some()),
-                        );
-                    }
+                    self.st.count(q, s.id, None, Some(s.state));
+                    // Dead tasks too, never due (`u64::MAX`): a purge entry finds them.
+                    self.st.expiry.insert(
+                        (s.expires_at_ms, s.id),
+                        (q, s.state, s.idempotency_key.is_some()),
+                    );
                 } else if s.cancel_requested {
                     self.to_cancel.insert(s.id);
                 } else if self
@@ -712,8 +711,15 @@ impl<'a> Replay<'a> {
                 for (id, at) in disk::purge_entries(meta).map_err(corrupt)? {
                     // Unknown: its task frame was collected already.
                     if let Some((q, state, _)) = self.st.expiry.remove(&(at, id)) {
-                        self.st.count(q, Some(state), None);
+                        self.st.count(q, id, Some(state), None);
                         self.st.forget_task(id);
+                    }
+                }
+            }
+            disk::KIND_REOPEN => {
+                for (id, at) in disk::purge_entries(meta).map_err(corrupt)? {
+                    if let Some((q, state, _)) = self.st.expiry.remove(&(at, id)) {
+                        self.st.count(q, id, Some(state), None);
                     }
                 }
             }
@@ -785,7 +791,7 @@ fn finish_canceled(
         debug_assert_eq!(next, TaskState::Canceled);
         batch.update(&rec);
         let q = st.intern(&rec.queue);
-        st.count(q, None, Some(TaskState::Canceled));
+        st.count(q, id.0, None, Some(TaskState::Canceled));
         if let Some(at) = rec.expires_at_ms() {
             st.expiry.insert(
                 (at, id.0),
@@ -866,6 +872,69 @@ impl Broker for EmbeddedBroker {
             |v| v.record.state.is_terminal(),
         )
         .await
+    }
+
+    async fn browse(
+        &self,
+        queue: &str,
+        state: TaskState,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<TaskPage, StoreError> {
+        let (ids, next) = {
+            let st = self.shared.lock();
+            match st.queue_index.get(queue) {
+                Some(&q) => st.browse(q, state, cursor, limit)?,
+                None => return Ok(TaskPage::default()),
+            }
+        };
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Gone since it was listed (retention, a delete): left out.
+            if let Some(r) = self.shared.record(TaskId(id))? {
+                records.push(r);
+            }
+        }
+        let now = self.shared.now_ms();
+        let st = self.shared.lock();
+        let tasks = records
+            .into_iter()
+            .map(|r| overlay_record(&st, r, now).0)
+            // Moved on since it was listed: it belongs to another state's listing.
+            .filter(|r| r.state == state)
+            .collect();
+        Ok(TaskPage { tasks, next })
+    }
+
+    async fn find_key(&self, queue: &str, key: &str) -> Result<Option<TaskView>, StoreError> {
+        let id = self
+            .shared
+            .lock()
+            .idem
+            .get(&state::idem_key(queue, key))
+            .copied();
+        match id {
+            Some(id) => self.view_of(TaskId(id)),
+            None => Ok(None),
+        }
+    }
+
+    async fn retry(
+        &self,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Result<TaskRecord, StoreError>>, StoreError> {
+        let scope = writer::OwnedScope::new(scope);
+        self.submit(|reply| Op::Retry { ids, scope, reply }).await
+    }
+
+    async fn delete_tasks(
+        &self,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let scope = writer::OwnedScope::new(scope);
+        self.submit(|reply| Op::Delete { ids, scope, reply }).await
     }
 
     async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError> {
@@ -1298,7 +1367,7 @@ impl EmbeddedBroker {
                 let Some((priority, id)) = st.queue(q).pending.pop_first() else {
                     break;
                 };
-                st.count(q, Some(TaskState::Pending), Some(TaskState::Active));
+                st.count(q, id, Some(TaskState::Pending), Some(TaskState::Active));
                 let lease_id = LeaseId::random().0;
                 st.leases.insert(
                     id,
@@ -1361,7 +1430,7 @@ impl EmbeddedBroker {
                         // Put it back so that nothing is lost; report loudly.
                         if let Some(l) = st.take_lease(id) {
                             st.queue(l.queue).pending.insert(l.priority, id);
-                            st.count(l.queue, None, Some(TaskState::Pending));
+                            st.count(l.queue, id, None, Some(TaskState::Pending));
                         }
                         failure = Some(e);
                         continue;

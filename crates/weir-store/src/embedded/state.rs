@@ -15,6 +15,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
+use weir_core::validate::InvalidInput;
 use weir_core::{GroupTally, QueueConfig, TaskRecord, TaskState};
 
 use super::disk::GroupRecord;
@@ -33,6 +34,10 @@ pub struct QueueState {
     pub pending: PendingSet,
     /// Per-state counts (terminal counts include retained tasks only).
     pub counts: [u64; 6],
+    /// The ids of its tasks in each state but pending (which `pending` orders),
+    /// for browsing: kept by `State::count`, so each set holds exactly what its
+    /// count counts.
+    pub listed: [BTreeSet<u128>; 6],
     /// Woken whenever tasks become pending, for long-polling leases.
     pub notify: Arc<Notify>,
     /// Flow-control settings.
@@ -50,6 +55,7 @@ impl QueueState {
             name,
             pending: PendingSet::default(),
             counts: [0; 6],
+            listed: Default::default(),
             notify,
             config: QueueConfig::default(),
             config_loc: None,
@@ -130,6 +136,22 @@ impl PendingSet {
         }
         self.len -= 1;
         Some((priority, id))
+    }
+
+    /// Entries in dispatch order, after `(priority, id)` if given.
+    pub fn after(&self, after: Option<(i32, u128)>) -> impl Iterator<Item = (i32, u128)> + '_ {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let levels = match after {
+            Some((p, _)) => self.by_priority.range(Reverse(p)..),
+            None => self.by_priority.range(..),
+        };
+        levels.flat_map(move |(&Reverse(p), ids)| {
+            let from = match after {
+                Some((ap, aid)) if ap == p => Excluded(aid),
+                _ => Unbounded,
+            };
+            ids.range((from, Unbounded)).map(move |&id| (p, id))
+        })
     }
 
     pub fn contains(&self, priority: i32, id: u128) -> bool {
@@ -463,6 +485,20 @@ pub fn idem_key(queue: &str, key: &str) -> Box<str> {
     k.into_boxed_str()
 }
 
+/// A pending page's cursor: `<priority>.<32 hex digits of the id>`.
+fn parse_pending_cursor(c: &str) -> Option<(i32, u128)> {
+    let (p, id) = c.split_once('.')?;
+    Some((p.parse().ok()?, parse_id_cursor(id)?))
+}
+
+/// Another state's cursor: the last id listed, as 32 hex digits.
+fn parse_id_cursor(c: &str) -> Option<u128> {
+    if c.len() != 32 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u128::from_str_radix(c, 16).ok()
+}
+
 impl State {
     fn add_ref(&mut self, loc: u64) {
         self.segs.add(seg_of(loc));
@@ -691,16 +727,64 @@ impl State {
         }
     }
 
-    /// Moves a count from one state to another (either may be `None`).
-    pub fn count(&mut self, q: QueueIdx, from: Option<TaskState>, to: Option<TaskState>) {
-        let c = &mut self.queues[q as usize].counts;
+    /// Moves task `id` from one state's count (and browsing set) to another's
+    /// (either may be `None`).
+    pub fn count(&mut self, q: QueueIdx, id: u128, from: Option<TaskState>, to: Option<TaskState>) {
+        let queue = &mut self.queues[q as usize];
+        let c = &mut queue.counts;
         if let Some(f) = from {
             debug_assert!(c[f.index()] > 0, "count of {} underflows", f.as_str());
             c[f.index()] = c[f.index()].saturating_sub(1);
+            if f != TaskState::Pending {
+                let was = queue.listed[f.index()].remove(&id);
+                debug_assert!(was, "task {id:x} was not listed {}", f.as_str());
+            }
         }
         if let Some(t) = to {
             c[t.index()] += 1;
+            if t != TaskState::Pending {
+                let new = queue.listed[t.index()].insert(id);
+                debug_assert!(new, "task {id:x} was listed {} already", t.as_str());
+            }
         }
+    }
+
+    /// Up to `limit` ids of queue `q`'s tasks in `state` after `cursor` (see
+    /// `Broker::browse`), and the cursor after the last one if more follow.
+    pub fn browse(
+        &self,
+        q: QueueIdx,
+        state: TaskState,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<u128>, Option<String>), InvalidInput> {
+        let queue = &self.queues[q as usize];
+        let bad = || InvalidInput::invalid("cursor", "not a cursor of this listing");
+        if state == TaskState::Pending {
+            let after = cursor
+                .map(|c| parse_pending_cursor(c).ok_or_else(bad))
+                .transpose()?;
+            let mut it = queue.pending.after(after);
+            let page: Vec<(i32, u128)> = it.by_ref().take(limit).collect();
+            let more = it.next().is_some();
+            let next = page
+                .last()
+                .filter(|_| more)
+                .map(|&(p, id)| format!("{p}.{id:032x}"));
+            return Ok((page.into_iter().map(|(_, id)| id).collect(), next));
+        }
+        let set = &queue.listed[state.index()];
+        let before = cursor
+            .map(|c| parse_id_cursor(c).ok_or_else(bad))
+            .transpose()?;
+        let mut it: Box<dyn Iterator<Item = &u128>> = match before {
+            Some(b) => Box::new(set.range(..b).rev()),
+            None => Box::new(set.iter().rev()),
+        };
+        let page: Vec<u128> = it.by_ref().take(limit).copied().collect();
+        let more = it.next().is_some();
+        let next = page.last().filter(|_| more).map(|id| format!("{id:032x}"));
+        Ok((page, next))
     }
 
     /// Makes a queued task dispatchable: pending now, or scheduled for later.
@@ -714,12 +798,12 @@ impl State {
     ) -> TaskState {
         if run_at_ms > now_ms {
             self.scheduled.insert((run_at_ms, id), (q, priority));
-            self.count(q, None, Some(TaskState::Scheduled));
+            self.count(q, id, None, Some(TaskState::Scheduled));
             TaskState::Scheduled
         } else {
             let inserted = self.queue(q).pending.insert(priority, id);
             debug_assert!(inserted, "task is pending twice");
-            self.count(q, None, Some(TaskState::Pending));
+            self.count(q, id, None, Some(TaskState::Pending));
             debug_assert_eq!(
                 self.queues[q as usize].pending.len() as u64,
                 self.queues[q as usize].counts[TaskState::Pending.index()],
@@ -732,11 +816,11 @@ impl State {
     /// Removes a queued task from whichever index holds it; false if neither does.
     pub fn remove_queued(&mut self, q: QueueIdx, id: u128, priority: i32, run_at_ms: u64) -> bool {
         if self.queue(q).pending.remove(priority, id) {
-            self.count(q, Some(TaskState::Pending), None);
+            self.count(q, id, Some(TaskState::Pending), None);
             return true;
         }
         if self.scheduled.remove(&(run_at_ms, id)).is_some() {
-            self.count(q, Some(TaskState::Scheduled), None);
+            self.count(q, id, Some(TaskState::Scheduled), None);
             return true;
         }
         false
@@ -750,7 +834,7 @@ impl State {
                 break;
             }
             self.scheduled.pop_first();
-            self.count(q, Some(TaskState::Scheduled), Some(TaskState::Pending));
+            self.count(q, id, Some(TaskState::Scheduled), Some(TaskState::Pending));
             let queue = self.queue(q);
             queue.pending.insert(priority, id);
             woken.push(queue.notify.clone());
@@ -761,7 +845,7 @@ impl State {
     pub fn take_lease(&mut self, id: u128) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
         self.lease_deadlines.remove(&(lease.expires_ms, id));
-        self.count(lease.queue, Some(TaskState::Active), None);
+        self.count(lease.queue, id, Some(TaskState::Active), None);
         let queue = &self.queues[lease.queue as usize];
         if queue.config.max_in_flight.is_some() {
             // A slot is free: one parked lease may take it (a waiter that leaves

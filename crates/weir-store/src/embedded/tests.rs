@@ -541,7 +541,7 @@ async fn refused_finalize_puts_its_tasks_back() {
         let mut st = b.shared.lock();
         let q = st.queue_index["fin"];
         assert_eq!(st.queue(q).pending.pop_first(), Some((0, id.0)));
-        st.count(q, Some(TaskState::Pending), None);
+        st.count(q, id.0, Some(TaskState::Pending), None);
     }
     rec.state = TaskState::Dead;
     writer::requeue(&b.shared, vec![rec.clone()]);
@@ -950,4 +950,83 @@ async fn schedules_are_capped() {
     c.limits.schedules_max = 2;
     let b = EmbeddedBroker::open(c).unwrap();
     crate::conformance::schedules_are_capped_at_two(&b).await;
+}
+
+/// An operator's retries and deletes are in the log: after a restart, a retried
+/// dead or canceled task is pending (its old state and retention gone), and a
+/// deleted dead or completed task is gone with its idempotency key. Without the
+/// reopen frame the retried tasks come back dead and canceled; without dead tasks
+/// in the purge index the deleted dead task comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_deletes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestStore {
+        broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
+        _dir: dir,
+    };
+    let b: &dyn Broker = &*s;
+    let mut die = task("k");
+    die.max_attempts = 1;
+    let mut keyed = die.clone();
+    keyed.idempotency_key = Some("gone".into());
+    let ids: Vec<TaskId> = b
+        .enqueue(
+            "ad",
+            vec![item(die.clone(), "1"), item(keyed, "2"), item(die, "3")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    for _ in 0..3 {
+        let l = b.lease("ad", 1, WAIT).await.unwrap().remove(0);
+        b.settle(vec![Settle::Fail {
+            id: l.record.id,
+            lease_id: l.lease_id,
+            error: "bad".into(),
+            retry: false,
+        }])
+        .await
+        .unwrap();
+    }
+    let canceled = b.enqueue("ad", vec![item(task("k"), "4")]).await.unwrap()[0].id;
+    b.cancel(canceled).await.unwrap();
+    let (retried, deleted, kept) = (ids[0], ids[1], ids[2]);
+    let out = b.retry(vec![retried, canceled], Scope::ANY).await.unwrap();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let out = b.delete_tasks(vec![deleted], Scope::ANY).await.unwrap();
+    assert!(out[0].is_ok());
+
+    let s = reopen(s).await;
+    let b: &dyn Broker = &*s;
+    let counts = b.queues().await.unwrap()[0].counts;
+    assert_eq!(counts.get(TaskState::Pending), 2);
+    assert_eq!(counts.get(TaskState::Dead), 1);
+    assert_eq!(counts.get(TaskState::Canceled), 0);
+    assert_eq!(b.get(retried).await.unwrap().unwrap().record.attempt, 0);
+    assert!(b.get(deleted).await.unwrap().is_none());
+    assert!(b.find_key("ad", "gone").await.unwrap().is_none());
+    let dead: Vec<TaskId> = b
+        .browse("ad", TaskState::Dead, None, 10)
+        .await
+        .unwrap()
+        .tasks
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(dead, vec![kept]);
+    let pending: Vec<TaskId> = b
+        .browse("ad", TaskState::Pending, None, 10)
+        .await
+        .unwrap()
+        .tasks
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(pending, vec![retried, canceled]);
+    // And a second restart (the frames read again, in order) agrees.
+    let s = reopen(s).await;
+    let b: &dyn Broker = &*s;
+    assert_eq!(b.queues().await.unwrap()[0].counts, counts);
 }

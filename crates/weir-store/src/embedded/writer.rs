@@ -90,6 +90,18 @@ pub(crate) enum Op {
         run: Option<(u64, TaskId)>,
         reply: Reply<()>,
     },
+    /// An operator's retry of dead or canceled tasks (`Broker::retry`).
+    Retry {
+        ids: Vec<TaskId>,
+        scope: OwnedScope,
+        reply: Reply<Vec<Result<TaskRecord, StoreError>>>,
+    },
+    /// An operator's delete of finished tasks (`Broker::delete_tasks`).
+    Delete {
+        ids: Vec<TaskId>,
+        scope: OwnedScope,
+        reply: Reply<Vec<Result<(), StoreError>>>,
+    },
     /// Delete an empty queue, at the end of the round (`State::delete_queue`).
     DeleteQueue {
         queue: String,
@@ -108,6 +120,7 @@ impl Op {
             Op::Enqueue { items, .. } | Op::CreateGroup { items, .. } => items.len(),
             Op::Settle { items, .. } => items.len(),
             Op::Finalize { records } => records.len(),
+            Op::Retry { ids, .. } | Op::Delete { ids, .. } => ids.len(),
             Op::Cancel { .. }
             | Op::Release { .. }
             | Op::CancelGroup { .. }
@@ -134,6 +147,28 @@ impl Op {
                 })
                 .sum(),
             _ => 0,
+        }
+    }
+}
+
+/// `crate::Scope`, owned by an op on its way to the writer.
+pub(crate) struct OwnedScope {
+    pub queue: Option<String>,
+    pub state: Option<TaskState>,
+}
+
+impl OwnedScope {
+    pub fn new(scope: crate::Scope<'_>) -> OwnedScope {
+        OwnedScope {
+            queue: scope.queue.map(str::to_owned),
+            state: scope.state,
+        }
+    }
+
+    fn get(&self) -> crate::Scope<'_> {
+        crate::Scope {
+            queue: self.queue.as_deref(),
+            state: self.state,
         }
     }
 }
@@ -272,6 +307,17 @@ impl<'a> Batch<'a> {
         if !tasks.is_empty() {
             self.log
                 .append(disk::KIND_PURGE, &disk::purge_meta(tasks), &[]);
+            self.unplaced = true;
+        }
+    }
+
+    /// Finished tasks an operator retried (id, the expiry they had): recovery
+    /// takes them out of their finished state; their update frame, after this one,
+    /// makes them pending.
+    pub fn reopen(&mut self, tasks: &[(u128, u64)]) {
+        if !tasks.is_empty() {
+            self.log
+                .append(disk::KIND_REOPEN, &disk::purge_meta(tasks), &[]);
             self.unplaced = true;
         }
     }
@@ -857,6 +903,8 @@ fn refuse(shared: &Shared, op: Op) -> bool {
         Op::PutSchedule { reply, .. } => drop(reply.send(Err(e()))),
         Op::DeleteSchedule { reply, .. } => drop(reply.send(Err(e()))),
         Op::ScheduleRan { reply, .. } => drop(reply.send(Err(e()))),
+        Op::Retry { reply, .. } => drop(reply.send(Err(e()))),
+        Op::Delete { reply, .. } => drop(reply.send(Err(e()))),
         Op::Finalize { records } => requeue(shared, records),
         Op::Stop { reply } => {
             let _ = reply.send(());
@@ -943,11 +991,11 @@ fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
                 r.cancel_requested = true;
             }
         } else if fresh.queues[q as usize].pending.remove(lease.priority, id) {
-            fresh.count(q, Some(TaskState::Pending), None);
+            fresh.count(q, id, Some(TaskState::Pending), None);
         } else {
             continue;
         }
-        fresh.count(q, None, Some(TaskState::Active));
+        fresh.count(q, id, None, Some(TaskState::Active));
         if lease.expires_ms != u64::MAX {
             fresh.lease_deadlines.insert((lease.expires_ms, id));
         }
@@ -1232,6 +1280,67 @@ fn round(
                     }
                     after.reply(reply, Ok(()));
                 }
+                Op::Retry { ids, scope, reply } => {
+                    let reads = match pre {
+                        Pre::Records(r) => r,
+                        _ => unreachable!("retry pre-read"),
+                    };
+                    let mut reopened = Vec::new();
+                    let mut retried = Vec::new();
+                    let res: Vec<_> = ids
+                        .into_iter()
+                        .zip(reads)
+                        .map(|(id, read)| {
+                            let (q, rec) = finished_record(
+                                disk,
+                                &st,
+                                id,
+                                read,
+                                scope.get(),
+                                now,
+                                machine::TransitionError::NotRetryable,
+                            )?;
+                            plan_retry(&mut st, &mut reopened, &mut retried, q, rec, now)
+                        })
+                        .collect();
+                    batch.reopen(&reopened);
+                    for rec in &retried {
+                        batch.update(rec);
+                        after.queued.push((
+                            st.queue_index[rec.queue.as_str()],
+                            rec.id.0,
+                            rec.priority,
+                            rec.run_at_ms,
+                        ));
+                    }
+                    after.reply(reply, Ok(res));
+                }
+                Op::Delete { ids, scope, reply } => {
+                    let reads = match pre {
+                        Pre::Records(r) => r,
+                        _ => unreachable!("delete pre-read"),
+                    };
+                    let mut purged = Vec::new();
+                    let res: Vec<_> = ids
+                        .into_iter()
+                        .zip(reads)
+                        .map(|(id, read)| {
+                            let (q, rec) = finished_record(
+                                disk,
+                                &st,
+                                id,
+                                read,
+                                scope.get(),
+                                now,
+                                machine::TransitionError::NotFinished,
+                            )?;
+                            purged.push(remove_finished(&mut st, q, &rec));
+                            Ok(())
+                        })
+                        .collect();
+                    batch.purge(&purged);
+                    after.reply(reply, Ok(res));
+                }
                 Op::DeleteQueue { queue, reply } => deletes.push((queue, reply)),
                 Op::Stop { reply } => after.stop = Some(reply),
             }
@@ -1291,10 +1400,10 @@ fn round(
             }
         }
         for (q, state, id, expires, keyed) in after.terminal.drain(..) {
-            st.count(q, None, Some(state));
-            if let Some(at) = expires {
-                st.expiry.insert((at, id), (q, state, keyed));
-            }
+            st.count(q, id, None, Some(state));
+            // Dead tasks too, never due (`u64::MAX`): an operator's delete finds them.
+            st.expiry
+                .insert((expires.unwrap_or(u64::MAX), id), (q, state, keyed));
             st.fire_waiters(id);
         }
         for gid in after.fire.drain(..) {
@@ -1357,6 +1466,7 @@ enum Pre {
     /// For each enqueued item: the task its idempotency key points at.
     Existing(Vec<Option<TaskRecord>>),
     Record(Box<Result<Option<TaskRecord>, StoreError>>),
+    Records(Vec<Result<Option<TaskRecord>, StoreError>>),
 }
 
 fn pre_read(shared: &Shared, op: &Op) -> Pre {
@@ -1372,6 +1482,9 @@ fn pre_read(shared: &Shared, op: &Op) -> Pre {
                 .collect(),
         ),
         Op::Cancel { id, .. } => Pre::Record(Box::new(shared.record(*id))),
+        Op::Retry { ids, .. } | Op::Delete { ids, .. } => {
+            Pre::Records(ids.iter().map(|&id| shared.record(id)).collect())
+        }
         _ => Pre::None,
     }
 }
@@ -1403,7 +1516,7 @@ fn purge_expired(disk: &Disk, st: &mut State, batch: &mut Batch, now: u64) {
             }
         }
         st.forget_task(id);
-        st.count(q, Some(state), None);
+        st.count(q, id, Some(state), None);
         tasks.push((id, at));
     }
     batch.purge(&tasks);
@@ -1420,6 +1533,79 @@ fn purge_expired(disk: &Disk, st: &mut State, batch: &mut Batch, now: u64) {
         groups.push(gid);
     }
     batch.purge_groups(&groups);
+}
+
+/// The finished task `id` is, for an operator's retry or delete: its queue and
+/// its current record (`read` before the round, read again if it has changed since),
+/// `NotFound` if unknown or outside `scope`, `Conflict` if not finished.
+fn finished_record(
+    disk: &Disk,
+    st: &State,
+    id: TaskId,
+    read: Result<Option<TaskRecord>, StoreError>,
+    scope: crate::Scope<'_>,
+    now: u64,
+    not_finished: fn(TaskState) -> machine::TransitionError,
+) -> Result<(QueueIdx, TaskRecord), StoreError> {
+    let listed = |st: &State, rec: &TaskRecord| {
+        st.queue_index
+            .get(rec.queue.as_str())
+            .filter(|&&q| st.queues[q as usize].listed[rec.state.index()].contains(&id.0))
+            .copied()
+    };
+    let mut rec = read?.ok_or(StoreError::NotFound)?;
+    let mut q = rec.state.is_terminal().then(|| listed(st, &rec)).flatten();
+    if q.is_none() {
+        // Changed since it was read (or not finished): what memory and the log say now.
+        rec = record_in(disk, st, id.0)?.ok_or(StoreError::NotFound)?;
+        rec.state = current_state(st, &rec, now);
+        q = rec.state.is_terminal().then(|| listed(st, &rec)).flatten();
+    }
+    if !scope.admits(&rec) {
+        return Err(StoreError::NotFound);
+    }
+    if !rec.state.is_terminal() {
+        return Err(not_finished(rec.state).into());
+    }
+    // A task that ended in this round: its count waits for the round's commit.
+    let q = q.ok_or(StoreError::Conflict(not_finished(TaskState::Active)))?;
+    Ok((q, rec))
+}
+
+/// Takes a finished task out of memory as retention would, and answers its purge
+/// entry.
+fn remove_finished(st: &mut State, q: QueueIdx, rec: &TaskRecord) -> (u128, u64) {
+    let id = rec.id.0;
+    let at = rec.expires_at_ms().unwrap_or(u64::MAX);
+    st.expiry.remove(&(at, id));
+    if let Some(k) = &rec.idempotency_key {
+        let key = state::idem_key(&rec.queue, k);
+        if st.idem.get(&key) == Some(&id) {
+            st.idem.remove(&key);
+        }
+    }
+    st.forget_task(id);
+    st.count(q, id, Some(rec.state), None);
+    (id, at)
+}
+
+/// A finished task back to pending (`machine::retry`): out of its finished state
+/// now, pending once the round is committed.
+fn plan_retry(
+    st: &mut State,
+    reopened: &mut Vec<(u128, u64)>,
+    retried: &mut Vec<TaskRecord>,
+    q: QueueIdx,
+    mut rec: TaskRecord,
+    now: u64,
+) -> Result<TaskRecord, StoreError> {
+    let (old, at) = (rec.state, rec.expires_at_ms().unwrap_or(u64::MAX));
+    machine::retry(&mut rec, now)?;
+    st.expiry.remove(&(at, rec.id.0));
+    st.count(q, rec.id.0, Some(old), None);
+    reopened.push((rec.id.0, at));
+    retried.push(rec.clone());
+    Ok(rec)
 }
 
 /// The state a reader would see for a record, given memory.

@@ -176,6 +176,8 @@ impl Fields {
 /// (i64 each), length of the last error (i32, -1 for none). All big-endian;
 /// 0 stands for "none" in times.
 pub const HEADER_LEN: usize = 75;
+/// Bytes of a 'ready' member before the task id: the rank (u32) and seq (i64).
+pub const READY_PREFIX_LEN: usize = 12;
 /// Largest time or duration a script holds exactly (Lua numbers are doubles).
 const TIME_MAX: u64 = (1 << 53) - 1;
 

@@ -161,6 +161,15 @@ impl Keys {
         )
     }
 
+    /// The key holding the id of the task of `queue` with idempotency key `key`.
+    pub fn idem(&self, queue: &str, key: &str) -> String {
+        format!(
+            "{}q:{}:i:{key}",
+            self.base(queue_slot(queue)),
+            hex(queue.as_bytes())
+        )
+    }
+
     /// The task hash of `id`'s slot (every task of the slot is one field).
     pub fn task(&self, id: TaskId) -> String {
         self.tasks(slot_of(id))

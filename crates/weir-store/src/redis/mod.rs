@@ -28,12 +28,15 @@ use redis::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use weir_core::machine::TransitionError;
-use weir_core::{Backoff, ConfigPatch, GroupState, Limits, QueueConfig, TaskId, TaskState};
+use weir_core::validate::InvalidInput;
+use weir_core::{
+    Backoff, ConfigPatch, GroupState, Limits, QueueConfig, TaskId, TaskRecord, TaskState,
+};
 
 use crate::clock::{Clock, SystemClock};
 use crate::{
     Broker, Counts, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased,
-    QueueInfo, Schedule, Settle, StoreError, TaskView,
+    QueueInfo, Schedule, Scope, Settle, StoreError, TaskPage, TaskView,
 };
 use conn::{Conn, Health, Redis};
 use decode::{array, bug, bytes, int, opt_u64, text, Fields};
@@ -618,11 +621,104 @@ impl RedisBroker {
     }
 
     /// A reply of `{'nf'}` / `{'term', state}` / `{'ok', ...}`: the tag and the rest.
+    /// Runs `admin.lua` (`op` "r" retry, "d" delete) over `ids`, one call per hash
+    /// slot, all in flight together; answers in the order of `ids`.
+    async fn admin(
+        &self,
+        op: &str,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Admin>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let mut by_slot: BTreeMap<u16, Vec<(usize, TaskId)>> = BTreeMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            by_slot.entry(slot_of(*id)).or_default().push((i, *id));
+        }
+        let state = scope
+            .state
+            .map(|s| s.index().to_string())
+            .unwrap_or_default();
+        let calls = by_slot.into_values().map(|group| {
+            let state = &state;
+            async move {
+                let key = core.keys.task(group[0].1);
+                let mut inv = core.invocation(&core.scripts.admin, &key, slot_of(group[0].1));
+                inv.arg(op)
+                    .arg(scope.queue.unwrap_or(""))
+                    .arg(state.as_str());
+                for (_, id) in &group {
+                    inv.arg(id.to_string());
+                }
+                let mut it = array(core.redis.script("retry or delete", &inv).await?)?.into_iter();
+                let now = opt_u64(it.next().ok_or_else(|| bug("admin"))?)?.unwrap_or(0);
+                let mut out = Vec::with_capacity(group.len());
+                for (i, id) in group {
+                    let (Some(tag), Some(v)) = (it.next(), it.next()) else {
+                        return Err(bug("admin answered for too few tasks"));
+                    };
+                    let refused = |e: TransitionError| Admin::Refused(e.into());
+                    let answer = match text(tag)?.as_str() {
+                        "ok" => Admin::Done(id, bytes(v)?, now),
+                        "nf" => Admin::Refused(StoreError::NotFound),
+                        "grp" => refused(TransitionError::GroupMember),
+                        "nr" => refused(TransitionError::NotRetryable(decode::state(int(v)?)?)),
+                        "nfin" => refused(TransitionError::NotFinished(decode::state(int(v)?)?)),
+                        other => return Err(bug(&format!("admin tag {other}"))),
+                    };
+                    out.push((i, answer));
+                }
+                Ok::<_, StoreError>(out)
+            }
+        });
+        let mut answers: Vec<Option<Admin>> = (0..ids.len()).map(|_| None).collect();
+        for done in join_all(calls).await {
+            for (i, a) in done? {
+                answers[i] = Some(a);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.ok_or_else(|| bug("admin item without answer")))
+            .collect()
+    }
+
     fn tagged(reply: Value) -> Result<(String, Vec<Value>), StoreError> {
         let mut it = array(reply)?.into_iter();
         let tag = text(it.next().ok_or_else(|| bug("empty reply"))?)?;
         Ok((tag, it.collect()))
     }
+}
+
+/// One task's answer from `admin.lua`.
+enum Admin {
+    /// Done: the task's id, its new record (a retry) and the script's now.
+    Done(TaskId, Vec<u8>, u64),
+    Refused(StoreError),
+}
+
+/// The bytes after which a browse resumes, from a cursor it made: the hex of a
+/// 'ready' member (pending) or of a task id.
+fn browse_cursor(c: &str, state: TaskState) -> Result<Vec<u8>, StoreError> {
+    let bad = || InvalidInput::invalid("cursor", "not a cursor of this listing");
+    if !c.len().is_multiple_of(2) {
+        return Err(bad().into());
+    }
+    let raw = (0..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(c.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>, _>>()?;
+    let id = match state {
+        TaskState::Pending => raw.get(decode::READY_PREFIX_LEN..),
+        _ => Some(&raw[..]),
+    };
+    let ok = id
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .is_some_and(|s| s.parse::<TaskId>().is_ok());
+    if !ok {
+        return Err(bad().into());
+    }
+    Ok(raw)
 }
 
 /// Keeps the health flag behind `readiness` current.
@@ -662,6 +758,84 @@ impl Broker for RedisBroker {
             |v| v.as_ref().is_none_or(|v| v.record.state.is_terminal()),
         )
         .await
+    }
+
+    async fn browse(
+        &self,
+        queue: &str,
+        state: TaskState,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<TaskPage, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let after = match cursor {
+            Some(c) => browse_cursor(c, state)?,
+            None => Vec::new(),
+        };
+        let key = core.keys.meta(queue);
+        let mut inv = core.invocation(&core.scripts.browse, &key, queue_slot(queue));
+        inv.arg(queue).arg(state.index()).arg(after).arg(limit);
+        let mut it = array(core.redis.script("browse", &inv).await?)?.into_iter();
+        let next = bytes(it.next().ok_or_else(|| bug("browse"))?)?;
+        let now = opt_u64(it.next().ok_or_else(|| bug("browse"))?)?.unwrap_or(0);
+        let mut tasks = Vec::new();
+        while let (Some(id), Some(rec)) = (it.next(), it.next()) {
+            let id: TaskId = text(id)?.parse().map_err(|_| bug("browsed id"))?;
+            let (rec, _, _) = decode::record(id, bytes(rec)?, now)?;
+            if rec.state == state {
+                tasks.push(rec);
+            }
+        }
+        Ok(TaskPage {
+            tasks,
+            next: (!next.is_empty()).then(|| keys::hex(&next)),
+        })
+    }
+
+    async fn find_key(&self, queue: &str, key: &str) -> Result<Option<TaskView>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(core.keys.idem(queue, key));
+        let id: Option<String> = core.redis.query("read idempotency key", &cmd).await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let id: TaskId = id.parse().map_err(|_| bug("idempotency key's task id"))?;
+        self.view(id, false).await
+    }
+
+    async fn retry(
+        &self,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Result<TaskRecord, StoreError>>, StoreError> {
+        let answers = self.admin("r", ids, scope).await?;
+        answers
+            .into_iter()
+            .map(|a| {
+                Ok(match a {
+                    Admin::Done(id, rec, now) => Ok(decode::record(id, rec, now)?.0),
+                    Admin::Refused(e) => Err(e),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_tasks(
+        &self,
+        ids: Vec<TaskId>,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let answers = self.admin("d", ids, scope).await?;
+        Ok(answers
+            .into_iter()
+            .map(|a| match a {
+                Admin::Done(..) => Ok(()),
+                Admin::Refused(e) => Err(e),
+            })
+            .collect())
     }
 
     async fn cancel(&self, id: TaskId) -> Result<TaskView, StoreError> {

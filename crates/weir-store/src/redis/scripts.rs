@@ -26,6 +26,8 @@ pub struct Scripts {
     pub schedule: Script,
     pub mark_registered: Script,
     pub audit: Script,
+    pub browse: Script,
+    pub admin: Script,
 }
 
 impl Scripts {
@@ -46,6 +48,8 @@ impl Scripts {
             schedule: script(include_str!("scripts/schedule.lua")),
             mark_registered: script(include_str!("scripts/mark_registered.lua")),
             audit: script(include_str!("scripts/audit.lua")),
+            browse: script(include_str!("scripts/browse.lua")),
+            admin: script(include_str!("scripts/admin.lua")),
         }
     }
 }

@@ -31,6 +31,11 @@ for i = 1, #kv, 2 do
     redis.call('ZADD', qkey(q, 'fin'), fmt(math.max(f + t.rt, NOW + 1)), t.s .. id)
     fixed = fixed + 1
   end
+  -- The browsing index (a store written before it existed has none).
+  if t.s ~= PENDING and not redis.call('ZSCORE', qkey(q, 'x' .. t.s), id) then
+    redis.call('ZADD', qkey(q, 'x' .. t.s), 0, id)
+    fixed = fixed + 1
+  end
 end
 flush_wakes()
 return {r[1], fixed}

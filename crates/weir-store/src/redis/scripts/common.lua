@@ -173,8 +173,13 @@ end
 -- and applied once per touched field by flush_counts (before any read of them
 -- and at the end, from flush_wakes). A field whose changes net to zero still
 -- gets its HINCRBY, so the hash ends exactly as with one HINCRBY per change.
-local counts, counted = {}, {}
-local function count(q, state, delta)
+-- The same calls keep the browsing index of every state but pending (whose
+-- 'ready' set orders it): the zset 'x<state>' of the queue, every score 0 and
+-- the task id as member, so that ZRANGE BYLEX walks a state's tasks by id. A
+-- task may enter and leave a state within one script: its changes net per key
+-- and id, and reach Redis as one ZADD and one ZREM per key.
+local counts, counted, listed, listkeys = {}, {}, {}, {}
+local function count(q, state, delta, id)
   local c = counts[q]
   if not c then
     c = {}
@@ -182,6 +187,16 @@ local function count(q, state, delta)
     counted[#counted + 1] = q
   end
   c[state] = (c[state] or 0) + delta
+  if state ~= PENDING then
+    local k = qkey(q, 'x' .. state)
+    local m = listed[k]
+    if not m then
+      m = {}
+      listed[k] = m
+      listkeys[#listkeys + 1] = k
+    end
+    m[id] = (m[id] or 0) + delta
+  end
 end
 local function flush_counts()
   for _, q in ipairs(counted) do
@@ -190,7 +205,20 @@ local function flush_counts()
       if c[s] then redis.call('HINCRBY', qkey(q, 'm'), 'n' .. s, c[s]) end
     end
   end
-  counts, counted = {}, {}
+  for _, k in ipairs(listkeys) do
+    local adds, rems = {}, {}
+    for id, d in pairs(listed[k]) do
+      if d > 0 then
+        adds[#adds + 1] = 0
+        adds[#adds + 1] = id
+      elseif d < 0 then
+        rems[#rems + 1] = id
+      end
+    end
+    for i = 1, #adds, 1000 do redis.call('ZADD', k, unpack(adds, i, math.min(i + 999, #adds))) end
+    for i = 1, #rems, 1000 do redis.call('ZREM', k, unpack(rems, i, math.min(i + 999, #rems))) end
+  end
+  counts, counted, listed, listkeys = {}, {}, {}, {}
 end
 
 -- Writes deferred to the end of the script, one command per key and call:
@@ -319,7 +347,7 @@ end
 -- fmt(end of retention) and the fin members' state prefix, per call.
 local exps, digits = {}, {}
 ended = function(id, q, state, rt, ik, g, wt)
-  count(q, state, 1)
+  count(q, state, 1, id)
   if state ~= DEAD then
     local exp = exps[rt]
     if not exp then
@@ -356,7 +384,7 @@ local function cancel_open(id, t)
     if t.wt == 1 then wake('t' .. id) end
   elseif t.s == SCHED or t.s == PENDING then
     unindex(id, t.q, t)
-    count(t.q, t.s, -1)
+    count(t.q, t.s, -1, id)
     finish(id, t.q, CANCELED, t)
   end
 end
@@ -380,7 +408,7 @@ local function requeue(id, q, t)
   t.s, t.le, t.l = PENDING, 0, NOLEASE
   store(id, t)
   redis.call('ZADD', qkey(q, 'ready'), 0, rk(t.p, t.seq, id))
-  count(q, PENDING, 1)
+  count(q, PENDING, 1, id)
   wake('q' .. hex(q))
   return PENDING
 end
@@ -394,7 +422,7 @@ local function maintain(q, limit)
   for _, id in ipairs(due) do
     local t = load(id)
     if t and t.s == SCHED then
-      count(q, SCHED, -1)
+      count(q, SCHED, -1, id)
       requeue(id, q, t)
     end
   end
@@ -404,7 +432,7 @@ local function maintain(q, limit)
     unlease(q, id)
     local t = load(id)
     if t and t.s == ACTIVE then
-      count(q, ACTIVE, -1)
+      count(q, ACTIVE, -1, id)
       t.e = LEASE_EXPIRED_ERROR
       if t.cr == 1 then
         finish(id, q, CANCELED, t)
@@ -432,7 +460,7 @@ local function purge(q, limit)
     local id = string.sub(m, 2)
     later(zrems, zremmed, fin, m)
     put(id, false)
-    count(q, tonumber(string.sub(m, 1, 1)), -1)
+    count(q, tonumber(string.sub(m, 1, 1)), -1, id)
   end
   return #due
 end
@@ -441,6 +469,14 @@ local function next_score(key)
   local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if #r == 0 then return '' end
   return r[2]
+end
+
+-- A record without its payload (for listings: the payload is read with the
+-- task alone).
+local function bare(rec)
+  local _, _, _, _, _, _, _, _, _, pos = struct.unpack(DFMT, rec, HLEN + 1)
+  local plen = struct.unpack('>I4', rec, pos)
+  return string.sub(rec, 1, pos - 1) .. '\0\0\0\0' .. string.sub(rec, pos + 4 + plen)
 end
 
 -- Appends a task's record ('' if none) and its worker ('' if none) to out.

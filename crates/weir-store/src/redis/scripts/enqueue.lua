@@ -90,7 +90,7 @@ for i = 0, n - 1 do
       nready = nready + 2
       any_pending = true
     end
-    count(q, st, 1)
+    count(q, st, 1, id)
     nids = nids + 1
     ids[nids] = id
     out[nout + 1] = id

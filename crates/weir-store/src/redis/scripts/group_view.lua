@@ -9,10 +9,8 @@ for i = 1, #m, 26 do
   local id = string.sub(m, i, i + 25)
   local rec = get(id)
   if rec and alive(rec) then
-    local _, _, _, _, _, _, _, _, _, pos = struct.unpack(DFMT, rec, HLEN + 1)
-    local plen = struct.unpack('>I4', rec, pos)
     out[#out + 1] = id
-    out[#out + 1] = string.sub(rec, 1, pos - 1) .. '\0\0\0\0' .. string.sub(rec, pos + 4 + plen)
+    out[#out + 1] = bare(rec)
   end
 end
 return out

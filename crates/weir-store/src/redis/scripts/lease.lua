@@ -56,7 +56,7 @@ while got < max do
   for _, id in ipairs(ids) do
     local rec = cache[id]
     if rec and string.byte(rec, 1) == PENDING then
-      count(q, PENDING, -1)
+      count(q, PENDING, -1, id)
       local to, dl, rt, ma, p, g = struct.unpack('>i8i8i8I4i4I4c0', rec, HLEN + 1)
       if group_closed(g) then
         finish(id, q, CANCELED, parse(rec))
@@ -85,7 +85,7 @@ while got < max do
         leased[nleased - 1] = exp
         leased[nleased] = id
         if worker ~= '' then later(hsets, hsetted, wkey, id, worker) end
-        count(q, ACTIVE, 1)
+        count(q, ACTIVE, 1, id)
         out[nout + 1] = id
         out[nout + 2] = nrec
         nout = nout + 2

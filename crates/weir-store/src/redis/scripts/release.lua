@@ -8,7 +8,7 @@ local t = parse(rec)
 if t.s ~= ACTIVE or t.l ~= lease then return 'stale' end
 local q = t.q
 unlease(q, id)
-count(q, ACTIVE, -1)
+count(q, ACTIVE, -1, id)
 if t.a > 0 then t.a = t.a - 1 end
 local state
 if t.cr == 1 then

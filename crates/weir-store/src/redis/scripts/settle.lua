@@ -40,7 +40,7 @@ for i = 0, n - 1 do
   else
     local to, dl, rt, ma, p, g, ik, q = struct.unpack(D8, rec, HLEN + 1)
     unlease(q, id)
-    count(q, ACTIVE, -1)
+    count(q, ACTIVE, -1, id)
     local state
     if op ~= 'f' and string.byte(op, 1) ~= 102 then
       -- The fast path: a new header start, the result appended to the tail.
@@ -70,7 +70,7 @@ for i = 0, n - 1 do
           t.s, t.ra, t.le, t.l = SCHED, run_at, 0, NOLEASE
           store(id, t)
           redis.call('ZADD', qkey(q, 'sched'), run_at, id)
-          count(q, SCHED, 1)
+          count(q, SCHED, 1, id)
           wake('q' .. hex(q))
         end
       else
