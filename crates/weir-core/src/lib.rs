@@ -10,6 +10,7 @@ pub mod json;
 pub mod limits;
 pub mod machine;
 pub mod task;
+pub mod trace;
 pub mod validate;
 
 pub use backoff::Backoff;
@@ -18,3 +19,4 @@ pub use group::{GroupState, GroupTally};
 pub use id::TaskId;
 pub use limits::Limits;
 pub use task::{NewTask, TaskRecord, TaskState};
+pub use trace::TraceContext;

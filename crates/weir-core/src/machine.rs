@@ -64,6 +64,7 @@ pub fn create(id: TaskId, queue: &str, task: NewTask, now_ms: u64) -> TaskRecord
         last_error: None,
         cancel_requested: false,
         group: None,
+        trace: task.trace,
     }
 }
 
@@ -252,6 +253,7 @@ mod tests {
             deadline_ms: None,
             idempotency_key: None,
             retention_ms: 10_000,
+            trace: None,
         }
     }
 

@@ -84,6 +84,8 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// How long the task stays readable after it completes or is canceled.
     pub retention_ms: u64,
+    /// The producer's trace context, handed to every worker that leases it.
+    pub trace: Option<crate::TraceContext>,
 }
 
 /// A task's durable record: everything but its payload.
@@ -119,6 +121,8 @@ pub struct TaskRecord {
     pub cancel_requested: bool,
     /// The task group it belongs to, if any.
     pub group: Option<TaskId>,
+    /// The producer's trace context (W3C), if it sent one.
+    pub trace: Option<crate::TraceContext>,
 }
 
 impl TaskRecord {

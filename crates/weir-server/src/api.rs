@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use weir_core::limits::{KIND_DEFAULT, MAX_ATTEMPTS_DEFAULT, TIMEOUT_MS_DEFAULT};
 use weir_core::validate::{self, InvalidInput};
-use weir_core::{NewTask, TaskId, TaskState};
+use weir_core::{NewTask, TaskId, TaskState, TraceContext};
 use weir_store::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, BROWSE_TASKS_MAX};
 
 use crate::error::ApiError;
@@ -191,6 +191,22 @@ fn now_ms() -> u64 {
     weir_store::Clock::now_ms(&weir_store::SystemClock)
 }
 
+/// The W3C trace context of a request (`traceparent`, `tracestate`), if it sent a
+/// valid one; an invalid one is ignored, as the specification asks.
+fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    TraceContext::from_headers(get("traceparent"), get("tracestate"))
+}
+
+/// Gives every task of a batch or group the request's trace context.
+fn with_trace(tasks: &mut [EnqueueTask], headers: &HeaderMap) {
+    if let Some(trace) = trace_context(headers) {
+        for t in tasks {
+            t.task.trace = Some(trace.clone());
+        }
+    }
+}
+
 /// Validates one task of an enqueue request. Fields are named as in a single
 /// enqueue; a batch prefixes them (`tasks[3].`) only when there is an error, so the
 /// success path allocates no names.
@@ -264,6 +280,7 @@ pub(crate) fn new_task(
             deadline_ms,
             idempotency_key: b.idempotency_key,
             retention_ms,
+            trace: None,
         },
         // Zero-copy: the payload is a slice of the request body.
         payload: body.slice_ref(payload),
@@ -280,7 +297,8 @@ async fn enqueue(
     let limit = s.config.limits.payload_bytes_max + ENVELOPE_BYTES_MAX;
     let bytes = read_body(&headers, body, limit).await?;
     let parsed: EnqueueBody = parse(&bytes)?;
-    let task = new_task(&bytes, parsed, &s.config, now_ms())?;
+    let mut task = new_task(&bytes, parsed, &s.config, now_ms())?;
+    task.task.trace = trace_context(&headers);
     let out = s.broker.enqueue(&queue, vec![task]).await?.remove(0);
     let status = if out.created {
         StatusCode::CREATED
@@ -325,6 +343,8 @@ async fn enqueue_batch(
             new_task(&bytes, t, &s.config, now).map_err(|e| e.prefixed(&format!("tasks[{i}].")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut tasks = tasks;
+    with_trace(&mut tasks, &headers);
     let out = s.broker.enqueue(&queue, tasks).await?;
     let created = out.iter().filter(|e| e.created).count();
     let body = batch_body(out.iter().map(|e| e.id), created);
@@ -619,6 +639,7 @@ async fn create_group(State(s): State<AppState>, headers: HeaderMap, body: Body)
             new_task(&bytes, t, &s.config, now).map_err(|e| e.prefixed(&format!("tasks[{i}].")))?,
         );
     }
+    with_trace(&mut tasks, &headers);
     let created = s
         .broker
         .create_group(&parsed.queue, tasks, parsed.fail_fast)

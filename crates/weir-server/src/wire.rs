@@ -266,7 +266,13 @@ fn push_plain_str(out: &mut Vec<u8>, ascii: &[u8]) {
 pub fn lease_body(leased: &[Leased]) -> Vec<u8> {
     let size: usize = leased
         .iter()
-        .map(|l| LEASED_FIXED_BYTES + l.payload.len() + l.record.queue.len() + l.record.kind.len())
+        .map(|l| {
+            let r = &l.record;
+            let trace = r.trace.as_ref().map_or(0, |t| {
+                t.traceparent.len() + t.tracestate.as_ref().map_or(0, |s| 16 + s.len())
+            });
+            LEASED_FIXED_BYTES + l.payload.len() + r.queue.len() + r.kind.len() + trace
+        })
         .sum();
     let mut out = Vec::with_capacity(size + 16);
     out.extend_from_slice(b"{\"tasks\":[");
@@ -301,6 +307,15 @@ pub fn lease_body(leased: &[Leased]) -> Vec<u8> {
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
+        }
+        // Only with a trace context: a task without one costs no bytes.
+        if let Some(t) = &r.trace {
+            out.extend_from_slice(b",\"traceparent\":");
+            push_json_str(&mut out, &t.traceparent);
+            if let Some(state) = &t.tracestate {
+                out.extend_from_slice(b",\"tracestate\":");
+                push_json_str(&mut out, state);
+            }
         }
         out.push(b'}');
     }
@@ -378,6 +393,9 @@ pub struct TaskJson {
     pub cancel_requested: bool,
     /// The group the task belongs to, if any.
     pub group: Option<String>,
+    /// The producer's W3C trace context, if it sent one.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     #[serde(skip_serializing_if = "Listed::is_listed")]
     pub lease_expires_at: Listed<String>,
     /// The worker holding the lease (active tasks whose worker named itself).
@@ -429,6 +447,8 @@ impl TaskJson {
             idempotency_key: r.idempotency_key,
             cancel_requested: r.cancel_requested,
             group: r.group.map(|g| g.to_string()),
+            traceparent: r.trace.as_ref().map(|t| t.traceparent.clone()),
+            tracestate: r.trace.and_then(|t| t.tracestate),
             lease_expires_at: Listed::Listed,
             worker: Listed::Listed,
         }
@@ -685,6 +705,10 @@ mod tests {
         pub lease_expires_at: String,
         pub timeout_ms: u64,
         pub deadline: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub traceparent: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tracestate: Option<String>,
     }
 
     impl From<Leased> for LeasedJson {
@@ -700,6 +724,8 @@ mod tests {
                 lease_expires_at: rfc3339(l.lease_expires_ms),
                 timeout_ms: l.record.timeout_ms,
                 deadline: l.record.deadline_ms.map(rfc3339),
+                traceparent: l.record.trace.as_ref().map(|t| t.traceparent.clone()),
+                tracestate: l.record.trace.and_then(|t| t.tracestate),
             }
         }
     }
@@ -727,6 +753,11 @@ mod tests {
             deadline_ms: deadline,
             idempotency_key: None,
             retention_ms: 0,
+            trace: weir_core::TraceContext::from_headers(
+                n.is_multiple_of(2)
+                    .then_some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                (n == 4).then_some("congo=t61rcWkgMzE,x=\"q\""),
+            ),
         };
         let id = TaskId::new(1_764_570_000_000 + n, u128::from(n) * 0x9E37_79B9_7F4A_7C15);
         let mut record = machine::create(id, &format!("q:{n}"), task, 1_764_570_000_000);

@@ -1531,3 +1531,61 @@ async fn browse_retry_and_purge_dead_tasks_over_http() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn trace_context_from_enqueue_comes_back_on_the_lease() {
+    let s = Server::start().await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let enqueue = |body: Value, headers: Vec<(&'static str, &'static str)>, path: &'static str| {
+        let mut req = s.http.post(format!("{}{path}", s.base)).json(&body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let one = enqueue(
+        json!({"payload": 1}),
+        vec![("traceparent", tp), ("tracestate", "congo=t61rcWkgMzE")],
+        "/v1/queues/tr/tasks",
+    )
+    .await;
+    let batch = enqueue(
+        json!({"tasks": [{"payload": 2}, {"payload": 3}]}),
+        vec![("traceparent", tp)],
+        "/v1/queues/tr/tasks:batch",
+    )
+    .await;
+    // An invalid traceparent is ignored, not refused.
+    let bad = enqueue(
+        json!({"payload": 4}),
+        vec![("traceparent", "00-xyz-01"), ("tracestate", "a=b")],
+        "/v1/queues/tr/tasks",
+    )
+    .await;
+    let leased = s.lease("tr", json!({"max": 10})).await;
+    assert_eq!(leased.len(), 4);
+    assert_eq!(leased[0]["id"], one["id"]);
+    assert_eq!(leased[0]["traceparent"], tp);
+    assert_eq!(leased[0]["tracestate"], "congo=t61rcWkgMzE");
+    for t in &leased[1..3] {
+        assert_eq!(t["traceparent"], tp, "every task of a batch: {t}");
+        assert!(t.get("tracestate").is_none(), "{t}");
+    }
+    assert_eq!(leased[3]["id"], bad["id"]);
+    assert!(leased[3].get("traceparent").is_none(), "{}", leased[3]);
+    let (_, v) = s
+        .get(&format!("/v1/tasks/{}", one["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (v["traceparent"].as_str(), v["tracestate"].as_str()),
+        (Some(tp), Some("congo=t61rcWkgMzE"))
+    );
+    let id = batch["ids"][0].as_str().unwrap();
+    let (_, v) = s.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(v["traceparent"], tp);
+    s.stop().await;
+}

@@ -32,6 +32,7 @@ fn task() -> EnqueueTask {
             deadline_ms: None,
             idempotency_key: None,
             retention_ms: 3_600_000,
+            trace: None,
         },
         // 100 bytes of JSON.
         payload: Bytes::from(format!(

@@ -25,6 +25,7 @@ pub fn task(kind: &str) -> NewTask {
         deadline_ms: None,
         idempotency_key: None,
         retention_ms: 3_600_000,
+        trace: None,
     }
 }
 
@@ -1640,6 +1641,29 @@ pub async fn dead_tasks_are_retried_and_deleted_exactly(b: &dyn Broker) {
     ));
 }
 
+/// A producer's trace context is kept with the task and comes back on every read
+/// and lease; a task without one has none.
+pub async fn trace_context_rides_with_the_task(b: &dyn Broker) {
+    let trace = weir_core::TraceContext::from_headers(
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        Some("congo=t61rcWkgMzE"),
+    );
+    let mut t = task("k");
+    t.trace = trace.clone();
+    let traced = one(b, "tr1", t, "1").await;
+    let plain = one(b, "tr1", task("k"), "2").await;
+    assert_eq!(b.get(traced).await.unwrap().unwrap().record.trace, trace);
+    let leased = b.lease("tr1", 2, Duration::ZERO).await.unwrap();
+    assert_eq!(leased[0].record.id, traced);
+    assert_eq!(leased[0].record.trace, trace);
+    assert_eq!(leased[0].record.kind, "k", "the kind reads as given");
+    assert_eq!(leased[1].record.trace, None);
+    ack(b, plain, leased[1].lease_id).await;
+    ack(b, traced, leased[0].lease_id).await;
+    let done = b.get(traced).await.unwrap().unwrap().record;
+    assert_eq!((done.state, done.trace), (TaskState::Completed, trace));
+}
+
 pub async fn lease_ids_are_random(b: &dyn Broker) {
     let items = (0..16).map(|i| item(task("k"), &i.to_string())).collect();
     b.enqueue("c17", items).await.unwrap();
@@ -1684,7 +1708,7 @@ macro_rules! conformance_tests {
             max_pending_refuses_what_would_overflow_whole,
             schedules_are_kept_and_their_ticks_only_move_forward,
             an_expired_lease_frees_its_slot, browsing_lists_each_task_once_while_tasks_are_added,
-            dead_tasks_are_retried_and_deleted_exactly);
+            dead_tasks_are_retried_and_deleted_exactly, trace_context_rides_with_the_task);
         $crate::conformance_tests!(@owned $make;
             a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed,
             max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot,

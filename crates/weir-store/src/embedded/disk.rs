@@ -400,7 +400,7 @@ pub fn encode_record_into(r: &TaskRecord, out: &mut Vec<u8>) {
     out.push(FORMAT_V1);
     let rec = DiskRecord {
         queue: Cow::Borrowed(&r.queue),
-        kind: Cow::Borrowed(&r.kind),
+        kind: weir_core::trace::pack_kind(&r.kind, r.trace.as_ref()),
         priority: r.priority,
         state: r.state.index() as u8,
         attempt: r.attempt,
@@ -424,6 +424,7 @@ pub fn encode_record_into(r: &TaskRecord, out: &mut Vec<u8>) {
 
 pub fn decode_record(id: TaskId, bytes: &[u8]) -> Result<TaskRecord, Corrupt> {
     let d: DiskRecord = decode("task", bytes)?;
+    let (kind, trace) = weir_core::trace::unpack_kind(&d.kind);
     let state = TaskState::from_index(d.state as usize).ok_or(Corrupt {
         what: "task",
         detail: format!("state {}", d.state),
@@ -431,7 +432,8 @@ pub fn decode_record(id: TaskId, bytes: &[u8]) -> Result<TaskRecord, Corrupt> {
     Ok(TaskRecord {
         id,
         queue: d.queue.into_owned(),
-        kind: d.kind.into_owned(),
+        kind: kind.to_owned(),
+        trace,
         priority: d.priority,
         state,
         attempt: d.attempt,
@@ -471,6 +473,10 @@ mod tests {
                 deadline_ms,
                 idempotency_key: Some(key.into()),
                 retention_ms: 7,
+                trace: weir_core::TraceContext::from_headers(
+                    Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                    Some("a=1"),
+                ),
             },
             5,
         )

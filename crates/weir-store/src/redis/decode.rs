@@ -205,7 +205,10 @@ pub fn pack_task(queue: &str, t: &NewTask, group: Option<&str>, payload: &[u8]) 
     put_str(&mut out, g.as_bytes());
     put_str(&mut out, ik.as_bytes());
     put_str(&mut out, queue.as_bytes());
-    put_str(&mut out, t.kind.as_bytes());
+    put_str(
+        &mut out,
+        weir_core::trace::pack_kind(&t.kind, t.trace.as_ref()).as_bytes(),
+    );
     put_str(&mut out, payload);
     out
 }
@@ -306,7 +309,9 @@ pub fn record(
     };
     let idempotency_key = Some(d.text()?).filter(|k| !k.is_empty());
     let queue = d.text()?;
-    let kind = d.text()?;
+    let stored_kind = d.text()?;
+    let (kind, trace) = weir_core::trace::unpack_kind(&stored_kind);
+    let kind = kind.to_owned();
     let payload_len = d.u32()? as usize;
     let payload_at = d.pos;
     d.take(payload_len)?;
@@ -342,6 +347,7 @@ pub fn record(
         last_error,
         cancel_requested,
         group,
+        trace,
     };
     let le = if state == TaskState::Active {
         lease_expires
@@ -407,6 +413,10 @@ mod tests {
             deadline_ms: Some(99),
             idempotency_key: Some("k1".into()),
             retention_ms: 60_000,
+            trace: weir_core::TraceContext::from_headers(
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                None,
+            ),
         };
         let g = id.to_string();
         let mut rec = header(2, 1, 40_000, 4);
@@ -429,6 +439,10 @@ mod tests {
             (Some(99), Some("k1"))
         );
         assert_eq!(r.group, Some(id));
+        assert_eq!(
+            r.trace, t.trace,
+            "the trace context rides in the kind field"
+        );
         assert!(r.cancel_requested);
         assert_eq!(&payload[..], b"{\"a\":1}");
         assert_eq!(r.last_error.as_deref(), Some("boom"));
