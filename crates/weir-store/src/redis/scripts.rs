@@ -26,6 +26,7 @@ pub struct Scripts {
     pub schedule: Script,
     pub mark_registered: Script,
     pub audit: Script,
+    pub queue_head: Script,
 }
 
 impl Scripts {
@@ -46,6 +47,7 @@ impl Scripts {
             schedule: script(include_str!("scripts/schedule.lua")),
             mark_registered: script(include_str!("scripts/mark_registered.lua")),
             audit: script(include_str!("scripts/audit.lua")),
+            queue_head: script(include_str!("scripts/queue_head.lua")),
         }
     }
 }
