@@ -19,6 +19,7 @@ use weir_store::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, BROWSE
 
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::metrics::{LongPoll, Metrics};
 use crate::schedule::{Compiled, ScheduleBody, ScheduleJson};
 use crate::wire::*;
 use crate::ServeConfig;
@@ -31,6 +32,8 @@ pub struct AppState {
     /// Woken when this server changes a schedule, so its scheduler loop reads
     /// them again at once.
     pub schedules_changed: Arc<tokio::sync::Notify>,
+    /// This process's Prometheus series (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Room for the JSON around a payload or result in a single-task request body.
@@ -65,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/groups/{id}/cancel", post(cancel_group))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -74,6 +78,12 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
+        // After every route and both fallbacks, so it sees each request with its
+        // matched route (none: a fallback's).
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -372,6 +382,7 @@ async fn get_task(
     let view = if wait.is_zero() {
         s.broker.get(id).await?
     } else {
+        let _parked = s.metrics.parked(LongPoll::Task);
         s.broker.wait(id, wait).await?
     };
     let view = view.ok_or(StoreError::NotFound)?;
@@ -401,10 +412,14 @@ async fn lease(
     // `max` and `worker` are checked by `Checked` in front of the store; a `max`
     // beyond usize saturates there into the same out-of-range error.
     let max = usize::try_from(b.max.unwrap_or(1)).unwrap_or(usize::MAX);
+    let parked = (!wait.is_zero()).then(|| s.metrics.parked(LongPoll::Lease));
     let leased = s
         .broker
         .lease_for(&queue, max, wait, b.worker.as_deref())
-        .await?;
+        .await;
+    drop(parked);
+    let leased = leased?;
+    s.metrics.leased(&queue, &leased);
     Ok(json_bytes(StatusCode::OK, lease_body(&leased)))
 }
 
@@ -659,11 +674,10 @@ async fn get_group(
     let id = group_id(&id)?;
     let q = wait_query(query)?;
     let wait = wait("wait_ms", q.wait_ms, &s.config)?;
-    let view = s
-        .broker
-        .group(id, wait)
-        .await?
-        .ok_or(StoreError::GroupNotFound)?;
+    let parked = (!wait.is_zero()).then(|| s.metrics.parked(LongPoll::Group));
+    let view = s.broker.group(id, wait).await;
+    drop(parked);
+    let view = view?.ok_or(StoreError::GroupNotFound)?;
     Ok(Json(GroupJson::from(view)).into_response())
 }
 
@@ -996,6 +1010,12 @@ fn skipped_or(r: Result<(), StoreError>) -> Result<bool, StoreError> {
         Err(StoreError::NotFound) | Err(StoreError::Conflict(_)) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// `GET /metrics`: this process's series and the store's per-queue ones, read now.
+async fn metrics(State(s): State<AppState>) -> ApiResult {
+    let queues = s.broker.queues().await?;
+    Ok(crate::metrics::answer(s.metrics.render(&queues)))
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

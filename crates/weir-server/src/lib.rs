@@ -8,6 +8,7 @@ pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod ingress;
+pub mod metrics;
 pub mod schedule;
 pub mod wire;
 
@@ -84,6 +85,7 @@ fn with_ingress(router: axum::Router, ingress: Option<ingress::IngressLimit>) ->
 /// What every handler shares: the broker behind the input checks, the config.
 fn state(broker: Arc<dyn Broker>, config: ServeConfig) -> api::AppState {
     api::AppState {
+        metrics: Arc::new(metrics::Metrics::new(broker.metrics())),
         broker: Arc::new(Checked::shared(broker, config.limits.clone())),
         config: Arc::new(config),
         schedules_changed: Arc::new(tokio::sync::Notify::new()),

@@ -302,6 +302,10 @@ impl<B: Broker + ?Sized> Broker for Checked<B> {
         self.inner.readiness()
     }
 
+    fn metrics(&self) -> Option<crate::StoreMetrics> {
+        self.inner.metrics()
+    }
+
     async fn fatal(&self) -> String {
         self.inner.fatal().await
     }

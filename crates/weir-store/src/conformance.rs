@@ -1688,6 +1688,128 @@ pub async fn lease_ids_are_random(b: &dyn Broker) {
     }
 }
 
+async fn totals_of(b: &dyn Broker, queue: &str) -> crate::Totals {
+    let q = b.queues().await.unwrap();
+    q.into_iter()
+        .find(|q| q.name == queue)
+        .expect("queue")
+        .totals
+}
+
+/// Every transition the totals count, once each: a new task (an idempotent
+/// repeat is none), a lease, each terminal state, a fail that schedules a
+/// retry, an expired lease that makes the task pending again.
+pub async fn queue_totals_count_each_transition(b: &dyn Broker) {
+    let q = "c18";
+    let mut keyed = task("k");
+    keyed.idempotency_key = Some("k1".into());
+    let items = vec![
+        item(keyed.clone(), "1"),
+        item(task("k"), "2"),
+        item(task("k"), "3"),
+    ];
+    let ids: Vec<TaskId> = b
+        .enqueue(q, items)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let again = b.enqueue(q, vec![item(keyed, "1")]).await.unwrap();
+    assert!(!again[0].created);
+    assert_eq!(
+        totals_of(b, q).await,
+        crate::Totals {
+            enqueued: 3,
+            ..Default::default()
+        }
+    );
+
+    b.cancel(ids[2]).await.unwrap();
+    let leased = b.lease(q, 10, Duration::ZERO).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    ack(b, ids[0], leased[0].lease_id).await;
+    let fail = |id, lease_id, retry| Settle::Fail {
+        id,
+        lease_id,
+        error: "no".into(),
+        retry,
+    };
+    let out = b
+        .settle(vec![fail(ids[1], leased[1].lease_id, true)])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Scheduled);
+    // Its retry, once the backoff has passed; then it fails for good.
+    let retry = b.lease(q, 1, WAIT).await.unwrap().remove(0);
+    assert_eq!(retry.record.id, ids[1]);
+    let out = b
+        .settle(vec![fail(ids[1], retry.lease_id, false)])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &TaskState::Dead);
+
+    // A lease that runs out: the task is pending again and leased again.
+    let mut short = task("k");
+    short.timeout_ms = 20;
+    let id = one(b, q, short, "4").await;
+    b.lease(q, 1, Duration::ZERO).await.unwrap().remove(0);
+    let second = b.lease(q, 1, WAIT).await.unwrap().remove(0);
+    assert_eq!((second.record.id, second.record.attempt), (id, 2));
+    ack(b, id, second.lease_id).await;
+
+    assert_eq!(
+        totals_of(b, q).await,
+        crate::Totals {
+            enqueued: 4,
+            leased: 5,
+            completed: 2,
+            dead: 1,
+            canceled: 1,
+            retried: 2,
+            lease_expired: 1,
+        }
+    );
+}
+
+/// The age of the next task to lease: none without a pending task (a delayed one
+/// is not pending), the head of the dispatch order otherwise (its priority
+/// first), measured from when it became ready.
+pub async fn oldest_pending_age_is_the_heads(b: &dyn Broker) {
+    let q = "c19";
+    let head_age = || async {
+        let qs = b.queues().await.unwrap();
+        qs.into_iter()
+            .find(|i| i.name == q)
+            .expect("queue")
+            .oldest_pending_age_ms
+    };
+    let mut later = task("k");
+    later.run_at_ms = Some(now_ms() + 3_600_000);
+    one(b, q, later, "later").await;
+    assert_eq!(head_age().await, None, "a scheduled task is not pending");
+
+    // Ready since a minute ago by its run_at, but created now: ready since now.
+    let mut past = task("k");
+    past.run_at_ms = Some(now_ms() - 60_000);
+    one(b, q, past, "past").await;
+    let a = head_age().await.expect("a pending task");
+    assert!(
+        a < WAIT.as_millis() as u64,
+        "age {a} ms of a task made just now"
+    );
+
+    let mut urgent = task("k");
+    urgent.priority = 9;
+    let id = one(b, q, urgent, "urgent").await;
+    assert!(head_age().await.is_some());
+    let l = b.lease(q, 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(l.record.id, id);
+    assert!(head_age().await.is_some(), "one pending task is left");
+    b.lease(q, 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(head_age().await, None, "nothing pending");
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh broker (`B: Broker + Clone`) for each test; the
 /// suite reaches it through `Checked` with the default limits, as the server does.
@@ -1708,7 +1830,8 @@ macro_rules! conformance_tests {
             max_pending_refuses_what_would_overflow_whole,
             schedules_are_kept_and_their_ticks_only_move_forward,
             an_expired_lease_frees_its_slot, browsing_lists_each_task_once_while_tasks_are_added,
-            dead_tasks_are_retried_and_deleted_exactly, trace_context_rides_with_the_task);
+            dead_tasks_are_retried_and_deleted_exactly, trace_context_rides_with_the_task,
+            queue_totals_count_each_transition, oldest_pending_age_is_the_heads);
         $crate::conformance_tests!(@owned $make;
             a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed,
             max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot,

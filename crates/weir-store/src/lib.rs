@@ -6,6 +6,7 @@ pub mod checked;
 pub mod clock;
 pub mod conformance;
 pub mod embedded;
+pub mod metrics;
 pub mod redis;
 #[cfg(test)]
 mod simulation;
@@ -24,6 +25,7 @@ use weir_core::{ConfigPatch, GroupState, NewTask, QueueConfig, TaskId, TaskRecor
 pub use checked::Checked;
 pub use clock::{Clock, SystemClock};
 pub use embedded::{EmbeddedBroker, EmbeddedConfig};
+pub use metrics::StoreMetrics;
 pub use redis::{RedisBroker, RedisConfig, RedisTarget};
 
 /// One task to enqueue: validated fields plus its payload (JSON text, not re-parsed).
@@ -171,6 +173,55 @@ pub struct QueueInfo {
     pub counts: Counts,
     /// Its flow-control settings (all unset for a queue never configured).
     pub config: QueueConfig,
+    /// What its tasks did, counted by the store (see `Totals` for how long).
+    pub totals: Totals,
+    /// How long the next task to lease (the head of the dispatch order: highest
+    /// priority, then oldest) has been ready, by the store's clock: since its
+    /// `run_at` (its creation for an immediate task). `None` with nothing pending.
+    pub oldest_pending_age_ms: Option<u64>,
+}
+
+/// Transitions of one queue's tasks, counted by the store: on Redis store-wide and
+/// durable (fields of the queue's meta hash, the same for every server); on the
+/// embedded store since this process opened it (memory only). Either way they
+/// start again from zero when the queue is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Tasks created (an idempotent enqueue that matched an existing task is not).
+    pub enqueued: u64,
+    /// Attempts started by a lease.
+    pub leased: u64,
+    /// Tasks that ended in each terminal state.
+    pub completed: u64,
+    pub dead: u64,
+    pub canceled: u64,
+    /// Attempts that went back to wait for another: a fail that scheduled a
+    /// retry, or an expired lease that made the task pending again.
+    pub retried: u64,
+    /// Leases that ran out without an ack (whatever the task did next).
+    pub lease_expired: u64,
+}
+
+impl Totals {
+    /// Tasks that ended in `state` (0 for a state that is not terminal).
+    pub fn finished(&self, state: TaskState) -> u64 {
+        match state {
+            TaskState::Completed => self.completed,
+            TaskState::Dead => self.dead,
+            TaskState::Canceled => self.canceled,
+            _ => 0,
+        }
+    }
+
+    /// Counts one task ending in `state` (nothing for a state that is not terminal).
+    pub fn finish(&mut self, state: TaskState) {
+        match state {
+            TaskState::Completed => self.completed += 1,
+            TaskState::Dead => self.dead += 1,
+            TaskState::Canceled => self.canceled += 1,
+            _ => {}
+        }
+    }
 }
 
 /// A periodic-task schedule as the store keeps it. The definition is the server's
@@ -506,6 +557,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the store can take writes now; the error says why not (an outage it
     /// is healing from, shutdown, or a fatal failure).
     fn readiness(&self) -> Result<(), StoreError>;
+    /// The metrics this backend observes in this process (commit times), for the
+    /// server to expose; `None` for a backend that observes none.
+    fn metrics(&self) -> Option<StoreMetrics> {
+        None
+    }
     /// Resolves when the store has failed in a way only a restart can repair (a
     /// failed fsync may have lost written data: recovery from disk must run). The
     /// server then exits non-zero so a supervisor restarts it. Never resolves for a

@@ -288,6 +288,9 @@ pub(crate) struct Shared {
     pub last_id: Mutex<u128>,
     /// The data directory's lock, held until the store is closed.
     lock: Mutex<Option<std::fs::File>>,
+    /// What the writer measures (`StoreMetrics::commit_seconds`: one round's
+    /// write and fdatasync).
+    pub metrics: crate::StoreMetrics,
     /// Tests: the next non-empty commit fails as an outage, writing nothing.
     #[cfg(test)]
     pub inject_outage: std::sync::atomic::AtomicBool,
@@ -485,6 +488,7 @@ impl EmbeddedBroker {
             fatal: CancellationToken::new(),
             last_id: Mutex::new(0),
             lock: Mutex::new(Some(lock)),
+            metrics: crate::StoreMetrics::default(),
             #[cfg(test)]
             inject_outage: std::sync::atomic::AtomicBool::new(false),
         });
@@ -1104,7 +1108,29 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
-        Ok(self.shared.lock().queue_infos())
+        let (mut infos, heads) = {
+            let st = self.shared.lock();
+            let infos = st.queue_infos();
+            let heads: Vec<Option<u128>> = infos
+                .iter()
+                .map(|i| {
+                    let q = *st.queue_index.get(&*i.name)?;
+                    st.queues[q as usize].pending.first()
+                })
+                .collect();
+            (infos, heads)
+        };
+        // The heads' records are read without the lock. One leased meanwhile
+        // still tells how long it waited, which is as good a reading.
+        let now = self.shared.now_ms();
+        for (info, head) in infos.iter_mut().zip(heads) {
+            let Some(id) = head else { continue };
+            if let Some(rec) = self.shared.record(TaskId(id))? {
+                let ready_ms = rec.run_at_ms.max(rec.created_ms);
+                info.oldest_pending_age_ms = Some(now.saturating_sub(ready_ms));
+            }
+        }
+        Ok(infos)
     }
 
     async fn configure(&self, queue: &str, patch: ConfigPatch) -> Result<QueueConfig, StoreError> {
@@ -1166,6 +1192,10 @@ impl Broker for EmbeddedBroker {
             reply,
         })
         .await
+    }
+
+    fn metrics(&self) -> Option<crate::StoreMetrics> {
+        Some(self.shared.metrics.clone())
     }
 
     fn readiness(&self) -> Result<(), StoreError> {
@@ -1477,6 +1507,9 @@ impl EmbeddedBroker {
                         failure = Some(StoreError::bug(format!("lease of {}: {e}", TaskId(id))));
                     }
                 }
+            }
+            if let Some(&q) = st.queue_index.get(queue).filter(|_| !out.is_empty()) {
+                st.queue(q).totals.leased += out.len() as u64;
             }
         }
         if !expired.is_empty() {

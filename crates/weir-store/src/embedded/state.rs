@@ -20,7 +20,7 @@ use weir_core::{GroupTally, QueueConfig, TaskRecord, TaskState};
 
 use super::disk::GroupRecord;
 
-use crate::{Counts, QueueInfo, Schedule};
+use crate::{Counts, QueueInfo, Schedule, Totals};
 
 /// Index of a queue in `State::queues`. A deleted queue's slot is a tombstone
 /// until `intern` reuses it for a new queue; `delete_queue` runs only when nothing
@@ -47,6 +47,10 @@ pub struct QueueState {
     /// The dispatch rate limiter's state (`weir_core::flow::Gcra`): memory only, a
     /// restart starts with a full bucket.
     pub tat_ms: f64,
+    /// What its tasks did since this process opened the store (memory only: a
+    /// restart starts from zero, as a Prometheus counter may; carried over a heal).
+    /// Counted once a round's commit succeeded, and at lease for `leased`.
+    pub totals: Totals,
 }
 
 impl QueueState {
@@ -60,6 +64,7 @@ impl QueueState {
             config: QueueConfig::default(),
             config_loc: None,
             tat_ms: 0.0,
+            totals: Totals::default(),
         }
     }
 
@@ -158,6 +163,14 @@ impl PendingSet {
         self.by_priority
             .get(&Reverse(priority))
             .is_some_and(|ids| ids.contains(&id))
+    }
+
+    /// The id that `pop_first` would take, left in place.
+    pub fn first(&self) -> Option<u128> {
+        self.by_priority
+            .values()
+            .next()
+            .and_then(|ids| ids.first().copied())
     }
 
     pub fn len(&self) -> usize {
@@ -897,6 +910,8 @@ impl State {
                 name: q.name.to_string(),
                 counts: Counts(q.counts),
                 config: q.config,
+                totals: q.totals,
+                oldest_pending_age_ms: None,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

@@ -448,6 +448,9 @@ pub(crate) struct After {
     idem: Vec<(Box<str>, u128)>,
     /// Groups that finished: (expires_at, id).
     pub group_expiry: Vec<(u64, u128)>,
+    /// Transitions to count in the queues' `totals` once the round is durable
+    /// (tasks that ended are counted from `terminal`).
+    tallies: Vec<(QueueIdx, Tally)>,
     replies: Vec<Answer>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -463,6 +466,14 @@ impl After {
                 let _ = tx.send(value);
             }));
     }
+}
+
+/// A transition counted in `QueueState::totals`.
+#[derive(Clone, Copy)]
+enum Tally {
+    Enqueued,
+    Retried,
+    LeaseExpired,
 }
 
 /// Marks the store failed if the writer thread ends by a panic: every later write
@@ -969,6 +980,7 @@ fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
         }
         let i = fresh.intern(&q.name);
         fresh.queues[i as usize].notify = q.notify.clone();
+        fresh.queues[i as usize].totals = q.totals;
         map.push(i);
     }
     fresh.parked = std::mem::take(&mut old.parked);
@@ -1376,7 +1388,10 @@ fn round(
             Vec::new(),
         )
     } else {
-        match batch.commit(&shared.config.data_dir) {
+        let started = std::time::Instant::now();
+        let res = batch.commit(&shared.config.data_dir);
+        (shared.metrics.commit_seconds).observe(started.elapsed().as_secs_f64());
+        match res {
             Ok(placed) => (None, placed),
             Err(e) => (Some(e), Vec::new()),
         }
@@ -1399,6 +1414,18 @@ fn round(
                 woken.push(st.queue(q).notify.clone());
             }
         }
+        for &(q, tally) in &after.tallies {
+            let totals = &mut st.queue(q).totals;
+            match tally {
+                Tally::Enqueued => totals.enqueued += 1,
+                Tally::Retried => totals.retried += 1,
+                Tally::LeaseExpired => totals.lease_expired += 1,
+            }
+        }
+        for &(q, state, ..) in &after.terminal {
+            st.queue(q).totals.finish(state);
+        }
+
         for (q, state, id, expires, keyed) in after.terminal.drain(..) {
             st.count(q, id, None, Some(state));
             // Dead tasks too, never due (`u64::MAX`): an operator's delete finds them.
@@ -1683,6 +1710,7 @@ fn plan_enqueue(
             after.idem.push((state::idem_key(queue, key), rec.id.0));
         }
         batch.new_task(rec.id.0, &p.meta, &p.payload);
+        after.tallies.push((q, Tally::Enqueued));
         *added.entry(q).or_default() += 1;
         after
             .queued
@@ -1722,6 +1750,7 @@ fn plan_settle(
         finish(batch, after, q, &rec);
     } else {
         debug_assert_eq!(next, TaskState::Scheduled);
+        after.tallies.push((q, Tally::Retried));
         batch.update(&rec);
         after.queued.push((q, id.0, rec.priority, rec.run_at_ms));
     }
@@ -1826,6 +1855,7 @@ fn expire_leases(st: &mut State, batch: &mut Batch, after: &mut After, now: u64)
             tracing::error!(task = %TaskId(id), "deadline on an unfilled lease; dropped");
             continue;
         };
+        after.tallies.push((lease.queue, Tally::LeaseExpired));
         let res = machine::lease_expired(&mut rec, now)
             .and_then(|next| groups::cancel_if_closed(st, &mut rec, next, now));
         match res {
@@ -1833,6 +1863,7 @@ fn expire_leases(st: &mut State, batch: &mut Batch, after: &mut After, now: u64)
                 finish(batch, after, lease.queue, &rec);
             }
             Ok(_) => {
+                after.tallies.push((lease.queue, Tally::Retried));
                 batch.update(&rec);
                 after
                     .queued

@@ -140,6 +140,8 @@ pub struct Redis {
     pub conn: Conn,
     pub health: Arc<Health>,
     pub timeout: Duration,
+    /// `commit_seconds` is each script call's round trip.
+    pub metrics: crate::StoreMetrics,
 }
 
 impl Redis {
@@ -164,12 +166,15 @@ impl Redis {
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
-        call(
+        let started = std::time::Instant::now();
+        let res = call(
             &self.health,
             self.timeout,
             context,
             inv.invoke_async(&mut conn),
         )
-        .await
+        .await;
+        (self.metrics.commit_seconds).observe(started.elapsed().as_secs_f64());
+        res
     }
 }

@@ -36,7 +36,7 @@ use weir_core::{
 use crate::clock::{Clock, SystemClock};
 use crate::{
     Broker, Counts, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased,
-    QueueInfo, Schedule, Scope, Settle, StoreError, TaskPage, TaskView,
+    QueueInfo, Schedule, Scope, Settle, StoreError, TaskPage, TaskView, Totals,
 };
 use conn::{Conn, Health, Redis};
 use decode::{array, bug, bytes, int, opt_u64, text, Fields};
@@ -49,6 +49,9 @@ const SWEEP_CONCURRENCY_MAX: usize = 8;
 /// A queue's config fields in its meta hash (`decode::config` reads them in this
 /// order; `configure.lua` and `lease.lua` name them too).
 const CONFIG_FIELDS: [&str; 5] = ["cr", "cb", "cf", "cp", "cz"];
+/// The queue meta's totals (`Totals`, in its field order): enqueued, leased,
+/// completed, dead, canceled, retried, lease expired.
+const TOTALS_FIELDS: [&str; 7] = ["te", "tl", "tc", "td", "tx", "tr", "to"];
 /// Most entries one sweep script call handles per index.
 const SWEEP_BATCH_MAX: usize = 1000;
 /// Most sweep calls per queue per round (a backlog beyond is left for the next).
@@ -240,6 +243,7 @@ impl RedisBroker {
             conn,
             health,
             timeout,
+            metrics: crate::StoreMetrics::default(),
         };
         redis
             .query::<String>("ping redis", &redis::cmd("PING"))
@@ -1124,21 +1128,52 @@ impl Broker for RedisBroker {
                 cmd.arg(format!("n{i}"));
             }
             cmd.arg(&CONFIG_FIELDS[..]);
+            cmd.arg(&TOTALS_FIELDS[..]);
             let v: Vec<Option<String>> = core.redis.query("read queue counts", &cmd).await?;
             if v.first().cloned().flatten().is_none() {
                 // Deleted (or never made): not a queue.
                 return Ok::<_, StoreError>(None);
             }
+            let num = |c: &Option<String>, what: &str| -> Result<u64, StoreError> {
+                let n = c.as_deref().unwrap_or("0");
+                Ok(n.parse::<i64>().map_err(|_| bug(what))?.max(0) as u64)
+            };
             let mut counts = Counts::default();
             for (i, c) in v.iter().skip(1).take(6).enumerate() {
-                let n = c.as_deref().unwrap_or("0");
-                counts.0[i] = n.parse::<i64>().map_err(|_| bug("queue count"))?.max(0) as u64;
+                counts.0[i] = num(c, "queue count")?;
             }
-            let config = decode::config(&v[7..])?;
+            let config_end = 7 + CONFIG_FIELDS.len();
+            let config = decode::config(&v[7..config_end])?;
+            let t: Vec<u64> = v[config_end..]
+                .iter()
+                .map(|c| num(c, "queue total"))
+                .collect::<Result<_, _>>()?;
+            let [enqueued, leased, completed, dead, canceled, retried, lease_expired] = t[..]
+            else {
+                return Err(bug("queue totals"));
+            };
+            let totals = Totals {
+                enqueued,
+                leased,
+                completed,
+                dead,
+                canceled,
+                retried,
+                lease_expired,
+            };
+            let mut inv = core.invocation(
+                &core.scripts.queue_head,
+                &core.keys.meta(&name),
+                queue_slot(&name),
+            );
+            inv.arg(&name);
+            let age = int(core.redis.script("read queue head", &inv).await?)?;
             Ok(Some(QueueInfo {
                 name,
                 counts,
                 config,
+                totals,
+                oldest_pending_age_ms: u64::try_from(age).ok(),
             }))
         });
         let mut out: Vec<QueueInfo> = stream::iter(reads)
@@ -1300,6 +1335,10 @@ impl Broker for RedisBroker {
             }
             other => Err(bug(&format!("delete queue tag {other}"))),
         }
+    }
+
+    fn metrics(&self) -> Option<crate::StoreMetrics> {
+        Some(self.core().redis.metrics.clone())
     }
 
     fn readiness(&self) -> Result<(), StoreError> {

@@ -28,6 +28,7 @@ pub struct Scripts {
     pub audit: Script,
     pub browse: Script,
     pub admin: Script,
+    pub queue_head: Script,
 }
 
 impl Scripts {
@@ -50,6 +51,7 @@ impl Scripts {
             audit: script(include_str!("scripts/audit.lua")),
             browse: script(include_str!("scripts/browse.lua")),
             admin: script(include_str!("scripts/admin.lua")),
+            queue_head: script(include_str!("scripts/queue_head.lua")),
         }
     }
 }

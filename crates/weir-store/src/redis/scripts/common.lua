@@ -221,6 +221,28 @@ local function flush_counts()
   counts, counted, listed, listkeys = {}, {}, {}, {}
 end
 
+-- Store-wide totals of what a queue's tasks did (meta fields: te enqueued, tl
+-- leased, tc completed, td dead, tx canceled, tr retried, to lease expired),
+-- summed during the script and applied with one HINCRBY per touched field at
+-- its end (flush_totals, from flush_wakes). Every server reads the same values.
+local totals, totaled = {}, {}
+local function tally(q, field, n)
+  local t = totals[q]
+  if not t then
+    t = {}
+    totals[q] = t
+    totaled[#totaled + 1] = q
+  end
+  t[field] = (t[field] or 0) + n
+end
+local ENDED_FIELD = {[COMPLETED] = 'tc', [DEAD] = 'td', [CANCELED] = 'tx'}
+local function flush_totals()
+  for _, q in ipairs(totaled) do
+    for field, n in pairs(totals[q]) do redis.call('HINCRBY', qkey(q, 'm'), field, n) end
+  end
+  totals, totaled = {}, {}
+end
+
 -- Writes deferred to the end of the script, one command per key and call:
 -- 'active' entries of settled tasks (ZREM), 'fin' entries of ended ones
 -- (ZADD), the worker names of leased and settled tasks (HSET / HDEL on the
@@ -272,6 +294,7 @@ local function flush_wakes()
   flush_later(hdels, hdeled, 'HDEL')
   flush_later(hsets, hsetted, 'HSET')
   hdels, hdeled, hsets, hsetted = {}, {}, {}, {}
+  flush_totals()
   flush_records()
   flush_counts()
   if #wakes > 0 then redis.call('PUBLISH', CHAN, table.concat(wakes, ' ')) end
@@ -364,6 +387,7 @@ ended = function(id, q, state, rt, ik, g, wt)
   end
   if wt == 1 then wake('t' .. id) end
   if g ~= '' then member_end(g, state) end
+  tally(q, ENDED_FIELD[state], 1)
 end
 
 -- Ends a task given as a parsed record (the caller sets t.e if it has an error).
@@ -434,6 +458,7 @@ local function maintain(q, limit)
     if t and t.s == ACTIVE then
       count(q, ACTIVE, -1, id)
       t.e = LEASE_EXPIRED_ERROR
+      tally(q, 'to', 1)
       if t.cr == 1 then
         finish(id, q, CANCELED, t)
       elseif t.a >= t.ma then
@@ -443,7 +468,7 @@ local function maintain(q, limit)
         finish(id, q, DEAD, t)
       else
         t.ra = NOW
-        requeue(id, q, t)
+        if requeue(id, q, t) == PENDING then tally(q, 'tr', 1) end
       end
     end
   end

@@ -111,5 +111,6 @@ if gid ~= '' then
     'rt', ARGV[7], 'n', #ids, 'nc', 0, 'nd', 0, 'nx', 0, 'cas', 0, 'm', table.concat(ids))
 end
 if any_pending then wake('q' .. hex(q)) end
+if nids > 0 then tally(q, 'te', nids) end
 flush_wakes()
 return out

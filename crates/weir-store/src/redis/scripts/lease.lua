@@ -101,6 +101,7 @@ if rate and got > 0 then
   tat = math.max(tat, NOW) + got * interval
   redis.call('HSET', meta, 'tat', string.format('%.3f', tat))
 end
+if got > 0 then tally(q, 'tl', got) end
 if by_rate and redis.call('ZCARD', ready) > 0 then
   out[4] = fmt(math.ceil(math.max(tat - (burst - 1) * interval, NOW)))
 end

@@ -68,6 +68,7 @@ for i = 0, n - 1 do
         else
           state = SCHED
           t.s, t.ra, t.le, t.l = SCHED, run_at, 0, NOLEASE
+          tally(q, 'tr', 1)
           store(id, t)
           redis.call('ZADD', qkey(q, 'sched'), run_at, id)
           count(q, SCHED, 1, id)
