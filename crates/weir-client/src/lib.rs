@@ -99,9 +99,15 @@ impl Client {
     /// `POST /v1/queues/{queue}/tasks`. Succeeds on 201 (created) and on 200 (the
     /// idempotency key matched an existing task; `created` is then false).
     pub async fn enqueue(&self, queue: &str, task: &EnqueueOptions) -> Result<Enqueued, Error> {
-        let rb = self
+        let mut rb = self
             .request(Method::POST, &format!("/v1/queues/{}/tasks", seg(queue)))
             .json(task);
+        if let Some(tp) = &task.traceparent {
+            rb = rb.header("traceparent", tp);
+            if let Some(ts) = &task.tracestate {
+                rb = rb.header("tracestate", ts);
+            }
+        }
         let (status, body) = execute(rb).await?;
         let mut enqueued: Enqueued = decode(status, &body)?;
         enqueued.created = status != StatusCode::OK;

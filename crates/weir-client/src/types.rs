@@ -80,6 +80,12 @@ pub struct EnqueueOptions {
     pub deadline: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// W3C trace context sent as the `traceparent` header (and `tracestate`):
+    /// every worker that leases the task gets it, to continue the trace.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
+    #[serde(skip)]
+    pub tracestate: Option<String>,
 }
 
 impl EnqueueOptions {
@@ -171,6 +177,9 @@ pub struct Task {
     pub cancel_requested: bool,
     /// The group the task belongs to, if any.
     pub group: Option<String>,
+    /// The producer's W3C trace context, if it sent one.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub lease_expires_at: Option<String>,
     /// The worker holding the lease, while the task is active.
     pub worker: Option<String>,
@@ -222,6 +231,9 @@ pub struct LeasedTask {
     pub timeout_ms: u64,
     /// RFC 3339 time after which the task is not started any more.
     pub deadline: Option<String>,
+    /// The producer's W3C trace context, if it sent one: continue its trace.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -41,17 +41,61 @@ pub(crate) async fn supervise(
     token: CancellationToken,
     results: mpsc::Sender<Settlement>,
 ) {
-    let span = tracing::info_span!(
-        "task",
-        id = %item.task.id,
-        kind = %item.task.kind,
-        queue = %item.queue,
-        attempt = item.task.attempt
-    );
+    let span = consumer_span(&item);
     let settlement = run_one(&shared, item, token).instrument(span).await;
     // The flusher outlives every supervisor, so this send fails only if the
     // flusher panicked; the lease then runs out and the task is retried.
     let _ = results.send(settlement).await;
+}
+
+/// The task's span: a consumer span in OpenTelemetry's messaging terms
+/// (`process <queue>`), whose parent is the producer's span when the task carries
+/// a trace context. With a `tracing-opentelemetry` layer installed it is exported
+/// in the producer's trace; without one it is a plain `tracing` span.
+fn consumer_span(item: &Leased) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let t = &item.task;
+    let span = tracing::info_span!(
+        "task",
+        otel.name = %format_args!("process {}", item.queue),
+        otel.kind = "consumer",
+        messaging.system = "weir",
+        messaging.operation.r#type = "process",
+        messaging.destination.name = %item.queue,
+        messaging.message.id = %t.id,
+        id = %t.id,
+        kind = %t.kind,
+        queue = %item.queue,
+        attempt = t.attempt
+    );
+    if let Some(cx) = t
+        .traceparent
+        .as_deref()
+        .and_then(|tp| remote_parent(tp, t.tracestate.as_deref()))
+    {
+        let _ = span.set_parent(cx);
+    }
+    span
+}
+
+/// The OpenTelemetry context of a W3C `traceparent` (version 00's fields; the
+/// server checked its shape) as a remote parent; `None` if it does not parse.
+fn remote_parent(traceparent: &str, tracestate: Option<&str>) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    let mut parts = traceparent.split('-');
+    let (_version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let trace = TraceId::from_hex(trace).ok()?;
+    let parent = SpanId::from_hex(parent).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let state = tracestate
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    let sc = SpanContext::new(trace, parent, TraceFlags::new(flags), true, state);
+    sc.is_valid()
+        .then(|| opentelemetry::Context::new().with_remote_span_context(sc))
 }
 
 async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Settlement {
@@ -96,6 +140,8 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
         attempt: leased.attempt,
         max_attempts: leased.max_attempts,
         timeout_ms: leased.timeout_ms,
+        traceparent: leased.traceparent,
+        tracestate: leased.tracestate,
     };
     let mut join = tokio::spawn(handler(task, ctx.clone()).in_current_span());
 

@@ -26,6 +26,10 @@ pub struct Task {
     pub max_attempts: u32,
     /// This attempt's timeout; the handler's [`Ctx::deadline`] is its start plus this.
     pub timeout_ms: u64,
+    /// The producer's W3C trace context (`traceparent`, `tracestate`), if it sent
+    /// one. The pool's span for the task (`process <queue>`) is already its child.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// Why a handler's token was cancelled.

@@ -238,7 +238,20 @@ async fn run_task(exec: &ExecConfig, task: Task, ctx: Ctx) -> Result<Value, Hand
     }
     let payload = serde_json::to_vec(&task.payload)
         .map_err(|e| HandlerError::Fatal(format!("encoding the payload: {e}")))?;
-    let mut child = Command::new(SHELL)
+    let mut cmd = Command::new(SHELL);
+    // W3C trace context as environment variables (the OpenTelemetry convention
+    // for carrying it into a process): the command continues the producer's
+    // trace. A task without one must not inherit the worker's own.
+    for (var, value) in [
+        ("TRACEPARENT", task.traceparent.as_deref()),
+        ("TRACESTATE", task.tracestate.as_deref()),
+    ] {
+        match value {
+            Some(v) => cmd.env(var, v),
+            None => cmd.env_remove(var),
+        };
+    }
+    let mut child = cmd
         .arg("-c")
         .arg(&exec.command)
         .env("WEIR_TASK_ID", &task.id)

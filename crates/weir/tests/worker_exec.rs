@@ -47,6 +47,8 @@ fn start_worker(base: &str, exec: &str, extra: &[&str]) -> Worker {
         .args(["worker", "--server", base, "--queue", QUEUE, "--exec", exec])
         .args(extra)
         .env("WEIR_LOG", "warn")
+        // A task without trace context must not pass on the worker's own.
+        .env("TRACEPARENT", "the-worker's-own")
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
@@ -223,6 +225,7 @@ async fn acks_with_stdout_and_fails_with_stderr() {
   json) read -r p; printf '{"got": %s}\n' "$p" ;;
   text) printf 'hello world\n' ;;
   env) printf '%s %s %s %s' "$WEIR_TASK_ID" "$WEIR_QUEUE" "$WEIR_KIND" "$WEIR_ATTEMPT" ;;
+  trace) printf '%s|%s|%s' "${TRACEPARENT-unset}" "${TRACESTATE-unset}" "$WEIR_TASK_ID" ;;
   fail) echo "something broke" >&2; exit 3 ;;
   flaky) if [ "$WEIR_ATTEMPT" = 1 ]; then echo "first try fails" >&2; exit 1; fi; echo '"second"' ;;
   big) head -c 10000 /dev/zero | tr '\0' a ;;
@@ -249,6 +252,14 @@ esac"#;
     )
     .await;
     let big_id = enqueue(&c, EnqueueOptions::new(json!(null)).kind("big")).await;
+    // Trace context given on one request reaches the command as TRACEPARENT and
+    // TRACESTATE; a task without one leaves them unset.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = EnqueueOptions::new(json!(null)).kind("trace");
+    traced.traceparent = Some(tp.into());
+    traced.tracestate = Some("congo=t61rcWkgMzE".into());
+    let traced_id = enqueue(&c, traced).await;
+    let untraced_id = enqueue(&c, EnqueueOptions::new(json!(null)).kind("trace")).await;
 
     let t = terminal(&c, &json_id).await;
     assert_eq!(t.state, TaskState::Completed, "{t:?}");
@@ -272,6 +283,14 @@ esac"#;
     assert_eq!(t.state, TaskState::Completed, "{t:?}");
     assert_eq!(t.attempt, 2);
     assert_eq!(t.result, Some(json!("second")));
+
+    let t = terminal(&c, &traced_id).await;
+    assert_eq!(
+        t.result,
+        Some(json!(format!("{tp}|congo=t61rcWkgMzE|{traced_id}")))
+    );
+    let t = terminal(&c, &untraced_id).await;
+    assert_eq!(t.result, Some(json!(format!("unset|unset|{untraced_id}"))));
 
     let t = terminal(&c, &big_id).await;
     assert_eq!(t.state, TaskState::Dead, "{t:?}");
