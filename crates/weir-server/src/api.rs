@@ -20,6 +20,7 @@ use weir_store::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, BROWSE
 use crate::error::ApiError;
 use crate::extract::Path;
 use crate::metrics::{LongPoll, Metrics};
+use crate::otel::{self, Op, Otel};
 use crate::schedule::{Compiled, ScheduleBody, ScheduleJson};
 use crate::wire::*;
 use crate::ServeConfig;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub schedules_changed: Arc<tokio::sync::Notify>,
     /// This process's Prometheus series (`GET /metrics`).
     pub metrics: Arc<Metrics>,
+    /// Span export (`--otlp-endpoint`); `None`, the default, makes no span.
+    pub otel: Option<Arc<Otel>>,
 }
 
 /// Room for the JSON around a payload or result in a single-task request body.
@@ -203,18 +206,56 @@ fn now_ms() -> u64 {
 
 /// The W3C trace context of a request (`traceparent`, `tracestate`), if it sent a
 /// valid one; an invalid one is ignored, as the specification asks.
-fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+pub(crate) fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     TraceContext::from_headers(get("traceparent"), get("tracestate"))
 }
 
-/// Gives every task of a batch or group the request's trace context.
-fn with_trace(tasks: &mut [EnqueueTask], headers: &HeaderMap) {
-    if let Some(trace) = trace_context(headers) {
+/// Gives the tasks of an enqueue the trace context they carry: the request's,
+/// or, with span export on, that of the `send` span this starts (which the caller
+/// ends with `end_span`).
+fn producer_trace(
+    s: &AppState,
+    queue: &str,
+    tasks: &mut [EnqueueTask],
+    headers: &HeaderMap,
+) -> Option<opentelemetry_sdk::trace::Span> {
+    let from = trace_context(headers);
+    let span = s.otel.as_ref().map(|o| {
+        let n = tasks.len();
+        o.span(Op::Send { queue, id: None, n }, headers, &[], None)
+    });
+    let carried = match &span {
+        Some(sp) => Some(otel::carried(sp, from.as_ref())),
+        None => from,
+    };
+    if let Some(trace) = carried {
         for t in tasks {
             t.task.trace = Some(trace.clone());
         }
     }
+    span
+}
+
+/// Ends a span this request started, marking it failed if the request failed; a
+/// single task's id becomes its `messaging.message.id`.
+fn end_span<T>(
+    span: Option<opentelemetry_sdk::trace::Span>,
+    res: &Result<T, StoreError>,
+    id: Option<TaskId>,
+) {
+    use opentelemetry::trace::{Span as _, Status};
+    let Some(mut span) = span else { return };
+    if let Some(id) = id {
+        span.set_attribute(opentelemetry::KeyValue::new(
+            "messaging.message.id",
+            id.to_string(),
+        ));
+    }
+    if let Err(e) = res {
+        span.set_status(Status::error(e.to_string()));
+    }
+    span.end();
 }
 
 /// Validates one task of an enqueue request. Fields are named as in a single
@@ -307,9 +348,11 @@ async fn enqueue(
     let limit = s.config.limits.payload_bytes_max + ENVELOPE_BYTES_MAX;
     let bytes = read_body(&headers, body, limit).await?;
     let parsed: EnqueueBody = parse(&bytes)?;
-    let mut task = new_task(&bytes, parsed, &s.config, now_ms())?;
-    task.task.trace = trace_context(&headers);
-    let out = s.broker.enqueue(&queue, vec![task]).await?.remove(0);
+    let mut tasks = vec![new_task(&bytes, parsed, &s.config, now_ms())?];
+    let span = producer_trace(&s, &queue, &mut tasks, &headers);
+    let out = s.broker.enqueue(&queue, tasks).await;
+    end_span(span, &out, out.as_ref().ok().map(|o| o[0].id));
+    let out = out?.remove(0);
     let status = if out.created {
         StatusCode::CREATED
     } else {
@@ -354,8 +397,10 @@ async fn enqueue_batch(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut tasks = tasks;
-    with_trace(&mut tasks, &headers);
-    let out = s.broker.enqueue(&queue, tasks).await?;
+    let span = producer_trace(&s, &queue, &mut tasks, &headers);
+    let out = s.broker.enqueue(&queue, tasks).await;
+    end_span(span, &out, None);
+    let out = out?;
     let created = out.iter().filter(|e| e.created).count();
     let body = batch_body(out.iter().map(|e| e.id), created);
     Ok(json_bytes(StatusCode::CREATED, body))
@@ -413,12 +458,29 @@ async fn lease(
     // beyond usize saturates there into the same out-of-range error.
     let max = usize::try_from(b.max.unwrap_or(1)).unwrap_or(usize::MAX);
     let parked = (!wait.is_zero()).then(|| s.metrics.parked(LongPoll::Lease));
+    let started = s.otel.as_ref().map(|_| std::time::SystemTime::now());
     let leased = s
         .broker
         .lease_for(&queue, max, wait, b.worker.as_deref())
         .await;
     drop(parked);
     let leased = leased?;
+    if let (Some(o), false) = (&s.otel, leased.is_empty()) {
+        // Only a lease that handed out tasks: an empty long-poll is not an event.
+        let links: Vec<&TraceContext> = leased
+            .iter()
+            .filter_map(|l| l.record.trace.as_ref())
+            .collect();
+        let op = Op::Receive {
+            queue: &queue,
+            n: leased.len(),
+        };
+        end_span(
+            Some(o.span(op, &headers, &links, started)),
+            &Ok::<(), StoreError>(()),
+            None,
+        );
+    }
     s.metrics.leased(&queue, &leased);
     Ok(json_bytes(StatusCode::OK, lease_body(&leased)))
 }
@@ -447,9 +509,20 @@ fn error_text(
 }
 
 /// Runs one settle and turns its per-item answer into a response.
-async fn settle_one(s: &AppState, item: Settle) -> ApiResult {
+async fn settle_one(s: &AppState, headers: &HeaderMap, item: Settle) -> ApiResult {
     let id = item.id();
-    let state = s.broker.settle(vec![item]).await?.remove(0)?;
+    let span = s.otel.as_ref().map(|o| {
+        let id = id.to_string();
+        let op = Op::Settle {
+            queue: None,
+            id: Some(&id),
+            n: 1,
+        };
+        o.span(op, headers, &[], None)
+    });
+    let res = s.broker.settle(vec![item]).await;
+    end_span(span, &res, None);
+    let state = res?.remove(0)?;
     Ok(Json(StateResponse {
         id: id.to_string(),
         state: state.as_str(),
@@ -475,6 +548,7 @@ async fn ack(
     let result = result_bytes(&bytes, b.result, "result", &s.config)?;
     settle_one(
         &s,
+        &headers,
         Settle::Ack {
             id,
             lease_id,
@@ -502,6 +576,7 @@ async fn fail(
     let error = error_text("error", b.error, &s.config)?;
     settle_one(
         &s,
+        &headers,
         Settle::Fail {
             id,
             lease_id,
@@ -595,7 +670,17 @@ async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Ap
             retry: f.retry.unwrap_or(true),
         });
     }
-    let results = s.broker.settle(items).await?;
+    let span = s.otel.as_ref().map(|o| {
+        let op = Op::Settle {
+            queue: None,
+            id: None,
+            n: items.len(),
+        };
+        o.span(op, &headers, &[], None)
+    });
+    let results = s.broker.settle(items).await;
+    end_span(span, &results, None);
+    let results = results?;
     let mut outcomes: Vec<SettleOutcome> = ids
         .into_iter()
         .zip(results)
@@ -654,11 +739,13 @@ async fn create_group(State(s): State<AppState>, headers: HeaderMap, body: Body)
             new_task(&bytes, t, &s.config, now).map_err(|e| e.prefixed(&format!("tasks[{i}].")))?,
         );
     }
-    with_trace(&mut tasks, &headers);
+    let span = producer_trace(&s, &parsed.queue, &mut tasks, &headers);
     let created = s
         .broker
         .create_group(&parsed.queue, tasks, parsed.fail_fast)
-        .await?;
+        .await;
+    end_span(span, &created, None);
+    let created = created?;
     let body = GroupCreatedResponse {
         id: created.id.to_string(),
         task_ids: created.task_ids.iter().map(|t| t.to_string()).collect(),

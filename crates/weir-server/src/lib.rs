@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod ingress;
 pub mod metrics;
+pub mod otel;
 pub mod schedule;
 pub mod wire;
 
@@ -42,6 +43,8 @@ pub struct ServeConfig {
     /// The request rate each client address may send (every route but the
     /// probes); `None`, the default, limits nothing and costs nothing.
     pub ingress: Option<IngressLimit>,
+    /// Where to export spans (OTLP/HTTP); `None`, the default, makes none.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeConfig {
@@ -54,6 +57,7 @@ impl ServeConfig {
             shutdown_grace_ms: 10_000,
             conn: ConnLimits::new(FileBudget::from_process()),
             ingress: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -71,7 +75,7 @@ impl Default for ServeConfig {
 /// one bucket).
 pub fn app(broker: Arc<dyn Broker>, config: ServeConfig) -> axum::Router {
     let ingress = config.ingress;
-    with_ingress(api::router(state(broker, config)), ingress)
+    with_ingress(api::router(state(broker, config, None)), ingress)
 }
 
 /// The router behind the ingress limit, if there is one.
@@ -83,8 +87,13 @@ fn with_ingress(router: axum::Router, ingress: Option<ingress::IngressLimit>) ->
 }
 
 /// What every handler shares: the broker behind the input checks, the config.
-fn state(broker: Arc<dyn Broker>, config: ServeConfig) -> api::AppState {
+fn state(
+    broker: Arc<dyn Broker>,
+    config: ServeConfig,
+    otel: Option<Arc<otel::Otel>>,
+) -> api::AppState {
     api::AppState {
+        otel,
         metrics: Arc::new(metrics::Metrics::new(broker.metrics())),
         broker: Arc::new(Checked::shared(broker, config.limits.clone())),
         config: Arc::new(config),
@@ -106,7 +115,15 @@ pub async fn serve(
     // Only the limiter reads the peer address; without it, requests carry none.
     let tag_peer = config.ingress.is_some();
     let ingress = config.ingress;
-    let state = state(broker.clone(), config);
+    // The OTLP exporter's HTTP client blocks: made (and later shut down) off the
+    // runtime's threads.
+    let otel = match config.otlp_endpoint.clone() {
+        Some(endpoint) => Some(Arc::new(
+            tokio::task::spawn_blocking(move || otel::Otel::start(&endpoint)).await??,
+        )),
+        None => None,
+    };
+    let state = state(broker.clone(), config, otel.clone());
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     // Periodic tasks: every server fires them (exactly once per tick, see
@@ -153,6 +170,10 @@ pub async fn serve(
             grace_ms = grace.as_millis() as u64,
             "requests still open after the grace period; closing anyway"
         );
+    }
+    if let Some(o) = otel {
+        // Spans still buffered go out before the process ends.
+        let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
     }
     broker
         .close()

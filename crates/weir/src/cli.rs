@@ -20,6 +20,23 @@ use crate::duration::{parse_duration, parse_per_second, parse_rate, Rate};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines (stderr) are written: `text` for people, `json` (one object
+    /// per line: timestamp, level, message, fields, spans) for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +130,12 @@ pub struct ServeArgs {
     /// [default: one second's worth of --ingress-rate, at least 1].
     #[arg(long, env = "WEIR_INGRESS_BURST")]
     pub ingress_burst: Option<u32>,
+    /// Export spans of enqueues, leases and settles (OpenTelemetry messaging
+    /// conventions) to this OTLP/HTTP collector: `http://HOST:4318` (to which
+    /// `/v1/traces` is added) or the full URL of its traces path [default: none,
+    /// no spans are made].
+    #[arg(long, env = "WEIR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Flags shared by every command that talks to a server.

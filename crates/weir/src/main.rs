@@ -28,10 +28,10 @@ pub(crate) const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(
-        cli.command,
-        Command::Serve(_) | Command::Worker(_)
-    ));
+    init_tracing(
+        matches!(cli.command, Command::Serve(_) | Command::Worker(_)),
+        cli.log_format,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,15 +80,17 @@ fn main() -> ExitCode {
 /// filter comes from `WEIR_LOG`, else `RUST_LOG`, else `info` for the server and
 /// the worker, `warn` for client commands (the storage engine's own info lines are noise to
 /// an operator, so they start at `warn`).
-fn init_tracing(server: bool) {
+fn init_tracing(server: bool, format: cli::LogFormat) {
     let default = if server { "info" } else { "warn" };
     let filter = ["WEIR_LOG", "RUST_LOG"]
         .iter()
         .find_map(|var| EnvFilter::try_from_env(var).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
+        .with_env_filter(filter);
+    match format {
+        cli::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        cli::LogFormat::Json => fmt.json().with_current_span(true).init(),
+    }
 }

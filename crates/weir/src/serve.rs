@@ -54,6 +54,14 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
     }
     conn_config(args, files_max, &mut config)?;
     config.ingress = ingress_limit(args)?;
+    if let Some(endpoint) = &args.otlp_endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "--otlp-endpoint {endpoint:?} is not an http:// or https:// URL"
+            )));
+        }
+        config.otlp_endpoint = Some(endpoint.clone());
+    }
     store.set_limits(&config.limits);
     Ok(Settings {
         listen: args.listen,
