@@ -131,7 +131,7 @@ impl Otel {
         let links = links
             .iter()
             .filter_map(|t| remote(t))
-            .map(|sc| Link::with_context(sc))
+            .map(Link::with_context)
             .collect();
         let mut builder = self
             .tracer
