@@ -8,6 +8,7 @@ pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod ingress;
+pub mod openapi;
 pub mod schedule;
 pub mod wire;
 
