@@ -53,6 +53,27 @@ pub fn document(limits: &Limits) -> Value {
             .map(|(path, item)| (path.replace("{*", "{"), item))
             .collect();
     }
+    // utoipa writes an optional body (`request_body = Option<T>`) as "T or JSON
+    // null"; the API's optional bodies are absent (or empty), never `null`, and an
+    // OpenAPI body is optional unless it says `required`.
+    if let Some(Value::Object(paths)) = doc.get_mut("paths") {
+        for op in paths.values_mut().filter_map(Value::as_object_mut) {
+            for op in op.values_mut() {
+                if let Some(schema) =
+                    op.pointer_mut("/requestBody/content/application~1json/schema")
+                {
+                    let one_of = schema.get("oneOf").and_then(Value::as_array);
+                    let not_null = one_of
+                        .filter(|alts| alts.len() == 2 && alts.iter().any(|a| a["type"] == "null"))
+                        .and_then(|alts| alts.iter().find(|a| a["type"] != "null"))
+                        .cloned();
+                    if let Some(t) = not_null {
+                        *schema = t;
+                    }
+                }
+            }
+        }
+    }
     let maxima = [
         ("wait_ms", limits.wait_ms_max),
         ("max", limits.lease_tasks_max as u64),
