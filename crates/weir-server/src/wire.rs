@@ -178,6 +178,7 @@ pub struct HeartbeatBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckItem<'a> {
+    #[schema(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub id: String,
     /// The lease the task was handed out under (32 hex digits).
     #[schema(pattern = "^[0-9a-fA-F]{32}$")]
@@ -190,6 +191,7 @@ pub struct AckItem<'a> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailItem {
+    #[schema(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub id: String,
     /// The lease the task was handed out under (32 hex digits).
     #[schema(pattern = "^[0-9a-fA-F]{32}$")]
@@ -607,9 +609,14 @@ pub struct TaskListQuery {
 #[serde(deny_unknown_fields)]
 pub struct DeadBody {
     /// 1 to 1000 task ids; absent: every dead task of the queue.
-    #[schema(min_items = 1, max_items = 1000)]
+    #[schema(min_items = 1, max_items = 1000, inline, value_type = Option<Vec<TaskIdText>>)]
     pub ids: Option<Vec<String>>,
 }
+
+/// A task id: a ULID (26 characters of Crockford base 32).
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+pub struct TaskIdText(#[allow(dead_code)] String);
 
 /// What a queue's dead-task retry or purge did: how many tasks it changed, and
 /// how many of the ids given were not dead tasks of the queue.
@@ -693,19 +700,19 @@ impl From<QueueConfig> for QueueConfigJson {
 pub struct QueueConfigBody {
     /// Tasks leased per second at most, over every worker and server.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0.00001, maximum = 1_000_000)]
     pub rate_per_sec: Option<Option<f64>>,
     /// Tasks that may be leased at once after a quiet spell (needs a rate).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 1_000_000)]
     pub burst: Option<Option<u64>>,
     /// Most tasks of the queue active at once.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 100_000_000)]
     pub max_in_flight: Option<Option<u64>>,
     /// Most tasks scheduled and pending; beyond it an enqueue answers 429.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 100_000_000)]
     pub max_pending: Option<Option<u64>>,
     /// A paused queue leases nothing (`null` is `false`).
     #[serde(default, deserialize_with = "present")]
