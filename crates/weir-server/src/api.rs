@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use weir_core::limits::{KIND_DEFAULT, MAX_ATTEMPTS_DEFAULT, TIMEOUT_MS_DEFAULT};
@@ -20,10 +19,17 @@ use weir_store::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, BROWSE
 use crate::error::ApiError;
 use crate::extract::Path;
 use crate::metrics::{LongPoll, Metrics};
+use crate::openapi::{
+    BodyProblems, Common, Conflict, IdPath, Invalid, Limited, Missing, NotReady, QueuePath,
+    SchedulePath, SchedulesJson, TooMany, TraceHeaders,
+};
 use crate::otel::{self, Op, Otel};
 use crate::schedule::{Compiled, ScheduleBody, ScheduleJson};
 use crate::wire::*;
 use crate::ServeConfig;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -42,36 +48,45 @@ pub struct AppState {
 /// Room for the JSON around a payload or result in a single-task request body.
 const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
 
+/// Every route of the API, each documented: `routes!` takes a handler's method
+/// and path from its `#[utoipa::path]` attribute for both the router and the
+/// OpenAPI document (`openapi::document`), so the two cannot disagree. A new
+/// route is one `.routes(routes!(handler))` line here, its handler carrying the
+/// attribute; `tests/openapi.rs` fails for a route the router serves that the
+/// document lacks (one added with a bare `.route`).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(list_queues))
+        .routes(routes!(get_queue, delete_queue))
+        .routes(routes!(configure_queue))
+        .routes(routes!(list_schedules))
+        .routes(routes!(put_schedule, get_schedule, delete_schedule))
+        .routes(routes!(enqueue, list_tasks))
+        .routes(routes!(purge_dead))
+        .routes(routes!(retry_dead))
+        .routes(routes!(enqueue_batch))
+        .routes(routes!(lease))
+        .routes(routes!(get_task, delete_task))
+        .routes(routes!(retry_task))
+        .routes(routes!(cancel))
+        .routes(routes!(ack))
+        .routes(routes!(fail))
+        .routes(routes!(release))
+        .routes(routes!(heartbeat))
+        .routes(routes!(settle))
+        .routes(routes!(create_group))
+        .routes(routes!(get_group))
+        .routes(routes!(cancel_group))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
 /// The whole API as a router (no socket: tests drive it with `oneshot`).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/queues", get(list_queues))
-        .route("/v1/queues/{queue}", get(get_queue).delete(delete_queue))
-        .route("/v1/queues/{queue}/config", put(configure_queue))
-        .route("/v1/schedules", get(list_schedules))
-        .route(
-            "/v1/schedules/{name}",
-            put(put_schedule).get(get_schedule).delete(delete_schedule),
-        )
-        .route("/v1/queues/{queue}/tasks", post(enqueue).get(list_tasks))
-        .route("/v1/queues/{queue}/dead", axum::routing::delete(purge_dead))
-        .route("/v1/queues/{queue}/dead/retry", post(retry_dead))
-        .route("/v1/queues/{queue}/tasks:batch", post(enqueue_batch))
-        .route("/v1/queues/{queue}/lease", post(lease))
-        .route("/v1/tasks/{id}", get(get_task).delete(delete_task))
-        .route("/v1/tasks/{id}/retry", post(retry_task))
-        .route("/v1/tasks/{id}/cancel", post(cancel))
-        .route("/v1/tasks/{id}/ack", post(ack))
-        .route("/v1/tasks/{id}/fail", post(fail))
-        .route("/v1/tasks/{id}/release", post(release))
-        .route("/v1/tasks/{id}/heartbeat", post(heartbeat))
-        .route("/v1/acks", post(settle))
-        .route("/v1/groups", post(create_group))
-        .route("/v1/groups/{id}", get(get_group))
-        .route("/v1/groups/{id}/cancel", post(cancel_group))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -88,6 +103,24 @@ pub fn router(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .with_state(state)
+}
+
+/// Liveness: 200 while the server answers.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain", example = "ok"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// This document: the API in OpenAPI 3.1, with this server's limits.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", body = Object), Limited)
+)]
+async fn openapi_json(State(s): State<AppState>) -> Response {
+    Json(crate::openapi::document(&s.config.limits)).into_response()
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -338,6 +371,15 @@ pub(crate) fn new_task(
     })
 }
 
+/// Enqueues one task: 201 with its id and state (200 with the first task's if its idempotency key matched).
+#[utoipa::path(
+    post, path = "/v1/queues/{queue}/tasks", tag = "producer", params(QueuePath, TraceHeaders), request_body = EnqueueBody,
+    responses(
+        (status = 201, description = "Created", body = EnqueueResponse),
+        (status = 200, description = "The idempotency key matched a retained task: that task", body = EnqueueResponse),
+        BodyProblems, TooMany, Common,
+    )
+)]
 async fn enqueue(
     State(s): State<AppState>,
     Path(queue): Path<String>,
@@ -368,6 +410,11 @@ async fn enqueue(
         .into_response())
 }
 
+/// Enqueues 1 to 1000 tasks, all durable or none: 201 with their ids.
+#[utoipa::path(
+    post, path = "/v1/queues/{queue}/tasks:batch", tag = "producer", params(QueuePath, TraceHeaders), request_body = BatchBody,
+    responses((status = 201, description = "Created (or matched by idempotency key)", body = BatchResponse), BodyProblems, TooMany, Common)
+)]
 async fn enqueue_batch(
     State(s): State<AppState>,
     Path(queue): Path<String>,
@@ -416,6 +463,11 @@ fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// A task; with `wait_ms`, long-polls until it is terminal (or the time is up).
+#[utoipa::path(
+    get, path = "/v1/tasks/{id}", tag = "producer", params(IdPath, WaitQuery),
+    responses((status = 200, description = "The task", body = TaskJson), Invalid, Missing, Common)
+)]
 async fn get_task(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -434,12 +486,22 @@ async fn get_task(
     Ok(Json(TaskJson::from(view)).into_response())
 }
 
+/// Cancels a task: queued → canceled; active → `cancel_requested`; terminal → 409.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/cancel", tag = "producer", params(IdPath),
+    responses((status = 200, description = "The task", body = TaskJson), Invalid, Missing, Conflict, Common)
+)]
 async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = task_id(&id)?;
     let view = s.broker.cancel(id).await?;
     Ok(Json(TaskJson::from(view)).into_response())
 }
 
+/// Leases up to `max` tasks, waiting up to `wait_ms` for the first (an empty body takes the defaults).
+#[utoipa::path(
+    post, path = "/v1/queues/{queue}/lease", tag = "worker", params(QueuePath, TraceHeaders), request_body = Option<LeaseBody>,
+    responses((status = 200, description = "The leased tasks (none if nothing came in time)", body = LeaseResponse), BodyProblems, Common)
+)]
 async fn lease(
     State(s): State<AppState>,
     Path(queue): Path<String>,
@@ -530,6 +592,11 @@ async fn settle_one(s: &AppState, headers: &HeaderMap, item: Settle) -> ApiResul
     .into_response())
 }
 
+/// Acks a leased task with its result.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/ack", tag = "worker", params(IdPath, TraceHeaders), request_body = AckBody,
+    responses((status = 200, description = "The task's new state", body = StateResponse), BodyProblems, Missing, Conflict, Common)
+)]
 async fn ack(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -558,6 +625,11 @@ async fn ack(
     .await
 }
 
+/// Fails a leased task: retried with backoff while attempts remain (`retry`), else dead.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/fail", tag = "worker", params(IdPath, TraceHeaders), request_body = FailBody,
+    responses((status = 200, description = "The task's new state", body = StateResponse), BodyProblems, Missing, Conflict, Common)
+)]
 async fn fail(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -587,6 +659,11 @@ async fn fail(
     .await
 }
 
+/// Gives a leased task back, pending again without counting an attempt.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/release", tag = "worker", params(IdPath), request_body = LeaseIdBody,
+    responses((status = 200, description = "The task's new state", body = StateResponse), BodyProblems, Missing, Conflict, Common)
+)]
 async fn release(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -607,6 +684,11 @@ async fn release(
     .into_response())
 }
 
+/// Extends a lease; with `wait_ms`, also waits for a cancel request.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/heartbeat", tag = "worker", params(IdPath), request_body = HeartbeatBody,
+    responses((status = 200, description = "The new expiry, and whether a cancel was requested", body = HeartbeatResponse), BodyProblems, Missing, Conflict, Common)
+)]
 async fn heartbeat(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -631,6 +713,11 @@ async fn heartbeat(
     .into_response())
 }
 
+/// Acks and fails many leased tasks: an outcome per item.
+#[utoipa::path(
+    post, path = "/v1/acks", tag = "worker", params(TraceHeaders), request_body = SettleBody,
+    responses((status = 200, description = "Each item's outcome, in order", body = SettleResponse), BodyProblems, Common)
+)]
 async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
     let bytes = read_body(&headers, body, s.config.limits.request_bytes_max).await?;
     let b: SettleBody = parse(&bytes)?;
@@ -712,6 +799,11 @@ async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Ap
     .into_response())
 }
 
+/// Enqueues a group of tasks to wait for together.
+#[utoipa::path(
+    post, path = "/v1/groups", tag = "producer", params(TraceHeaders), request_body = GroupBody,
+    responses((status = 201, description = "Created", body = GroupCreatedResponse), BodyProblems, TooMany, Common)
+)]
 async fn create_group(State(s): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
     let bytes = read_body(&headers, body, s.config.limits.request_bytes_max).await?;
     let parsed: GroupBody = parse(&bytes)?;
@@ -753,6 +845,11 @@ async fn create_group(State(s): State<AppState>, headers: HeaderMap, body: Body)
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// A group with its members; with `wait_ms`, long-polls until it ends.
+#[utoipa::path(
+    get, path = "/v1/groups/{id}", tag = "producer", params(IdPath, WaitQuery),
+    responses((status = 200, description = "The group", body = GroupJson), Invalid, Missing, Common)
+)]
 async fn get_group(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -768,12 +865,22 @@ async fn get_group(
     Ok(Json(GroupJson::from(view)).into_response())
 }
 
+/// Cancels every member of a group that has not ended.
+#[utoipa::path(
+    post, path = "/v1/groups/{id}/cancel", tag = "producer", params(IdPath),
+    responses((status = 200, description = "The group", body = GroupJson), Invalid, Missing, Conflict, Common)
+)]
 async fn cancel_group(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = group_id(&id)?;
     let view = s.broker.cancel_group(id).await?;
     Ok(Json(GroupJson::from(view)).into_response())
 }
 
+/// Every queue with its counts and config.
+#[utoipa::path(
+    get, path = "/v1/queues", tag = "queues",
+    responses((status = 200, description = "The queues", body = QueuesResponse), Common)
+)]
 async fn list_queues(State(s): State<AppState>) -> ApiResult {
     let queues = s
         .broker
@@ -785,6 +892,11 @@ async fn list_queues(State(s): State<AppState>) -> ApiResult {
     Ok(Json(QueuesResponse { queues }).into_response())
 }
 
+/// One queue with its counts and config.
+#[utoipa::path(
+    get, path = "/v1/queues/{queue}", tag = "queues", params(QueuePath),
+    responses((status = 200, description = "The queue", body = QueueJson), Invalid, Missing, Common)
+)]
 async fn get_queue(State(s): State<AppState>, Path(queue): Path<String>) -> ApiResult {
     validate::queue_name(&queue, &s.config.limits)?;
     let q = s
@@ -798,6 +910,10 @@ async fn get_queue(State(s): State<AppState>, Path(queue): Path<String>) -> ApiR
 }
 
 /// Changes a queue's flow-control settings: 200 with the whole config.
+#[utoipa::path(
+    put, path = "/v1/queues/{queue}/config", tag = "queues", params(QueuePath), request_body = QueueConfigBody,
+    responses((status = 200, description = "The whole config", body = QueueConfigJson), BodyProblems, TooMany, Common)
+)]
 async fn configure_queue(
     State(s): State<AppState>,
     Path(queue): Path<String>,
@@ -819,6 +935,10 @@ fn schedule_view(s: &weir_store::Schedule, now: u64) -> Result<ScheduleJson, Api
 }
 
 /// Creates or replaces a schedule: 200 with its view (`next_run_at` included).
+#[utoipa::path(
+    put, path = "/v1/schedules/{name}", tag = "schedules", params(SchedulePath), request_body = ScheduleBody,
+    responses((status = 200, description = "The schedule", body = ScheduleJson), BodyProblems, TooMany, Common)
+)]
 async fn put_schedule(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -836,6 +956,11 @@ async fn put_schedule(
     Ok(Json(schedule_view(&stored, now)?).into_response())
 }
 
+/// One schedule.
+#[utoipa::path(
+    get, path = "/v1/schedules/{name}", tag = "schedules", params(SchedulePath),
+    responses((status = 200, description = "The schedule", body = ScheduleJson), Invalid, Missing, Common)
+)]
 async fn get_schedule(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     validate::schedule_name(&name, &s.config.limits)?;
     let found = s
@@ -848,6 +973,11 @@ async fn get_schedule(State(s): State<AppState>, Path(name): Path<String>) -> Ap
     Ok(Json(schedule_view(&found, now_ms())?).into_response())
 }
 
+/// Every schedule.
+#[utoipa::path(
+    get, path = "/v1/schedules", tag = "schedules",
+    responses((status = 200, description = "The schedules", body = SchedulesJson), Common)
+)]
 async fn list_schedules(State(s): State<AppState>) -> ApiResult {
     let now = now_ms();
     let schedules = s
@@ -861,6 +991,10 @@ async fn list_schedules(State(s): State<AppState>) -> ApiResult {
 }
 
 /// Removes a schedule: 204, or 404 if there was none.
+#[utoipa::path(
+    delete, path = "/v1/schedules/{name}", tag = "schedules", params(SchedulePath),
+    responses((status = 204, description = "Deleted"), Invalid, Missing, Common)
+)]
 async fn delete_schedule(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     validate::schedule_name(&name, &s.config.limits)?;
     if !s.broker.delete_schedule(&name).await? {
@@ -870,6 +1004,10 @@ async fn delete_schedule(State(s): State<AppState>, Path(name): Path<String>) ->
 }
 
 /// Removes an empty queue: 204; 409 with its counts if it holds any task.
+#[utoipa::path(
+    delete, path = "/v1/queues/{queue}", tag = "queues", params(QueuePath),
+    responses((status = 204, description = "Deleted"), Invalid, Missing, Conflict, Common)
+)]
 async fn delete_queue(State(s): State<AppState>, Path(queue): Path<String>) -> ApiResult {
     validate::queue_name(&queue, &s.config.limits)?;
     match s.broker.delete_queue(&queue).await {
@@ -886,6 +1024,10 @@ const LIST_LIMIT_DEFAULT: u64 = 100;
 
 /// A page of a queue's tasks in one state (`?state=`, default pending), or the task
 /// holding an idempotency key (`?idempotency_key=`).
+#[utoipa::path(
+    get, path = "/v1/queues/{queue}/tasks", tag = "queues", params(QueuePath, TaskListQuery),
+    responses((status = 200, description = "A page of tasks (without payload and result)", body = TaskPageJson), Invalid, Common)
+)]
 async fn list_tasks(
     State(s): State<AppState>,
     Path(queue): Path<String>,
@@ -938,6 +1080,10 @@ async fn list_tasks(
 }
 
 /// A dead or canceled task back to pending, attempts reset: 200 with the task.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/retry", tag = "queues", params(IdPath),
+    responses((status = 200, description = "The task", body = TaskJson), Invalid, Missing, Conflict, Common)
+)]
 async fn retry_task(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = task_id(&id)?;
     s.broker.retry(vec![id], Scope::ANY).await?.remove(0)?;
@@ -946,6 +1092,10 @@ async fn retry_task(State(s): State<AppState>, Path(id): Path<String>) -> ApiRes
 }
 
 /// Removes a finished task now (as its retention would): 204; 409 if not finished.
+#[utoipa::path(
+    delete, path = "/v1/tasks/{id}", tag = "queues", params(IdPath),
+    responses((status = 204, description = "Deleted"), Invalid, Missing, Conflict, Common)
+)]
 async fn delete_task(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = task_id(&id)?;
     s.broker
@@ -991,6 +1141,10 @@ async fn dead_ids(
 }
 
 /// Retries a queue's dead tasks (all, or `{"ids": [...]}`): 200 with counts.
+#[utoipa::path(
+    post, path = "/v1/queues/{queue}/dead/retry", tag = "queues", params(QueuePath), request_body = Option<DeadBody>,
+    responses((status = 200, description = "How many were retried and skipped", body = DeadResponse), BodyProblems, Common)
+)]
 async fn retry_dead(
     State(s): State<AppState>,
     Path(queue): Path<String>,
@@ -1009,6 +1163,10 @@ async fn retry_dead(
 }
 
 /// Deletes a queue's dead tasks (all, or `{"ids": [...]}`): 200 with counts.
+#[utoipa::path(
+    delete, path = "/v1/queues/{queue}/dead", tag = "queues", params(QueuePath), request_body = Option<DeadBody>,
+    responses((status = 200, description = "How many were deleted and skipped", body = DeadResponse), BodyProblems, Common)
+)]
 async fn purge_dead(
     State(s): State<AppState>,
     Path(queue): Path<String>,
@@ -1100,11 +1258,27 @@ fn skipped_or(r: Result<(), StoreError>) -> Result<bool, StoreError> {
 }
 
 /// `GET /metrics`: this process's series and the store's per-queue ones, read now.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus metrics (OpenMetrics text)", body = String,
+         content_type = "application/openmetrics-text"),
+        Common,
+    )
+)]
 async fn metrics(State(s): State<AppState>) -> ApiResult {
     let queues = s.broker.queues().await?;
     Ok(crate::metrics::answer(s.metrics.render(&queues)))
 }
 
+/// Readiness: 200 while the store takes writes.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain", example = "ready"),
+        NotReady,
+    )
+)]
 async fn readyz(State(s): State<AppState>) -> Response {
     match s.broker.readiness() {
         Ok(()) => "ready".into_response(),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod ingress;
 pub mod metrics;
+pub mod openapi;
 pub mod otel;
 pub mod schedule;
 pub mod wire;

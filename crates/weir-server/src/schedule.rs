@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 use weir_core::validate::{self, InvalidInput};
 use weir_core::TaskId;
 use weir_store::{Broker, EnqueueTask, Schedule, StoreError};
@@ -38,7 +39,7 @@ pub const SCHEDULE_LATE_MS_MAX: u64 = 10_000;
 pub const SCHEDULER_SLEEP_MS_MAX: u64 = 1_000;
 
 /// What a schedule does about ticks missed while no server ran it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Missed {
     /// Missed ticks are dropped; the schedule goes on with the next one.
@@ -49,14 +50,20 @@ pub enum Missed {
 }
 
 /// `PUT /v1/schedules/{name}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody<'a> {
+    /// Five fields, or six with a leading seconds field (`*/5 * * * *`).
     pub cron: String,
+    /// An IANA time zone (default `UTC`).
     #[serde(default)]
     pub tz: Option<String>,
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub queue: String,
+    /// The task each tick enqueues: an enqueue body without `idempotency_key`,
+    /// `run_at` or `deadline`.
     #[serde(borrow)]
+    #[schema(value_type = crate::wire::EnqueueBody)]
     pub task: &'a RawValue,
     #[serde(default)]
     pub missed: Option<Missed>,
@@ -81,15 +88,18 @@ pub struct Compiled {
 }
 
 /// The API's view of a schedule.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ScheduleJson {
     pub name: String,
     pub cron: String,
     pub tz: String,
     pub queue: String,
+    #[schema(value_type = crate::wire::EnqueueBody)]
     pub task: Box<RawValue>,
     pub missed: Missed,
+    #[schema(format = DateTime)]
     pub next_run_at: Option<String>,
+    #[schema(format = DateTime)]
     pub last_run_at: Option<String>,
     pub last_task_id: Option<String>,
 }

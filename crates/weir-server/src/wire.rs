@@ -10,6 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
 use weir_core::TaskRecord;
 use weir_core::{ConfigPatch, QueueConfig};
 use weir_store::{Counts, GroupView, Leased, QueueInfo, TaskView};
@@ -52,134 +53,196 @@ where
     Ok(items.into_iter().map(|Object(t)| t).collect())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueBody<'a> {
+    /// Any JSON value, at most 64 levels deep and 1 MiB (`--payload-bytes-max`).
     #[serde(borrow)]
+    #[schema(value_type = Value)]
     pub payload: &'a RawValue,
+    /// What the task is, for the worker's dispatch (the queue-name alphabet).
+    #[schema(default = "default", pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub kind: Option<String>,
+    /// Higher is leased first.
+    #[schema(default = 0)]
     pub priority: Option<i32>,
+    /// Leasable no sooner than this from now (not with `run_at`).
+    #[schema(minimum = 0, maximum = 31_622_400_000_u64)]
     pub delay_ms: Option<u64>,
+    /// Leasable no sooner than this (not with `delay_ms`).
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
+    #[schema(default = 5, minimum = 1, maximum = 1000)]
     pub max_attempts: Option<u32>,
+    /// How long one attempt may run; its lease lasts this plus a grace.
+    #[schema(default = 30_000, minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<u64>,
+    /// Not started after this, the task is dead.
+    #[schema(format = DateTime)]
     pub deadline: Option<String>,
+    /// The same key again in the queue, while the first task is retained,
+    /// answers the first task (at most 256 bytes, no control characters).
+    #[schema(min_length = 1, max_length = 256)]
     pub idempotency_key: Option<String>,
     /// How long the finished task stays readable (default 24 h).
+    #[schema(minimum = 0, maximum = 31_622_400_000_u64)]
     pub retention_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody<'a> {
     #[serde(borrow, deserialize_with = "objects")]
+    #[schema(min_items = 1, max_items = 1000)]
     pub tasks: Vec<EnqueueBody<'a>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EnqueueResponse {
     pub id: String,
+    /// `pending` or `scheduled`.
+    #[schema(value_type = crate::openapi::TaskState)]
     pub state: &'static str,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
+    /// Long-poll: wait up to this long for the task or group to end.
+    #[param(minimum = 0, maximum = 60_000)]
     pub wait_ms: Option<u64>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseBody {
+    /// Most tasks to take.
+    #[schema(default = 1, minimum = 1, maximum = 1000)]
     pub max: Option<u64>,
+    /// Long-poll: wait up to this long for the first task.
+    #[schema(default = 0, minimum = 0, maximum = 60_000)]
     pub wait_ms: Option<u64>,
+    /// The worker's name, shown on its active tasks (at most 128 bytes).
+    #[schema(min_length = 1, max_length = 128)]
     pub worker: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody<'a> {
+    /// The lease the task was handed out under (32 hex digits).
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub lease_id: String,
+    /// Any JSON value, kept as the task's result.
     #[serde(borrow, default)]
+    #[schema(value_type = Value)]
     pub result: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
+    /// The lease the task was handed out under (32 hex digits).
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub lease_id: String,
+    /// Why (at most 64 KiB).
     pub error: Option<String>,
+    /// `false`: dead at once; `true` (default): retried with backoff while
+    /// attempts remain.
+    #[schema(default = true)]
     pub retry: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseIdBody {
+    /// The lease the task was handed out under (32 hex digits).
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub lease_id: String,
 }
 
 /// A heartbeat; with `wait_ms` it also waits (up to that long) for a cancel request,
 /// so a worker learns of a cancel as soon as it is made.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
+    /// The lease the task was handed out under (32 hex digits).
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub lease_id: String,
+    /// Wait up to this long for a cancel request before answering.
+    #[schema(minimum = 0, maximum = 60_000)]
     pub wait_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckItem<'a> {
+    #[schema(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub id: String,
+    /// The lease the task was handed out under (32 hex digits).
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub lease_id: String,
     #[serde(borrow, default)]
+    #[schema(value_type = Value)]
     pub result: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailItem {
+    #[schema(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub id: String,
+    /// The lease the task was handed out under (32 hex digits).
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub lease_id: String,
     pub error: Option<String>,
+    #[schema(default = true)]
     pub retry: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettleBody<'a> {
     #[serde(borrow, default, deserialize_with = "objects")]
     pub acks: Vec<AckItem<'a>>,
+    /// At most 1000 acks and fails together.
     #[serde(default, deserialize_with = "objects")]
     pub fails: Vec<FailItem>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SettleOutcome {
     pub id: String,
     pub ok: bool,
+    /// The task's state after the ack or fail (`ok` only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::openapi::TaskState>)]
     pub state: Option<&'static str>,
+    /// The HTTP status this item alone would have had (not `ok` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// Why not (not `ok` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SettleResponse {
     pub acks: Vec<SettleOutcome>,
     pub fails: Vec<SettleOutcome>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct StateResponse {
     pub id: String,
+    #[schema(value_type = crate::openapi::TaskState)]
     pub state: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct HeartbeatResponse {
+    #[schema(format = DateTime)]
     pub lease_expires_at: String,
     pub cancel_requested: bool,
 }
@@ -323,6 +386,67 @@ pub fn lease_body(leased: &[Leased]) -> Vec<u8> {
     out
 }
 
+/// A leased task, as `lease_body` writes it (this is the schema of its items, and
+/// what serde would write: the unit tests hold the two byte-equal).
+#[derive(Serialize, ToSchema)]
+pub struct LeasedJson {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    /// The payload as enqueued.
+    #[schema(value_type = Value)]
+    pub payload: RawJson,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// Give it back with the ack, fail, release or heartbeat.
+    pub lease_id: String,
+    #[schema(format = DateTime)]
+    pub lease_expires_at: String,
+    pub timeout_ms: u64,
+    #[schema(format = DateTime)]
+    pub deadline: Option<String>,
+    /// The producer's W3C trace context (present only when it sent one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+impl From<Leased> for LeasedJson {
+    fn from(l: Leased) -> LeasedJson {
+        LeasedJson {
+            id: l.record.id.to_string(),
+            queue: l.record.queue,
+            kind: l.record.kind,
+            payload: RawJson(l.payload),
+            attempt: l.record.attempt,
+            max_attempts: l.record.max_attempts,
+            lease_id: l.lease_id.to_string(),
+            lease_expires_at: rfc3339(l.lease_expires_ms),
+            timeout_ms: l.record.timeout_ms,
+            deadline: l.record.deadline_ms.map(rfc3339),
+            traceparent: l.record.trace.as_ref().map(|t| t.traceparent.clone()),
+            tracestate: l.record.trace.and_then(|t| t.tracestate),
+        }
+    }
+}
+
+/// A lease answer, as `lease_body` writes it: empty when nothing came within
+/// `wait_ms`.
+#[derive(Serialize, ToSchema)]
+pub struct LeaseResponse {
+    pub tasks: Vec<LeasedJson>,
+}
+
+/// A batch enqueue's answer, as `batch_body` writes it.
+#[derive(Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// The tasks' ids, in the order of the request.
+    pub ids: Vec<String>,
+    /// How many were new (the rest matched an idempotency key).
+    pub created: usize,
+}
+
 /// A leased task's bytes besides its payload, queue and kind (keys, ids, numbers,
 /// times), for sizing `lease_body`'s buffer once.
 const LEASED_FIXED_BYTES: usize = 300;
@@ -369,25 +493,35 @@ impl Serialize for RawJson {
 /// A task as the API shows it. A listing (`GET /v1/queues/{q}/tasks`) leaves out
 /// the payload and the result (read one task for those), and what only a lease
 /// knows (its expiry, its worker).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TaskJson {
     pub id: String,
     pub queue: String,
     pub kind: String,
+    #[schema(value_type = crate::openapi::TaskState)]
     pub state: &'static str,
     pub priority: i32,
     pub attempt: u32,
     pub max_attempts: u32,
     pub timeout_ms: u64,
+    /// The payload as enqueued (not in a listing).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
     pub payload: Option<RawJson>,
+    /// The result a worker acked with, or `null` (not in a listing).
     #[serde(skip_serializing_if = "Listed::is_listed")]
+    #[schema(value_type = Value)]
     pub result: Listed<RawJson>,
     pub last_error: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub run_at: String,
+    #[schema(format = DateTime)]
     pub started_at: Option<String>,
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
+    #[schema(format = DateTime)]
     pub deadline: Option<String>,
     pub idempotency_key: Option<String>,
     pub cancel_requested: bool,
@@ -396,10 +530,14 @@ pub struct TaskJson {
     /// The producer's W3C trace context, if it sent one.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// When the lease of an active task runs out (not in a listing).
     #[serde(skip_serializing_if = "Listed::is_listed")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub lease_expires_at: Listed<String>,
-    /// The worker holding the lease (active tasks whose worker named itself).
+    /// The worker holding the lease (active tasks whose worker named itself; not
+    /// in a listing).
     #[serde(skip_serializing_if = "Listed::is_listed")]
+    #[schema(value_type = Option<String>)]
     pub worker: Listed<String>,
 }
 
@@ -468,7 +606,7 @@ impl From<TaskView> for TaskJson {
 }
 
 /// One page of `GET /v1/queues/{queue}/tasks`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TaskPageJson {
     pub tasks: Vec<TaskJson>,
     /// Give it as `cursor` for the next page; `null` at the end.
@@ -476,26 +614,40 @@ pub struct TaskPageJson {
 }
 
 /// The query of `GET /v1/queues/{queue}/tasks`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TaskListQuery {
+    /// The state to list (default `pending`).
+    #[param(value_type = Option<crate::openapi::TaskState>)]
     pub state: Option<String>,
+    /// Most tasks on the page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
+    /// The `next_cursor` of the page before.
     pub cursor: Option<String>,
+    /// Find the task holding this key instead (with no other parameter).
     pub idempotency_key: Option<String>,
 }
 
 /// The body of a queue's dead-task retry or purge: some ids, or (absent, or an
 /// empty body) every dead task.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadBody {
+    /// 1 to 1000 task ids; absent: every dead task of the queue.
+    #[schema(min_items = 1, max_items = 1000, inline, value_type = Option<Vec<TaskIdText>>)]
     pub ids: Option<Vec<String>>,
 }
 
+/// A task id: a ULID (26 characters of Crockford base 32).
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+pub struct TaskIdText(#[allow(dead_code)] String);
+
 /// What a queue's dead-task retry or purge did: how many tasks it changed, and
 /// how many of the ids given were not dead tasks of the queue.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DeadResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retried: Option<u64>,
@@ -504,7 +656,7 @@ pub struct DeadResponse {
     pub skipped: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CountsJson {
     pub scheduled: u64,
     pub pending: u64,
@@ -528,7 +680,7 @@ impl From<Counts> for CountsJson {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct QueueJson {
     pub name: String,
     pub counts: CountsJson,
@@ -546,7 +698,7 @@ impl From<QueueInfo> for QueueJson {
 }
 
 /// A queue's flow-control settings as the API shows them (`null`: no limit).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct QueueConfigJson {
     pub rate_per_sec: Option<f64>,
     /// As set (`null`: one second of the rate).
@@ -570,18 +722,28 @@ impl From<QueueConfig> for QueueConfigJson {
 
 /// `PUT /v1/queues/{queue}/config`: each field absent keeps the setting, `null`
 /// clears it (`paused: null` is `false`).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfigBody {
+    /// Tasks leased per second at most, over every worker and server.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, minimum = 0.00001, maximum = 1_000_000)]
     pub rate_per_sec: Option<Option<f64>>,
+    /// Tasks that may be leased at once after a quiet spell (needs a rate).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 1_000_000)]
     pub burst: Option<Option<u64>>,
+    /// Most tasks of the queue active at once.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 100_000_000)]
     pub max_in_flight: Option<Option<u64>>,
+    /// Most tasks scheduled and pending; beyond it an enqueue answers 429.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 100_000_000)]
     pub max_pending: Option<Option<u64>>,
+    /// A paused queue leases nothing (`null` is `false`).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
     pub paused: Option<Option<bool>>,
 }
 
@@ -607,46 +769,55 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct QueuesResponse {
     pub queues: Vec<QueueJson>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupBody<'a> {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub queue: String,
+    /// The members (without idempotency keys).
     #[serde(borrow, deserialize_with = "objects")]
+    #[schema(min_items = 1, max_items = 1000)]
     pub tasks: Vec<EnqueueBody<'a>>,
+    /// The first member to end dead fails the group and cancels the rest.
     #[serde(default)]
     pub fail_fast: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GroupCreatedResponse {
     pub id: String,
     pub task_ids: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GroupTaskJson {
     pub id: String,
+    #[schema(value_type = crate::openapi::TaskState)]
     pub state: &'static str,
     pub attempt: u32,
+    #[schema(value_type = Value)]
     pub result: Option<RawJson>,
     pub last_error: Option<String>,
     pub cancel_requested: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GroupJson {
     pub id: String,
     pub queue: String,
+    #[schema(value_type = crate::openapi::GroupState)]
     pub state: &'static str,
     pub fail_fast: bool,
     pub counts: CountsJson,
     pub total: usize,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     pub tasks: Vec<GroupTaskJson>,
 }
@@ -685,62 +856,10 @@ impl From<GroupView> for GroupJson {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use serde::Serialize;
     use weir_core::{machine, NewTask, TaskId};
     use weir_store::{LeaseId, Leased};
 
     use super::*;
-
-    // What serde wrote before the hand-written bodies: they must match it byte
-    // for byte.
-    #[derive(Serialize)]
-    struct LeasedJson {
-        pub id: String,
-        pub queue: String,
-        pub kind: String,
-        pub payload: RawJson,
-        pub attempt: u32,
-        pub max_attempts: u32,
-        pub lease_id: String,
-        pub lease_expires_at: String,
-        pub timeout_ms: u64,
-        pub deadline: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub traceparent: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub tracestate: Option<String>,
-    }
-
-    impl From<Leased> for LeasedJson {
-        fn from(l: Leased) -> LeasedJson {
-            LeasedJson {
-                id: l.record.id.to_string(),
-                queue: l.record.queue,
-                kind: l.record.kind,
-                payload: RawJson(l.payload),
-                attempt: l.record.attempt,
-                max_attempts: l.record.max_attempts,
-                lease_id: l.lease_id.to_string(),
-                lease_expires_at: rfc3339(l.lease_expires_ms),
-                timeout_ms: l.record.timeout_ms,
-                deadline: l.record.deadline_ms.map(rfc3339),
-                traceparent: l.record.trace.as_ref().map(|t| t.traceparent.clone()),
-                tracestate: l.record.trace.and_then(|t| t.tracestate),
-            }
-        }
-    }
-
-    #[derive(Serialize)]
-    struct LeaseResponse {
-        pub tasks: Vec<LeasedJson>,
-    }
-
-    #[derive(Serialize)]
-    struct BatchResponse {
-        pub ids: Vec<String>,
-        /// How many were new (the rest matched an idempotency key).
-        pub created: usize,
-    }
 
     fn leased(n: u64, deadline: Option<u64>, payload: &str) -> Leased {
         let task = NewTask {

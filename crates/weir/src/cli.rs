@@ -99,6 +99,12 @@ pub struct ServeArgs {
     /// Largest task payload in bytes [default: 1048576].
     #[arg(long, env = "WEIR_PAYLOAD_BYTES_MAX")]
     pub payload_bytes_max: Option<usize>,
+    /// Longest long-poll a request may ask for (`wait_ms` of a lease, task,
+    /// group or heartbeat), 0 to 60000; longer asks are refused with 400, and
+    /// `/openapi.json` states it. Lower it behind a proxy that cuts idle
+    /// requests sooner [default: 60000].
+    #[arg(long, env = "WEIR_WAIT_MS_MAX")]
+    pub wait_ms_max: Option<u64>,
     /// Size of each segment file of the embedded store's task log, in bytes
     /// (4 MiB to 1 GiB) [default: 67108864].
     #[arg(long, env = "WEIR_SEGMENT_BYTES")]

@@ -52,6 +52,15 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
         }
         config.limits.payload_bytes_max = v;
     }
+    if let Some(v) = args.wait_ms_max {
+        let max = config.limits.wait_ms_max;
+        if v > max {
+            return Err(ConfigError(format!(
+                "--wait-ms-max must be between 0 and {max}"
+            )));
+        }
+        config.limits.wait_ms_max = v;
+    }
     conn_config(args, files_max, &mut config)?;
     config.ingress = ingress_limit(args)?;
     if let Some(endpoint) = &args.otlp_endpoint {
@@ -248,6 +257,15 @@ mod tests {
             Command::Serve(a) => a,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn wait_ms_max_lowers_the_long_poll_limit() {
+        let s = config(&args(&["--wait-ms-max", "250"])).unwrap();
+        assert_eq!(s.serve.limits.wait_ms_max, 250);
+        let s = config(&args(&[])).unwrap();
+        assert_eq!(s.serve.limits.wait_ms_max, 60_000);
+        assert!(config(&args(&["--wait-ms-max", "60001"])).is_err());
     }
 
     #[test]
