@@ -153,6 +153,12 @@ impl Metrics {
                 Unit::Seconds,
                 store.commit_seconds,
             );
+            registry.register_with_unit(
+                "weir_task_run",
+                "A task's attempt from lease to ack or fail, settled through this process",
+                Unit::Seconds,
+                store.run_seconds,
+            );
         }
         Metrics {
             registry,

@@ -182,6 +182,9 @@ async fn metrics_follow_a_scripted_workload() {
     // This process's series.
     assert_eq!(get(&m, r#"weir_task_wait_seconds_count{queue="mq"}"#), 8.0);
     assert_eq!(get(&m, r#"weir_task_wait_seconds_count{queue="mx"}"#), 1.0);
+    // Runs: the 4 acks and 3 fails settled here; mx's lease expired unsettled.
+    assert_eq!(get(&m, r#"weir_task_run_seconds_count{queue="mq"}"#), 7.0);
+    assert!(!m.contains_key(r#"weir_task_run_seconds_count{queue="mx"}"#));
     let requests = |route: &str, status: u16| {
         get(
             &m,

@@ -451,6 +451,9 @@ pub(crate) struct After {
     /// Transitions to count in the queues' `totals` once the round is durable
     /// (tasks that ended are counted from `terminal`).
     tallies: Vec<(QueueIdx, Tally)>,
+    /// Attempts settled in the round: their queue and run time (ms), observed in
+    /// `StoreMetrics::run_seconds` once the round is durable.
+    ran: Vec<(QueueIdx, u64)>,
     replies: Vec<Answer>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -1425,6 +1428,12 @@ fn round(
         for &(q, state, ..) in &after.terminal {
             st.queue(q).totals.finish(state);
         }
+        shared.metrics.ran(
+            after
+                .ran
+                .iter()
+                .map(|&(q, ms)| (&*st.queues[q as usize].name, ms)),
+        );
 
         for (q, state, id, expires, keyed) in after.terminal.drain(..) {
             st.count(q, id, None, Some(state));
@@ -1738,6 +1747,9 @@ fn plan_settle(
     let (q, mut rec) = st
         .take_held_lease(id.0, lease_id.0)
         .ok_or(StoreError::StaleLease)?;
+    if let Some(started) = rec.started_ms {
+        after.ran.push((q, now.saturating_sub(started)));
+    }
     let next = match item {
         Settle::Ack { result, .. } => machine::complete(&mut rec, result.map(|b| b.to_vec()), now)?,
         Settle::Fail { error, retry, .. } => {

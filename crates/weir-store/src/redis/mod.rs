@@ -694,6 +694,21 @@ impl RedisBroker {
     }
 }
 
+/// Observes the run times `settle.lua` answers after its items: pairs of a queue
+/// and its runs (ms) joined by commas.
+fn observe_runs(metrics: &crate::StoreMetrics, runs: Vec<Value>) -> Result<(), StoreError> {
+    let mut it = runs.into_iter();
+    while let (Some(q), Some(ms)) = (it.next(), it.next()) {
+        let (q, ms) = (text(q)?, text(ms)?);
+        let parsed = ms
+            .split(',')
+            .map(|m| m.parse::<u64>().map_err(|_| bug("run time")))
+            .collect::<Result<Vec<u64>, _>>()?;
+        metrics.ran(parsed.into_iter().map(|m| (q.as_str(), m)));
+    }
+    Ok(())
+}
+
 /// One task's answer from `admin.lua`.
 enum Admin {
     /// Done: the task's id, its new record (a retry) and the script's now.
@@ -948,10 +963,12 @@ impl Broker for RedisBroker {
             }
             let idx: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
             let res = match core.redis.script("settle", &inv).await {
-                Ok(v) => array(v).and_then(|a| {
-                    if a.len() != idx.len() {
+                Ok(v) => array(v).and_then(|mut a| {
+                    if a.len() < idx.len() || (a.len() - idx.len()) % 2 != 0 {
                         return Err(bug("settle answered for the wrong number of items"));
                     }
+                    let runs = a.split_off(idx.len());
+                    observe_runs(&core.redis.metrics, runs)?;
                     a.into_iter()
                         .map(|v| match v {
                             Value::BulkString(b) if b == b"stale" => {

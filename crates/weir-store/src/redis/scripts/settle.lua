@@ -3,7 +3,9 @@
 -- cap, n, then 4 per item: id, lease id (16 bytes), op, result or error. op is
 -- 'a' (ack without result), 'r' (ack with result) or 'f' + retry ('1'/'0') +
 -- a jitter unit in [0,1) (a fail).
--- Returns one entry per item: the new state, or 'stale'.
+-- Returns one entry per item: the new state, or 'stale'; then, per queue with
+-- settled items, its name and their run times (now - started, ms) joined by
+-- ',' (for the run-time histogram).
 local bbase, bcap, n = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local W = 4
 
@@ -31,6 +33,7 @@ local ids = {}
 for i = 0, n - 1 do ids[i + 1] = ARGV[6 + i * W] end
 prefetch(ids)
 local out = {}
+local runs, run_queues = {}, {}
 for i = 0, n - 1 do
   local b = 6 + i * W
   local id, lease, op = ARGV[b], ARGV[b + 1], ARGV[b + 2]
@@ -39,6 +42,16 @@ for i = 0, n - 1 do
     out[i + 1] = 'stale'
   else
     local to, dl, rt, ma, p, g, ik, q = struct.unpack(D8, rec, HLEN + 1)
+    local started = struct.unpack('>i8', rec, 38)
+    if started > 0 then
+      local r = runs[q]
+      if not r then
+        r = {}
+        runs[q] = r
+        run_queues[#run_queues + 1] = q
+      end
+      r[#r + 1] = math.max(NOW - started, 0)
+    end
     unlease(q, id)
     count(q, ACTIVE, -1, id)
     local state
@@ -83,4 +96,8 @@ for i = 0, n - 1 do
   end
 end
 flush_wakes()
+for _, q in ipairs(run_queues) do
+  out[#out + 1] = q
+  out[#out + 1] = table.concat(runs[q], ',')
+end
 return out
