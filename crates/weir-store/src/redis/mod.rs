@@ -964,7 +964,7 @@ impl Broker for RedisBroker {
             let idx: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
             let res = match core.redis.script("settle", &inv).await {
                 Ok(v) => array(v).and_then(|mut a| {
-                    if a.len() < idx.len() || (a.len() - idx.len()) % 2 != 0 {
+                    if a.len() < idx.len() || !(a.len() - idx.len()).is_multiple_of(2) {
                         return Err(bug("settle answered for the wrong number of items"));
                     }
                     let runs = a.split_off(idx.len());
