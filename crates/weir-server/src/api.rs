@@ -1151,15 +1151,7 @@ async fn retry_dead(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    validate::queue_name(&queue, &s.config.limits)?;
-    let ids = dead_ids(&s, &headers, body).await?;
-    let (done, skipped) = for_dead(&s, &queue, ids, DeadOp::Retry).await?;
-    Ok(Json(DeadResponse {
-        retried: Some(done),
-        deleted: None,
-        skipped,
-    })
-    .into_response())
+    dead_op(&s, &queue, &headers, body, DeadOp::Retry).await
 }
 
 /// Deletes a queue's dead tasks (all, or `{"ids": [...]}`): 200 with counts.
@@ -1173,21 +1165,36 @@ async fn purge_dead(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    validate::queue_name(&queue, &s.config.limits)?;
-    let ids = dead_ids(&s, &headers, body).await?;
-    let (done, skipped) = for_dead(&s, &queue, ids, DeadOp::Delete).await?;
-    Ok(Json(DeadResponse {
-        retried: None,
-        deleted: Some(done),
-        skipped,
-    })
-    .into_response())
+    dead_op(&s, &queue, &headers, body, DeadOp::Delete).await
 }
 
 #[derive(Clone, Copy)]
 enum DeadOp {
     Retry,
     Delete,
+}
+
+/// A queue's dead-task retry or purge: the body's ids, or every dead task.
+async fn dead_op(
+    s: &AppState,
+    queue: &str,
+    headers: &HeaderMap,
+    body: Body,
+    op: DeadOp,
+) -> ApiResult {
+    validate::queue_name(queue, &s.config.limits)?;
+    let ids = dead_ids(s, headers, body).await?;
+    let (done, skipped) = for_dead(s, queue, ids, op).await?;
+    let (retried, deleted) = match op {
+        DeadOp::Retry => (Some(done), None),
+        DeadOp::Delete => (None, Some(done)),
+    };
+    Ok(Json(DeadResponse {
+        retried,
+        deleted,
+        skipped,
+    })
+    .into_response())
 }
 
 /// Applies `op` to the queue's dead tasks: the ids given, or every dead task, a

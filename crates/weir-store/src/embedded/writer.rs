@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Notify};
-use weir_core::machine;
+use weir_core::machine::{self, TransitionError};
 use weir_core::{ConfigPatch, GroupTally, QueueConfig, TaskId, TaskRecord, TaskState};
 use weir_log::Log;
 
@@ -1296,63 +1296,29 @@ fn round(
                     after.reply(reply, Ok(()));
                 }
                 Op::Retry { ids, scope, reply } => {
-                    let reads = match pre {
-                        Pre::Records(r) => r,
-                        _ => unreachable!("retry pre-read"),
-                    };
                     let mut reopened = Vec::new();
                     let mut retried = Vec::new();
-                    let res: Vec<_> = ids
-                        .into_iter()
-                        .zip(reads)
-                        .map(|(id, read)| {
-                            let (q, rec) = finished_record(
-                                disk,
-                                &st,
-                                id,
-                                read,
-                                scope.get(),
-                                now,
-                                machine::TransitionError::NotRetryable,
-                            )?;
-                            plan_retry(&mut st, &mut reopened, &mut retried, q, rec, now)
-                        })
-                        .collect();
+                    let finished = Finished::new(disk, ids, pre, scope.get(), now);
+                    let res =
+                        finished.each(&mut st, TransitionError::NotRetryable, |st, q, rec| {
+                            plan_retry(st, &mut reopened, &mut retried, q, rec, now)
+                        });
                     batch.reopen(&reopened);
-                    for rec in &retried {
+                    for (q, rec) in &retried {
                         batch.update(rec);
-                        after.queued.push((
-                            st.queue_index[rec.queue.as_str()],
-                            rec.id.0,
-                            rec.priority,
-                            rec.run_at_ms,
-                        ));
+                        after
+                            .queued
+                            .push((*q, rec.id.0, rec.priority, rec.run_at_ms));
                     }
                     after.reply(reply, Ok(res));
                 }
                 Op::Delete { ids, scope, reply } => {
-                    let reads = match pre {
-                        Pre::Records(r) => r,
-                        _ => unreachable!("delete pre-read"),
-                    };
                     let mut purged = Vec::new();
-                    let res: Vec<_> = ids
-                        .into_iter()
-                        .zip(reads)
-                        .map(|(id, read)| {
-                            let (q, rec) = finished_record(
-                                disk,
-                                &st,
-                                id,
-                                read,
-                                scope.get(),
-                                now,
-                                machine::TransitionError::NotFinished,
-                            )?;
-                            purged.push(remove_finished(&mut st, q, &rec));
-                            Ok(())
-                        })
-                        .collect();
+                    let finished = Finished::new(disk, ids, pre, scope.get(), now);
+                    let res = finished.each(&mut st, TransitionError::NotFinished, |st, q, rec| {
+                        purged.push(remove_finished(st, q, &rec));
+                        Ok(())
+                    });
                     batch.purge(&purged);
                     after.reply(reply, Ok(res));
                 }
@@ -1571,6 +1537,56 @@ fn purge_expired(disk: &Disk, st: &mut State, batch: &mut Batch, now: u64) {
     batch.purge_groups(&groups);
 }
 
+/// The tasks of an operator's retry or delete, with what was read of them before
+/// the round.
+struct Finished<'a> {
+    disk: &'a Disk,
+    ids: Vec<TaskId>,
+    reads: Vec<Result<Option<TaskRecord>, StoreError>>,
+    scope: crate::Scope<'a>,
+    now: u64,
+}
+
+impl<'a> Finished<'a> {
+    fn new(disk: &'a Disk, ids: Vec<TaskId>, pre: Pre, scope: crate::Scope<'a>, now: u64) -> Self {
+        let reads = match pre {
+            Pre::Records(r) => r,
+            _ => unreachable!("retry and delete pre-read their records"),
+        };
+        Finished {
+            disk,
+            ids,
+            reads,
+            scope,
+            now,
+        }
+    }
+
+    /// Applies `op` to each task that is finished and in scope; the others get
+    /// their error (`not_finished` names a task that is not finished).
+    fn each<T>(
+        self,
+        st: &mut State,
+        not_finished: fn(TaskState) -> TransitionError,
+        mut op: impl FnMut(&mut State, QueueIdx, TaskRecord) -> Result<T, StoreError>,
+    ) -> Vec<Result<T, StoreError>> {
+        let Finished {
+            disk,
+            ids,
+            reads,
+            scope,
+            now,
+        } = self;
+        ids.into_iter()
+            .zip(reads)
+            .map(|(id, read)| {
+                let (q, rec) = finished_record(disk, st, id, read, scope, now, not_finished)?;
+                op(st, q, rec)
+            })
+            .collect()
+    }
+}
+
 /// The finished task `id` is, for an operator's retry or delete: its queue and
 /// its current record (`read` before the round, read again if it has changed since),
 /// `NotFound` if unknown or outside `scope`, `Conflict` if not finished.
@@ -1581,7 +1597,7 @@ fn finished_record(
     read: Result<Option<TaskRecord>, StoreError>,
     scope: crate::Scope<'_>,
     now: u64,
-    not_finished: fn(TaskState) -> machine::TransitionError,
+    not_finished: fn(TaskState) -> TransitionError,
 ) -> Result<(QueueIdx, TaskRecord), StoreError> {
     let listed = |st: &State, rec: &TaskRecord| {
         st.queue_index
@@ -1630,7 +1646,7 @@ fn remove_finished(st: &mut State, q: QueueIdx, rec: &TaskRecord) -> (u128, u64)
 fn plan_retry(
     st: &mut State,
     reopened: &mut Vec<(u128, u64)>,
-    retried: &mut Vec<TaskRecord>,
+    retried: &mut Vec<(QueueIdx, TaskRecord)>,
     q: QueueIdx,
     mut rec: TaskRecord,
     now: u64,
@@ -1640,7 +1656,7 @@ fn plan_retry(
     st.expiry.remove(&(at, rec.id.0));
     st.count(q, rec.id.0, Some(old), None);
     reopened.push((rec.id.0, at));
-    retried.push(rec.clone());
+    retried.push((q, rec.clone()));
     Ok(rec)
 }
 
