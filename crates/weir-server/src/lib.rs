@@ -10,6 +10,7 @@ pub mod extract;
 pub mod ingress;
 pub mod metrics;
 pub mod schedule;
+pub mod ui;
 pub mod wire;
 
 use std::future::Future;
