@@ -14,7 +14,7 @@ use reqwest::header::{
 };
 use reqwest::StatusCode;
 
-fn header<'a>(h: &'a HeaderMap, name: reqwest::header::HeaderName) -> &'a str {
+fn header(h: &HeaderMap, name: reqwest::header::HeaderName) -> &str {
     h.get(&name)
         .unwrap_or_else(|| panic!("no {name} in {h:?}"))
         .to_str()
