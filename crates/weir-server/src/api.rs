@@ -87,6 +87,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     router
+        // The web dashboard: `/` and `/ui/…` (its own module; `openapi::document`
+        // adds its paths from the same table).
+        .merge(crate::ui::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod otel;
 pub mod schedule;
+pub mod ui;
 pub mod wire;
 
 use std::future::Future;

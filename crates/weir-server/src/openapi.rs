@@ -46,6 +46,12 @@ pub struct ApiDoc;
 pub fn document(limits: &Limits) -> Value {
     let (_, doc) = crate::api::routes().split_for_parts();
     let mut doc = serde_json::to_value(doc).expect("the OpenAPI document serialises");
+    if let Some(Value::Object(paths)) = doc.get_mut("paths") {
+        for (i, page) in crate::ui::PAGES.iter().enumerate() {
+            paths.insert((*page).to_owned(), dashboard_page(page, i));
+        }
+        paths.insert(crate::ui::ASSETS_ROUTE.to_owned(), dashboard_asset());
+    }
     // A wildcard segment (`/ui/{*path}` in axum) is a plain parameter in OpenAPI.
     if let Some(Value::Object(paths)) = doc.get_mut("paths") {
         *paths = std::mem::take(paths)
@@ -80,6 +86,62 @@ pub fn document(limits: &Limits) -> Value {
     ];
     set_maxima(&mut doc, &maxima);
     doc
+}
+
+/// A dashboard page's path item: HTML, the same shell for every page.
+fn dashboard_page(path: &str, i: usize) -> Value {
+    serde_json::json!({ "get": {
+        "tags": ["dashboard"],
+        "operationId": format!("dashboard_page_{i}"),
+        "summary": "A page of the web dashboard (HTML; its script reads this API)",
+        "parameters": path_parameters(path),
+        "responses": { "200": {
+            "description": "The dashboard's page",
+            "content": { "text/html; charset=utf-8": { "schema": { "type": "string" } } }
+        } }
+    } })
+}
+
+/// The dashboard's assets: their bytes, or a 404 problem for an unknown file or
+/// another server version's path.
+fn dashboard_asset() -> Value {
+    let content: serde_json::Map<String, Value> = crate::ui::asset_content_types()
+        .into_iter()
+        .map(|t| {
+            (
+                t.to_owned(),
+                serde_json::json!({ "schema": { "type": "string" } }),
+            )
+        })
+        .collect();
+    serde_json::json!({ "get": {
+        "tags": ["dashboard"],
+        "operationId": "dashboard_asset",
+        "summary": "A file of the web dashboard, cached for good under its version",
+        "parameters": path_parameters(crate::ui::ASSETS_ROUTE),
+        "responses": {
+            "200": { "description": "The file", "content": content },
+            "404": {
+                "description": "No such file in this server's version",
+                "content": { "application/problem+json": {
+                    "schema": { "$ref": "#/components/schemas/Problem" }
+                } }
+            }
+        }
+    } })
+}
+
+/// The path parameters (`{name}`, `{*name}`) of a route, as plain strings.
+fn path_parameters(path: &str) -> Value {
+    let names = path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(|n| n.trim_start_matches('*'));
+    Value::Array(
+        names
+            .map(|n| serde_json::json!({ "name": n, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect(),
+    )
 }
 
 /// Sets `maximum` of every property and parameter named in `maxima` that has one.

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use weir_core::TaskRecord;
 use weir_core::{ConfigPatch, QueueConfig};
-use weir_store::{Counts, GroupView, Leased, QueueInfo, TaskView};
+use weir_store::{Counts, GroupView, Leased, QueueInfo, TaskView, Totals};
 
 /// A request struct that must come as a JSON object. serde's derive also reads a
 /// struct from an array of its fields in declaration order (`[{"a":1},"email.send",
@@ -685,6 +685,11 @@ pub struct QueueJson {
     pub name: String,
     pub counts: CountsJson,
     pub config: QueueConfigJson,
+    /// What its tasks did, counted by the store; a client derives rates from the
+    /// difference between two reads (the dashboard does).
+    pub totals: TotalsJson,
+    /// How long the next task to lease has been ready; `null` with nothing pending.
+    pub oldest_pending_age_ms: Option<u64>,
 }
 
 impl From<QueueInfo> for QueueJson {
@@ -693,6 +698,37 @@ impl From<QueueInfo> for QueueJson {
             name: q.name,
             counts: q.counts.into(),
             config: q.config.into(),
+            totals: q.totals.into(),
+            oldest_pending_age_ms: q.oldest_pending_age_ms,
+        }
+    }
+}
+
+/// A queue's monotonic transition counters (`weir_store::Totals`): on Redis
+/// store-wide and durable, on the embedded store since the server started; they
+/// start again from zero when the queue is deleted, so a client taking rates
+/// must treat a decrease as a reset.
+#[derive(Serialize, ToSchema)]
+pub struct TotalsJson {
+    pub enqueued: u64,
+    pub leased: u64,
+    pub completed: u64,
+    pub dead: u64,
+    pub canceled: u64,
+    pub retried: u64,
+    pub lease_expired: u64,
+}
+
+impl From<Totals> for TotalsJson {
+    fn from(t: Totals) -> TotalsJson {
+        TotalsJson {
+            enqueued: t.enqueued,
+            leased: t.leased,
+            completed: t.completed,
+            dead: t.dead,
+            canceled: t.canceled,
+            retried: t.retried,
+            lease_expired: t.lease_expired,
         }
     }
 }

@@ -173,9 +173,23 @@ async fn enqueue_lease_ack_get_result() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["queues"][0]["name"], "emails");
     assert_eq!(v["queues"][0]["counts"]["completed"], 1);
+    // The totals a client takes rates from, and the age of the oldest pending task.
+    let totals = &v["queues"][0]["totals"];
+    assert_eq!(totals["enqueued"], 1, "{v}");
+    assert_eq!(totals["leased"], 1, "{v}");
+    assert_eq!(totals["completed"], 1, "{v}");
+    for zero in ["dead", "canceled", "retried", "lease_expired"] {
+        assert_eq!(totals[zero], 0, "{zero} in {v}");
+    }
+    assert_eq!(v["queues"][0]["oldest_pending_age_ms"], Value::Null, "{v}");
     let (st, v) = s.get("/v1/queues/emails").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["counts"]["pending"], 0);
+    assert_eq!(v["totals"]["completed"], 1, "{v}");
+    s.post("/v1/queues/emails/tasks", json!({"payload": 1}))
+        .await;
+    let (_, v) = s.get("/v1/queues/emails").await;
+    assert!(v["oldest_pending_age_ms"].as_u64().is_some(), "{v}");
     let (st, _) = s.get("/v1/queues/nope").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     s.stop().await;
