@@ -175,29 +175,14 @@ end
 -- gets its HINCRBY, so the hash ends exactly as with one HINCRBY per change.
 -- The same calls keep the browsing index of every state but pending (whose
 -- 'ready' set orders it): the zset 'x<state>' of the queue, every score 0 and
--- the task id as member, so that ZRANGE BYLEX walks a state's tasks by id. A
--- task may enter and leave a state within one script: its changes net per key
--- and id, and reach Redis as one ZADD and one ZREM per key.
-local counts, counted, listed, listkeys = {}, {}, {}, {}
-local function count(q, state, delta, id)
-  local c = counts[q]
-  if not c then
-    c = {}
-    counts[q] = c
-    counted[#counted + 1] = q
-  end
-  c[state] = (c[state] or 0) + delta
-  if state ~= PENDING then
-    local k = qkey(q, 'x' .. state)
-    local m = listed[k]
-    if not m then
-      m = {}
-      listed[k] = m
-      listkeys[#listkeys + 1] = k
-    end
-    m[id] = (m[id] or 0) + delta
-  end
-end
+-- the task id as member, so that ZRANGE BYLEX walks a state's tasks by id. Its
+-- changes go with the other deferred zset writes (flush_z: every ZREM of a key
+-- before its ZADD), which is right because within one script a task may leave a
+-- state and enter it again (an expired lease leased anew) but never enters a
+-- state and leaves it again.
+local counts, counted = {}, {}
+local XKEY = {[SCHED] = 'x0', [ACTIVE] = 'x2', [COMPLETED] = 'x3', [DEAD] = 'x4', [CANCELED] = 'x5'}
+local count
 local function flush_counts()
   for _, q in ipairs(counted) do
     local c = counts[q]
@@ -205,20 +190,7 @@ local function flush_counts()
       if c[s] then redis.call('HINCRBY', qkey(q, 'm'), 'n' .. s, c[s]) end
     end
   end
-  for _, k in ipairs(listkeys) do
-    local adds, rems = {}, {}
-    for id, d in pairs(listed[k]) do
-      if d > 0 then
-        adds[#adds + 1] = 0
-        adds[#adds + 1] = id
-      elseif d < 0 then
-        rems[#rems + 1] = id
-      end
-    end
-    for i = 1, #adds, 1000 do redis.call('ZADD', k, unpack(adds, i, math.min(i + 999, #adds))) end
-    for i = 1, #rems, 1000 do redis.call('ZREM', k, unpack(rems, i, math.min(i + 999, #rems))) end
-  end
-  counts, counted, listed, listkeys = {}, {}, {}, {}
+  counts, counted = {}, {}
 end
 
 -- Store-wide totals of what a queue's tasks did (meta fields: te enqueued, tl
@@ -267,6 +239,22 @@ local function flush_later(t, order, cmd)
   for _, k in ipairs(order) do
     local z = t[k]
     for i = 1, z.n, 1000 do redis.call(cmd, k, unpack(z, i, math.min(i + 999, z.n))) end
+  end
+end
+count = function(q, state, delta, id)
+  local c = counts[q]
+  if not c then
+    c = {}
+    counts[q] = c
+    counted[#counted + 1] = q
+  end
+  c[state] = (c[state] or 0) + delta
+  if state ~= PENDING then
+    if delta > 0 then
+      later(zadds, zadded, qkey(q, XKEY[state]), 0, id)
+    else
+      later(zrems, zremmed, qkey(q, XKEY[state]), id)
+    end
   end
 end
 -- A task leaves 'active' (its lease index entry and worker name). On a queue
