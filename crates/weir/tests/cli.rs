@@ -577,3 +577,32 @@ async fn task_list_and_dead_retry_purge() {
     assert!(!out.status.success());
     server.child.kill().await.unwrap();
 }
+
+/// `--log-format json`: every log line the server writes is one JSON object with
+/// a timestamp, a level and the message's fields.
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    let mut server = common::start_server_with(common::Options {
+        extra: &["--log-format", "json"],
+        log: Some("info"),
+        capture_stderr: true,
+        ..common::Options::default()
+    })
+    .await;
+    // Stopping the server logs its shutdown lines; read up to the last.
+    server.child.start_kill().unwrap();
+    let _ = server.child.wait().await;
+    let mut lines = server.stderr.take().unwrap();
+    let mut seen = 0;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert!(v["fields"].is_object(), "{line}");
+        seen += 1;
+    }
+    assert!(seen > 0, "the server logged nothing");
+}
