@@ -55,6 +55,15 @@ mod conformance {
     crate::conformance_tests!(super::fresh());
 }
 
+/// A store in a fresh directory that lives as long as the `TestStore`.
+fn opened() -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    TestStore {
+        broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
+        _dir: dir,
+    }
+}
+
 async fn reopen(s: TestStore) -> TestStore {
     let dir = s._dir;
     s.broker.close().await.unwrap();
@@ -65,11 +74,7 @@ async fn reopen(s: TestStore) -> TestStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_every_kind_of_task() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = TestStore {
-        broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
-        _dir: dir,
-    };
+    let s = opened();
     let b: &dyn Broker = &*s;
     // pending, scheduled, completed (with result), dead, idempotency key, active
     let pending = b.enqueue("r", vec![item(task("k"), "1")]).await.unwrap()[0].id;
@@ -158,11 +163,7 @@ async fn restart_keeps_every_kind_of_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_requested_while_active_survives_restart_as_canceled() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = TestStore {
-        broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
-        _dir: dir,
-    };
+    let s = opened();
     let id = s.enqueue("x", vec![item(task("k"), "1")]).await.unwrap()[0].id;
     s.lease("x", 1, WAIT).await.unwrap();
     assert!(s.cancel(id).await.unwrap().record.cancel_requested);
@@ -217,11 +218,7 @@ async fn retention_removes_finished_tasks_and_their_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_survive_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = TestStore {
-        broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
-        _dir: dir,
-    };
+    let s = opened();
     let items = |n: usize| {
         (0..n)
             .map(|i| item(task("g"), &i.to_string()))
@@ -837,11 +834,7 @@ fn queue_config(infos: &[QueueInfo], name: &str) -> Option<QueueConfig> {
 /// and no task too), gone after their deletion or once every setting is cleared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_configs_survive_a_restart_and_deletion_ends_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = TestStore {
-        broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
-        _dir: dir,
-    };
+    let s = opened();
     let set = ConfigPatch {
         rate_per_sec: Some(Some(2.5)),
         burst: Some(Some(3)),
@@ -959,11 +952,7 @@ async fn schedules_are_capped() {
 /// in the purge index the deleted dead task comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_and_deletes_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = TestStore {
-        broker: EmbeddedBroker::open(config(dir.path())).unwrap(),
-        _dir: dir,
-    };
+    let s = opened();
     let b: &dyn Broker = &*s;
     let mut die = task("k");
     die.max_attempts = 1;
