@@ -449,7 +449,8 @@ pub(crate) struct After {
     /// Groups that finished: (expires_at, id).
     pub group_expiry: Vec<(u64, u128)>,
     /// Transitions to count in the queues' `totals` once the round is durable
-    /// (tasks that ended are counted from `terminal`).
+    /// (tasks that ended are counted from `terminal`, new ones from the round's
+    /// `added`).
     tallies: Vec<(QueueIdx, Tally)>,
     /// Attempts settled in the round: their queue and run time (ms), observed in
     /// `StoreMetrics::run_seconds` once the round is durable.
@@ -474,7 +475,6 @@ impl After {
 /// A transition counted in `QueueState::totals`.
 #[derive(Clone, Copy)]
 enum Tally {
-    Enqueued,
     Retried,
     LeaseExpired,
 }
@@ -1092,6 +1092,9 @@ fn round(
     let mut after = After::default();
     let mut woken: Vec<Arc<Notify>> = Vec::new();
     let mut deletes: Vec<(String, Reply<()>)> = Vec::new();
+    // New tasks planned per queue: checked against the queues' limits while
+    // planning, and the queues' `enqueued` totals once the round is durable.
+    let mut added: HashMap<QueueIdx, u64> = HashMap::new();
     // Deleted queues whose config must end on disk too.
     let mut ended: Vec<(String, Reply<()>)> = Vec::new();
 
@@ -1103,7 +1106,6 @@ fn round(
         st.promote_due(now, &mut woken);
         expire_leases(&mut st, &mut batch, &mut after, now);
         let mut round_idem: HashMap<(QueueIdx, String), (TaskId, TaskState)> = HashMap::new();
-        let mut added: HashMap<QueueIdx, u64> = HashMap::new();
         let mut configs: HashMap<QueueIdx, QueueConfig> = HashMap::new();
         let mut planned = PlannedSchedules::default();
         for (op, pre) in ops.into_iter().zip(pre) {
@@ -1383,16 +1385,15 @@ fn round(
                 woken.push(st.queue(q).notify.clone());
             }
         }
+        for (&q, &n) in &added {
+            st.queue(q).totals.enqueued += n;
+        }
         for &(q, tally) in &after.tallies {
             let totals = &mut st.queue(q).totals;
             match tally {
-                Tally::Enqueued => totals.enqueued += 1,
                 Tally::Retried => totals.retried += 1,
                 Tally::LeaseExpired => totals.lease_expired += 1,
             }
-        }
-        for &(q, state, ..) in &after.terminal {
-            st.queue(q).totals.finish(state);
         }
         shared.metrics.ran(
             after
@@ -1402,6 +1403,7 @@ fn round(
         );
 
         for (q, state, id, expires, keyed) in after.terminal.drain(..) {
+            st.queue(q).totals.finish(state);
             st.count(q, id, None, Some(state));
             // Dead tasks too, never due (`u64::MAX`): an operator's delete finds them.
             st.expiry
@@ -1735,7 +1737,6 @@ fn plan_enqueue(
             after.idem.push((state::idem_key(queue, key), rec.id.0));
         }
         batch.new_task(rec.id.0, &p.meta, &p.payload);
-        after.tallies.push((q, Tally::Enqueued));
         *added.entry(q).or_default() += 1;
         after
             .queued
