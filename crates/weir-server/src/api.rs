@@ -242,7 +242,7 @@ fn now_ms() -> u64 {
 
 /// The W3C trace context of a request (`traceparent`, `tracestate`), if it sent a
 /// valid one; an invalid one is ignored, as the specification asks.
-pub(crate) fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     TraceContext::from_headers(get("traceparent"), get("tracestate"))
 }
@@ -259,7 +259,7 @@ fn producer_trace(
     let from = trace_context(headers);
     let span = s.otel.as_ref().map(|o| {
         let n = tasks.len();
-        o.span(Op::Send { queue, id: None, n }, headers, &[], None)
+        o.span(Op::Send { queue, id: None, n }, from.as_ref(), &[], None)
     });
     let carried = match &span {
         Some(sp) => Some(otel::carried(sp, from.as_ref())),
@@ -541,7 +541,7 @@ async fn lease(
             n: leased.len(),
         };
         end_span(
-            Some(o.span(op, &headers, &links, started)),
+            Some(o.span(op, trace_context(&headers).as_ref(), &links, started)),
             &Ok::<(), StoreError>(()),
             None,
         );
@@ -583,7 +583,7 @@ async fn settle_one(s: &AppState, headers: &HeaderMap, item: Settle) -> ApiResul
             id: Some(&id),
             n: 1,
         };
-        o.span(op, headers, &[], None)
+        o.span(op, trace_context(headers).as_ref(), &[], None)
     });
     let res = s.broker.settle(vec![item]).await;
     end_span(span, &res, None);
@@ -766,7 +766,7 @@ async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Ap
             id: None,
             n: items.len(),
         };
-        o.span(op, &headers, &[], None)
+        o.span(op, trace_context(&headers).as_ref(), &[], None)
     });
     let results = s.broker.settle(items).await;
     end_span(span, &results, None);

@@ -17,7 +17,6 @@
 //! May not: block a request (export runs on the processor's thread, and its
 //! queue is bounded: spans beyond it are dropped and counted by the SDK).
 
-use axum::http::HeaderMap;
 use opentelemetry::trace::{
     Link, Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId,
     TraceState, Tracer as _, TracerProvider as _,
@@ -75,12 +74,13 @@ impl Otel {
         Ok(Otel { provider, tracer })
     }
 
-    /// Starts a span for `op` under the request's trace context (if any), at
-    /// `start` or now; for a receive, `links` are the leased tasks' contexts.
+    /// Starts a span for `op` under `parent` (the request's trace context, if
+    /// any), at `start` or now; for a receive, `links` are the leased tasks'
+    /// contexts.
     pub fn span(
         &self,
         op: Op<'_>,
-        headers: &HeaderMap,
+        parent: Option<&TraceContext>,
         links: &[&TraceContext],
         start: Option<std::time::SystemTime>,
     ) -> opentelemetry_sdk::trace::Span {
@@ -124,8 +124,8 @@ impl Otel {
             Some(id) => attributes.push(KeyValue::new("messaging.message.id", id.to_owned())),
             None => attributes.push(KeyValue::new("messaging.batch.message_count", n as i64)),
         }
-        let parent = crate::api::trace_context(headers)
-            .and_then(|t| remote(&t))
+        let parent = parent
+            .and_then(remote)
             .map(|sc| Context::new().with_remote_span_context(sc))
             .unwrap_or_default();
         let links = links

@@ -414,6 +414,7 @@ pub struct LeasedJson {
 
 impl From<Leased> for LeasedJson {
     fn from(l: Leased) -> LeasedJson {
+        let (traceparent, tracestate) = trace_fields(l.record.trace);
         LeasedJson {
             id: l.record.id.to_string(),
             queue: l.record.queue,
@@ -425,8 +426,8 @@ impl From<Leased> for LeasedJson {
             lease_expires_at: rfc3339(l.lease_expires_ms),
             timeout_ms: l.record.timeout_ms,
             deadline: l.record.deadline_ms.map(rfc3339),
-            traceparent: l.record.trace.as_ref().map(|t| t.traceparent.clone()),
-            tracestate: l.record.trace.and_then(|t| t.tracestate),
+            traceparent,
+            tracestate,
         }
     }
 }
@@ -565,6 +566,7 @@ impl<T: Serialize> Serialize for Listed<T> {
 impl TaskJson {
     /// A task as a listing shows it: without payload, result and lease.
     pub fn listed(r: TaskRecord) -> TaskJson {
+        let (traceparent, tracestate) = trace_fields(r.trace);
         TaskJson {
             id: r.id.to_string(),
             queue: r.queue,
@@ -585,8 +587,8 @@ impl TaskJson {
             idempotency_key: r.idempotency_key,
             cancel_requested: r.cancel_requested,
             group: r.group.map(|g| g.to_string()),
-            traceparent: r.trace.as_ref().map(|t| t.traceparent.clone()),
-            tracestate: r.trace.and_then(|t| t.tracestate),
+            traceparent,
+            tracestate,
             lease_expires_at: Listed::Listed,
             worker: Listed::Listed,
         }
@@ -595,13 +597,22 @@ impl TaskJson {
 
 impl From<TaskView> for TaskJson {
     fn from(v: TaskView) -> TaskJson {
-        let result = v.record.result.clone().map(|r| RawJson(Bytes::from(r)));
-        let mut j = TaskJson::listed(v.record);
+        let mut record = v.record;
+        let result = record.result.take().map(|r| RawJson(Bytes::from(r)));
+        let mut j = TaskJson::listed(record);
         j.payload = Some(RawJson(v.payload));
         j.result = Listed::Shown(result);
         j.lease_expires_at = Listed::Shown(v.lease_expires_ms.map(rfc3339));
         j.worker = Listed::Shown(v.worker);
         j
+    }
+}
+
+/// A task's trace context as its two JSON fields.
+fn trace_fields(t: Option<weir_core::TraceContext>) -> (Option<String>, Option<String>) {
+    match t {
+        Some(t) => (Some(t.traceparent), t.tracestate),
+        None => (None, None),
     }
 }
 
