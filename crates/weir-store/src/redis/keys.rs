@@ -129,6 +129,17 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The bytes `hex` wrote (either case); `None` for anything else.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
 /// Key and channel names of one deployment (one prefix).
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -208,6 +219,15 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let b = [0u8, 1, 0xab, 0xff];
+        assert_eq!(unhex(&hex(&b)), Some(b.to_vec()));
+        for bad in ["a", "zz", "é0", "+1"] {
+            assert_eq!(unhex(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn crc16_matches_redis() {

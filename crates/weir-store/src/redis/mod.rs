@@ -720,13 +720,7 @@ enum Admin {
 /// 'ready' member (pending) or of a task id.
 fn browse_cursor(c: &str, state: TaskState) -> Result<Vec<u8>, StoreError> {
     let bad = || InvalidInput::invalid("cursor", "not a cursor of this listing");
-    if !c.len().is_multiple_of(2) {
-        return Err(bad().into());
-    }
-    let raw = (0..c.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(c.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
-        .collect::<Result<Vec<u8>, _>>()?;
+    let raw = keys::unhex(c).ok_or_else(bad)?;
     let id = match state {
         TaskState::Pending => raw.get(decode::READY_PREFIX_LEN..),
         _ => Some(&raw[..]),
