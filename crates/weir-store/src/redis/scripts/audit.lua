@@ -32,8 +32,8 @@ for i = 1, #kv, 2 do
     fixed = fixed + 1
   end
   -- The browsing index (a store written before it existed has none).
-  if t.s ~= PENDING and not redis.call('ZSCORE', qkey(q, 'x' .. t.s), id) then
-    redis.call('ZADD', qkey(q, 'x' .. t.s), 0, id)
+  if t.s ~= PENDING and not redis.call('ZSCORE', qkey(q, XKEY[t.s]), id) then
+    redis.call('ZADD', qkey(q, XKEY[t.s]), 0, id)
     fixed = fixed + 1
   end
 end

@@ -14,7 +14,7 @@ if state == PENDING then
 else
   local from = '+'
   if cursor ~= '' then from = '(' .. cursor end
-  members = redis.call('ZRANGE', qkey(q, 'x' .. state), from, '-', 'BYLEX', 'REV', 'LIMIT', 0, limit + 1)
+  members = redis.call('ZRANGE', qkey(q, XKEY[state]), from, '-', 'BYLEX', 'REV', 'LIMIT', 0, limit + 1)
 end
 local out = {'', fmt(NOW)}
 if #members > limit then

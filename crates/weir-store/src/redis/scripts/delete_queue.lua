@@ -10,6 +10,7 @@ local total = 0
 for i = 1, 6 do c[i] = tonumber(c[i]) or 0; total = total + c[i] end
 flush_wakes()
 if total > 0 then return {'ne', c[1], c[2], c[3], c[4], c[5], c[6]} end
-redis.call('DEL', meta, qkey(q, 'ready'), qkey(q, 'sched'), qkey(q, 'active'), qkey(q, 'fin'),
-  qkey(q, 'w'), qkey(q, 'x0'), qkey(q, 'x2'), qkey(q, 'x3'), qkey(q, 'x4'), qkey(q, 'x5'))
+local gone = {meta, qkey(q, 'ready'), qkey(q, 'sched'), qkey(q, 'active'), qkey(q, 'fin'), qkey(q, 'w')}
+for _, x in pairs(XKEY) do gone[#gone + 1] = qkey(q, x) end
+redis.call('DEL', unpack(gone))
 return {'ok'}
