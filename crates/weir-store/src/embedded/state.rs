@@ -790,10 +790,9 @@ impl State {
         let before = cursor
             .map(|c| parse_id_cursor(c).ok_or_else(bad))
             .transpose()?;
-        let mut it: Box<dyn Iterator<Item = &u128>> = match before {
-            Some(b) => Box::new(set.range(..b).rev()),
-            None => Box::new(set.iter().rev()),
-        };
+        use std::ops::Bound::{Excluded, Unbounded};
+        let upper = before.map_or(Unbounded, Excluded);
+        let mut it = set.range((Unbounded, upper)).rev();
         let page: Vec<u128> = it.by_ref().take(limit).copied().collect();
         let more = it.next().is_some();
         let next = page.last().filter(|_| more).map(|id| format!("{id:032x}"));
