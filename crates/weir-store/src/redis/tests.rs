@@ -534,3 +534,62 @@ async fn schedules_are_capped() {
     crate::conformance::schedules_are_capped_at_two(&b).await;
     drop_prefix(&prefix).await;
 }
+
+/// What one server does to tasks, another sees and can act on: tasks killed
+/// through A are listed, retried and deleted through B, and A's totals agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_tasks_made_on_one_server_are_browsed_retried_and_deleted_on_another() {
+    let (prefix, s) = servers(2).await;
+    let (a, b) = (s[0].clone(), s[1].clone());
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        let mut t = task("k");
+        t.max_attempts = 1;
+        let id = a.enqueue("xs", vec![item(t, "1")]).await.unwrap()[0].id;
+        let l = a.lease("xs", 1, Duration::ZERO).await.unwrap().remove(0);
+        a.settle(vec![Settle::Fail {
+            id,
+            lease_id: l.lease_id,
+            error: "no".into(),
+            retry: false,
+        }])
+        .await
+        .unwrap();
+        dead.push(id);
+    }
+    let listed: Vec<_> = b
+        .browse("xs", TaskState::Dead, None, 10)
+        .await
+        .unwrap()
+        .tasks
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(listed, vec![dead[2], dead[1], dead[0]]);
+    let scope = crate::Scope {
+        queue: Some("xs"),
+        state: Some(TaskState::Dead),
+    };
+    assert!(b.retry(vec![dead[0]], scope).await.unwrap()[0].is_ok());
+    assert!(b.delete_tasks(vec![dead[1]], scope).await.unwrap()[0].is_ok());
+    let leased = a.lease("xs", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(
+        leased[0].record.id, dead[0],
+        "B's retry is leasable through A"
+    );
+    assert!(
+        a.get(dead[1]).await.unwrap().is_none(),
+        "B's delete is seen by A"
+    );
+    let q = a
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "xs")
+        .unwrap();
+    assert_eq!(q.counts.get(TaskState::Dead), 1);
+    assert_eq!((q.totals.enqueued, q.totals.dead), (3, 3));
+    drop_prefix(&prefix).await;
+}
