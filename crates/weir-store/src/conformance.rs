@@ -1289,6 +1289,117 @@ async fn walk(
     all
 }
 
+/// Active tasks walked 3 at a time while every task already listed has its lease
+/// extended (it moves up, past the cursor), then completed tasks that all ended
+/// at once (one retention end) walked 3 at a time among canceled ones while the
+/// task at the cursor is deleted after every page: every task is listed exactly
+/// once, in the documented order (latest lease expiry first; equal retention
+/// ends newest id first, canceled ones left out).
+pub async fn browsing_by_time_lists_each_task_once_as_times_grow(b: &dyn Broker) {
+    let q = "br-time";
+    let n = 40u64;
+    // Distinct timeouts: distinct lease expiries, in an order unlike the ids'.
+    let items: Vec<_> = (0..n)
+        .map(|i| {
+            let mut t = task("k");
+            t.timeout_ms = 60_000 + (i * 17 % n) * 1_000;
+            item(t, "1")
+        })
+        .collect();
+    b.enqueue(q, items).await.unwrap();
+    let leases = b.lease(q, n as usize, Duration::ZERO).await.unwrap();
+    assert_eq!(leases.len() as u64, n);
+    let mut by_expiry: Vec<_> = leases
+        .iter()
+        .map(|l| (l.lease_expires_ms, l.record.id))
+        .collect();
+    by_expiry.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<TaskId> = by_expiry.iter().map(|&(_, id)| id).collect();
+    let lease_of = |id: TaskId| leases.iter().find(|l| l.record.id == id).unwrap().lease_id;
+
+    let mut listed: Vec<TaskId> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        assert!(listed.len() <= n as usize, "the active walk does not end");
+        let page = b
+            .browse(q, TaskState::Active, cursor.as_deref(), 3)
+            .await
+            .unwrap();
+        listed.extend(page.tasks.iter().map(|t| t.id));
+        // Every task listed so far moves up: the clock ticks, then its lease
+        // is extended past every expiry the walk has yet to reach.
+        let before = now_ms();
+        while now_ms() == before {
+            tokio::task::yield_now().await;
+        }
+        for &id in &listed {
+            let beat = b.heartbeat(id, lease_of(id)).await.unwrap();
+            let was = leases.iter().find(|l| l.record.id == id).unwrap();
+            assert!(beat.lease_expires_ms > was.lease_expires_ms);
+        }
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        listed, expected,
+        "each active task once, latest lease expiry first, although listed ones were extended"
+    );
+
+    // Ten canceled tasks among the completed ones (on Redis they share an index).
+    let extra = b
+        .enqueue(q, (0..10).map(|_| item(task("k"), "1")).collect())
+        .await
+        .unwrap();
+    for e in &extra {
+        b.cancel(e.id).await.unwrap();
+    }
+    let acks: Vec<Settle> = leases
+        .iter()
+        .map(|l| Settle::Ack {
+            id: l.record.id,
+            lease_id: l.lease_id,
+            result: None,
+        })
+        .collect();
+    for r in b.settle(acks).await.unwrap() {
+        assert_eq!(r.unwrap(), TaskState::Completed);
+    }
+    let mut done: Vec<TaskId> = leases.iter().map(|l| l.record.id).collect();
+    done.sort_by(|a, b| b.cmp(a));
+    let mut listed: Vec<TaskId> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        assert!(
+            listed.len() <= n as usize,
+            "the completed walk does not end"
+        );
+        let page = b
+            .browse(q, TaskState::Completed, cursor.as_deref(), 3)
+            .await
+            .unwrap();
+        listed.extend(page.tasks.iter().map(|t| t.id));
+        // The cursor's own task goes: the next page must still start after it.
+        if let Some(last) = page.tasks.last() {
+            let scope = Scope {
+                queue: Some(q),
+                state: Some(TaskState::Completed),
+            };
+            let out = b.delete_tasks(vec![last.id], scope).await.unwrap();
+            assert!(out[0].is_ok());
+        }
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        listed, done,
+        "each completed task once, newest first within one retention end, canceled ones not"
+    );
+}
+
 /// Fails `id`'s only attempt without retry: it ends dead.
 async fn kill(b: &dyn Broker, queue: &str, id: TaskId) {
     let l = b.lease(queue, 1, Duration::ZERO).await.unwrap().remove(0);
@@ -1388,7 +1499,10 @@ pub async fn browsing_lists_each_task_once_while_tasks_are_added(b: &dyn Broker)
         .collect();
     let mut sorted = leased.clone();
     sorted.sort();
-    assert_eq!(head, sorted, "active tasks are listed newest first");
+    assert_eq!(
+        head, sorted,
+        "active tasks leased together (one expiry) are listed newest first"
+    );
 
     let listed = walk(b, q, TaskState::Scheduled, 100, new_tasks(3_600_000)).await;
     let ids: Vec<TaskId> = listed.iter().map(|t| t.id).collect();
@@ -1398,8 +1512,10 @@ pub async fn browsing_lists_each_task_once_while_tasks_are_added(b: &dyn Broker)
         assert!(unique.contains(id), "scheduled task {id} was not listed");
     }
     assert!(
-        ids.windows(2).all(|w| w[0] > w[1]),
-        "other states are listed newest first"
+        listed
+            .windows(2)
+            .all(|w| (w[0].run_at_ms, w[0].id) > (w[1].run_at_ms, w[1].id)),
+        "scheduled tasks are listed latest run time first, then newest first"
     );
 
     // Limits and cursors.
@@ -1830,6 +1946,7 @@ macro_rules! conformance_tests {
             max_pending_refuses_what_would_overflow_whole,
             schedules_are_kept_and_their_ticks_only_move_forward,
             an_expired_lease_frees_its_slot, browsing_lists_each_task_once_while_tasks_are_added,
+            browsing_by_time_lists_each_task_once_as_times_grow,
             dead_tasks_are_retried_and_deleted_exactly, trace_context_rides_with_the_task,
             queue_totals_count_each_transition, oldest_pending_age_is_the_heads);
         $crate::conformance_tests!(@owned $make;

@@ -489,12 +489,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Cancels every non-terminal member and marks the group canceled.
     async fn cancel_group(&self, id: TaskId) -> Result<GroupView, StoreError>;
     /// One page of `queue`'s tasks in `state`, at most `limit` (1..=`BROWSE_TASKS_MAX`):
-    /// pending tasks in dispatch order (what runs next first), every other state
-    /// newest first (by id, that is by creation). `cursor` is an earlier page's
-    /// `next`, resuming after its last task; a walk never lists a task twice, and
-    /// lists every task that stays in the state throughout it. A page may hold
-    /// fewer than `limit` tasks and still have a `next`. An unknown queue is an
-    /// empty page; a cursor this store did not make is `Invalid`.
+    /// pending tasks in dispatch order (what runs next first); scheduled ones
+    /// latest run time first, active ones latest lease expiry first, completed
+    /// ones latest retention end first (the most recently finished, when the
+    /// retention is the same), each with equal times newest id first; dead and
+    /// canceled ones newest id first. `cursor` is an earlier page's `next`,
+    /// resuming after its last task. A walk never lists a task twice (a task's
+    /// place in these orders only moves up while it stays in its state: a
+    /// heartbeat, a retry's backoff) and lists every task that stays in the state,
+    /// at its place, throughout it. A page may hold fewer than `limit` tasks and
+    /// still have a `next`. An unknown queue is an empty page; a cursor this store
+    /// did not make is `Invalid`.
     async fn browse(
         &self,
         queue: &str,

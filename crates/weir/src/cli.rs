@@ -222,8 +222,9 @@ pub enum TaskCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List a queue's tasks in one state: pending in dispatch order, the others
-    /// newest first (without payloads: `weir task get` shows one).
+    /// List a queue's tasks in one state: pending in dispatch order, scheduled by
+    /// run time, active by lease expiry, completed by retention end (latest first),
+    /// dead and canceled newest first (without payloads: `weir task get` shows one).
     List {
         /// Queue name.
         queue: String,

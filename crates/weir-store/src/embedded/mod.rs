@@ -668,15 +668,17 @@ impl<'a> Replay<'a> {
                 if known {
                     // Out of wherever its previous frame put it.
                     if self.st.queue(q).pending.remove(s.priority, s.id) {
-                        self.st.count(q, s.id, Some(TaskState::Pending), None);
+                        self.st.count(q, s.id, Some((TaskState::Pending, 0)), None);
                     } else if let Some(at) = self.scheduled_at.remove(&s.id) {
                         self.st.scheduled.remove(&(at, s.id));
-                        self.st.count(q, s.id, Some(TaskState::Scheduled), None);
+                        self.st
+                            .count(q, s.id, Some((TaskState::Scheduled, at)), None);
                     } else if self.to_cancel.remove(&s.id) {
                     } else if s.state.is_terminal() {
                         // A copy of a terminal task: the same record again.
                         self.st.expiry.remove(&(s.expires_at_ms, s.id));
-                        self.st.count(q, s.id, Some(s.state), None);
+                        self.st
+                            .count(q, s.id, Some((s.state, s.expires_at_ms)), None);
                     }
                 }
                 self.st.place_task(s.id, loc.to_u64(), first);
@@ -686,7 +688,8 @@ impl<'a> Replay<'a> {
                     }
                 }
                 if s.state.is_terminal() {
-                    self.st.count(q, s.id, None, Some(s.state));
+                    self.st
+                        .count(q, s.id, None, Some((s.state, s.expires_at_ms)));
                     // Dead tasks too, never due (`u64::MAX`): a purge entry finds them.
                     self.st.expiry.insert(
                         (s.expires_at_ms, s.id),
@@ -715,7 +718,7 @@ impl<'a> Replay<'a> {
                 for (id, at) in disk::purge_entries(meta).map_err(corrupt)? {
                     // Unknown: its task frame was collected already.
                     if let Some((q, state, _)) = self.st.expiry.remove(&(at, id)) {
-                        self.st.count(q, id, Some(state), None);
+                        self.st.count(q, id, Some((state, at)), None);
                         self.st.forget_task(id);
                     }
                 }
@@ -723,7 +726,7 @@ impl<'a> Replay<'a> {
             disk::KIND_REOPEN => {
                 for (id, at) in disk::purge_entries(meta).map_err(corrupt)? {
                     if let Some((q, state, _)) = self.st.expiry.remove(&(at, id)) {
-                        self.st.count(q, id, Some(state), None);
+                        self.st.count(q, id, Some((state, at)), None);
                     }
                 }
             }
@@ -795,7 +798,7 @@ fn finish_canceled(
         debug_assert_eq!(next, TaskState::Canceled);
         batch.update(&rec);
         let q = st.intern(&rec.queue);
-        st.count(q, id.0, None, Some(TaskState::Canceled));
+        st.count(q, id.0, None, Some((TaskState::Canceled, 0)));
         if let Some(at) = rec.expires_at_ms() {
             st.expiry.insert(
                 (at, id.0),
@@ -1034,8 +1037,10 @@ impl Broker for EmbeddedBroker {
         let new = now.saturating_add(timeout).saturating_add(grace).max(old);
         lease.expires_ms = new;
         let cancel_requested = lease.cancel_requested;
+        let q = lease.queue;
         st.lease_deadlines.remove(&(old, id.0));
         st.lease_deadlines.insert((new, id.0));
+        st.relist_active(q, id.0, old, new);
         Ok(Heartbeat {
             lease_expires_ms: new,
             cancel_requested,
@@ -1397,7 +1402,13 @@ impl EmbeddedBroker {
                 let Some((priority, id)) = st.queue(q).pending.pop_first() else {
                     break;
                 };
-                st.count(q, id, Some(TaskState::Pending), Some(TaskState::Active));
+                // Listed at 0 until its lease is filled, when its expiry is known.
+                st.count(
+                    q,
+                    id,
+                    Some((TaskState::Pending, 0)),
+                    Some((TaskState::Active, 0)),
+                );
                 let lease_id = LeaseId::random().0;
                 st.leases.insert(
                     id,
@@ -1460,7 +1471,7 @@ impl EmbeddedBroker {
                         // Put it back so that nothing is lost; report loudly.
                         if let Some(l) = st.take_lease(id) {
                             st.queue(l.queue).pending.insert(l.priority, id);
-                            st.count(l.queue, id, None, Some(TaskState::Pending));
+                            st.count(l.queue, id, None, Some((TaskState::Pending, 0)));
                         }
                         failure = Some(e);
                         continue;
@@ -1489,7 +1500,9 @@ impl EmbeddedBroker {
                         };
                         lease.expires_ms = expires;
                         lease.record = Some(rec.clone());
+                        let q = lease.queue;
                         st.lease_deadlines.insert((expires, id));
+                        st.relist_active(q, id, 0, expires);
                         out.push(Leased {
                             record: rec,
                             payload,

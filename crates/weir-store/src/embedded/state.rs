@@ -34,10 +34,15 @@ pub struct QueueState {
     pub pending: PendingSet,
     /// Per-state counts (terminal counts include retained tasks only).
     pub counts: [u64; 6],
-    /// The ids of its tasks in each state but pending (which `pending` orders),
-    /// for browsing: kept by `State::count`, so each set holds exactly what its
-    /// count counts.
-    pub listed: [BTreeSet<u128>; 6],
+    /// Its tasks in each state but pending (which `pending` orders), for
+    /// browsing, keyed by `(score, id)` and walked highest first: the score is
+    /// the run time of a scheduled task, the lease expiry of an active one (0
+    /// while its lease is being filled), the retention end of a completed one,
+    /// and 0 for dead and canceled ones (newest id first). A task's score only
+    /// grows while it stays in a state, which keeps a walk from listing it twice.
+    /// Kept by `State::count` (and `State::relist`), so each set holds exactly
+    /// what its count counts. The Redis store walks its own indexes in this order.
+    pub listed: [BTreeSet<(u64, u128)>; 6],
     /// Woken whenever tasks become pending, for long-polling leases.
     pub notify: Arc<Notify>,
     /// Flow-control settings.
@@ -54,6 +59,12 @@ pub struct QueueState {
 }
 
 impl QueueState {
+    /// Whether task `id` is listed in `state` with `score` (see `listed`).
+    pub fn lists(&self, state: TaskState, score: u64, id: u128) -> bool {
+        state != TaskState::Pending
+            && self.listed[state.index()].contains(&(scored(state, score), id))
+    }
+
     fn new(name: Arc<str>, notify: Arc<Notify>) -> QueueState {
         QueueState {
             name,
@@ -192,6 +203,18 @@ pub struct Lease {
     pub cancel_requested: bool,
     /// The worker that asked for the lease, if it named itself.
     pub worker: Option<Arc<str>>,
+}
+
+impl Lease {
+    /// Its score in the queue's active browsing set (`QueueState::listed`): its
+    /// expiry, 0 while it is being filled (so filling only raises it).
+    pub fn listed_ms(&self) -> u64 {
+        if self.expires_ms == u64::MAX {
+            0
+        } else {
+            self.expires_ms
+        }
+    }
 }
 
 /// A group that still has open members (finished groups live on disk only).
@@ -498,13 +521,34 @@ pub fn idem_key(queue: &str, key: &str) -> Box<str> {
     k.into_boxed_str()
 }
 
+/// A task's state and its score there (`QueueState::listed`).
+pub type Listed = (TaskState, u64);
+
+/// The score a state keeps: dead and canceled tasks are ordered by id alone.
+fn scored(state: TaskState, score: u64) -> u64 {
+    match state {
+        TaskState::Scheduled | TaskState::Active | TaskState::Completed => score,
+        TaskState::Pending | TaskState::Dead | TaskState::Canceled => 0,
+    }
+}
+
 /// A pending page's cursor: `<priority>.<32 hex digits of the id>`.
 fn parse_pending_cursor(c: &str) -> Option<(i32, u128)> {
     let (p, id) = c.split_once('.')?;
     Some((p.parse().ok()?, parse_id_cursor(id)?))
 }
 
-/// Another state's cursor: the last id listed, as 32 hex digits.
+/// Another state's cursor: `<score>_<32 hex digits of the id>` of the last task
+/// listed (not a pending cursor's '.', so neither passes for the other).
+fn parse_scored_cursor(c: &str) -> Option<(u64, u128)> {
+    let (score, id) = c.split_once('_')?;
+    if !score.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((score.parse().ok()?, parse_id_cursor(id)?))
+}
+
+/// The id part of a cursor: 32 hex digits.
 fn parse_id_cursor(c: &str) -> Option<u128> {
     if c.len() != 32 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -741,25 +785,36 @@ impl State {
     }
 
     /// Moves task `id` from one state's count (and browsing set) to another's
-    /// (either may be `None`).
-    pub fn count(&mut self, q: QueueIdx, id: u128, from: Option<TaskState>, to: Option<TaskState>) {
+    /// (either may be `None`). Each state comes with the task's score in it (see
+    /// `QueueState::listed`; ignored where the state's score is always 0).
+    pub fn count(&mut self, q: QueueIdx, id: u128, from: Option<Listed>, to: Option<Listed>) {
         let queue = &mut self.queues[q as usize];
         let c = &mut queue.counts;
-        if let Some(f) = from {
+        if let Some((f, score)) = from {
             debug_assert!(c[f.index()] > 0, "count of {} underflows", f.as_str());
             c[f.index()] = c[f.index()].saturating_sub(1);
             if f != TaskState::Pending {
-                let was = queue.listed[f.index()].remove(&id);
+                let was = queue.listed[f.index()].remove(&(scored(f, score), id));
                 debug_assert!(was, "task {id:x} was not listed {}", f.as_str());
             }
         }
-        if let Some(t) = to {
+        if let Some((t, score)) = to {
             c[t.index()] += 1;
             if t != TaskState::Pending {
-                let new = queue.listed[t.index()].insert(id);
+                let new = queue.listed[t.index()].insert((scored(t, score), id));
                 debug_assert!(new, "task {id:x} was listed {} already", t.as_str());
             }
         }
+    }
+
+    /// Moves an active task to its new lease expiry in the browsing order (a
+    /// lease filled or extended: `to >= from`).
+    pub fn relist_active(&mut self, q: QueueIdx, id: u128, from: u64, to: u64) {
+        debug_assert!(to >= from, "an active task's score only grows");
+        let set = &mut self.queues[q as usize].listed[TaskState::Active.index()];
+        let was = set.remove(&(from, id));
+        debug_assert!(was, "task {id:x} was not listed active at {from}");
+        set.insert((to, id));
     }
 
     /// Up to `limit` ids of queue `q`'s tasks in `state` after `cursor` (see
@@ -788,15 +843,18 @@ impl State {
         }
         let set = &queue.listed[state.index()];
         let before = cursor
-            .map(|c| parse_id_cursor(c).ok_or_else(bad))
+            .map(|c| parse_scored_cursor(c).ok_or_else(bad))
             .transpose()?;
         use std::ops::Bound::{Excluded, Unbounded};
         let upper = before.map_or(Unbounded, Excluded);
         let mut it = set.range((Unbounded, upper)).rev();
-        let page: Vec<u128> = it.by_ref().take(limit).copied().collect();
+        let page: Vec<(u64, u128)> = it.by_ref().take(limit).copied().collect();
         let more = it.next().is_some();
-        let next = page.last().filter(|_| more).map(|id| format!("{id:032x}"));
-        Ok((page, next))
+        let next = page
+            .last()
+            .filter(|_| more)
+            .map(|&(score, id)| format!("{score}_{id:032x}"));
+        Ok((page.into_iter().map(|(_, id)| id).collect(), next))
     }
 
     /// Makes a queued task dispatchable: pending now, or scheduled for later.
@@ -810,12 +868,12 @@ impl State {
     ) -> TaskState {
         if run_at_ms > now_ms {
             self.scheduled.insert((run_at_ms, id), (q, priority));
-            self.count(q, id, None, Some(TaskState::Scheduled));
+            self.count(q, id, None, Some((TaskState::Scheduled, run_at_ms)));
             TaskState::Scheduled
         } else {
             let inserted = self.queue(q).pending.insert(priority, id);
             debug_assert!(inserted, "task is pending twice");
-            self.count(q, id, None, Some(TaskState::Pending));
+            self.count(q, id, None, Some((TaskState::Pending, 0)));
             debug_assert_eq!(
                 self.queues[q as usize].pending.len() as u64,
                 self.queues[q as usize].counts[TaskState::Pending.index()],
@@ -828,11 +886,11 @@ impl State {
     /// Removes a queued task from whichever index holds it; false if neither does.
     pub fn remove_queued(&mut self, q: QueueIdx, id: u128, priority: i32, run_at_ms: u64) -> bool {
         if self.queue(q).pending.remove(priority, id) {
-            self.count(q, id, Some(TaskState::Pending), None);
+            self.count(q, id, Some((TaskState::Pending, 0)), None);
             return true;
         }
         if self.scheduled.remove(&(run_at_ms, id)).is_some() {
-            self.count(q, id, Some(TaskState::Scheduled), None);
+            self.count(q, id, Some((TaskState::Scheduled, run_at_ms)), None);
             return true;
         }
         false
@@ -846,7 +904,12 @@ impl State {
                 break;
             }
             self.scheduled.pop_first();
-            self.count(q, id, Some(TaskState::Scheduled), Some(TaskState::Pending));
+            self.count(
+                q,
+                id,
+                Some((TaskState::Scheduled, run_at)),
+                Some((TaskState::Pending, 0)),
+            );
             let queue = self.queue(q);
             queue.pending.insert(priority, id);
             woken.push(queue.notify.clone());
@@ -857,7 +920,12 @@ impl State {
     pub fn take_lease(&mut self, id: u128) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
         self.lease_deadlines.remove(&(lease.expires_ms, id));
-        self.count(lease.queue, id, Some(TaskState::Active), None);
+        self.count(
+            lease.queue,
+            id,
+            Some((TaskState::Active, lease.listed_ms())),
+            None,
+        );
         let queue = &self.queues[lease.queue as usize];
         if queue.config.max_in_flight.is_some() {
             // A slot is free: one parked lease may take it (a waiter that leaves

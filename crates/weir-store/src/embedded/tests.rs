@@ -538,7 +538,7 @@ async fn refused_finalize_puts_its_tasks_back() {
         let mut st = b.shared.lock();
         let q = st.queue_index["fin"];
         assert_eq!(st.queue(q).pending.pop_first(), Some((0, id.0)));
-        st.count(q, id.0, Some(TaskState::Pending), None);
+        st.count(q, id.0, Some((TaskState::Pending, 0)), None);
     }
     rec.state = TaskState::Dead;
     writer::requeue(&b.shared, vec![rec.clone()]);

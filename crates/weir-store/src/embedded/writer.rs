@@ -1006,11 +1006,11 @@ fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
                 r.cancel_requested = true;
             }
         } else if fresh.queues[q as usize].pending.remove(lease.priority, id) {
-            fresh.count(q, id, Some(TaskState::Pending), None);
+            fresh.count(q, id, Some((TaskState::Pending, 0)), None);
         } else {
             continue;
         }
-        fresh.count(q, id, None, Some(TaskState::Active));
+        fresh.count(q, id, None, Some((TaskState::Active, lease.listed_ms())));
         if lease.expires_ms != u64::MAX {
             fresh.lease_deadlines.insert((lease.expires_ms, id));
         }
@@ -1404,7 +1404,7 @@ fn round(
 
         for (q, state, id, expires, keyed) in after.terminal.drain(..) {
             st.queue(q).totals.finish(state);
-            st.count(q, id, None, Some(state));
+            st.count(q, id, None, Some((state, expires.unwrap_or(u64::MAX))));
             // Dead tasks too, never due (`u64::MAX`): an operator's delete finds them.
             st.expiry
                 .insert((expires.unwrap_or(u64::MAX), id), (q, state, keyed));
@@ -1520,7 +1520,7 @@ fn purge_expired(disk: &Disk, st: &mut State, batch: &mut Batch, now: u64) {
             }
         }
         st.forget_task(id);
-        st.count(q, id, Some(state), None);
+        st.count(q, id, Some((state, at)), None);
         tasks.push((id, at));
     }
     batch.purge(&tasks);
@@ -1604,7 +1604,10 @@ fn finished_record(
     let listed = |st: &State, rec: &TaskRecord| {
         st.queue_index
             .get(rec.queue.as_str())
-            .filter(|&&q| st.queues[q as usize].listed[rec.state.index()].contains(&id.0))
+            .filter(|&&q| {
+                let at = rec.expires_at_ms().unwrap_or(u64::MAX);
+                st.queues[q as usize].lists(rec.state, at, id.0)
+            })
             .copied()
     };
     let mut rec = read?.ok_or(StoreError::NotFound)?;
@@ -1639,7 +1642,7 @@ fn remove_finished(st: &mut State, q: QueueIdx, rec: &TaskRecord) -> (u128, u64)
         }
     }
     st.forget_task(id);
-    st.count(q, id, Some(rec.state), None);
+    st.count(q, id, Some((rec.state, at)), None);
     (id, at)
 }
 
@@ -1656,7 +1659,7 @@ fn plan_retry(
     let (old, at) = (rec.state, rec.expires_at_ms().unwrap_or(u64::MAX));
     machine::retry(&mut rec, now)?;
     st.expiry.remove(&(at, rec.id.0));
-    st.count(q, rec.id.0, Some(old), None);
+    st.count(q, rec.id.0, Some((old, at)), None);
     reopened.push((rec.id.0, at));
     retried.push((q, rec.clone()));
     Ok(rec)

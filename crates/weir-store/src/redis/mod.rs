@@ -721,9 +721,19 @@ enum Admin {
 fn browse_cursor(c: &str, state: TaskState) -> Result<Vec<u8>, StoreError> {
     let bad = || InvalidInput::invalid("cursor", "not a cursor of this listing");
     let raw = keys::unhex(c).ok_or_else(bad)?;
+    // Pending: a 'ready' member; scheduled, active, completed: '<score>.<id>';
+    // dead, canceled: an id (see browse.lua).
     let id = match state {
         TaskState::Pending => raw.get(decode::READY_PREFIX_LEN..),
-        _ => Some(&raw[..]),
+        TaskState::Scheduled | TaskState::Active | TaskState::Completed => {
+            let dot = raw.iter().position(|&b| b == b'.').ok_or_else(bad)?;
+            let score = std::str::from_utf8(&raw[..dot]).ok();
+            let score_ok = score.is_some_and(|s| {
+                !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok()
+            });
+            score_ok.then(|| &raw[dot + 1..])
+        }
+        TaskState::Dead | TaskState::Canceled => Some(&raw[..]),
     };
     let ok = id
         .and_then(|b| std::str::from_utf8(b).ok())

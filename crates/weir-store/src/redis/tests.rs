@@ -593,3 +593,52 @@ async fn dead_tasks_made_on_one_server_are_browsed_retried_and_deleted_on_anothe
     assert_eq!((q.totals.enqueued, q.totals.dead), (3, 3));
     drop_prefix(&prefix).await;
 }
+
+/// Completed tasks share the 'fin' index with canceled ones, which a completed
+/// listing skips at most 5,000 at a time (browse.lua's SCAN_MAX): behind 5,100
+/// canceled tasks, the first page is empty but has a cursor, and the walk goes on
+/// to list the completed tasks once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_listing_skips_many_canceled_tasks_a_bounded_scan_at_a_time() {
+    let prefix = random_prefix();
+    let b = connect(&prefix).await;
+    let q = "scan";
+    let out = b
+        .enqueue(q, vec![item(task("k"), "1"), item(task("k"), "2")])
+        .await
+        .unwrap();
+    let mut done: Vec<TaskId> = out.iter().map(|e| e.id).collect();
+    for l in b.lease(q, 2, Duration::ZERO).await.unwrap() {
+        crate::conformance::ack(&b, l.record.id, l.lease_id).await;
+    }
+    // Canceled afterwards: their retention ends later, so they come first.
+    for _ in 0..51 {
+        let items = (0..100).map(|_| item(task("k"), "1")).collect();
+        let ids: Vec<TaskId> = b
+            .enqueue(q, items)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let cancels = ids.iter().map(|&id| b.cancel(id));
+        for r in futures_util::future::join_all(cancels).await {
+            assert_eq!(r.unwrap().record.state, TaskState::Canceled);
+        }
+    }
+    let first = b.browse(q, TaskState::Completed, None, 10).await.unwrap();
+    assert!(
+        first.tasks.is_empty(),
+        "5,000 canceled tasks read, none listed"
+    );
+    let cursor = first.next.expect("the walk goes on below what it read");
+    let second = b
+        .browse(q, TaskState::Completed, Some(&cursor), 10)
+        .await
+        .unwrap();
+    let listed: Vec<TaskId> = second.tasks.iter().map(|t| t.id).collect();
+    done.sort_by(|a, b| b.cmp(a));
+    assert_eq!(listed, done);
+    assert_eq!(second.next, None);
+    drop_prefix(&prefix).await;
+}

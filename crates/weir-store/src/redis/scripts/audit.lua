@@ -31,9 +31,11 @@ for i = 1, #kv, 2 do
     redis.call('ZADD', qkey(q, 'fin'), fmt(math.max(f + t.rt, NOW + 1)), t.s .. id)
     fixed = fixed + 1
   end
-  -- The browsing index (a store written before it existed has none).
-  if t.s ~= PENDING and not redis.call('ZSCORE', qkey(q, XKEY[t.s]), id) then
-    redis.call('ZADD', qkey(q, XKEY[t.s]), 0, id)
+  -- The browsing index of dead and canceled tasks (a store written before it
+  -- existed has none).
+  local x = XKEY[t.s]
+  if x and not redis.call('ZSCORE', qkey(q, x), id) then
+    redis.call('ZADD', qkey(q, x), 0, id)
     fixed = fixed + 1
   end
 end

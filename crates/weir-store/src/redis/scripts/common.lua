@@ -173,15 +173,15 @@ end
 -- and applied once per touched field by flush_counts (before any read of them
 -- and at the end, from flush_wakes). A field whose changes net to zero still
 -- gets its HINCRBY, so the hash ends exactly as with one HINCRBY per change.
--- The same calls keep the browsing index of every state but pending (whose
--- 'ready' set orders it): the zset 'x<state>' of the queue, every score 0 and
--- the task id as member, so that ZRANGE BYLEX walks a state's tasks by id. Its
--- changes go with the other deferred zset writes (flush_z: every ZREM of a key
--- before its ZADD), which is right because within one script a task may leave a
--- state and enter it again (an expired lease leased anew) but never enters a
--- state and leaves it again.
+-- The same calls keep the browsing index of the dead and canceled states (the
+-- others are browsed from the indexes they keep anyway: see browse.lua): the
+-- zset 'x<state>' of the queue, every score 0 and the task id as member, so
+-- that ZRANGE BYLEX walks a state's tasks by id. Its changes go with the other
+-- deferred zset writes (flush_z: every ZREM of a key before its ZADD), which is
+-- right because within one script a task may leave a state and enter it again
+-- but never enters a state and leaves it again.
 local counts, counted = {}, {}
-local XKEY = {[SCHED] = 'x0', [ACTIVE] = 'x2', [COMPLETED] = 'x3', [DEAD] = 'x4', [CANCELED] = 'x5'}
+local XKEY = {[DEAD] = 'x4', [CANCELED] = 'x5'}
 local count
 local function flush_counts()
   for _, q in ipairs(counted) do
@@ -249,11 +249,12 @@ count = function(q, state, delta, id)
     counted[#counted + 1] = q
   end
   c[state] = (c[state] or 0) + delta
-  if state ~= PENDING then
+  local x = XKEY[state]
+  if x then
     if delta > 0 then
-      later(zadds, zadded, qkey(q, XKEY[state]), 0, id)
+      later(zadds, zadded, qkey(q, x), 0, id)
     else
-      later(zrems, zremmed, qkey(q, XKEY[state]), id)
+      later(zrems, zremmed, qkey(q, x), id)
     end
   end
 end
