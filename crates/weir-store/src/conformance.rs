@@ -41,6 +41,16 @@ pub async fn ack(b: &(impl Broker + ?Sized), id: TaskId, lease_id: LeaseId) {
     .unwrap();
 }
 
+/// Enqueues `items` into `queue` and returns their ids, in order.
+pub async fn enqueue_ids(
+    b: &(impl Broker + ?Sized),
+    queue: &str,
+    items: Vec<EnqueueTask>,
+) -> Vec<TaskId> {
+    let out = b.enqueue(queue, items).await.unwrap();
+    out.iter().map(|e| e.id).collect()
+}
+
 pub fn item(task: NewTask, payload: &str) -> EnqueueTask {
     EnqueueTask {
         task,
@@ -873,13 +883,7 @@ async fn enqueue_n(b: &dyn Broker, queue: &str, n: usize) -> Vec<TaskId> {
             .iter()
             .map(|i| item(task("k"), &i.to_string()))
             .collect();
-        ids.extend(
-            b.enqueue(queue, items)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.id),
-        );
+        ids.extend(enqueue_ids(b, queue, items).await);
     }
     ids
 }
@@ -1432,8 +1436,7 @@ pub async fn browsing_lists_each_task_once_while_tasks_are_added(b: &dyn Broker)
                 item(t, "1")
             })
             .collect();
-        let out = b.enqueue(q, items).await.unwrap();
-        pending.extend(out.iter().map(|e| e.id));
+        pending.extend(enqueue_ids(b, q, items).await);
     }
     let mut scheduled = Vec::new();
     for _ in 0..5 {
@@ -1444,8 +1447,7 @@ pub async fn browsing_lists_each_task_once_while_tasks_are_added(b: &dyn Broker)
                 item(t, "1")
             })
             .collect();
-        let out = b.enqueue(q, items).await.unwrap();
-        scheduled.extend(out.iter().map(|e| e.id));
+        scheduled.extend(enqueue_ids(b, q, items).await);
     }
     let new_tasks = |delay_ms: u64| {
         move |page: usize| -> Vec<EnqueueTask> {
@@ -1824,13 +1826,7 @@ pub async fn queue_totals_count_each_transition(b: &dyn Broker) {
         item(task("k"), "2"),
         item(task("k"), "3"),
     ];
-    let ids: Vec<TaskId> = b
-        .enqueue(q, items)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
+    let ids = enqueue_ids(b, q, items).await;
     let again = b.enqueue(q, vec![item(keyed, "1")]).await.unwrap();
     assert!(!again[0].created);
     assert_eq!(

@@ -2,7 +2,7 @@
 //! store with a data directory has.
 
 use super::*;
-use crate::conformance::{ack, item, task, WAIT};
+use crate::conformance::{ack, enqueue_ids, item, task, WAIT};
 use crate::{QueueInfo, Settle};
 use weir_core::{ConfigPatch, QueueConfig};
 
@@ -958,16 +958,8 @@ async fn retries_and_deletes_survive_a_restart() {
     die.max_attempts = 1;
     let mut keyed = die.clone();
     keyed.idempotency_key = Some("gone".into());
-    let ids: Vec<TaskId> = b
-        .enqueue(
-            "ad",
-            vec![item(die.clone(), "1"), item(keyed, "2"), item(die, "3")],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
+    let items = vec![item(die.clone(), "1"), item(keyed, "2"), item(die, "3")];
+    let ids = enqueue_ids(b, "ad", items).await;
     for _ in 0..3 {
         let l = b.lease("ad", 1, WAIT).await.unwrap().remove(0);
         b.settle(vec![Settle::Fail {

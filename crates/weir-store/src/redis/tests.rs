@@ -11,7 +11,7 @@ use rand::Rng;
 use weir_core::{Backoff, Limits, TaskState};
 
 use super::*;
-use crate::conformance::{ack, item, task, WAIT};
+use crate::conformance::{ack, enqueue_ids, item, task, WAIT};
 use crate::Checked;
 
 pub fn url() -> String {
@@ -252,13 +252,7 @@ async fn a_dead_servers_leases_are_taken_over_after_expiry() {
     let mut t = task("k");
     t.timeout_ms = 300;
     let items = (0..3).map(|i| item(t.clone(), &i.to_string())).collect();
-    let ids: Vec<TaskId> = s[0]
-        .enqueue("md", items)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let ids = enqueue_ids(&s[0], "md", items).await;
     let dying = s.pop().unwrap();
     let held = dying.lease("md", 3, Duration::ZERO).await.unwrap();
     assert_eq!(held.len(), 3);
@@ -603,24 +597,15 @@ async fn a_completed_listing_skips_many_canceled_tasks_a_bounded_scan_at_a_time(
     let prefix = random_prefix();
     let b = connect(&prefix).await;
     let q = "scan";
-    let out = b
-        .enqueue(q, vec![item(task("k"), "1"), item(task("k"), "2")])
-        .await
-        .unwrap();
-    let mut done: Vec<TaskId> = out.iter().map(|e| e.id).collect();
+    let two = vec![item(task("k"), "1"), item(task("k"), "2")];
+    let mut done = enqueue_ids(&b, q, two).await;
     for l in b.lease(q, 2, Duration::ZERO).await.unwrap() {
         crate::conformance::ack(&b, l.record.id, l.lease_id).await;
     }
     // Canceled afterwards: their retention ends later, so they come first.
     for _ in 0..51 {
         let items = (0..100).map(|_| item(task("k"), "1")).collect();
-        let ids: Vec<TaskId> = b
-            .enqueue(q, items)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.id)
-            .collect();
+        let ids = enqueue_ids(&b, q, items).await;
         let cancels = ids.iter().map(|&id| b.cancel(id));
         for r in futures_util::future::join_all(cancels).await {
             assert_eq!(r.unwrap().record.state, TaskState::Canceled);
