@@ -26,6 +26,16 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state this client knows (all but `Unknown`).
+    pub const KNOWN: [TaskState; 6] = [
+        TaskState::Scheduled,
+        TaskState::Pending,
+        TaskState::Active,
+        TaskState::Completed,
+        TaskState::Dead,
+        TaskState::Canceled,
+    ];
+
     /// `completed`, `dead` and `canceled` never change again.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::TestServer;
+use common::{get_json, post_json as post, TestServer};
 
 /// Every sample of an exposition, by its name and labels as written.
 async fn scrape(c: &reqwest::Client, base: &str) -> HashMap<String, f64> {
@@ -37,12 +37,6 @@ fn sorted(m: &HashMap<String, f64>) -> Vec<(&String, &f64)> {
     let mut v: Vec<_> = m.iter().collect();
     v.sort_by(|a, b| a.0.cmp(b.0));
     v
-}
-
-async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
-    let res = c.post(url).json(&body).send().await.unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    res.json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,14 +88,7 @@ async fn metrics_follow_a_scripted_workload() {
     let id = t["id"].as_str().unwrap().to_owned();
     let got = post(&c, format!("{base}/v1/queues/mx/lease"), json!({"max": 1})).await;
     assert_eq!(got["tasks"].as_array().unwrap().len(), 1);
-    let dead: Value = c
-        .get(format!("{base}/v1/tasks/{id}?wait_ms=10000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dead = get_json(&c, &format!("{base}/v1/tasks/{id}?wait_ms=10000")).await;
     assert_eq!(dead["state"], "dead");
 
     assert_eq!(
@@ -114,14 +101,7 @@ async fn metrics_follow_a_scripted_workload() {
     );
 
     let m = scrape(&c, base).await;
-    let queues: Value = c
-        .get(format!("{base}/v1/queues"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queues = get_json(&c, &format!("{base}/v1/queues")).await;
 
     // The store's totals.
     assert_eq!(get(&m, r#"weir_tasks_enqueued_total{queue="mq"}"#), 10.0);

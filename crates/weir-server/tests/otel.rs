@@ -75,15 +75,8 @@ async fn enqueue_lease_and_settle_spans_reach_the_collector_in_the_producers_tra
         .await
         .unwrap();
     let id = v["id"].as_str().unwrap().to_owned();
-    let leased: Value = http
-        .post(format!("{}/v1/queues/otq/lease", server.base))
-        .json(&json!({"max": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lease_url = format!("{}/v1/queues/otq/lease", server.base);
+    let leased = common::post_json(&http, lease_url, json!({"max": 1})).await;
     let task = &leased["tasks"][0];
     // The task carries the server's send span, in the producer's trace.
     let carried = task["traceparent"].as_str().unwrap().to_owned();

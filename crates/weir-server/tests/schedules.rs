@@ -36,9 +36,7 @@ async fn pending(b: &dyn Broker, queue: &str) -> u64 {
 
 mod common;
 
-async fn get(http: &reqwest::Client, url: &str) -> Value {
-    http.get(url).send().await.unwrap().json().await.unwrap()
-}
+use common::get_json as get;
 
 /// Three servers run the scheduler at the same simulated instants, every 20 s
 /// of an hour: a schedule every 5 minutes fires exactly 12 tasks, one per tick.
@@ -212,15 +210,8 @@ async fn a_running_server_fires_a_schedule_every_second() {
     let by = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while got < 2 {
         assert!(tokio::time::Instant::now() < by, "only {got} ticks fired");
-        let v: Value = http
-            .post(format!("{base}/v1/queues/ticks/lease"))
-            .json(&json!({"max": 10, "wait_ms": 3000}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{base}/v1/queues/ticks/lease");
+        let v = common::post_json(&http, url, json!({"max": 10, "wait_ms": 3000})).await;
         got += v["tasks"].as_array().unwrap().len();
     }
     server.stop().await;

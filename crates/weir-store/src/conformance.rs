@@ -1404,8 +1404,14 @@ pub async fn browsing_by_time_lists_each_task_once_as_times_grow(b: &dyn Broker)
     );
 }
 
+/// The ids of the first page (up to 10) of `queue`'s tasks in `state`.
+pub async fn first_page(b: &(impl Broker + ?Sized), queue: &str, state: TaskState) -> Vec<TaskId> {
+    let page = b.browse(queue, state, None, 10).await.unwrap();
+    page.tasks.iter().map(|t| t.id).collect()
+}
+
 /// Fails `id`'s only attempt without retry: it ends dead.
-async fn kill(b: &dyn Broker, queue: &str, id: TaskId) {
+pub async fn kill(b: &(impl Broker + ?Sized), queue: &str, id: TaskId) {
     let l = b.lease(queue, 1, Duration::ZERO).await.unwrap().remove(0);
     assert_eq!(l.record.id, id, "the test leases in order");
     let out = b
@@ -1490,15 +1496,8 @@ pub async fn browsing_lists_each_task_once_while_tasks_are_added(b: &dyn Broker)
         .into_iter()
         .map(|l| l.record.id)
         .collect();
-    let head: Vec<TaskId> = b
-        .browse(q, TaskState::Active, None, 10)
-        .await
-        .unwrap()
-        .tasks
-        .into_iter()
-        .map(|t| t.id)
-        .rev()
-        .collect();
+    let mut head = first_page(b, q, TaskState::Active).await;
+    head.reverse();
     let mut sorted = leased.clone();
     sorted.sort();
     assert_eq!(

@@ -229,8 +229,8 @@ pub enum TaskCommand {
         /// Queue name.
         queue: String,
         /// Which tasks.
-        #[arg(long, value_enum, default_value = "pending")]
-        state: ListState,
+        #[arg(long, default_value = "pending", value_parser = task_state())]
+        state: weir_client::TaskState,
         /// Most tasks per page (1-1000).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
@@ -262,15 +262,18 @@ pub enum TaskCommand {
     },
 }
 
-/// A task state to list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ListState {
-    Scheduled,
-    Pending,
-    Active,
-    Completed,
-    Dead,
-    Canceled,
+/// A task state by its wire name (`TaskState::as_str`), the names listed in help.
+fn task_state() -> impl clap::builder::TypedValueParser<Value = weir_client::TaskState> {
+    use clap::builder::TypedValueParser;
+    use weir_client::TaskState;
+    clap::builder::PossibleValuesParser::new(TaskState::KNOWN.map(TaskState::as_str)).map(
+        |s: String| {
+            let mut known = TaskState::KNOWN.into_iter();
+            known
+                .find(|st| st.as_str() == s)
+                .expect("a possible value names a state")
+        },
+    )
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,8 +15,8 @@ use weir_client::{
 };
 
 use crate::cli::{
-    ClientArgs, DeadCommand, EnqueueArgs, ListState, MissedPolicy, QueueCommand, ScheduleCommand,
-    Setting, TaskCommand,
+    ClientArgs, DeadCommand, EnqueueArgs, MissedPolicy, QueueCommand, ScheduleCommand, Setting,
+    TaskCommand,
 };
 use crate::duration::{as_ms, format_duration};
 
@@ -207,7 +207,6 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let state = list_state(state);
             let mut cursor = cursor;
             let mut tasks = Vec::new();
             loop {
@@ -280,17 +279,6 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-fn list_state(s: ListState) -> TaskState {
-    match s {
-        ListState::Scheduled => TaskState::Scheduled,
-        ListState::Pending => TaskState::Pending,
-        ListState::Active => TaskState::Active,
-        ListState::Completed => TaskState::Completed,
-        ListState::Dead => TaskState::Dead,
-        ListState::Canceled => TaskState::Canceled,
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 
+use serde_json::Value;
 use weir_server::ServeConfig;
 use weir_store::testing::{TestStore, TestStoreConfig};
 
@@ -54,4 +55,16 @@ impl TestServer {
         let _ = self.stop.take().unwrap().send(());
         self.done.take().unwrap().await.unwrap().unwrap();
     }
+}
+
+/// POSTs `body` as JSON to `url`; the answer must be a success, its JSON is returned.
+pub async fn post_json(c: &reqwest::Client, url: String, body: Value) -> Value {
+    let res = c.post(url).json(&body).send().await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    res.json().await.unwrap()
+}
+
+/// GETs `url` and returns the answer's JSON, whatever its status.
+pub async fn get_json(c: &reqwest::Client, url: &str) -> Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
 }

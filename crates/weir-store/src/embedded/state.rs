@@ -811,6 +811,9 @@ impl State {
     /// lease filled or extended: `to >= from`).
     pub fn relist_active(&mut self, q: QueueIdx, id: u128, from: u64, to: u64) {
         debug_assert!(to >= from, "an active task's score only grows");
+        if to == from {
+            return;
+        }
         let set = &mut self.queues[q as usize].listed[TaskState::Active.index()];
         let was = set.remove(&(from, id));
         debug_assert!(was, "task {id:x} was not listed active at {from}");

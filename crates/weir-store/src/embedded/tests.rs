@@ -2,7 +2,7 @@
 //! store with a data directory has.
 
 use super::*;
-use crate::conformance::{ack, enqueue_ids, item, task, WAIT};
+use crate::conformance::{ack, enqueue_ids, first_page, item, kill, task, WAIT};
 use crate::{QueueInfo, Settle};
 use weir_core::{ConfigPatch, QueueConfig};
 
@@ -960,16 +960,8 @@ async fn retries_and_deletes_survive_a_restart() {
     keyed.idempotency_key = Some("gone".into());
     let items = vec![item(die.clone(), "1"), item(keyed, "2"), item(die, "3")];
     let ids = enqueue_ids(b, "ad", items).await;
-    for _ in 0..3 {
-        let l = b.lease("ad", 1, WAIT).await.unwrap().remove(0);
-        b.settle(vec![Settle::Fail {
-            id: l.record.id,
-            lease_id: l.lease_id,
-            error: "bad".into(),
-            retry: false,
-        }])
-        .await
-        .unwrap();
+    for &id in &ids {
+        kill(b, "ad", id).await;
     }
     let canceled = b.enqueue("ad", vec![item(task("k"), "4")]).await.unwrap()[0].id;
     b.cancel(canceled).await.unwrap();
@@ -988,23 +980,9 @@ async fn retries_and_deletes_survive_a_restart() {
     assert_eq!(b.get(retried).await.unwrap().unwrap().record.attempt, 0);
     assert!(b.get(deleted).await.unwrap().is_none());
     assert!(b.find_key("ad", "gone").await.unwrap().is_none());
-    let dead: Vec<TaskId> = b
-        .browse("ad", TaskState::Dead, None, 10)
-        .await
-        .unwrap()
-        .tasks
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let dead = first_page(b, "ad", TaskState::Dead).await;
     assert_eq!(dead, vec![kept]);
-    let pending: Vec<TaskId> = b
-        .browse("ad", TaskState::Pending, None, 10)
-        .await
-        .unwrap()
-        .tasks
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let pending = first_page(b, "ad", TaskState::Pending).await;
     assert_eq!(pending, vec![retried, canceled]);
     // And a second restart (the frames read again, in order) agrees.
     let s = reopen(s).await;

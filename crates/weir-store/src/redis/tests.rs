@@ -11,7 +11,7 @@ use rand::Rng;
 use weir_core::{Backoff, Limits, TaskState};
 
 use super::*;
-use crate::conformance::{ack, enqueue_ids, item, task, WAIT};
+use crate::conformance::{ack, enqueue_ids, first_page, item, kill, task, WAIT};
 use crate::Checked;
 
 pub fn url() -> String {
@@ -537,28 +537,11 @@ async fn dead_tasks_made_on_one_server_are_browsed_retried_and_deleted_on_anothe
     let (a, b) = (s[0].clone(), s[1].clone());
     let mut dead = Vec::new();
     for _ in 0..3 {
-        let mut t = task("k");
-        t.max_attempts = 1;
-        let id = a.enqueue("xs", vec![item(t, "1")]).await.unwrap()[0].id;
-        let l = a.lease("xs", 1, Duration::ZERO).await.unwrap().remove(0);
-        a.settle(vec![Settle::Fail {
-            id,
-            lease_id: l.lease_id,
-            error: "no".into(),
-            retry: false,
-        }])
-        .await
-        .unwrap();
+        let id = a.enqueue("xs", vec![item(task("k"), "1")]).await.unwrap()[0].id;
+        kill(&a, "xs", id).await;
         dead.push(id);
     }
-    let listed: Vec<_> = b
-        .browse("xs", TaskState::Dead, None, 10)
-        .await
-        .unwrap()
-        .tasks
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let listed = first_page(&b, "xs", TaskState::Dead).await;
     assert_eq!(listed, vec![dead[2], dead[1], dead[0]]);
     let scope = crate::Scope {
         queue: Some("xs"),

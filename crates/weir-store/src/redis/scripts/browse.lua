@@ -65,7 +65,7 @@ elseif scored then
     local dot = string.find(cursor, '.', 1, true)
     p = position(key, string.sub(cursor, 1, dot - 1), prefix .. string.sub(cursor, dot + 1))
   end
-  local found, scanned, scores, last = 0, 0, {}, nil
+  local found, scanned, cursors, last = 0, 0, {}, nil
   while p > 0 and found <= limit and scanned < SCAN_MAX do
     local n = math.min(p, math.max(limit + 1 - found, 64), SCAN_MAX - scanned)
     local r = redis.call('ZRANGE', key, p - n, p - 1, 'WITHSCORES')
@@ -78,12 +78,12 @@ elseif scored then
         found = found + 1
         if found > limit then break end
         ids[found] = string.sub(m, #prefix + 1)
-        scores[found] = last
+        cursors[found] = last
       end
     end
   end
   if found > limit then
-    out[1] = scores[limit]
+    out[1] = cursors[limit]
   elseif p > 0 and last then
     -- The scan budget ran out first: go on below the last member read.
     out[1] = last

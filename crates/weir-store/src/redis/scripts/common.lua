@@ -180,6 +180,18 @@ end
 -- deferred zset writes (flush_z: every ZREM of a key before its ZADD), which is
 -- right because within one script a task may leave a state and enter it again
 -- but never enters a state and leaves it again.
+-- t[k], made empty on first use, its key appended to order (the tables summed
+-- during a script and flushed in first-use order at its end).
+local function entry(t, order, k)
+  local e = t[k]
+  if not e then
+    e = {}
+    t[k] = e
+    order[#order + 1] = k
+  end
+  return e
+end
+
 local counts, counted = {}, {}
 local XKEY = {[DEAD] = 'x4', [CANCELED] = 'x5'}
 local count
@@ -199,12 +211,7 @@ end
 -- its end (flush_totals, from flush_wakes). Every server reads the same values.
 local totals, totaled = {}, {}
 local function tally(q, field, n)
-  local t = totals[q]
-  if not t then
-    t = {}
-    totals[q] = t
-    totaled[#totaled + 1] = q
-  end
+  local t = entry(totals, totaled, q)
   t[field] = (t[field] or 0) + n
 end
 local ENDED_FIELD = {[COMPLETED] = 'tc', [DEAD] = 'td', [CANCELED] = 'tx'}
@@ -221,13 +228,8 @@ end
 -- queue's 'w' hash).
 local zrems, zremmed, zadds, zadded, hsets, hsetted, hdels, hdeled = {}, {}, {}, {}, {}, {}, {}, {}
 local function later(t, order, key, a, b)
-  local z = t[key]
-  if not z then
-    z = {n = 0}
-    t[key] = z
-    order[#order + 1] = key
-  end
-  local n = z.n + 1
+  local z = entry(t, order, key)
+  local n = (z.n or 0) + 1
   z[n] = a
   if b then
     n = n + 1
@@ -242,12 +244,7 @@ local function flush_later(t, order, cmd)
   end
 end
 count = function(q, state, delta, id)
-  local c = counts[q]
-  if not c then
-    c = {}
-    counts[q] = c
-    counted[#counted + 1] = q
-  end
+  local c = entry(counts, counted, q)
   c[state] = (c[state] or 0) + delta
   local x = XKEY[state]
   if x then

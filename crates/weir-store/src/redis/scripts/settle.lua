@@ -44,12 +44,7 @@ for i = 0, n - 1 do
     local to, dl, rt, ma, p, g, ik, q = struct.unpack(D8, rec, HLEN + 1)
     local started = struct.unpack('>i8', rec, 38)
     if started > 0 then
-      local r = runs[q]
-      if not r then
-        r = {}
-        runs[q] = r
-        run_queues[#run_queues + 1] = q
-      end
+      local r = entry(runs, run_queues, q)
       r[#r + 1] = math.max(NOW - started, 0)
     end
     unlease(q, id)
