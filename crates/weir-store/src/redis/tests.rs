@@ -529,6 +529,32 @@ async fn schedules_are_capped() {
     drop_prefix(&prefix).await;
 }
 
+/// `keys_max` on Redis (`api_keys.lua` counts the hash's records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_capped() {
+    let prefix = random_prefix();
+    let mut c = test_config(RedisTarget::parse(&url()).unwrap(), &prefix);
+    c.limits.keys_max = 2;
+    let b = RedisBroker::connect(c).await.unwrap();
+    crate::conformance::api_keys_are_capped_at_two(&b).await;
+    drop_prefix(&prefix).await;
+}
+
+/// API keys live in Redis, not in a server: written through one server that
+/// then closes, they are read back through a new one on the same prefix (the
+/// Redis store's restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_outlive_the_server_that_wrote_them() {
+    let prefix = random_prefix();
+    let a = Checked::new(connect(&prefix).await, Limits::default());
+    crate::conformance::api_keys_written_before_a_restart(&a).await;
+    a.close().await.unwrap();
+    drop(a);
+    let b = Checked::new(connect(&prefix).await, Limits::default());
+    crate::conformance::api_keys_as_written_before_the_restart(&b).await;
+    drop_prefix(&prefix).await;
+}
+
 /// What one server does to tasks, another sees and can act on: tasks killed
 /// through A are listed, retried and deleted through B, and A's totals agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
