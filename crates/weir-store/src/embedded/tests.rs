@@ -430,7 +430,7 @@ async fn lease_parked_on_a_deleted_queue_keeps_waiting() {
 }
 
 /// Model-based simulation: seeded random sequences of enqueue (with priorities),
-/// lease, ack, fail, release, cancel and restart, checked after every step against
+/// lease, ack, fail, release, cancel, API key create, revoke and use, and restart, checked after every step against
 /// a model of what each task's state must be, what the next lease must return,
 /// and what the queue counts must say. Time-driven transitions (lease expiry,
 /// backoff) are kept out of it with long timeouts and fails without retry, so the
@@ -440,7 +440,7 @@ mod simulation {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::simulation::{self as sim, Tasks, QUEUE, STEPS, STEP_ROLLS};
+    use crate::simulation::{self as sim, Keys, Tasks, QUEUE, STEPS, STEP_ROLLS};
 
     /// The shared simulation plus what only this store has: restarts and
     /// injected outages (rolls `STEP_ROLLS..100`).
@@ -452,11 +452,14 @@ mod simulation {
             _dir: dir,
         };
         let mut model = Tasks::new();
+        let mut keys = Keys::new();
         for step in 0..STEPS {
             let active = sim::active(&model);
             let roll = rng.gen_range(0..100);
             match roll {
-                r if r < STEP_ROLLS => sim::step(&*s, &mut rng, &mut model, r, seed, step).await,
+                r if r < STEP_ROLLS => {
+                    sim::step(&*s, &mut rng, &mut model, &mut keys, r, seed, step).await
+                }
                 90..=94 => {
                     // Restart: active tasks come back pending with their attempt
                     // unspent; those whose cancel was requested end canceled.
@@ -513,7 +516,7 @@ mod simulation {
                     until_healed(&s).await;
                 }
             }
-            sim::check(&*s, &model, seed, step).await;
+            sim::check(&*s, &model, &keys, seed, step).await;
         }
     }
 

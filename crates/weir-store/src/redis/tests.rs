@@ -370,17 +370,18 @@ async fn shutdown_ends_parked_long_polls_at_once() {
 /// is an ordinary operation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_operations_match_the_model() {
-    use crate::simulation::{self as sim, Tasks, STEPS, STEP_ROLLS};
+    use crate::simulation::{self as sim, Keys, Tasks, STEPS, STEP_ROLLS};
     use rand::SeedableRng;
     for seed in sim::seeds(8) {
         let prefix = random_prefix();
         let b = Checked::new(connect(&prefix).await, Limits::default());
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut model = Tasks::new();
+        let mut keys = Keys::new();
         for step in 0..STEPS {
             let roll = rng.gen_range(0..STEP_ROLLS);
-            sim::step(&b, &mut rng, &mut model, roll, seed, step).await;
-            sim::check(&b, &model, seed, step).await;
+            sim::step(&b, &mut rng, &mut model, &mut keys, roll, seed, step).await;
+            sim::check(&b, &model, &keys, seed, step).await;
         }
         b.close().await.unwrap();
         drop_prefix(&prefix).await;
