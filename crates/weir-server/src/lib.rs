@@ -1,7 +1,7 @@
 //! weir's HTTP API (SPEC §5) on axum: wire types, one error mapping to
 //! problem+json, the routes, and a server loop on hyper with a connection cap,
-//! connection timeouts, an optional ingress limit per client address and graceful
-//! shutdown.
+//! connection timeouts, optional TLS (reloadable), an optional ingress limit per
+//! client address and graceful shutdown.
 
 pub mod api;
 pub mod conn;
@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod otel;
 pub mod schedule;
+pub mod tls;
 pub mod ui;
 pub mod wire;
 
@@ -25,6 +26,7 @@ use weir_store::{Broker, Checked};
 
 pub use conn::{ConnLimits, FileBudget};
 pub use ingress::IngressLimit;
+pub use tls::{ServerTls, TlsError, TlsFiles};
 
 use weir_core::Limits;
 
@@ -47,6 +49,10 @@ pub struct ServeConfig {
     pub ingress: Option<IngressLimit>,
     /// Where to export spans (OTLP/HTTP); `None`, the default, makes none.
     pub otlp_endpoint: Option<String>,
+    /// Serve HTTPS with this certificate and key; `None`, the default, serves
+    /// plain HTTP. A handle: `ServerTls::reload` on a clone of it changes the pair
+    /// new connections get while `serve` runs.
+    pub tls: Option<ServerTls>,
 }
 
 impl ServeConfig {
@@ -60,6 +66,7 @@ impl ServeConfig {
             conn: ConnLimits::new(FileBudget::from_process()),
             ingress: None,
             otlp_endpoint: None,
+            tls: None,
         }
     }
 }
@@ -117,6 +124,7 @@ pub async fn serve(
     // Only the limiter reads the peer address; without it, requests carry none.
     let tag_peer = config.ingress.is_some();
     let ingress = config.ingress;
+    let tls = config.tls.clone();
     // The OTLP exporter's HTTP client blocks: made (and later shut down) off the
     // runtime's threads.
     let otel = match config.otlp_endpoint.clone() {
@@ -141,6 +149,7 @@ pub async fn serve(
         listener,
         app,
         limits,
+        tls,
         tag_peer,
         stopping.clone(),
         connections.clone(),
