@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use weir_client::{AckItem, Client, EnqueueOptions, Error, LeaseBatch, LeasedTask};
+use weir_client::{AckItem, Client, ClientBuilder, EnqueueOptions, Error, LeaseBatch, LeasedTask};
 
 use crate::cli::{BenchArgs, Scenario};
 use crate::serve::LISTENING_PREFIX;
@@ -137,9 +137,10 @@ struct Stats {
 /// What every task of one scenario shares.
 struct Shared {
     queue: String,
-    /// The servers under test (several share one store); each new client takes the
-    /// next one, so producers and consumers spread over them.
-    bases: Vec<String>,
+    /// A client of each server under test (several share one store), with the
+    /// API key and CA of the flags; each new client takes the next one, so
+    /// producers and consumers spread over them.
+    clients: Vec<ClientBuilder>,
     next_base: std::sync::atomic::AtomicUsize,
     payload: Payload,
     stats: Stats,
@@ -190,12 +191,12 @@ impl Shared {
 
     /// A client with its own connection pool of `connections`.
     fn client(&self, connections: usize) -> anyhow::Result<Client> {
-        let http = Client::http_builder()
+        let i = self.next_base.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[i]
+            .clone()
             .pool_max_idle_per_host(connections)
             .build()
-            .context("building the HTTP client")?;
-        let i = self.next_base.fetch_add(1, Ordering::Relaxed) % self.bases.len();
-        Ok(Client::with_http(self.bases[i].clone(), http))
+            .context("building the HTTP client")
     }
 
     fn report(&self, scenario: &'static str, tasks: u64, secs: f64, complete: bool) -> Report {
@@ -284,7 +285,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let base = match &spawned {
         Some(s) => s.base.clone(),
-        None => args.client.server.clone(),
+        None => args.client.conn.server.clone(),
     };
     let bases: Vec<String> = base
         .split(',')
@@ -347,10 +348,9 @@ async fn run_scenarios(
         bail!("--batch, --lease-max and --rate must be at least 1");
     }
     for base in bases {
-        let mut probe = Client::new(base).context("building the HTTP client")?;
-        if let Some(token) = &args.client.token {
-            probe = probe.with_token(token);
-        }
+        let probe = crate::commands::client_builder(&args.client.conn, base)
+            .build()
+            .context("building the HTTP client")?;
         probe
             .queues()
             .await
@@ -366,7 +366,10 @@ async fn run_scenarios(
         let name = scenario_name(scenario);
         let shared = Arc::new(Shared {
             queue: format!("{}.{name}.{run_ms}", args.queue_prefix),
-            bases: bases.to_vec(),
+            clients: bases
+                .iter()
+                .map(|b| crate::commands::client_builder(&args.client.conn, b))
+                .collect(),
             next_base: std::sync::atomic::AtomicUsize::new(0),
             payload: Payload::new(args.payload_bytes),
             stats: Stats::default(),

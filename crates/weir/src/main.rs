@@ -70,9 +70,23 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e:#}{}", certificate_hint(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to do about an https:// server whose certificate this client refused
+/// (rustls says `invalid peer certificate: UnknownIssuer` and no more), or
+/// nothing.
+fn certificate_hint(e: &anyhow::Error) -> &'static str {
+    if e.chain()
+        .any(|cause| cause.to_string().starts_with("invalid peer certificate"))
+    {
+        " (to trust a private CA, or a self-signed certificate without the CA flag, \
+         pass --ca-cert FILE or set WEIR_CA_CERT)"
+    } else {
+        ""
     }
 }
 
