@@ -1035,10 +1035,10 @@ impl Spawned {
         let mut child = cmd.spawn().context("starting weir serve")?;
         let stdout = child.stdout.take().context("no stdout from weir serve")?;
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_millis(SPAWN_TIMEOUT_MS), async {
+        let base = tokio::time::timeout(Duration::from_millis(SPAWN_TIMEOUT_MS), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
-                    return Ok(addr.trim().to_owned());
+                if let Some(base) = line.strip_prefix(LISTENING_PREFIX) {
+                    return Ok(base.trim().to_owned());
                 }
             }
             bail!("weir serve exited before it listened")
@@ -1048,14 +1048,10 @@ impl Spawned {
         // Keep reading so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         eprintln!(
-            "bench: spawned weir serve on {addr} (data in {})",
+            "bench: spawned weir serve on {base} (data in {})",
             dir.path().display()
         );
-        Ok(Spawned {
-            child,
-            dir,
-            base: format!("http://{addr}"),
-        })
+        Ok(Spawned { child, dir, base })
     }
 
     /// SIGTERM, then wait for a graceful exit; SIGKILL if it takes too long.

@@ -142,6 +142,16 @@ pub struct ServeArgs {
     /// no spans are made].
     #[arg(long, env = "WEIR_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Serve HTTPS (TLS 1.2 and 1.3, HTTP/1.1) with this certificate chain: PEM,
+    /// the server's certificate first, then any intermediates. Needs --tls-key.
+    /// SIGHUP reads both files again; a pair that does not load is logged and
+    /// the previous one kept [default: plain HTTP].
+    #[arg(long, env = "WEIR_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert's certificate: PEM, PKCS#8, PKCS#1 (RSA) or
+    /// SEC1 (EC), not encrypted.
+    #[arg(long, env = "WEIR_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// How to reach a server: one definition, flattened into every command that
