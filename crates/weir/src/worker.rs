@@ -255,7 +255,9 @@ async fn run_task(exec: &ExecConfig, task: Task, ctx: Ctx) -> Result<Value, Hand
         .env("WEIR_ATTEMPT", task.attempt.to_string())
         .env("WEIR_MAX_ATTEMPTS", task.max_attempts.to_string())
         .env("WEIR_TIMEOUT_MS", task.timeout_ms.to_string())
-        // The worker's credentials are not the command's business.
+        // The worker's credentials are not the command's business (WEIR_TOKEN
+        // was the API key's variable before WEIR_API_KEY).
+        .env_remove("WEIR_API_KEY")
         .env_remove("WEIR_TOKEN")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

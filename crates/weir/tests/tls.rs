@@ -84,7 +84,8 @@ async fn the_cli_talks_https_with_the_ca_and_fails_clearly_without() {
     let ca = TestCa::new("weir test CA");
     let dir = tempfile::tempdir().unwrap();
     let files = write_pair(&ca, dir.path());
-    let mut server = start_tls(&files, false).await;
+    let mut server = start_tls(&files, true).await;
+    let mut log = server.stderr.take().unwrap();
     let (base, ca_path) = (server.base.as_str(), files.ca.to_str().unwrap());
 
     let out = weir(
@@ -146,10 +147,38 @@ async fn the_cli_talks_https_with_the_ca_and_fails_clearly_without() {
         "{err}"
     );
 
-    // The server still serves.
+    // Plain HTTP on the TLS port: closed (after at most a TLS alert).
+    let mut plain = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, plain.read_to_end(&mut got))
+        .await
+        .expect("closed")
+        .ok();
+    assert!(!got.starts_with(b"HTTP/"), "{got:?}");
+
+    // The server still serves, and none of those clients' failures was worth a
+    // warning in its log (all it wrote by now, once SIGTERM ends it).
     let c = client(&server, &ca);
     assert_eq!(c.queues().await.unwrap().len(), 1);
-    server.child.kill().await.unwrap();
+    server.signal(libc::SIGTERM);
+    let mut lines = Vec::new();
+    tokio::time::timeout(STEP, async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            lines.push(line);
+        }
+    })
+    .await
+    .expect("the server exits on SIGTERM");
+    let loud: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
+        .collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+    let _ = server.child.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,10 +242,14 @@ async fn a_worker_processes_a_task_over_tls() {
         .unwrap()
         .id;
 
+    // The command answers its payload, and whether it was handed the worker's
+    // API key (it must not be).
+    let exec = r#"printf '{"key":"%s","payload":%s}' "${WEIR_API_KEY-unset}" "$(cat)""#;
     let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["worker", "--queue", "work", "--exec", "cat"])
+        .args(["worker", "--queue", "work", "--exec", exec])
         .env("WEIR_SERVER", &server.base)
         .env("WEIR_CA_CERT", &files.ca)
+        .env("WEIR_API_KEY", "wk_worker_key")
         .env("WEIR_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -230,7 +263,10 @@ async fn a_worker_processes_a_task_over_tls() {
         assert!(Instant::now() < deadline, "not done: {task:?}");
     };
     assert_eq!(task.state, TaskState::Completed, "{task:?}");
-    assert_eq!(task.result, Some(json!({"n": 7})));
+    assert_eq!(
+        task.result,
+        Some(json!({"key": "unset", "payload": {"n": 7}}))
+    );
     worker.kill().await.unwrap();
     server.child.kill().await.unwrap();
 }
