@@ -454,16 +454,12 @@ async fn auth_turns_on_with_the_first_key_and_a_revoked_key_fails_on_every_serve
     }
     // Revoked on one server: refused there at once, and on the other within a
     // second (its cache's bound, KEY_CACHE_TTL_MS, is half of that).
-    let r = call(
-        &a,
-        "DELETE",
-        &format!("/v1/keys/{id}"),
-        Some(&admin),
-        &[],
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let revoke = || {
+        let uri = format!("/v1/keys/{id}");
+        let (a, admin) = (&a, admin.clone());
+        async move { call(a, "DELETE", &uri, Some(&admin), &[], None).await.status }
+    };
+    assert_eq!(revoke().await, StatusCode::NO_CONTENT);
     let revoked = Instant::now();
     let enqueue = |app| {
         call(
@@ -488,16 +484,7 @@ async fn auth_turns_on_with_the_first_key_and_a_revoked_key_fails_on_every_serve
         );
         tokio::task::yield_now().await;
     }
-    let r = call(
-        &a,
-        "DELETE",
-        &format!("/v1/keys/{id}"),
-        Some(&admin),
-        &[],
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(revoke().await, StatusCode::NOT_FOUND);
     let listed = call(&b, "GET", "/v1/keys", Some(&admin), &[], None).await;
     assert_eq!(
         listed.json()["keys"].as_array().unwrap().len(),

@@ -145,6 +145,8 @@ fn every_problem_type_is_documented() {
         include_str!("../src/ingress.rs"),
         include_str!("../src/conn.rs"),
         include_str!("../src/schedule.rs"),
+        include_str!("../src/auth/mod.rs"),
+        include_str!("../src/keys.rs"),
     ];
     let mut used = BTreeSet::new();
     for src in sources {

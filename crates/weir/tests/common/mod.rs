@@ -6,6 +6,8 @@
 // Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+/// The test CA and certificates, shared with weir-server's tests.
+#[path = "../../../weir-server/tests/common/certs.rs"]
 pub mod certs;
 pub mod redis;
 
