@@ -50,6 +50,8 @@ pub struct Limits {
     /// Largest schedule definition (its cron, zone, queue and task template with
     /// its payload), in bytes of JSON text: every schedule is kept in memory.
     pub schedule_bytes_max: usize,
+    /// Most API keys one store holds (revoked keys do not count).
+    pub keys_max: usize,
 }
 
 impl Default for Limits {
@@ -74,9 +76,16 @@ impl Default for Limits {
             queues_max: 10_000,
             schedules_max: 1_000,
             schedule_bytes_max: 64 * 1024,
+            keys_max: 1_000,
         }
     }
 }
+
+/// Longest API key id, in characters of `[a-z0-9]` (the `<id>` of `weir_<id>_<secret>`).
+pub const KEY_ID_CHARS_MAX: usize = 32;
+/// Largest API key record the store keeps (the server's JSON: name, roles, queue
+/// globs, times, the secret's hash), in bytes: every key is kept in memory.
+pub const KEY_RECORD_BYTES_MAX: usize = 16 * 1024;
 
 /// Defaults applied to a task when the producer leaves a field out.
 pub const MAX_ATTEMPTS_DEFAULT: u32 = 5;

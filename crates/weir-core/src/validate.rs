@@ -60,6 +60,31 @@ pub fn schedule_name(name: &str, limits: &Limits) -> Result<(), InvalidInput> {
     name_like("name", name, limits.queue_name_bytes_max)
 }
 
+/// API key ids (the `<id>` of `weir_<id>_<secret>`): 1–`KEY_ID_CHARS_MAX`
+/// characters of `[a-z0-9]`, so a token splits at its underscores unambiguously.
+pub fn key_id(id: &str) -> Result<(), InvalidInput> {
+    let max = crate::limits::KEY_ID_CHARS_MAX;
+    if id.is_empty() {
+        return Err(InvalidInput::invalid("id", "must not be empty"));
+    }
+    if id.len() > max {
+        return Err(InvalidInput::invalid(
+            "id",
+            format!("is {} characters long; the limit is {max}", id.len()),
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+    {
+        return Err(InvalidInput::invalid(
+            "id",
+            format!("contains {c:?}; allowed are a-z 0-9"),
+        ));
+    }
+    Ok(())
+}
+
 /// Task kinds follow the queue-name alphabet, so they are safe in logs and metrics.
 pub fn kind(kind: &str, limits: &Limits) -> Result<(), InvalidInput> {
     name_like("kind", kind, limits.kind_bytes_max)
@@ -151,6 +176,19 @@ mod tests {
         for bad in ["", "a b", "a/b", "ü", &"x".repeat(129), "a\0"] {
             let e = queue_name(bad, &l).unwrap_err();
             assert_eq!(e.field(), "queue", "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_ids() {
+        for ok in ["a", "0", "k1x9", &"z".repeat(32)] {
+            assert_eq!(key_id(ok), Ok(()), "{ok}");
+        }
+        // Upper case, underscores (the token's separator) and any other byte are
+        // refused, as is an empty or overlong id.
+        for bad in ["", "A", "a_b", "a-b", "a b", "é", "a\0", &"z".repeat(33)] {
+            let e = key_id(bad).unwrap_err();
+            assert_eq!(e.field(), "id", "{bad:?}");
         }
     }
 

@@ -211,6 +211,18 @@ impl From<StoreError> for ApiError {
                 "Too many schedules",
                 format!("the store already holds its limit of {limit} schedules; delete one or raise the limit"),
             ),
+            StoreError::KeyExists => ApiError::new(
+                StatusCode::CONFLICT,
+                "key-exists",
+                "API key exists",
+                "an API key with this id exists already",
+            ),
+            StoreError::TooManyKeys { limit } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too-many-keys",
+                "Too many API keys",
+                format!("the store already holds its limit of {limit} API keys; revoke one or raise the limit"),
+            ),
             StoreError::TooManyQueues { limit } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "too-many-queues",

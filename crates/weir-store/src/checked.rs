@@ -1,21 +1,23 @@
 //! The input checks every store shares. `Checked` wraps a backend and refuses,
 //! before the backend sees it, whatever `Limits` or the group rules forbid: a bad
 //! queue name, a batch too large or empty, a lease `max` out of range, an overlong
-//! worker name, a group member with an idempotency key. A backend behind it may
-//! assume its input passed these checks; it keeps only the checks that need its
-//! state (a full queue, the queue cap).
+//! worker name, a group member with an idempotency key, an API key id outside
+//! `[a-z0-9]{1,32}` or a key record over 16 KiB. A backend behind it may assume
+//! its input passed these checks; it keeps only the checks that need its state
+//! (a full queue, the queue cap, the key cap).
 //!
 //! May not: touch storage, read a clock, or change what a valid call does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use weir_core::limits::KEY_RECORD_BYTES_MAX;
 use weir_core::validate::{self, InvalidInput};
 use weir_core::{ConfigPatch, Limits, QueueConfig, TaskId, TaskRecord, TaskState};
 
 use crate::{
     Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, QueueInfo,
-    Schedule, Scope, Settle, StoreError, TaskPage, TaskView, BROWSE_TASKS_MAX,
+    Schedule, Scope, Settle, StoreError, StoredKey, TaskPage, TaskView, BROWSE_TASKS_MAX,
 };
 
 /// A backend behind the shared input checks.
@@ -121,6 +123,13 @@ pub fn group(queue: &str, tasks_: &[EnqueueTask], limits: &Limits) -> Result<(),
         ));
     }
     tasks(queue, tasks_.len(), "group", limits)
+}
+
+/// An API key's id and record: the id's alphabet and length
+/// (`validate::key_id`), the record within `KEY_RECORD_BYTES_MAX`.
+pub fn key(id: &str, record: &str) -> Result<(), InvalidInput> {
+    validate::key_id(id)?;
+    validate::size("record", record.len(), KEY_RECORD_BYTES_MAX)
 }
 
 #[async_trait::async_trait]
@@ -293,6 +302,34 @@ impl<B: Broker + ?Sized> Broker for Checked<B> {
         self.inner.schedule_ran(name, tick_ms, run).await
     }
 
+    async fn create_key(&self, id: &str, record: &str) -> Result<(), StoreError> {
+        key(id, record)?;
+        self.inner.create_key(id, record).await
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        validate::key_id(id)?;
+        self.inner.key(id).await
+    }
+
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.inner.keys().await
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        validate::key_id(id)?;
+        self.inner.delete_key(id).await
+    }
+
+    async fn key_used(&self, id: &str, at_ms: u64) -> Result<(), StoreError> {
+        validate::key_id(id)?;
+        self.inner.key_used(id, at_ms).await
+    }
+
+    async fn has_keys(&self) -> Result<bool, StoreError> {
+        self.inner.has_keys().await
+    }
+
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {
         validate::queue_name(queue, &self.limits)?;
         self.inner.delete_queue(queue).await
@@ -335,5 +372,14 @@ mod tests {
         assert!(lease("ok", 1, Some(&"w".repeat(l.worker_name_bytes_max + 1)), &l).is_err());
         assert!(settle(l.batch_tasks_max, &l).is_ok());
         assert!(settle(l.batch_tasks_max + 1, &l).is_err());
+        assert!(key("k1", &"r".repeat(KEY_RECORD_BYTES_MAX)).is_ok());
+        assert!(key("k1", "").is_ok());
+        assert!(matches!(
+            key("k1", &"r".repeat(KEY_RECORD_BYTES_MAX + 1)),
+            Err(InvalidInput::TooLarge { .. })
+        ));
+        assert!(key("K1", "{}").is_err());
+        assert!(key("", "{}").is_err());
+        assert!(key(&"k".repeat(33), "{}").is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_core::{ConfigPatch, GroupState, NewTask, QueueConfig, TaskId, TaskState};
 
-use crate::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, TaskPage};
+use crate::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, StoredKey, TaskPage};
 
 /// Long enough that a correct backend never hits it; a hang fails the test instead
 /// of passing it.
@@ -1921,6 +1921,184 @@ pub async fn oldest_pending_age_is_the_heads(b: &dyn Broker) {
     assert_eq!(head_age().await, None, "nothing pending");
 }
 
+/// An API key as `create_key` makes it: never used.
+fn fresh_key(id: &str, record: &str) -> StoredKey {
+    StoredKey {
+        id: id.into(),
+        record: record.into(),
+        last_used_ms: None,
+    }
+}
+
+/// The ids of every key the store holds, in the order `keys` lists them.
+async fn key_ids(b: &dyn Broker) -> Vec<String> {
+    b.keys().await.unwrap().into_iter().map(|k| k.id).collect()
+}
+
+/// Each key is kept as written and read back alone or in the list (by id, not
+/// by creation); a revoke removes it (a second revoke finds none), and its id may
+/// then be created afresh, with no last use of the old key's.
+pub async fn api_keys_round_trip_through_create_get_list_and_delete(b: &dyn Broker) {
+    assert!(b.keys().await.unwrap().is_empty());
+    assert_eq!(b.key("kb").await.unwrap(), None);
+    let rb = r#"{"name":"ci","roles":["producer"],"queues":["emails.*"],"hash":"9f86d0"}"#;
+    b.create_key("kb", rb).await.unwrap();
+    b.create_key("ka", "{}").await.unwrap();
+    assert_eq!(b.key("kb").await.unwrap(), Some(fresh_key("kb", rb)));
+    assert_eq!(
+        b.keys().await.unwrap(),
+        [fresh_key("ka", "{}"), fresh_key("kb", rb)]
+    );
+    b.key_used("ka", 1_000).await.unwrap();
+    assert!(b.delete_key("ka").await.unwrap());
+    assert!(!b.delete_key("ka").await.unwrap());
+    assert_eq!(b.key("ka").await.unwrap(), None);
+    assert_eq!(b.keys().await.unwrap(), [fresh_key("kb", rb)]);
+    b.create_key("ka", r#"{"v":2}"#).await.unwrap();
+    assert_eq!(
+        b.key("ka").await.unwrap(),
+        Some(fresh_key("ka", r#"{"v":2}"#))
+    );
+    assert_eq!(key_ids(b).await, ["ka", "kb"]);
+}
+
+/// A second create of an id answers `KeyExists` and leaves the first key as it
+/// was (record and last use).
+pub async fn creating_an_existing_key_id_is_refused_and_changes_nothing(b: &dyn Broker) {
+    b.create_key("dup", r#"{"v":1}"#).await.unwrap();
+    b.key_used("dup", 42).await.unwrap();
+    assert!(matches!(
+        b.create_key("dup", r#"{"v":2}"#).await,
+        Err(StoreError::KeyExists)
+    ));
+    let k = b.key("dup").await.unwrap().expect("the first key stays");
+    assert_eq!(
+        (k.record.as_str(), k.last_used_ms),
+        (r#"{"v":1}"#, Some(42))
+    );
+    assert_eq!(key_ids(b).await, ["dup"]);
+}
+
+/// For a store opened with `keys_max = 2`: a third key is refused with the limit
+/// and changes nothing; an existing id at the limit is still `KeyExists`; a
+/// revoke makes room.
+pub async fn api_keys_are_capped_at_two(b: &dyn Broker) {
+    b.create_key("a", "{}").await.unwrap();
+    b.create_key("b", "{}").await.unwrap();
+    assert!(matches!(
+        b.create_key("c", "{}").await,
+        Err(StoreError::TooManyKeys { limit: 2 })
+    ));
+    assert!(matches!(
+        b.create_key("a", "{}").await,
+        Err(StoreError::KeyExists)
+    ));
+    assert_eq!(key_ids(b).await, ["a", "b"]);
+    assert_eq!(b.key("c").await.unwrap(), None);
+    assert!(b.delete_key("a").await.unwrap());
+    b.create_key("c", "{}").await.unwrap();
+    assert_eq!(key_ids(b).await, ["b", "c"]);
+}
+
+/// `key_used` only moves last use forward (an earlier or equal use, as a slower
+/// server would report it, changes nothing), keeps the record, and neither
+/// creates an unknown key nor brings back a revoked one.
+pub async fn key_use_only_moves_forward_and_never_revives_a_key(b: &dyn Broker) {
+    b.create_key("ku", r#"{"r":1}"#).await.unwrap();
+    let last = |k: Option<StoredKey>| k.expect("the key exists").last_used_ms;
+    b.key_used("ku", 2_000).await.unwrap();
+    assert_eq!(last(b.key("ku").await.unwrap()), Some(2_000));
+    b.key_used("ku", 1_500).await.unwrap();
+    b.key_used("ku", 2_000).await.unwrap();
+    assert_eq!(last(b.key("ku").await.unwrap()), Some(2_000));
+    b.key_used("ku", 3_000).await.unwrap();
+    let k = b.key("ku").await.unwrap().unwrap();
+    assert_eq!(
+        (k.record.as_str(), k.last_used_ms),
+        (r#"{"r":1}"#, Some(3_000))
+    );
+    assert_eq!(b.keys().await.unwrap(), [k]);
+
+    // An unknown key: nothing is made.
+    b.key_used("nokey", 5).await.unwrap();
+    assert_eq!(b.key("nokey").await.unwrap(), None);
+    assert_eq!(key_ids(b).await, ["ku"]);
+    // A revoked key stays revoked, however late its use is reported.
+    assert!(b.delete_key("ku").await.unwrap());
+    b.key_used("ku", 9_000).await.unwrap();
+    assert_eq!(b.key("ku").await.unwrap(), None);
+    assert!(b.keys().await.unwrap().is_empty());
+    assert!(!b.has_keys().await.unwrap());
+}
+
+/// `has_keys` is false on a store without keys, true from the first key on,
+/// and false again once the last one is revoked.
+pub async fn has_keys_turns_on_with_the_first_key_and_off_with_the_last(b: &dyn Broker) {
+    assert!(!b.has_keys().await.unwrap());
+    b.create_key("h1", "{}").await.unwrap();
+    assert!(b.has_keys().await.unwrap());
+    b.create_key("h2", "{}").await.unwrap();
+    b.key_used("h1", 1).await.unwrap();
+    assert!(b.delete_key("h1").await.unwrap());
+    assert!(b.has_keys().await.unwrap(), "one key is left");
+    assert!(b.delete_key("h2").await.unwrap());
+    assert!(!b.has_keys().await.unwrap());
+}
+
+/// Through `Checked`: an id outside `[a-z0-9]{1,32}` or a record over 16 KiB is
+/// `Invalid` on every call that takes it, and nothing is made.
+pub async fn bad_key_ids_and_oversized_records_change_nothing(b: &dyn Broker) {
+    let max = weir_core::limits::KEY_RECORD_BYTES_MAX;
+    let invalid = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Invalid(_)));
+    for bad in ["", "Key", "a_b", "a-b", "k\u{e9}", &"k".repeat(33)] {
+        assert!(invalid(b.create_key(bad, "{}").await), "{bad:?}");
+        assert!(matches!(b.key(bad).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            b.delete_key(bad).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(invalid(b.key_used(bad, 1).await), "{bad:?}");
+    }
+    assert!(invalid(b.create_key("big", &"x".repeat(max + 1)).await));
+    assert!(!b.has_keys().await.unwrap());
+    assert!(b.keys().await.unwrap().is_empty());
+    // The limits themselves are fine.
+    let longest = "k".repeat(32);
+    b.create_key(&longest, &"x".repeat(max)).await.unwrap();
+    assert_eq!(b.key(&longest).await.unwrap().unwrap().record.len(), max);
+}
+
+/// Writes what `api_keys_as_written_before_the_restart` expects a store to hold
+/// after a restart (the embedded store reopened, a second server on Redis): a
+/// key used twice, a key never used, a revoked key used before and after its
+/// revoke.
+pub async fn api_keys_written_before_a_restart(b: &dyn Broker) {
+    b.create_key("used", r#"{"name":"used"}"#).await.unwrap();
+    b.key_used("used", 100).await.unwrap();
+    b.key_used("used", 200).await.unwrap();
+    b.create_key("fresh", r#"{"name":"fresh"}"#).await.unwrap();
+    b.create_key("revoked", "{}").await.unwrap();
+    b.key_used("revoked", 300).await.unwrap();
+    assert!(b.delete_key("revoked").await.unwrap());
+    b.key_used("revoked", 400).await.unwrap();
+}
+
+/// What `api_keys_written_before_a_restart` left, read back after a restart:
+/// the live keys with their records and last use, the revoked one gone; and the
+/// last use still only moves forward.
+pub async fn api_keys_as_written_before_the_restart(b: &dyn Broker) {
+    assert!(b.has_keys().await.unwrap());
+    let mut used = fresh_key("used", r#"{"name":"used"}"#);
+    used.last_used_ms = Some(200);
+    assert_eq!(
+        b.keys().await.unwrap(),
+        [fresh_key("fresh", r#"{"name":"fresh"}"#), used.clone()]
+    );
+    assert_eq!(b.key("revoked").await.unwrap(), None);
+    b.key_used("used", 150).await.unwrap();
+    assert_eq!(b.key("used").await.unwrap(), Some(used));
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh broker (`B: Broker + Clone`) for each test; the
 /// suite reaches it through `Checked` with the default limits, as the server does.
@@ -1943,7 +2121,12 @@ macro_rules! conformance_tests {
             an_expired_lease_frees_its_slot, browsing_lists_each_task_once_while_tasks_are_added,
             browsing_by_time_lists_each_task_once_as_times_grow,
             dead_tasks_are_retried_and_deleted_exactly, trace_context_rides_with_the_task,
-            queue_totals_count_each_transition, oldest_pending_age_is_the_heads);
+            queue_totals_count_each_transition, oldest_pending_age_is_the_heads,
+            api_keys_round_trip_through_create_get_list_and_delete,
+            creating_an_existing_key_id_is_refused_and_changes_nothing,
+            key_use_only_moves_forward_and_never_revives_a_key,
+            has_keys_turns_on_with_the_first_key_and_off_with_the_last,
+            bad_key_ids_and_oversized_records_change_nothing);
         $crate::conformance_tests!(@owned $make;
             a_paused_queue_takes_enqueues_and_leases_nothing_until_resumed,
             max_in_flight_caps_active_tasks_and_a_settle_frees_a_slot,

@@ -240,6 +240,18 @@ pub struct Schedule {
     pub last_task_id: Option<TaskId>,
 }
 
+/// An API key as the store keeps it: the server's record (opaque text; it holds no
+/// secret, only a hash) and when the key was last used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The key's id (the `<id>` of `weir_<id>_<secret>`).
+    pub id: String,
+    /// The record, as the server wrote it.
+    pub record: String,
+    /// When the key was last used (`key_used`), if ever; it only moves forward.
+    pub last_used_ms: Option<u64>,
+}
+
 /// The most tasks one `browse` page, `retry` or `delete_tasks` call takes.
 pub const BROWSE_TASKS_MAX: usize = 1000;
 
@@ -321,6 +333,11 @@ pub enum StoreError {
     TooManyQueues { limit: usize },
     #[error("the store already holds its limit of {limit} schedules")]
     TooManySchedules { limit: usize },
+    /// `create_key` of an id the store already holds.
+    #[error("an API key with this id exists already")]
+    KeyExists,
+    #[error("the store already holds its limit of {limit} API keys")]
+    TooManyKeys { limit: usize },
     #[error("queue not found")]
     QueueNotFound,
     /// `delete_queue` of a queue that still holds tasks (retained finished ones too).
@@ -554,6 +571,24 @@ pub trait Broker: Send + Sync + 'static {
         tick_ms: u64,
         run: Option<(u64, TaskId)>,
     ) -> Result<(), StoreError>;
+    /// Adds an API key: `id` must be new (`StoreError::KeyExists` otherwise); at
+    /// most `limits.keys_max` keys (`StoreError::TooManyKeys { limit }`). Durable
+    /// before it answers.
+    async fn create_key(&self, id: &str, record: &str) -> Result<(), StoreError>;
+    /// One key, `None` if unknown (or revoked).
+    async fn key(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
+    /// Every key, by id.
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Revokes (removes) a key; false if there was none. Durable before it answers.
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError>;
+    /// Records that the key was used at `at_ms`: only moves last use forward, and
+    /// never brings back a deleted or unknown key (a no-op for those). Atomic with
+    /// respect to `delete_key`. The server calls it at most about once a minute
+    /// per key.
+    async fn key_used(&self, id: &str, at_ms: u64) -> Result<(), StoreError>;
+    /// Whether the store holds any key (auth turns on as soon as one exists).
+    /// Cheap: the server calls it about twice a second.
+    async fn has_keys(&self) -> Result<bool, StoreError>;
     /// Removes an empty queue: one holding no task in any state, retained finished
     /// tasks included. Its config goes with it. `QueueNotFound` if unknown, `QueueNotEmpty` (with its counts)
     /// otherwise. Lease long-polls parked on it keep waiting, as on an unknown queue,

@@ -1,7 +1,8 @@
 //! A seeded, model-based simulation shared by every store's tests: random
-//! enqueues, leases, acks, fails, releases, cancels and stale settles, each
-//! checked against a model of what the store must hold (states, attempts,
-//! cancel flags, lease order, per-queue counts). A store's own tests add the
+//! enqueues, leases, acks, fails, releases, cancels and stale settles, and API
+//! key creates, revokes and uses, each checked against a model of what the store
+//! must hold (states, attempts, cancel flags, lease order, per-queue counts;
+//! each key's record and last use). A store's own tests add the
 //! faults only it has (the embedded store's restarts and injected outages) by
 //! handling the rolls `STEP_ROLLS..` themselves.
 
@@ -14,7 +15,7 @@ use rand::Rng;
 use weir_core::{TaskId, TaskState};
 
 use crate::conformance::{item, task};
-use crate::{Broker, LeaseId, Settle, StoreError};
+use crate::{Broker, LeaseId, Settle, StoreError, StoredKey};
 
 /// What the store must say about one task.
 #[derive(Clone, Debug)]
@@ -27,6 +28,13 @@ pub struct Model {
 }
 
 pub type Tasks = BTreeMap<TaskId, Model>;
+
+/// What the store must say about API keys: id → (record, last use).
+pub type Keys = BTreeMap<String, (String, Option<u64>)>;
+
+/// The ids the simulation's key operations pick from: few, so that creates
+/// collide, revokes find keys and uses race revokes.
+const KEY_IDS: [&str; 3] = ["ka", "kb", "kc"];
 
 pub const QUEUE: &str = "sim";
 pub const STEPS: usize = 250;
@@ -43,8 +51,35 @@ pub fn seeds(n: u64) -> Vec<u64> {
     }
 }
 
-/// Every task reads as the model says, and the queue's counts agree.
-pub async fn check(b: &dyn Broker, model: &Tasks, seed: u64, step: usize) {
+/// Every task reads as the model says, and the queue's counts agree; so do the
+/// API keys, listed and one by one, and `has_keys`.
+pub async fn check(b: &dyn Broker, model: &Tasks, keys: &Keys, seed: u64, step: usize) {
+    let want: Vec<StoredKey> = keys
+        .iter()
+        .map(|(id, (record, last_used_ms))| StoredKey {
+            id: id.clone(),
+            record: record.clone(),
+            last_used_ms: *last_used_ms,
+        })
+        .collect();
+    assert_eq!(
+        b.keys().await.unwrap(),
+        want,
+        "seed {seed} step {step}: keys"
+    );
+    for id in KEY_IDS {
+        let one = want.iter().find(|k| k.id == id).cloned();
+        assert_eq!(
+            b.key(id).await.unwrap(),
+            one,
+            "seed {seed} step {step}: key {id}"
+        );
+    }
+    assert_eq!(
+        b.has_keys().await.unwrap(),
+        !keys.is_empty(),
+        "seed {seed} step {step}: has_keys"
+    );
     let mut counts = [0u64; 6];
     for (id, m) in model {
         let v = b
@@ -102,6 +137,7 @@ pub async fn step(
     b: &dyn Broker,
     rng: &mut StdRng,
     model: &mut Tasks,
+    keys: &mut Keys,
     roll: u32,
     seed: u64,
     step: usize,
@@ -109,7 +145,7 @@ pub async fn step(
     let active = active(model);
     let any: Vec<TaskId> = model.keys().copied().collect();
     match roll {
-        0..=29 => {
+        0..=26 => {
             let n = rng.gen_range(1..=4);
             let items = (0..n)
                 .map(|_| {
@@ -132,6 +168,39 @@ pub async fn step(
                         lease: None,
                     },
                 );
+            }
+        }
+        27..=29 => {
+            let id = KEY_IDS[rng.gen_range(0..KEY_IDS.len())];
+            match rng.gen_range(0..3) {
+                0 => {
+                    // The record names the step that made it, so a stale one shows.
+                    let record = format!("{{\"made\":{step}}}");
+                    let res = b.create_key(id, &record).await;
+                    if keys.contains_key(id) {
+                        assert!(
+                            matches!(res, Err(StoreError::KeyExists)),
+                            "seed {seed} step {step}: create of existing key {id}: {res:?}"
+                        );
+                    } else {
+                        res.unwrap();
+                        keys.insert(id.to_owned(), (record, None));
+                    }
+                }
+                1 => {
+                    let found = b.delete_key(id).await.unwrap();
+                    let want = keys.remove(id).is_some();
+                    assert_eq!(found, want, "seed {seed} step {step}: revoke of {id}");
+                }
+                _ => {
+                    let at = rng.gen_range(0..1000);
+                    b.key_used(id, at).await.unwrap();
+                    if let Some((_, last)) = keys.get_mut(id) {
+                        if last.is_none_or(|l| at > l) {
+                            *last = Some(at);
+                        }
+                    }
+                }
             }
         }
         30..=49 => {

@@ -188,6 +188,12 @@ async fn redis_cluster_runs_the_conformance_suite_and_odd_queue_names() {
         lease_on_unknown_queue_creates_nothing,
         delete_queue_only_when_empty,
         lease_ids_are_random,
+        // API keys: one hash outside every queue's slot, its script valid on
+        // Cluster because it touches that one key only.
+        api_keys_round_trip_through_create_get_list_and_delete,
+        creating_an_existing_key_id_is_refused_and_changes_nothing,
+        key_use_only_moves_forward_and_never_revives_a_key,
+        has_keys_turns_on_with_the_first_key_and_off_with_the_last,
     );
     c::long_poll_lease_wakes_on_enqueue(broker(&cluster).await).await;
     c::long_poll_lease_on_a_new_queue_wakes_on_its_first_enqueue(broker(&cluster).await).await;

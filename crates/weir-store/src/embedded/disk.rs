@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use weir_core::{QueueConfig, TaskId, TaskRecord, TaskState};
 
-use crate::Schedule;
+use crate::{Schedule, StoredKey};
 
 /// Version byte in front of every encoded value.
 const FORMAT_V1: u8 = 1;
@@ -37,6 +37,9 @@ pub const KIND_SCHEDULE: u8 = 7;
 /// leave their finished state (and its retention) but stay; the update frame after
 /// makes each pending.
 pub const KIND_REOPEN: u8 = 8;
+/// An API key: the postcard `KeyFrame` (its id, the server's record, its last
+/// use). The latest frame of an id wins; one without a record revokes the key.
+pub const KIND_KEY: u8 = 9;
 
 /// Bytes of one entry of a `KIND_PURGE` frame.
 pub const PURGE_ENTRY_BYTES: usize = 24;
@@ -336,6 +339,45 @@ pub fn schedule_frame(meta: &[u8]) -> Result<Result<Schedule, String>, Corrupt> 
     })
 }
 
+/// An API key as stored (`KIND_KEY`); `record: None` revokes it.
+#[derive(Serialize, Deserialize)]
+struct KeyFrame<'a> {
+    id: Cow<'a, str>,
+    record: Option<Cow<'a, str>>,
+    last_used_ms: Option<u64>,
+}
+
+/// The meta of a `KIND_KEY` frame holding `k`.
+pub fn key_meta(k: &StoredKey) -> Vec<u8> {
+    encode(&KeyFrame {
+        id: Cow::Borrowed(&k.id),
+        record: Some(Cow::Borrowed(&k.record)),
+        last_used_ms: k.last_used_ms,
+    })
+}
+
+/// The meta of a `KIND_KEY` frame that revokes the key `id`.
+pub fn key_end_meta(id: &str) -> Vec<u8> {
+    encode(&KeyFrame {
+        id: Cow::Borrowed(id),
+        record: None,
+        last_used_ms: None,
+    })
+}
+
+/// Reads a `KIND_KEY` frame: the key, or its id alone if it was revoked.
+pub fn key_frame(meta: &[u8]) -> Result<Result<StoredKey, String>, Corrupt> {
+    let f: KeyFrame = decode("API key", meta)?;
+    Ok(match f.record {
+        None => Err(f.id.into_owned()),
+        Some(record) => Ok(StoredKey {
+            id: f.id.into_owned(),
+            record: record.into_owned(),
+            last_used_ms: f.last_used_ms,
+        }),
+    })
+}
+
 /// A task's record as stored. Borrowed when written (`encode_record_into`, from a
 /// `TaskRecord`'s own strings), owned when read; postcard encodes both the same.
 #[derive(Serialize, Deserialize)]
@@ -496,6 +538,23 @@ mod tests {
             schedule_frame(&schedule_end_meta("gone")).unwrap(),
             Err("gone".to_owned())
         );
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for last_used_ms in [None, Some(7)] {
+            let k = StoredKey {
+                id: "k1".into(),
+                record: "{\"name\":\"ci\"}".into(),
+                last_used_ms,
+            };
+            assert_eq!(key_frame(&key_meta(&k)).unwrap(), Ok(k));
+        }
+        assert_eq!(
+            key_frame(&key_end_meta("gone")).unwrap(),
+            Err("gone".to_owned())
+        );
+        assert!(key_frame(&[1, 200]).is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use weir_log::{Log, LogConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::{
     Broker, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased, Outage,
-    QueueInfo, Schedule, Scope, Settle, StoreError, TaskPage, TaskView,
+    QueueInfo, Schedule, Scope, Settle, StoreError, StoredKey, TaskPage, TaskView,
 };
 use disk::GroupRecord;
 use state::{Lease, State, TaskLoc};
@@ -739,6 +739,10 @@ impl<'a> Replay<'a> {
                 Ok(sched) => self.st.place_schedule(sched, loc.to_u64()),
                 Err(name) => self.st.end_schedule(&name),
             },
+            disk::KIND_KEY => match disk::key_frame(meta).map_err(corrupt)? {
+                Ok(key) => self.st.place_key(key, loc.to_u64()),
+                Err(id) => self.st.end_key(&id),
+            },
             disk::KIND_GROUP_PURGE => {
                 for id in disk::ids(meta).map_err(corrupt)? {
                     if let Some(at) = self.group_expires.remove(&id) {
@@ -1188,6 +1192,46 @@ impl Broker for EmbeddedBroker {
             reply,
         })
         .await
+    }
+
+    async fn create_key(&self, id: &str, record: &str) -> Result<(), StoreError> {
+        self.submit(|reply| Op::CreateKey {
+            id: id.to_owned(),
+            record: record.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        let st = self.shared.lock();
+        Ok(st.keys.get(id).map(|(k, _)| k.clone()))
+    }
+
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let st = self.shared.lock();
+        Ok(st.keys.values().map(|(k, _)| k.clone()).collect())
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.submit(|reply| Op::DeleteKey {
+            id: id.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    async fn key_used(&self, id: &str, at_ms: u64) -> Result<(), StoreError> {
+        self.submit(|reply| Op::KeyUsed {
+            id: id.to_owned(),
+            at_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn has_keys(&self) -> Result<bool, StoreError> {
+        Ok(!self.shared.lock().keys.is_empty())
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {

@@ -20,7 +20,7 @@ use weir_core::{GroupTally, QueueConfig, TaskRecord, TaskState};
 
 use super::disk::GroupRecord;
 
-use crate::{Counts, QueueInfo, Schedule, Totals};
+use crate::{Counts, QueueInfo, Schedule, StoredKey, Totals};
 
 /// Index of a queue in `State::queues`. A deleted queue's slot is a tombstone
 /// until `intern` reuses it for a new queue; `delete_queue` runs only when nothing
@@ -284,6 +284,9 @@ pub struct State {
     pub group_expiry: BTreeSet<(u64, u128)>,
     /// Periodic-task schedules by name, with where each one's frame is.
     pub schedules: BTreeMap<String, (Schedule, u64)>,
+    /// API keys by id, with where each one's latest frame is (a revoked key is
+    /// not here).
+    pub keys: BTreeMap<String, (StoredKey, u64)>,
 }
 
 /// Where a task's frames are in the log (`weir_log::Loc` as `u64`): the frame with
@@ -703,6 +706,21 @@ impl State {
     /// Forgets an ended schedule.
     pub fn end_schedule(&mut self, name: &str) {
         if let Some((_, old)) = self.schedules.remove(name) {
+            self.drop_ref(old);
+        }
+    }
+
+    /// Records an API key's frame (the latest of its id wins).
+    pub fn place_key(&mut self, k: StoredKey, loc: u64) {
+        self.add_ref(loc);
+        if let Some((_, old)) = self.keys.insert(k.id.clone(), (k, loc)) {
+            self.drop_ref(old);
+        }
+    }
+
+    /// Forgets a revoked API key: its frames become garbage for the GC.
+    pub fn end_key(&mut self, id: &str) {
+        if let Some((_, old)) = self.keys.remove(id) {
             self.drop_ref(old);
         }
     }

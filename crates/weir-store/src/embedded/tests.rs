@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::conformance::{ack, enqueue_ids, first_page, item, kill, task, WAIT};
-use crate::{QueueInfo, Settle};
+use crate::{QueueInfo, Settle, StoredKey};
 use weir_core::{ConfigPatch, QueueConfig};
 
 struct TestStore {
@@ -430,7 +430,7 @@ async fn lease_parked_on_a_deleted_queue_keeps_waiting() {
 }
 
 /// Model-based simulation: seeded random sequences of enqueue (with priorities),
-/// lease, ack, fail, release, cancel and restart, checked after every step against
+/// lease, ack, fail, release, cancel, API key create, revoke and use, and restart, checked after every step against
 /// a model of what each task's state must be, what the next lease must return,
 /// and what the queue counts must say. Time-driven transitions (lease expiry,
 /// backoff) are kept out of it with long timeouts and fails without retry, so the
@@ -440,7 +440,7 @@ mod simulation {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::simulation::{self as sim, Tasks, QUEUE, STEPS, STEP_ROLLS};
+    use crate::simulation::{self as sim, Keys, Tasks, QUEUE, STEPS, STEP_ROLLS};
 
     /// The shared simulation plus what only this store has: restarts and
     /// injected outages (rolls `STEP_ROLLS..100`).
@@ -452,11 +452,14 @@ mod simulation {
             _dir: dir,
         };
         let mut model = Tasks::new();
+        let mut keys = Keys::new();
         for step in 0..STEPS {
             let active = sim::active(&model);
             let roll = rng.gen_range(0..100);
             match roll {
-                r if r < STEP_ROLLS => sim::step(&*s, &mut rng, &mut model, r, seed, step).await,
+                r if r < STEP_ROLLS => {
+                    sim::step(&*s, &mut rng, &mut model, &mut keys, r, seed, step).await
+                }
                 90..=94 => {
                     // Restart: active tasks come back pending with their attempt
                     // unspent; those whose cancel was requested end canceled.
@@ -513,7 +516,7 @@ mod simulation {
                     until_healed(&s).await;
                 }
             }
-            sim::check(&*s, &model, seed, step).await;
+            sim::check(&*s, &model, &keys, seed, step).await;
         }
     }
 
@@ -943,6 +946,75 @@ async fn schedules_are_capped() {
     c.limits.schedules_max = 2;
     let b = EmbeddedBroker::open(c).unwrap();
     crate::conformance::schedules_are_capped_at_two(&b).await;
+}
+
+/// `keys_max` counts keys, not creates (`conformance::api_keys_are_capped_at_two`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.keys_max = 2;
+    let b = EmbeddedBroker::open(c).unwrap();
+    crate::conformance::api_keys_are_capped_at_two(&b).await;
+}
+
+/// API keys are in the log: a restart rebuilds them from their frames, the latest
+/// of each id winning (a key's last use, a revoke), and a second restart agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_survive_a_restart() {
+    let s = opened();
+    crate::conformance::api_keys_written_before_a_restart(&*s).await;
+    let s = reopen(s).await;
+    crate::conformance::api_keys_as_written_before_the_restart(&*s).await;
+    let s = reopen(s).await;
+    crate::conformance::api_keys_as_written_before_the_restart(&*s).await;
+}
+
+/// The log's GC and API keys: a live key's latest frame is copied forward out of
+/// the oldest segment, and a revoked key's frames (and the frames a live key's
+/// later use replaced) hold nothing, so the segment is deleted once its tasks
+/// are gone. Were a key frame left counted, the oldest segment, and every one
+/// after it, would stay. The live key survives with its last use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_copies_a_live_key_forward_and_drops_a_revoked_ones_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(crate::clock::OffsetClock::default());
+    let mut c = config(dir.path());
+    c.clock = clock.clone();
+    let b = EmbeddedBroker::open(c.clone()).unwrap();
+    b.create_key("live", r#"{"v":1}"#).await.unwrap();
+    b.key_used("live", 5).await.unwrap();
+    b.create_key("gone", "{}").await.unwrap();
+    b.key_used("gone", 6).await.unwrap();
+    assert!(b.delete_key("gone").await.unwrap());
+    let first = segment_files(dir.path()).remove(0);
+    // Rounds of tasks that end and pass their retention, until the GC has
+    // collected the oldest segment (a copy forward of the live key, then the
+    // delete): a bounded number of rounds, not a wait.
+    let pad = format!("\"{}\"", "x".repeat(16 * 1024));
+    let mut short = task("k");
+    short.retention_ms = 1000;
+    let mut rounds = 0;
+    while first.exists() {
+        rounds += 1;
+        assert!(rounds <= 64, "the oldest segment was never collected");
+        let items = (0..64).map(|_| item(short.clone(), &pad)).collect();
+        b.enqueue("gc", items).await.unwrap();
+        let leased = b.lease("gc", 64, WAIT).await.unwrap();
+        b.settle(acks(&leased)).await.unwrap();
+        clock.advance(2_000);
+    }
+    b.close().await.unwrap();
+    drop(b);
+
+    let b = EmbeddedBroker::open(c).unwrap();
+    let live = StoredKey {
+        id: "live".into(),
+        record: r#"{"v":1}"#.into(),
+        last_used_ms: Some(5),
+    };
+    assert_eq!(b.keys().await.unwrap(), [live]);
+    assert!(b.key("gone").await.unwrap().is_none());
 }
 
 /// An operator's retries and deletes are in the log: after a restart, a retried

@@ -6,7 +6,7 @@
 //! scheduled tasks, expired leases), retention and the log's garbage collection run
 //! in the same rounds, so no two threads ever write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use super::{
     COPY_FORWARD_TASKS_MAX, RETENTION_PURGE_BATCH_MAX, WRITER_BYTES_PER_COMMIT_MAX,
     WRITER_OPS_PER_COMMIT_MAX, WRITER_TASKS_PER_COMMIT_MAX, WRITER_TICK_MS_MAX,
 };
-use crate::{Enqueued, GroupCreated, LeaseId, Outage, Schedule, Settle, StoreError};
+use crate::{Enqueued, GroupCreated, LeaseId, Outage, Schedule, Settle, StoreError, StoredKey};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -90,6 +90,23 @@ pub(crate) enum Op {
         run: Option<(u64, TaskId)>,
         reply: Reply<()>,
     },
+    /// Add an API key.
+    CreateKey {
+        id: String,
+        record: String,
+        reply: Reply<()>,
+    },
+    /// Revoke an API key.
+    DeleteKey {
+        id: String,
+        reply: Reply<bool>,
+    },
+    /// An API key was used.
+    KeyUsed {
+        id: String,
+        at_ms: u64,
+        reply: Reply<()>,
+    },
     /// An operator's retry of dead or canceled tasks (`Broker::retry`).
     Retry {
         ids: Vec<TaskId>,
@@ -128,6 +145,9 @@ impl Op {
             | Op::PutSchedule { .. }
             | Op::DeleteSchedule { .. }
             | Op::ScheduleRan { .. }
+            | Op::CreateKey { .. }
+            | Op::DeleteKey { .. }
+            | Op::KeyUsed { .. }
             | Op::DeleteQueue { .. }
             | Op::Stop { .. } => 1,
         }
@@ -146,6 +166,7 @@ impl Op {
                     Settle::Fail { error, .. } => error.len(),
                 })
                 .sum(),
+            Op::CreateKey { record, .. } => record.len(),
             _ => 0,
         }
     }
@@ -206,6 +227,13 @@ pub(crate) enum Placed {
     },
     ScheduleEnd {
         name: String,
+    },
+    Key {
+        key: StoredKey,
+        loc: u64,
+    },
+    KeyEnd {
+        id: String,
     },
 }
 
@@ -294,6 +322,22 @@ impl<'a> Batch<'a> {
         self.placed.push(Placed::ScheduleEnd { name });
     }
 
+    /// An API key's new state.
+    pub fn key(&mut self, key: StoredKey) {
+        let loc = self.log.append(disk::KIND_KEY, &disk::key_meta(&key), &[]);
+        self.placed.push(Placed::Key {
+            key,
+            loc: loc.to_u64(),
+        });
+    }
+
+    /// A revoked API key.
+    pub fn key_end(&mut self, id: String) {
+        self.log
+            .append(disk::KIND_KEY, &disk::key_end_meta(&id), &[]);
+        self.placed.push(Placed::KeyEnd { id });
+    }
+
     /// The end of a deleted queue's config (it is in no index: nothing to place).
     pub fn queue_end(&mut self, name: &str) {
         let meta = disk::queue_meta(name, &QueueConfig::default());
@@ -371,6 +415,8 @@ pub(crate) fn apply(st: &mut State, placed: Vec<Placed>) {
             Placed::Queue { q, config, loc } => st.place_config(q, config, Some(loc)),
             Placed::Schedule { schedule, loc } => st.place_schedule(schedule, loc),
             Placed::ScheduleEnd { name } => st.end_schedule(&name),
+            Placed::Key { key, loc } => st.place_key(key, loc),
+            Placed::KeyEnd { id } => st.end_key(&id),
         }
     }
 }
@@ -627,7 +673,8 @@ fn collect(shared: &Shared, log: &mut Log) -> Result<(), CommitError> {
 }
 
 /// Copies the live tasks and groups of segment `seq` to the end of the log (a task
-/// frame with its current record and payload; a group frame), at most
+/// frame with its current record and payload; a group frame; the latest frame of
+/// a queue config, a schedule or an API key), at most
 /// `COPY_FORWARD_TASKS_MAX` per call, in a commit of their own. Runs between
 /// rounds on the writer thread, so nothing else writes meanwhile; a lease taken
 /// meanwhile changes nothing on disk.
@@ -639,6 +686,7 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
     let mut groups: Vec<(u128, u64)> = Vec::new();
     let mut queues: Vec<(QueueIdx, String, QueueConfig)> = Vec::new();
     let mut schedules: Vec<Schedule> = Vec::new();
+    let mut keys: Vec<StoredKey> = Vec::new();
     let scan = log.replay(
         Some(weir_log::Loc { seg: seq, off: 0 }),
         |loc, kind, meta, _| {
@@ -650,6 +698,16 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
                     let st = shared.lock();
                     if st.schedules.get(&sched.name).map(|(_, l)| *l) == Some(loc.to_u64()) {
                         schedules.push(sched);
+                    }
+                }
+                return Ok(());
+            }
+            if kind == disk::KIND_KEY {
+                // Only a key's latest frame; a revoked key's frames stay behind.
+                if let Ok(Ok(key)) = disk::key_frame(meta) {
+                    let st = shared.lock();
+                    if st.keys.get(&key.id).map(|(_, l)| *l) == Some(loc.to_u64()) {
+                        keys.push(key);
                     }
                 }
                 return Ok(());
@@ -730,6 +788,9 @@ fn copy_forward(shared: &Shared, log: &mut Log, seq: u32) -> Result<(), CommitEr
     }
     for sched in schedules {
         batch.schedule(sched);
+    }
+    for key in keys {
+        batch.key(key);
     }
     if batch.is_empty() {
         return Ok(());
@@ -917,6 +978,9 @@ fn refuse(shared: &Shared, op: Op) -> bool {
         Op::PutSchedule { reply, .. } => drop(reply.send(Err(e()))),
         Op::DeleteSchedule { reply, .. } => drop(reply.send(Err(e()))),
         Op::ScheduleRan { reply, .. } => drop(reply.send(Err(e()))),
+        Op::CreateKey { reply, .. } => drop(reply.send(Err(e()))),
+        Op::DeleteKey { reply, .. } => drop(reply.send(Err(e()))),
+        Op::KeyUsed { reply, .. } => drop(reply.send(Err(e()))),
         Op::Retry { reply, .. } => drop(reply.send(Err(e()))),
         Op::Delete { reply, .. } => drop(reply.send(Err(e()))),
         Op::Finalize { records } => requeue(shared, records),
@@ -1018,26 +1082,33 @@ fn carry_over(old: &mut State, fresh: &mut State, kept: &[TaskId]) {
     }
 }
 
-/// Schedule changes planned in a round, over the state's: a second op on one
-/// schedule in a round builds on the first.
-#[derive(Default)]
-struct PlannedSchedules {
-    changed: HashMap<String, Option<Schedule>>,
+/// Changes to named records (schedules, API keys) planned in a round, over the
+/// state's map of them: a second op on one name in a round builds on the first.
+struct Planned<T> {
+    changed: HashMap<String, Option<T>>,
 }
 
-impl PlannedSchedules {
-    fn current(&self, st: &State, name: &str) -> Option<Schedule> {
+impl<T> Default for Planned<T> {
+    fn default() -> Planned<T> {
+        Planned {
+            changed: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Clone> Planned<T> {
+    fn current(&self, held: &BTreeMap<String, (T, u64)>, name: &str) -> Option<T> {
         match self.changed.get(name) {
             Some(planned) => planned.clone(),
-            None => st.schedules.get(name).map(|(s, _)| s.clone()),
+            None => held.get(name).map(|(s, _)| s.clone()),
         }
     }
 
-    /// How many schedules there are with the round's changes.
-    fn count(&self, st: &State) -> usize {
-        let mut n = st.schedules.len();
+    /// How many there are with the round's changes.
+    fn count(&self, held: &BTreeMap<String, (T, u64)>) -> usize {
+        let mut n = held.len();
         for (name, s) in &self.changed {
-            match (st.schedules.contains_key(name), s.is_some()) {
+            match (held.contains_key(name), s.is_some()) {
                 (false, true) => n += 1,
                 (true, false) => n -= 1,
                 _ => {}
@@ -1046,7 +1117,7 @@ impl PlannedSchedules {
         n
     }
 
-    fn set(&mut self, name: String, s: Option<Schedule>) {
+    fn set(&mut self, name: String, s: Option<T>) {
         self.changed.insert(name, s);
     }
 }
@@ -1107,7 +1178,8 @@ fn round(
         expire_leases(&mut st, &mut batch, &mut after, now);
         let mut round_idem: HashMap<(QueueIdx, String), (TaskId, TaskState)> = HashMap::new();
         let mut configs: HashMap<QueueIdx, QueueConfig> = HashMap::new();
-        let mut planned = PlannedSchedules::default();
+        let mut planned = Planned::<Schedule>::default();
+        let mut planned_keys = Planned::<StoredKey>::default();
         for (op, pre) in ops.into_iter().zip(pre) {
             match op {
                 Op::Enqueue {
@@ -1251,9 +1323,9 @@ fn round(
                     now_ms,
                     reply,
                 } => {
-                    let old = planned.current(&st, &name);
+                    let old = planned.current(&st.schedules, &name);
                     let limit = shared.config.limits.schedules_max;
-                    let res = if old.is_none() && planned.count(&st) >= limit {
+                    let res = if old.is_none() && planned.count(&st.schedules) >= limit {
                         Err(StoreError::TooManySchedules { limit })
                     } else {
                         let s = Schedule {
@@ -1270,7 +1342,7 @@ fn round(
                     after.reply(reply, res);
                 }
                 Op::DeleteSchedule { name, reply } => {
-                    let found = planned.current(&st, &name).is_some();
+                    let found = planned.current(&st.schedules, &name).is_some();
                     if found {
                         planned.set(name.clone(), None);
                         batch.schedule_end(name);
@@ -1283,7 +1355,7 @@ fn round(
                     run,
                     reply,
                 } => {
-                    match planned.current(&st, &name) {
+                    match planned.current(&st.schedules, &name) {
                         Some(mut s) if tick_ms > s.last_tick_ms => {
                             s.last_tick_ms = tick_ms;
                             if let Some((at, id)) = run {
@@ -1292,6 +1364,45 @@ fn round(
                             }
                             planned.set(name, Some(s.clone()));
                             batch.schedule(s);
+                        }
+                        _ => {}
+                    }
+                    after.reply(reply, Ok(()));
+                }
+                Op::CreateKey { id, record, reply } => {
+                    let limit = shared.config.limits.keys_max;
+                    let res = if planned_keys.current(&st.keys, &id).is_some() {
+                        Err(StoreError::KeyExists)
+                    } else if planned_keys.count(&st.keys) >= limit {
+                        Err(StoreError::TooManyKeys { limit })
+                    } else {
+                        let k = StoredKey {
+                            id,
+                            record,
+                            last_used_ms: None,
+                        };
+                        planned_keys.set(k.id.clone(), Some(k.clone()));
+                        batch.key(k);
+                        Ok(())
+                    };
+                    after.reply(reply, res);
+                }
+                Op::DeleteKey { id, reply } => {
+                    let found = planned_keys.current(&st.keys, &id).is_some();
+                    if found {
+                        planned_keys.set(id.clone(), None);
+                        batch.key_end(id);
+                    }
+                    after.reply(reply, Ok(found));
+                }
+                Op::KeyUsed { id, at_ms, reply } => {
+                    // A frame only when last use moves forward; a revoked or
+                    // unknown key stays so.
+                    match planned_keys.current(&st.keys, &id) {
+                        Some(mut k) if k.last_used_ms.is_none_or(|l| at_ms > l) => {
+                            k.last_used_ms = Some(at_ms);
+                            planned_keys.set(id, Some(k.clone()));
+                            batch.key(k);
                         }
                         _ => {}
                     }

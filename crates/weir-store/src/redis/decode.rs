@@ -7,7 +7,7 @@ use bytes::Bytes;
 use redis::Value;
 use weir_core::{ConfigPatch, NewTask, QueueConfig, TaskId, TaskRecord, TaskState};
 
-use crate::{Schedule, StoreError, TaskView};
+use crate::{Schedule, StoreError, StoredKey, TaskView};
 
 pub fn bug(what: &str) -> StoreError {
     StoreError::bug(format!("redis script reply: {what}"))
@@ -123,6 +123,25 @@ pub fn schedule(name: String, spec: String, run: &str) -> Result<Schedule, Store
             .map_err(|_| bad())?,
         name,
         spec,
+    })
+}
+
+/// An API key from its hash fields (`api_keys.lua`): the record and the last use
+/// (`''` for never).
+pub fn stored_key(id: String, record: String, last_used: &str) -> Result<StoredKey, StoreError> {
+    let last_used_ms = if last_used.is_empty() {
+        None
+    } else {
+        Some(
+            last_used
+                .parse()
+                .map_err(|_| bug(&format!("API key {id} last use {last_used:?}")))?,
+        )
+    };
+    Ok(StoredKey {
+        id,
+        record,
+        last_used_ms,
     })
 }
 

@@ -205,6 +205,12 @@ impl Keys {
         format!("{}:schedules", self.prefix)
     }
 
+    /// Every API key (one hash: api_keys.lua). Like `schedules`, one key outside
+    /// every queue's slot, so a script on it is valid on Cluster.
+    pub fn api_keys(&self) -> String {
+        format!("{}:apikeys", self.prefix)
+    }
+
     /// The lock that elects one sweeper per interval.
     pub fn sweep_lock(&self) -> String {
         format!("{}:sweep", self.prefix)

@@ -36,7 +36,7 @@ use weir_core::{
 use crate::clock::{Clock, SystemClock};
 use crate::{
     Broker, Counts, EnqueueTask, Enqueued, GroupCreated, GroupView, Heartbeat, LeaseId, Leased,
-    QueueInfo, Schedule, Scope, Settle, StoreError, TaskPage, TaskView, Totals,
+    QueueInfo, Schedule, Scope, Settle, StoreError, StoredKey, TaskPage, TaskView, Totals,
 };
 use conn::{Conn, Health, Redis};
 use decode::{array, bug, bytes, int, opt_u64, text, Fields};
@@ -1305,6 +1305,96 @@ impl Broker for RedisBroker {
         };
         core.redis.script("record a schedule's run", &inv).await?;
         Ok(())
+    }
+
+    async fn create_key(&self, id: &str, record: &str) -> Result<(), StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.api_keys();
+        let limit = core.config.limits.keys_max;
+        let mut inv = core.invocation(&core.scripts.api_keys, &key, 0);
+        inv.arg("create").arg(id).arg(record).arg(limit);
+        match text(core.redis.script("create API key", &inv).await?)?.as_str() {
+            "ok" => Ok(()),
+            "exists" => Err(StoreError::KeyExists),
+            "full" => Err(StoreError::TooManyKeys { limit }),
+            other => Err(bug(&format!("create API key: {other}"))),
+        }
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        // One HMGET: the record and its last use as of one instant.
+        let (record, used): (Option<String>, Option<String>) = core
+            .redis
+            .query(
+                "read API key",
+                redis::cmd("HMGET")
+                    .arg(core.keys.api_keys())
+                    .arg(format!("k:{id}"))
+                    .arg(format!("u:{id}")),
+            )
+            .await?;
+        record
+            .map(|r| decode::stored_key(id.to_owned(), r, used.as_deref().unwrap_or("")))
+            .transpose()
+    }
+
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let all: HashMap<String, String> = core
+            .redis
+            .query(
+                "read API keys",
+                redis::cmd("HGETALL").arg(core.keys.api_keys()),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (field, record) in &all {
+            let Some(id) = field.strip_prefix("k:") else {
+                continue;
+            };
+            let used = all.get(&format!("u:{id}")).map_or("", String::as_str);
+            out.push(decode::stored_key(id.to_owned(), record.clone(), used)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.api_keys();
+        let mut inv = core.invocation(&core.scripts.api_keys, &key, 0);
+        inv.arg("del").arg(id);
+        Ok(int(core.redis.script("delete API key", &inv).await?)? == 1)
+    }
+
+    async fn key_used(&self, id: &str, at_ms: u64) -> Result<(), StoreError> {
+        self.gate()?;
+        let core = self.core();
+        let key = core.keys.api_keys();
+        // A script, not an HSET: the key's existence and the write are one step,
+        // so a use racing a revoke cannot bring the key's fields back.
+        let mut inv = core.invocation(&core.scripts.api_keys, &key, 0);
+        inv.arg("used").arg(id).arg(at_ms);
+        core.redis.script("record an API key's use", &inv).await?;
+        Ok(())
+    }
+
+    async fn has_keys(&self) -> Result<bool, StoreError> {
+        self.gate()?;
+        let core = self.core();
+        // The hash exists exactly while it holds a key (a revoke removes both of
+        // its fields): one O(1) EXISTS.
+        core.redis
+            .query(
+                "check for API keys",
+                redis::cmd("EXISTS").arg(core.keys.api_keys()),
+            )
+            .await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), StoreError> {

@@ -370,17 +370,18 @@ async fn shutdown_ends_parked_long_polls_at_once() {
 /// is an ordinary operation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_operations_match_the_model() {
-    use crate::simulation::{self as sim, Tasks, STEPS, STEP_ROLLS};
+    use crate::simulation::{self as sim, Keys, Tasks, STEPS, STEP_ROLLS};
     use rand::SeedableRng;
     for seed in sim::seeds(8) {
         let prefix = random_prefix();
         let b = Checked::new(connect(&prefix).await, Limits::default());
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut model = Tasks::new();
+        let mut keys = Keys::new();
         for step in 0..STEPS {
             let roll = rng.gen_range(0..STEP_ROLLS);
-            sim::step(&b, &mut rng, &mut model, roll, seed, step).await;
-            sim::check(&b, &model, seed, step).await;
+            sim::step(&b, &mut rng, &mut model, &mut keys, roll, seed, step).await;
+            sim::check(&b, &model, &keys, seed, step).await;
         }
         b.close().await.unwrap();
         drop_prefix(&prefix).await;
@@ -526,6 +527,32 @@ async fn schedules_are_capped() {
     c.limits.schedules_max = 2;
     let b = RedisBroker::connect(c).await.unwrap();
     crate::conformance::schedules_are_capped_at_two(&b).await;
+    drop_prefix(&prefix).await;
+}
+
+/// `keys_max` on Redis (`api_keys.lua` counts the hash's records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_capped() {
+    let prefix = random_prefix();
+    let mut c = test_config(RedisTarget::parse(&url()).unwrap(), &prefix);
+    c.limits.keys_max = 2;
+    let b = RedisBroker::connect(c).await.unwrap();
+    crate::conformance::api_keys_are_capped_at_two(&b).await;
+    drop_prefix(&prefix).await;
+}
+
+/// API keys live in Redis, not in a server: written through one server that
+/// then closes, they are read back through a new one on the same prefix (the
+/// Redis store's restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_outlive_the_server_that_wrote_them() {
+    let prefix = random_prefix();
+    let a = Checked::new(connect(&prefix).await, Limits::default());
+    crate::conformance::api_keys_written_before_a_restart(&a).await;
+    a.close().await.unwrap();
+    drop(a);
+    let b = Checked::new(connect(&prefix).await, Limits::default());
+    crate::conformance::api_keys_as_written_before_the_restart(&b).await;
     drop_prefix(&prefix).await;
 }
 
