@@ -18,16 +18,16 @@ use serde_json::Value;
 pub use error::{error_from_response, Error, RETRY_AFTER_HONOURED_MAX};
 pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{
-    AckItem, Counts, DeadOutcome, EnqueueOptions, Enqueued, FailItem, Group, GroupCreated,
-    GroupState, GroupTask, Heartbeat, LeaseBatch, LeasedTask, QueueConfig, QueueConfigPatch,
-    QueueInfo, Schedule, ScheduleSpec, SettleOutcome, SettleResponse, Task, TaskPage, TaskState,
-    UndecodableTask,
+    AckItem, ApiKey, Counts, CreatedKey, DeadOutcome, EnqueueOptions, Enqueued, FailItem, Group,
+    GroupCreated, GroupState, GroupTask, Heartbeat, KeySpec, LeaseBatch, LeasedTask, QueueConfig,
+    QueueConfigPatch, QueueInfo, Schedule, ScheduleSpec, SettleOutcome, SettleResponse, Task,
+    TaskPage, TaskState, UndecodableTask,
 };
 
 use types::{
     decode_lease, AckRequest, BatchRequest, BatchResponse, FailRequest, GroupRequest,
-    HeartbeatWait, LeaseOnly, LeaseRequest, QueuesResponse, SchedulesResponse, SettleRequest,
-    StateResponse,
+    HeartbeatWait, KeysResponse, LeaseOnly, LeaseRequest, QueuesResponse, SchedulesResponse,
+    SettleRequest, StateResponse,
 };
 
 /// Longest a request that does not long-poll may take before it fails as a
@@ -452,6 +452,28 @@ impl Client {
     /// `DELETE /v1/schedules/{name}` (`Error::NotFound` if there is none).
     pub async fn delete_schedule(&self, name: &str) -> Result<(), Error> {
         let rb = self.request(Method::DELETE, &format!("/v1/schedules/{}", seg(name)));
+        execute(rb).await.map(drop)
+    }
+
+    // ---- API keys (an admin key's) ----
+
+    /// `POST /v1/keys`: makes a key. The answer's `key` is the only time its
+    /// text is shown.
+    pub async fn create_key(&self, spec: &KeySpec) -> Result<CreatedKey, Error> {
+        let rb = self.request(Method::POST, "/v1/keys").json(spec);
+        let (status, body) = execute(rb).await?;
+        decode(status, &body)
+    }
+
+    /// `GET /v1/keys`: every key, never a secret.
+    pub async fn keys(&self) -> Result<Vec<ApiKey>, Error> {
+        let resp: KeysResponse = self.get_json("/v1/keys", None).await?;
+        Ok(resp.keys)
+    }
+
+    /// `DELETE /v1/keys/{id}`: revokes a key (`Error::NotFound` if there is none).
+    pub async fn revoke_key(&self, id: &str) -> Result<(), Error> {
+        let rb = self.request(Method::DELETE, &format!("/v1/keys/{}", seg(id)));
         execute(rb).await.map(drop)
     }
 

@@ -513,6 +513,52 @@ pub(crate) struct SchedulesResponse {
     pub schedules: Vec<Schedule>,
 }
 
+/// What a new API key is for (`Client::create_key`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct KeySpec {
+    pub name: String,
+    /// `producer`, `worker`, `reader`, `admin`: one or more.
+    pub roles: Vec<String>,
+    /// Queue patterns (`*` is any run of characters); `None`: every queue.
+    pub queues: Option<Vec<String>>,
+    /// RFC 3339; `None`: never expires.
+    pub expires_at: Option<String>,
+}
+
+/// An API key as the server lists it (never its secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub queues: Option<Vec<String>>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+/// A key just made: its text (`weir_<id>_<secret>`, shown this once) and its view.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub view: ApiKey,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("key", &"<redacted>")
+            .field("view", &self.view)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct KeysResponse {
+    pub keys: Vec<ApiKey>,
+}
+
 /// A change to a queue's settings for `Client::configure_queue`: `None` leaves a
 /// setting as it is, `Some(None)` clears it, `Some(Some(v))` sets it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -9,13 +9,14 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use weir_core::limits::{KIND_DEFAULT, MAX_ATTEMPTS_DEFAULT, TIMEOUT_MS_DEFAULT};
 use weir_core::validate::{self, InvalidInput};
 use weir_core::{NewTask, TaskId, TaskState, TraceContext};
 use weir_store::{Broker, EnqueueTask, LeaseId, Scope, Settle, StoreError, BROWSE_TASKS_MAX};
 
+use crate::auth::{check_queue, Principal};
 use crate::error::ApiError;
 use crate::extract::Path;
 use crate::metrics::{LongPoll, Metrics};
@@ -43,6 +44,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Span export (`--otlp-endpoint`); `None`, the default, makes no span.
     pub otel: Option<Arc<Otel>>,
+    /// API keys: whether they are checked, and the cache of them.
+    pub auth: Arc<crate::auth::Auth>,
+    /// The ingress limit (`--ingress-rate`); `None` limits nothing.
+    pub ingress: Option<Arc<crate::ingress::IngressLimiter>>,
 }
 
 /// Room for the JSON around a payload or result in a single-task request body.
@@ -81,6 +86,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
+        .routes(routes!(crate::keys::create_key, crate::keys::list_keys))
+        .routes(routes!(crate::keys::delete_key))
+        .routes(routes!(
+            crate::keys::sign_in,
+            crate::keys::get_session,
+            crate::keys::sign_out
+        ))
 }
 
 /// The whole API as a router (no socket: tests drive it with `oneshot`).
@@ -99,8 +111,18 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
-        // After every route and both fallbacks, so it sees each request with its
-        // matched route (none: a fallback's).
+        // Layers run bottom up, each after routing (so each sees the matched
+        // route, none for a fallback's): the metrics see every answer; auth
+        // finds who is calling; the ingress limit then counts the request under
+        // its key, or its address.
+        .layer(axum::middleware::from_fn_with_state(
+            state.ingress.clone(),
+            crate::ingress::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
@@ -130,7 +152,11 @@ type ApiResult = Result<Response, ApiError>;
 
 /// Reads a request body of at most `limit` bytes; more is a 413, and a body that
 /// cannot be read a 400 or 408 (`ApiError::unreadable_body`).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("the request body exceeds {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -168,7 +194,7 @@ async fn drain(mut body: Body) {
 }
 
 /// Parses a request body, which must be a JSON object (see [`Object`]).
-fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map(|Object(t)| t)
         .map_err(|e| ApiError::bad_body(&e))
@@ -721,7 +747,12 @@ async fn heartbeat(
     post, path = "/v1/acks", tag = "worker", params(TraceHeaders), request_body = SettleBody,
     responses((status = 200, description = "Each item's outcome, in order", body = SettleResponse), BodyProblems, Common)
 )]
-async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn settle(
+    State(s): State<AppState>,
+    who: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let bytes = read_body(&headers, body, s.config.limits.request_bytes_max).await?;
     let b: SettleBody = parse(&bytes)?;
     let max = s.config.limits.batch_tasks_max;
@@ -759,6 +790,14 @@ async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Ap
             error,
             retry: f.retry.unwrap_or(true),
         });
+    }
+    // A queue-limited key settles only tasks of its queues.
+    if let Some(Extension(who)) = who.filter(|w| w.limited()) {
+        for item in &items {
+            if let Some(t) = s.broker.get(item.id()).await? {
+                who.check_queue(&t.record.queue)?;
+            }
+        }
     }
     let span = s.otel.as_ref().map(|o| {
         let op = Op::Settle {
@@ -807,10 +846,16 @@ async fn settle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Ap
     post, path = "/v1/groups", tag = "producer", params(TraceHeaders), request_body = GroupBody,
     responses((status = 201, description = "Created", body = GroupCreatedResponse), BodyProblems, TooMany, Common)
 )]
-async fn create_group(State(s): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn create_group(
+    State(s): State<AppState>,
+    who: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let bytes = read_body(&headers, body, s.config.limits.request_bytes_max).await?;
     let parsed: GroupBody = parse(&bytes)?;
     validate::queue_name(&parsed.queue, &s.config.limits)?;
+    check_queue(who.as_deref(), &parsed.queue)?;
     let max = s.config.limits.batch_tasks_max;
     if parsed.tasks.is_empty() || parsed.tasks.len() > max {
         return Err(ApiError::invalid(
@@ -884,12 +929,14 @@ async fn cancel_group(State(s): State<AppState>, Path(id): Path<String>) -> ApiR
     get, path = "/v1/queues", tag = "queues",
     responses((status = 200, description = "The queues", body = QueuesResponse), Common)
 )]
-async fn list_queues(State(s): State<AppState>) -> ApiResult {
+async fn list_queues(State(s): State<AppState>, who: Option<Extension<Principal>>) -> ApiResult {
+    // A queue-limited key sees its queues only.
     let queues = s
         .broker
         .queues()
         .await?
         .into_iter()
+        .filter(|q| who.as_ref().is_none_or(|w| w.allows_queue(&q.name)))
         .map(QueueJson::from)
         .collect();
     Ok(Json(QueuesResponse { queues }).into_response())

@@ -22,30 +22,28 @@
 //! prefix of an IPv6 one, since one host or one customer usually gets a whole /64.
 //! An IPv4 address mapped into IPv6 (a dual-stack listener) counts as the IPv4
 //! address. `X-Forwarded-For` is not read: behind a proxy every client shares the
-//! proxy's bucket. Once API keys exist the key will be the API key instead.
+//! proxy's bucket. A request that carries an API key (auth on) counts under the
+//! key instead, wherever it comes from (`limit`).
 
 use std::collections::hash_map::{HashMap, RandomState};
-use std::convert::Infallible;
-use std::future::Future;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
-use tower::{Layer, Service};
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 
 /// Most client addresses (IPv4 addresses and IPv6 /64 prefixes) the ingress
@@ -147,9 +145,12 @@ impl std::fmt::Display for IngressLimit {
     }
 }
 
-/// What the limiter counts requests under: an IPv4 address, or an IPv6 /64 prefix.
+/// What the limiter counts requests under: an API key, or without one an IPv4
+/// address or an IPv6 /64 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ClientKey {
+    /// An API key's id (its 64 bits).
+    Key(u64),
     V4(u32),
     /// The upper 64 bits of the address.
     V6(u64),
@@ -421,7 +422,7 @@ impl<C: Clock> IngressLimiter<C> {
             "rate-limited",
             "Rate limited",
             format!(
-                "this client address is over the server's ingress limit ({}); retry after {secs} s",
+                "this client (its API key, or its address) is over the server's ingress limit ({}); retry after {secs} s",
                 self.limit
             ),
         );
@@ -435,105 +436,37 @@ impl<C: Clock> IngressLimiter<C> {
     }
 }
 
-/// Puts [`IngressLimiter`] in front of every route (`Router::layer`).
-#[derive(Clone)]
-pub struct IngressLayer {
-    limiter: Arc<IngressLimiter>,
-}
-
-impl IngressLayer {
-    pub fn new(limit: IngressLimit) -> IngressLayer {
-        IngressLayer {
-            limiter: Arc::new(IngressLimiter::new(limit)),
-        }
+/// The middleware (`Router::layer`, inside auth): takes one request from the
+/// bucket of the request's API key (its `auth::Principal`) or, without one, of its
+/// client address, and answers 429 over it. A route's answer gets
+/// `RateLimit-Limit` and `RateLimit-Remaining`; an unlimited path passes as is.
+pub async fn limit(
+    State(limiter): State<Option<Arc<IngressLimiter>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = limiter else {
+        return next.run(req).await;
+    };
+    if UNLIMITED_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
     }
-}
-
-impl<S> Layer<S> for IngressLayer {
-    type Service = Ingress<S>;
-
-    fn layer(&self, inner: S) -> Ingress<S> {
-        Ingress {
-            inner,
-            limiter: self.limiter.clone(),
-        }
-    }
-}
-
-/// One route behind the ingress limit.
-#[derive(Clone)]
-pub struct Ingress<S> {
-    inner: S,
-    limiter: Arc<IngressLimiter>,
-}
-
-impl<S> Service<Request> for Ingress<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-    S::Future: Unpin,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = IngressFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> IngressFuture<S::Future> {
-        if UNLIMITED_PATHS.contains(&req.uri().path()) {
-            return IngressFuture::Passed {
-                inner: self.inner.call(req),
-                headers: None,
-            };
-        }
-        let key = req
+    let key = match req.extensions().get::<Principal>() {
+        Some(p) => ClientKey::Key(p.id_bits()),
+        None => req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map_or(ClientKey::UNKNOWN, |c| ClientKey::of(c.0.ip()));
-        match self.limiter.check(key) {
-            Decision::Allowed { remaining } => IngressFuture::Passed {
-                inner: self.inner.call(req),
-                headers: Some((self.limiter.limit_header.clone(), remaining)),
-            },
-            Decision::Refused { wait } => IngressFuture::Refused(Some(self.limiter.refusal(wait))),
+            .map_or(ClientKey::UNKNOWN, |c| ClientKey::of(c.0.ip())),
+    };
+    match limiter.check(key) {
+        Decision::Allowed { remaining } => {
+            let mut resp = next.run(req).await;
+            let h = resp.headers_mut();
+            h.insert(RATELIMIT_LIMIT.clone(), limiter.limit_header.clone());
+            h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+            resp
         }
-    }
-}
-
-/// The answer of a route behind the ingress limit.
-pub enum IngressFuture<F> {
-    /// The route's answer, with `RateLimit-Limit` and `RateLimit-Remaining`
-    /// added (none on an unlimited path).
-    Passed {
-        inner: F,
-        headers: Option<(HeaderValue, u32)>,
-    },
-    /// The 429, until it is taken.
-    Refused(Option<Response>),
-}
-
-impl<F> Future for IngressFuture<F>
-where
-    F: Future<Output = Result<Response, Infallible>> + Unpin,
-{
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            IngressFuture::Passed { inner, headers } => {
-                let Ok(mut resp) = std::task::ready!(Pin::new(inner).poll(cx));
-                if let Some((limit, remaining)) = headers.take() {
-                    let h = resp.headers_mut();
-                    h.insert(RATELIMIT_LIMIT.clone(), limit);
-                    h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
-                }
-                Poll::Ready(Ok(resp))
-            }
-            IngressFuture::Refused(resp) => Poll::Ready(Ok(resp
-                .take()
-                .expect("an IngressFuture is not polled after it is ready"))),
-        }
+        Decision::Refused { wait } => limiter.refusal(wait),
     }
 }
 

@@ -4,10 +4,12 @@
 //! shutdown.
 
 pub mod api;
+pub mod auth;
 pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod ingress;
+pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod otel;
@@ -47,6 +49,11 @@ pub struct ServeConfig {
     pub ingress: Option<IngressLimit>,
     /// Where to export spans (OTLP/HTTP); `None`, the default, makes none.
     pub otlp_endpoint: Option<String>,
+    /// Every route but the open ones needs an API key even while the store holds
+    /// none (`--require-auth`); without it, auth is on once the store holds a key.
+    pub require_auth: bool,
+    /// `/metrics` needs a reader's key when auth is on (`--metrics-auth`).
+    pub metrics_auth: bool,
 }
 
 impl ServeConfig {
@@ -60,6 +67,8 @@ impl ServeConfig {
             conn: ConnLimits::new(FileBudget::from_process()),
             ingress: None,
             otlp_endpoint: None,
+            require_auth: false,
+            metrics_auth: false,
         }
     }
 }
@@ -72,20 +81,11 @@ impl Default for ServeConfig {
 
 /// The API over a broker, without a socket. The broker is reached through
 /// `Checked`, so every store gets the same input checks. With an ingress limit,
-/// every route is behind it; the client's address is the request's
-/// `ConnectInfo<SocketAddr>`, which `serve` sets (without one, all requests share
-/// one bucket).
+/// every route is behind it; a client without an API key is known by the
+/// request's `ConnectInfo<SocketAddr>`, which `serve` sets (without one, all
+/// such requests share one bucket).
 pub fn app(broker: Arc<dyn Broker>, config: ServeConfig) -> axum::Router {
-    let ingress = config.ingress;
-    with_ingress(api::router(state(broker, config, None)), ingress)
-}
-
-/// The router behind the ingress limit, if there is one.
-fn with_ingress(router: axum::Router, ingress: Option<ingress::IngressLimit>) -> axum::Router {
-    match ingress {
-        Some(limit) => router.layer(ingress::IngressLayer::new(limit)),
-        None => router,
-    }
+    api::router(state(broker, config, None))
 }
 
 /// What every handler shares: the broker behind the input checks, the config.
@@ -94,10 +94,20 @@ fn state(
     config: ServeConfig,
     otel: Option<Arc<otel::Otel>>,
 ) -> api::AppState {
+    let store_metrics = broker.metrics();
+    let broker: Arc<dyn Broker> = Arc::new(Checked::shared(broker, config.limits.clone()));
     api::AppState {
         otel,
-        metrics: Arc::new(metrics::Metrics::new(broker.metrics())),
-        broker: Arc::new(Checked::shared(broker, config.limits.clone())),
+        metrics: Arc::new(metrics::Metrics::new(store_metrics)),
+        auth: Arc::new(auth::Auth::new(
+            broker.clone(),
+            config.require_auth,
+            config.metrics_auth,
+        )),
+        ingress: config
+            .ingress
+            .map(|l| Arc::new(ingress::IngressLimiter::new(l))),
+        broker,
         config: Arc::new(config),
         schedules_changed: Arc::new(tokio::sync::Notify::new()),
     }
@@ -116,7 +126,6 @@ pub async fn serve(
     let limits = config.conn;
     // Only the limiter reads the peer address; without it, requests carry none.
     let tag_peer = config.ingress.is_some();
-    let ingress = config.ingress;
     // The OTLP exporter's HTTP client blocks: made (and later shut down) off the
     // runtime's threads.
     let otel = match config.otlp_endpoint.clone() {
@@ -136,7 +145,7 @@ pub async fn serve(
         state.schedules_changed.clone(),
         stopping.clone(),
     ));
-    let app = with_ingress(api::router(state), ingress);
+    let app = api::router(state);
     let accepting = conn::accept_loop(
         listener,
         app,

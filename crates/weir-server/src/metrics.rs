@@ -108,6 +108,13 @@ pub struct Metrics {
     /// `weir_longpoll_waiters{call}`: lease, task-wait and group-wait requests
     /// with a wait in flight in this process.
     longpoll: Family<Call, Gauge>,
+    /// `weir_auth_failures_total{reason}`: requests refused a 401 or 403.
+    auth_failures: Family<Reason, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
 }
 
 impl Metrics {
@@ -145,6 +152,13 @@ impl Metrics {
             "Lease, task-wait and group-wait requests waiting in this process",
             longpoll.clone(),
         );
+        let auth_failures = Family::<Reason, Counter>::default();
+        registry.register(
+            "weir_auth_failures",
+            "Requests refused by auth (401 or 403), by reason: missing, malformed, \
+             unknown, invalid, expired (401); forbidden, csrf (403)",
+            auth_failures.clone(),
+        );
         if let Some(store) = store {
             registry.register_with_unit(
                 "weir_store_commit",
@@ -166,7 +180,17 @@ impl Metrics {
             http_seconds,
             wait_seconds,
             longpoll,
+            auth_failures,
         }
+    }
+
+    /// Counts a request refused by auth.
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a parked long-poll until the guard drops.

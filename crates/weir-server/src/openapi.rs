@@ -26,7 +26,11 @@ use weir_core::Limits;
         description = "A task-dispatch server: producers enqueue tasks, workers lease and \
             settle them. Errors are `application/problem+json` (RFC 9457) with a stable \
             `type` (`urn:weir:problem:<slug>`, see the `Problem` schema). Request bodies \
-            are JSON objects; unknown fields are rejected.",
+            are JSON objects; unknown fields are rejected. Once the server checks API keys \
+            (`--require-auth`, or a key in its store), every route but the probes, \
+            `/metrics`, this document and the dashboard's pages needs \
+            `Authorization: Bearer weir_<id>_<secret>` (401 without, 403 for a role or \
+            queue the key lacks).",
         license(name = "MIT OR Apache-2.0")
     ),
     tags(
@@ -35,6 +39,8 @@ use weir_core::Limits;
         (name = "queues", description = "Queues: counts, flow control, browsing, dead tasks."),
         (name = "schedules", description = "Periodic tasks."),
         (name = "operations", description = "Probes and this document."),
+        (name = "keys", description = "API keys (an admin's)."),
+        (name = "session", description = "The dashboard's sign-in: a key exchanged for a session cookie."),
     ),
     components(schemas(Problem, ProblemType))
 )]
@@ -178,6 +184,9 @@ fn set_maximum(schema: &mut serde_json::Map<String, Value>, name: &str, maxima: 
 /// Every problem type the server answers: its slug (the `type` is
 /// `urn:weir:problem:<slug>`), its status, and when it comes.
 pub const PROBLEM_TYPES: &[(&str, u16, &str)] = &[
+    ("unauthorized", 401, "auth is on and the request has no API key, or one that is malformed, unknown, revoked, wrong or expired; `WWW-Authenticate: Bearer`"),
+    ("forbidden", 403, "the API key lacks the role or the queue this needs"),
+    ("csrf", 403, "a write made with a session cookie lacks the session's `X-CSRF-Token`"),
     ("invalid-field", 400, "a field, path parameter or query parameter is malformed or out of range; `field` names it"),
     ("invalid-body", 400, "the body is not JSON of the expected shape (not an object, an unknown or missing field) or could not be read"),
     ("invalid-path", 400, "a path parameter cannot be decoded (bad percent-encoding)"),
@@ -292,9 +301,9 @@ macro_rules! problems {
 }
 
 problems! {
-    /// What any route that reaches the store may answer: the ingress limit, and
-    /// the store's outages.
-    Common => [429, 500, 503, 507];
+    /// What any route that reaches the store may answer: auth's refusals, the
+    /// ingress limit, and the store's outages.
+    Common => [401, 403, 429, 500, 503, 507];
     /// A route with a request body: it may be malformed, too slow or too large.
     BodyProblems => [400, 408, 413];
     /// A route whose path or query may be malformed.

@@ -63,11 +63,70 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run a worker pool that runs a shell command per task.
     Worker(WorkerArgs),
+    /// Make, list and revoke API keys: on the store itself with `--data-dir` or
+    /// `--store` (how the first admin key is made, no server needed), or through
+    /// a server with an admin key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key and print it: the only time its text is shown.
+    Create(KeysCreateArgs),
+    /// List the keys (never a secret).
+    List(KeysAccess),
+    /// Revoke a key: every server refuses it within a second.
+    Revoke {
+        /// The key's id (the 16 hex digits after `weir_`).
+        id: String,
+        #[command(flatten)]
+        access: KeysAccess,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    /// What the key is for, shown in lists and logs.
+    #[arg(long)]
+    pub name: String,
+    /// A role: producer, worker, reader or admin (repeat, or separate with commas).
+    #[arg(long = "role", required = true, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Limit the key to queues matching this pattern (`*` is any run of
+    /// characters; repeat, or separate with commas) [default: every queue].
+    #[arg(long = "queue", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// When the key stops working: an RFC 3339 time, or a duration from now
+    /// (`30d`, `12h`) [default: never].
+    #[arg(long)]
+    pub expires: Option<String>,
+    #[command(flatten)]
+    pub access: KeysAccess,
+}
+
+/// Where `weir keys` works: the store itself (`--data-dir`, or `--store` with
+/// `--store-prefix`: a stopped embedded server's directory, or a Redis any
+/// server may be running on), else the server at `--server`.
+#[derive(Debug, Args)]
+pub struct KeysAccess {
+    /// Work on the embedded store in this directory (its server must be stopped).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Work on this store directly: `redis://…`, `rediss://…`, `redis-cluster://…`.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// With a Redis store: its key prefix [default: weir].
+    #[arg(long)]
+    pub store_prefix: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. A non-loopback address needs --insecure-public-bind.
+    /// Address to listen on. A non-loopback address needs auth (--require-auth,
+    /// or an API key in the store) or --insecure-public-bind.
     #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
     /// The store: `embedded` (one directory, `--data-dir`, one server) or a Redis
@@ -109,10 +168,21 @@ pub struct ServeArgs {
     /// (4 MiB to 1 GiB) [default: 67108864].
     #[arg(long, env = "WEIR_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
-    /// Allow listening on a non-loopback address although there is no
-    /// authentication yet: anyone who can reach the port controls the queue.
+    /// Allow listening on a non-loopback address without authentication (no
+    /// --require-auth and no API key in the store): anyone who can reach the
+    /// port controls the queue.
     #[arg(long, env = "WEIR_INSECURE_PUBLIC_BIND", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub insecure_public_bind: bool,
+    /// Every route but /healthz, /readyz, /metrics, /openapi.json and the
+    /// dashboard's pages needs an API key, even while the store holds none.
+    /// Without it, auth is on as soon as the store holds a key (`weir keys
+    /// create`). A non-loopback --listen implies it once the store holds a key.
+    #[arg(long, env = "WEIR_REQUIRE_AUTH", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub require_auth: bool,
+    /// With auth on, /metrics needs a key with the reader role (it is open by
+    /// default, for scrapers).
+    #[arg(long, env = "WEIR_METRICS_AUTH", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub metrics_auth: bool,
     /// Most client connections open at once; more wait in the listen backlog
     /// [default: the open-file limit minus the store's reserve].
     #[arg(long, env = "WEIR_CONNECTIONS_MAX")]

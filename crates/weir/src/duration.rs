@@ -27,9 +27,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
         other => {
             return Err(format!(
-                "`{text}` has an unknown unit `{other}` (use ms, s, m or h)"
+                "`{text}` has an unknown unit `{other}` (use ms, s, m, h or d)"
             ))
         }
     };

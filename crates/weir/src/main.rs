@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod commands;
 mod duration;
+mod keys;
 mod serve;
 mod store;
 mod worker;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
             Command::Dead(cmd) => commands::dead(cmd).await,
             Command::Schedule(cmd) => commands::schedule(cmd).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Keys(cmd) => keys::run(cmd).await,
             Command::Worker(args) => match worker::config(&args) {
                 Ok(config) => worker::run(config).await,
                 Err(serve::ConfigError(msg)) => {

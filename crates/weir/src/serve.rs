@@ -15,6 +15,9 @@ use crate::store::StoreConfig;
 /// Everything `weir serve` runs with, checked before anything starts.
 pub struct Settings {
     pub listen: SocketAddr,
+    /// A public `--listen` without `--insecure-public-bind` or `--require-auth`:
+    /// allowed only if the store holds an API key, and then auth stays on.
+    pub public_needs_keys: bool,
     pub serve: ServeConfig,
     pub store: StoreConfig,
 }
@@ -31,14 +34,11 @@ pub struct ConfigError(pub String);
 /// Checks the flags and builds the server's configuration. `files_max` is the
 /// process's open-file limit, shared between connections and the store.
 pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError> {
-    if !args.listen.ip().is_loopback() && !args.insecure_public_bind {
-        return Err(ConfigError(format!(
-            "refusing to listen on non-loopback address {} without authentication; \
-             pass --insecure-public-bind (WEIR_INSECURE_PUBLIC_BIND=1) if you mean it",
-            args.listen
-        )));
-    }
+    let public_needs_keys =
+        !args.listen.ip().is_loopback() && !args.insecure_public_bind && !args.require_auth;
     let mut config = ServeConfig::new();
+    config.require_auth = args.require_auth;
+    config.metrics_auth = args.metrics_auth;
     let mut store = StoreConfig::from_args(args)?;
     if let Some(v) = args.retention_ms {
         config.retention_ms = v;
@@ -74,6 +74,7 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
     store.set_limits(&config.limits);
     Ok(Settings {
         listen: args.listen,
+        public_needs_keys,
         serve: config,
         store,
     })
@@ -186,7 +187,8 @@ pub fn raise_open_files_limit() -> u64 {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let Settings {
         listen,
-        serve: config,
+        public_needs_keys,
+        serve: mut config,
         store,
     } = settings;
     disable_transparent_huge_pages();
@@ -205,6 +207,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let store_name = store.describe();
     let broker = store.open().await?;
+    if public_needs_keys {
+        // Auth must be on before anyone outside can reach the port; it stays on
+        // if every key is revoked later.
+        if !broker
+            .has_keys()
+            .await
+            .context("reading the store's API keys")?
+        {
+            anyhow::bail!(
+                "refusing to listen on non-loopback address {listen} without authentication: \
+                 the store holds no API key. Make one (`weir keys create --name ops --role admin \
+                 --data-dir …` or `--store …`), or pass --require-auth, or \
+                 --insecure-public-bind (WEIR_INSECURE_PUBLIC_BIND=1) if you mean it"
+            );
+        }
+        config.require_auth = true;
+    }
     let listener =
         weir_server::conn::listen(listen).with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
@@ -269,16 +288,22 @@ mod tests {
     }
 
     #[test]
-    fn public_bind_needs_the_flag() {
-        assert!(config(&args(&["--listen", "0.0.0.0:7700"])).is_err());
-        assert!(config(&args(&["--listen", "[::]:7700"])).is_err());
-        assert!(config(&args(&[
+    fn a_public_bind_needs_auth_or_the_flag() {
+        let needs = |a: &[&str]| config(&args(a)).unwrap().public_needs_keys;
+        assert!(needs(&["--listen", "0.0.0.0:7700"]));
+        assert!(needs(&["--listen", "[::]:7700"]));
+        assert!(!needs(&[
             "--listen",
             "0.0.0.0:7700",
             "--insecure-public-bind"
-        ]))
-        .is_ok());
-        assert!(config(&args(&["--listen", "[::1]:0"])).is_ok());
+        ]));
+        assert!(!needs(&["--listen", "0.0.0.0:7700", "--require-auth"]));
+        assert!(!needs(&["--listen", "[::1]:0"]));
+        let c = config(&args(&["--require-auth", "--metrics-auth"]))
+            .unwrap()
+            .serve;
+        assert!(c.require_auth && c.metrics_auth);
+        assert!(!config(&args(&[])).unwrap().serve.require_auth);
     }
 
     #[test]

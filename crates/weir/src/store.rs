@@ -34,7 +34,6 @@ enum Choice {
 impl StoreConfig {
     /// The store the flags name, with the settings every store shares.
     pub fn from_args(args: &ServeArgs) -> Result<StoreConfig, ConfigError> {
-        let choice = choose(args.store.as_deref())?;
         let mut backoff = weir_core::Backoff::default();
         if let Some(v) = args.backoff_base_ms {
             backoff.base_ms = v;
@@ -48,17 +47,16 @@ impl StoreConfig {
                 backoff.base_ms, backoff.cap_ms
             )));
         }
+        let mut c = StoreConfig::named(
+            args.store.as_deref(),
+            args.store_prefix.as_deref(),
+            &args.data_dir,
+        )?;
         let lease_grace_ms = args
             .lease_grace_ms
             .unwrap_or(weir_core::limits::LEASE_GRACE_MS_DEFAULT);
-        match choice {
-            Choice::Embedded => {
-                if args.store_prefix.is_some() {
-                    return Err(ConfigError(
-                        "--store-prefix applies to a Redis store only (--store redis://…)".into(),
-                    ));
-                }
-                let mut c = EmbeddedConfig::new(&args.data_dir);
+        match &mut c {
+            StoreConfig::Embedded(c) => {
                 c.backoff = backoff;
                 c.lease_grace_ms = lease_grace_ms;
                 if let Some(v) = args.segment_bytes {
@@ -71,23 +69,41 @@ impl StoreConfig {
                     }
                     c.segment_bytes = v;
                 }
-                Ok(StoreConfig::Embedded(c))
             }
-            Choice::Redis(target) => {
+            StoreConfig::Redis(c) => {
                 if args.segment_bytes.is_some() {
                     return Err(ConfigError(
                         "--segment-bytes applies to the embedded store only".into(),
                     ));
                 }
-                let prefix = args
-                    .store_prefix
-                    .clone()
-                    .unwrap_or_else(|| STORE_PREFIX_DEFAULT.to_owned());
+                c.backoff = backoff;
+                c.lease_grace_ms = lease_grace_ms;
+            }
+        }
+        Ok(c)
+    }
+
+    /// The store `--store`, `--store-prefix` and `--data-dir` name, with every
+    /// other setting at its default (what `weir keys` opens).
+    pub fn named(
+        store: Option<&str>,
+        prefix: Option<&str>,
+        data_dir: &std::path::Path,
+    ) -> Result<StoreConfig, ConfigError> {
+        match choose(store)? {
+            Choice::Embedded => {
+                if prefix.is_some() {
+                    return Err(ConfigError(
+                        "--store-prefix applies to a Redis store only (--store redis://…)".into(),
+                    ));
+                }
+                Ok(StoreConfig::Embedded(EmbeddedConfig::new(data_dir)))
+            }
+            Choice::Redis(target) => {
+                let prefix = prefix.unwrap_or(STORE_PREFIX_DEFAULT).to_owned();
                 check_prefix(&prefix)?;
                 let mut c = RedisConfig::new(target);
                 c.prefix = prefix;
-                c.backoff = backoff;
-                c.lease_grace_ms = lease_grace_ms;
                 Ok(StoreConfig::Redis(c))
             }
         }

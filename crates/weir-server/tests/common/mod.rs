@@ -5,7 +5,12 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use tower::ServiceExt;
 
 use serde_json::Value;
 use weir_server::ServeConfig;
@@ -67,4 +72,65 @@ pub async fn post_json(c: &reqwest::Client, url: String, body: Value) -> Value {
 /// GETs `url` and returns the answer's JSON, whatever its status.
 pub async fn get_json(c: &reqwest::Client, url: &str) -> Value {
     c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// The methods an operation can have in OpenAPI (HEAD aside: axum serves it for
+/// every GET route, and the document leaves it implied).
+pub const METHODS: [&str; 7] = ["get", "put", "post", "delete", "options", "patch", "trace"];
+
+/// The router's path templates, read from its `Debug` text (axum has no other
+/// way to list them): the `path_router` part, whose `Node` lists
+/// `RouteId(n): "/path"`. The fallback router's own paths are left out.
+pub fn router_paths(router: &axum::Router) -> BTreeSet<String> {
+    let text = format!("{router:?}");
+    let start = text
+        .find("path_router")
+        .expect("axum's Router Debug names path_router");
+    let end = text.find("fallback_router").expect("and fallback_router");
+    let mut paths = BTreeSet::new();
+    let mut rest = &text[start..end];
+    while let Some(i) = rest.find("RouteId(") {
+        rest = &rest[i + "RouteId(".len()..];
+        // `RouteId(7): "/path"` in the node; `RouteId(7): MethodRouter…` in the
+        // route map, which is skipped.
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Some(tail) = rest[digits..].strip_prefix("): \"") {
+            let k = tail.find('"').expect("a closing quote");
+            paths.insert(tail[..k].to_owned());
+        }
+    }
+    paths
+}
+
+/// The methods the router serves at `path` (a template): a request with a
+/// method no route takes is answered 405 with `Allow` listing the others.
+pub async fn router_methods(router: &axum::Router, path: &str) -> BTreeSet<String> {
+    // A wildcard or parameter segment: any value reaches the same route.
+    let concrete: String = path
+        .split('/')
+        .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/");
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(Method::from_bytes(b"PROBE").unwrap())
+                .uri(&concrete)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "{concrete} (for {path}) should answer an unknown method 405"
+    );
+    let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+    allow
+        .split(',')
+        .map(|m| m.trim().to_ascii_lowercase())
+        .filter(|m| m != "head" && !m.is_empty())
+        .collect()
 }

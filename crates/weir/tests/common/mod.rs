@@ -62,6 +62,9 @@ pub struct Options<'a> {
     /// `--store-prefix P` with a Redis store [default: a fresh one, so servers
     /// share a store only when given the same prefix].
     pub store_prefix: Option<&'a str>,
+    /// `--listen` [default: `127.0.0.1:0`]; the server is reached on loopback
+    /// whatever address it binds.
+    pub listen: Option<&'a str>,
 }
 
 /// A key prefix no other server of this run uses.
@@ -135,7 +138,12 @@ pub async fn start_server_with(options: Options<'_>) -> Server {
         None => Command::new(bin),
     };
     let mut child = command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            options.listen.unwrap_or("127.0.0.1:0"),
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .args(
             store
@@ -161,11 +169,13 @@ pub async fn start_server_with(options: Options<'_>) -> Server {
         .expect("weir serve announces its address")
         .unwrap()
         .expect("a listening line");
-    let base = line
+    let (scheme, bound) = line
         .trim()
         .strip_prefix("weir listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+        .and_then(|url| url.split_once("://"))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let bound: std::net::SocketAddr = bound.parse().unwrap();
+    let base = format!("{scheme}://127.0.0.1:{}", bound.port());
     Server {
         child,
         _stdout: stdout,
