@@ -1,7 +1,9 @@
 //! Rust client for weir's HTTP API v1 (SPEC §5), used by the `weir` CLI, by its
 //! load generator and by Rust workers. One [`Client`] holds a connection pool and is
-//! cheap to clone.
+//! cheap to clone. `http://` and `https://` (rustls, Mozilla's roots plus any CA
+//! given to [`ClientBuilder`]); an API key goes out as a bearer token.
 
+mod builder;
 mod error;
 mod futures;
 mod types;
@@ -10,11 +12,12 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::RETRY_AFTER;
+use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use builder::{BuildError, ClientBuilder, CA_CERT_BYTES_MAX};
 pub use error::{error_from_response, Error, RETRY_AFTER_HONOURED_MAX};
 pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{
@@ -48,22 +51,31 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub struct Client {
     /// Connection pool.
     http: reqwest::Client,
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port` (or `https://`), without a trailing slash.
     base: String,
-    /// Bearer token sent with every request, if any.
-    token: Option<String>,
+    /// `Authorization: Bearer <API key>` sent with every request, if there is a
+    /// key; marked sensitive, so `Debug` shows `Sensitive`, never the key.
+    auth: Option<HeaderValue>,
 }
 
 impl Client {
     /// A client of the server at `base_url` (e.g. `http://127.0.0.1:7700`) with a
-    /// default connection pool.
+    /// default connection pool, no API key and the built-in TLS roots; see
+    /// [`Client::builder`] for more.
     pub fn new(base_url: impl Into<String>) -> Result<Client, Error> {
         let http = Client::http_builder().build().map_err(Error::Transport)?;
         Ok(Client::with_http(base_url, http))
     }
 
-    /// The builder `new` uses, for callers that want to tune the pool (a load
-    /// generator sizing `pool_max_idle_per_host`) and pass it to `with_http`.
+    /// A client with an API key, a CA certificate to trust, or a pool size:
+    /// `Client::builder(url).api_key(key).ca_cert_file(path).build()`.
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(base_url.into())
+    }
+
+    /// The reqwest builder `new` and [`ClientBuilder`] start from (timeouts,
+    /// `TCP_NODELAY`), for callers that tune more than `ClientBuilder` offers and
+    /// pass the result to `with_http`.
     pub fn http_builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
@@ -79,14 +91,8 @@ impl Client {
         Client {
             http,
             base,
-            token: None,
+            auth: None,
         }
-    }
-
-    /// Sends `Authorization: Bearer <token>` with every request.
-    pub fn with_token(mut self, token: impl Into<String>) -> Client {
-        self.token = Some(token.into());
-        self
     }
 
     /// The server's base URL.
@@ -484,8 +490,8 @@ impl Client {
             .http
             .request(method, format!("{}{}", self.base, path_and_query))
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
-        match &self.token {
-            Some(token) => rb.bearer_auth(token),
+        match &self.auth {
+            Some(auth) => rb.header(AUTHORIZATION, auth.clone()),
             None => rb,
         }
     }

@@ -9,6 +9,10 @@
 //! would also close every keep-alive connection idle for longer than the header
 //! timeout, and an idle timeout of 120 s could not coexist with a header timeout of
 //! 10 s. [`Deadlines`] tells the phases apart instead.
+//!
+//! With TLS (`ServeConfig::tls`) each connection's task runs the rustls handshake
+//! before hyper sees the connection, under the same cap and the same header
+//! timeout (see `accept_loop`); the rest does not know TLS is there.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +41,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::tls::ServerTls;
 
 /// Default of [`ConnLimits::header_read_timeout_ms`].
 pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
@@ -218,6 +224,13 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// served as soon as a slot frees, and a slot held by an idle client frees after
 /// `idle_timeout_ms`.
 ///
+/// With `tls`, each connection first completes a TLS handshake, in its own task
+/// (so a slow client never holds up the loop) and within the header timeout,
+/// counted from the accept: a client that connects and never finishes the
+/// handshake holds its slot until then, as one that never sends a request head.
+/// The handshake uses the configuration in force at the accept (see
+/// [`ServerTls::reload`]).
+///
 /// With `tag_peer`, every request carries its connection's peer address as a
 /// `ConnectInfo<SocketAddr>` extension (for the ingress limit); without, nothing
 /// is added.
@@ -225,6 +238,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    tls: Option<ServerTls>,
     tag_peer: bool,
     stopping: CancellationToken,
     connections: TaskTracker,
@@ -235,6 +249,7 @@ pub(crate) async fn accept_loop(
     // from needing a timer.
     http.header_read_timeout(None)
         .max_header_size(limits.request_head_bytes_max);
+    let http = Arc::new(http);
     let timeouts = Timeouts {
         header: Duration::from_millis(limits.header_read_timeout_ms),
         idle: Duration::from_millis(limits.idle_timeout_ms),
@@ -264,28 +279,46 @@ pub(crate) async fn accept_loop(
             }
         };
         failures.succeeded();
+        // The first request head (and, with TLS, the handshake before it) is due
+        // this long after the accept.
+        let head_due = Instant::now() + timeouts.header;
         // Responses are written whole; Nagle would only hold back their last segment.
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::default());
-        let io = TokioIo::new(WatchedIo {
-            stream,
-            activity: activity.clone(),
-        });
+        let tls = tls.as_ref().map(ServerTls::current);
         let service = ConnService {
             router: router.clone(),
-            activity: activity.clone(),
+            activity: Arc::new(Activity::default()),
             body_read_timeout_ms,
             peer: tag_peer.then_some(peer),
         };
-        // No `with_upgrades`: nothing upgrades yet (a WebSocket worker channel
-        // would need it).
-        let conn = http.serve_connection(io, service);
-        let deadlines = Deadlines::new(activity, timeouts);
+        let http = http.clone();
         let stopping = stopping.clone();
         connections.spawn(
             async move {
                 // Held for the connection's lifetime: its slot under the cap.
                 let _slot = slot;
+                let socket = match tls {
+                    None => Socket::Plain(stream),
+                    Some(config) => match handshake(stream, config, head_due, &stopping).await {
+                        Ok(stream) => Socket::Tls(Box::new(stream)),
+                        Err(error) => {
+                            // A client's failure (plain HTTP on this port, a
+                            // certificate it does not trust, a scanner), not the
+                            // server's: never above debug.
+                            tracing::debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
+                let activity = service.activity.clone();
+                let io = TokioIo::new(WatchedIo {
+                    stream: socket,
+                    activity: activity.clone(),
+                });
+                // No `with_upgrades`: nothing upgrades yet (a WebSocket worker
+                // channel would need it).
+                let conn = http.serve_connection(io, service);
+                let deadlines = Deadlines::new(activity, timeouts, head_due);
                 if let Err(error) = run_connection(conn, deadlines, stopping).await {
                     tracing::debug!(%error, "connection closed");
                 }
@@ -295,18 +328,43 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Runs a TLS handshake on an accepted connection, giving up at `due` (the
+/// header timeout) or when the server begins to stop (a connection that has not
+/// sent a request has nothing to drain).
+async fn handshake(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    due: Instant,
+    stopping: &CancellationToken,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Ended> {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    tokio::select! {
+        done = tokio::time::timeout_at(due, accept) => match done {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(Ended::Handshake(e)),
+            Err(_) => Err(Ended::Timeout("no TLS handshake within header_read_timeout_ms")),
+        },
+        () = stopping.cancelled() => Err(Ended::Stopping),
+    }
+}
+
 /// Why a connection ended other than by a clean close.
 #[derive(Debug)]
 enum Ended {
     Http(hyper::Error),
+    Handshake(io::Error),
     Timeout(&'static str),
+    /// The server began to stop before the connection sent a request.
+    Stopping,
 }
 
 impl std::fmt::Display for Ended {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Ended::Http(e) => write!(f, "{e}"),
+            Ended::Handshake(e) => write!(f, "{e}"),
             Ended::Timeout(why) => f.write_str(why),
+            Ended::Stopping => f.write_str("the server is stopping"),
         }
     }
 }
@@ -493,8 +551,10 @@ struct Deadlines {
 }
 
 impl Deadlines {
-    fn new(activity: Arc<Activity>, timeouts: Timeouts) -> Deadlines {
-        let deadline = Instant::now() + timeouts.header;
+    /// The deadlines of a connection whose first request head is due at
+    /// `head_due` (the accept plus the header timeout).
+    fn new(activity: Arc<Activity>, timeouts: Timeouts, head_due: Instant) -> Deadlines {
+        let deadline = head_due;
         Deadlines {
             activity,
             timeouts,
@@ -540,9 +600,17 @@ impl Deadlines {
     }
 }
 
-/// A connection's socket, telling [`Deadlines`] when bytes arrive.
+/// A connection's byte stream: the TCP socket itself, or TLS over it (boxed: a
+/// rustls session is some KiB, which plain connections need not carry).
+enum Socket {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// A connection's stream (after the TLS handshake, if any: what it reads is the
+/// request's bytes), telling [`Deadlines`] when bytes arrive.
 struct WatchedIo {
-    stream: TcpStream,
+    stream: Socket,
     activity: Arc<Activity>,
 }
 
@@ -554,7 +622,10 @@ impl AsyncRead for WatchedIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let read = match &mut this.stream {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
         if buf.filled().len() > before {
             this.activity.bytes_read.store(true, Ordering::Relaxed);
         }
@@ -568,7 +639,10 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        match &mut self.get_mut().stream {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -576,19 +650,32 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        match &mut self.get_mut().stream {
+            Socket::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Socket::Plain(s) => s.is_write_vectored(),
+            Socket::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        match &mut self.get_mut().stream {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        // With TLS: a close_notify alert, then the socket's write side.
+        match &mut self.get_mut().stream {
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

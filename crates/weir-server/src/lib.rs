@@ -1,7 +1,7 @@
 //! weir's HTTP API (SPEC §5) on axum: wire types, one error mapping to
 //! problem+json, the routes, and a server loop on hyper with a connection cap,
-//! connection timeouts, an optional ingress limit per client address and graceful
-//! shutdown.
+//! connection timeouts, optional TLS (reloadable), an optional ingress limit per
+//! client address and graceful shutdown.
 
 pub mod api;
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod otel;
 pub mod schedule;
+pub mod tls;
 pub mod ui;
 pub mod wire;
 
@@ -27,6 +28,7 @@ use weir_store::{Broker, Checked};
 
 pub use conn::{ConnLimits, FileBudget};
 pub use ingress::IngressLimit;
+pub use tls::{ServerTls, TlsError, TlsFiles};
 
 use weir_core::Limits;
 
@@ -54,6 +56,10 @@ pub struct ServeConfig {
     pub require_auth: bool,
     /// `/metrics` needs a reader's key when auth is on (`--metrics-auth`).
     pub metrics_auth: bool,
+    /// Serve HTTPS with this certificate and key; `None`, the default, serves
+    /// plain HTTP. A handle: `ServerTls::reload` on a clone of it changes the pair
+    /// new connections get while `serve` runs.
+    pub tls: Option<ServerTls>,
 }
 
 impl ServeConfig {
@@ -69,6 +75,7 @@ impl ServeConfig {
             otlp_endpoint: None,
             require_auth: false,
             metrics_auth: false,
+            tls: None,
         }
     }
 }
@@ -126,6 +133,7 @@ pub async fn serve(
     let limits = config.conn;
     // Only the limiter reads the peer address; without it, requests carry none.
     let tag_peer = config.ingress.is_some();
+    let tls = config.tls.clone();
     // The OTLP exporter's HTTP client blocks: made (and later shut down) off the
     // runtime's threads.
     let otel = match config.otlp_endpoint.clone() {
@@ -150,6 +158,7 @@ pub async fn serve(
         listener,
         app,
         limits,
+        tls,
         tag_peer,
         stopping.clone(),
         connections.clone(),

@@ -110,7 +110,10 @@ where
 }
 
 impl PoolBuilder {
-    /// A builder over `client`, with no queue and no handler yet.
+    /// A builder over `client`, with no queue and no handler yet. Every request
+    /// of the pool goes through `client`, so the server's URL (`https://` too),
+    /// the API key and a CA to trust are set where it is built
+    /// (`weir_client::Client::builder`).
     pub fn new(client: weir_client::Client) -> PoolBuilder {
         PoolBuilder {
             client,

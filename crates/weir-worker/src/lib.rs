@@ -7,7 +7,12 @@
 //! use weir_worker::{HandlerError, PoolBuilder, Task, Ctx};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = weir_client::Client::new("http://127.0.0.1:7700")?;
+//! // The pool talks to the server through this client: its API key and TLS
+//! // settings (a CA for `https://`) are the pool's.
+//! let client = weir_client::Client::builder("https://weir.internal:7700")
+//!     .api_key(std::env::var("WEIR_API_KEY")?)
+//!     .ca_cert_file("/etc/weir/ca.pem")
+//!     .build()?;
 //! let pool = PoolBuilder::new(client)
 //!     .queue("emails", 3)
 //!     .queue("reports", 1)

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use weir_client::{AckItem, Client, EnqueueOptions, Error, LeaseBatch, LeasedTask};
+use weir_client::{AckItem, Client, ClientBuilder, EnqueueOptions, Error, LeaseBatch, LeasedTask};
 
 use crate::cli::{BenchArgs, Scenario};
 use crate::serve::LISTENING_PREFIX;
@@ -137,9 +137,10 @@ struct Stats {
 /// What every task of one scenario shares.
 struct Shared {
     queue: String,
-    /// The servers under test (several share one store); each new client takes the
-    /// next one, so producers and consumers spread over them.
-    bases: Vec<String>,
+    /// A client of each server under test (several share one store), with the
+    /// API key and CA of the flags; each new client takes the next one, so
+    /// producers and consumers spread over them.
+    clients: Vec<ClientBuilder>,
     next_base: std::sync::atomic::AtomicUsize,
     payload: Payload,
     stats: Stats,
@@ -190,12 +191,12 @@ impl Shared {
 
     /// A client with its own connection pool of `connections`.
     fn client(&self, connections: usize) -> anyhow::Result<Client> {
-        let http = Client::http_builder()
+        let i = self.next_base.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[i]
+            .clone()
             .pool_max_idle_per_host(connections)
             .build()
-            .context("building the HTTP client")?;
-        let i = self.next_base.fetch_add(1, Ordering::Relaxed) % self.bases.len();
-        Ok(Client::with_http(self.bases[i].clone(), http))
+            .context("building the HTTP client")
     }
 
     fn report(&self, scenario: &'static str, tasks: u64, secs: f64, complete: bool) -> Report {
@@ -284,7 +285,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let base = match &spawned {
         Some(s) => s.base.clone(),
-        None => args.client.server.clone(),
+        None => args.client.conn.server.clone(),
     };
     let bases: Vec<String> = base
         .split(',')
@@ -347,10 +348,9 @@ async fn run_scenarios(
         bail!("--batch, --lease-max and --rate must be at least 1");
     }
     for base in bases {
-        let mut probe = Client::new(base).context("building the HTTP client")?;
-        if let Some(token) = &args.client.token {
-            probe = probe.with_token(token);
-        }
+        let probe = crate::commands::client_builder(&args.client.conn, base)
+            .build()
+            .context("building the HTTP client")?;
         probe
             .queues()
             .await
@@ -366,7 +366,10 @@ async fn run_scenarios(
         let name = scenario_name(scenario);
         let shared = Arc::new(Shared {
             queue: format!("{}.{name}.{run_ms}", args.queue_prefix),
-            bases: bases.to_vec(),
+            clients: bases
+                .iter()
+                .map(|b| crate::commands::client_builder(&args.client.conn, b))
+                .collect(),
             next_base: std::sync::atomic::AtomicUsize::new(0),
             payload: Payload::new(args.payload_bytes),
             stats: Stats::default(),
@@ -1032,10 +1035,10 @@ impl Spawned {
         let mut child = cmd.spawn().context("starting weir serve")?;
         let stdout = child.stdout.take().context("no stdout from weir serve")?;
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_millis(SPAWN_TIMEOUT_MS), async {
+        let base = tokio::time::timeout(Duration::from_millis(SPAWN_TIMEOUT_MS), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
-                    return Ok(addr.trim().to_owned());
+                if let Some(base) = line.strip_prefix(LISTENING_PREFIX) {
+                    return Ok(base.trim().to_owned());
                 }
             }
             bail!("weir serve exited before it listened")
@@ -1045,14 +1048,10 @@ impl Spawned {
         // Keep reading so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         eprintln!(
-            "bench: spawned weir serve on {addr} (data in {})",
+            "bench: spawned weir serve on {base} (data in {})",
             dir.path().display()
         );
-        Ok(Spawned {
-            child,
-            dir,
-            base: format!("http://{addr}"),
-        })
+        Ok(Spawned { child, dir, base })
     }
 
     /// SIGTERM, then wait for a graceful exit; SIGKILL if it takes too long.

@@ -212,17 +212,59 @@ pub struct ServeArgs {
     /// no spans are made].
     #[arg(long, env = "WEIR_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Serve HTTPS (TLS 1.2 and 1.3, HTTP/1.1) with this certificate chain: PEM,
+    /// the server's certificate first, then any intermediates. Needs --tls-key.
+    /// SIGHUP reads both files again; a pair that does not load is logged and
+    /// the previous one kept [default: plain HTTP].
+    #[arg(long, env = "WEIR_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert's certificate: PEM, PKCS#8, PKCS#1 (RSA) or
+    /// SEC1 (EC), not encrypted.
+    #[arg(long, env = "WEIR_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
-/// Flags shared by every command that talks to a server.
-#[derive(Debug, Args)]
-pub struct ClientArgs {
-    /// Base URL of the server.
+/// How to reach a server: one definition, flattened into every command that
+/// talks to one (through `ClientArgs`, and into `weir worker` and `weir bench`).
+#[derive(Clone, Args)]
+pub struct ConnArgs {
+    /// Base URL of the server: `http://HOST:PORT`, or `https://HOST:PORT` for a
+    /// server started with --tls-cert.
     #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
-    /// Bearer token to send. Hidden until the server has authentication.
-    #[arg(long, env = "WEIR_TOKEN", hide = true)]
-    pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// server, besides the
+    /// built-in roots (Mozilla's): the CA that signed the server's certificate,
+    /// or a self-signed certificate itself (one without the CA flag).
+    #[arg(long, env = "WEIR_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// API key, sent as `Authorization: Bearer KEY` with every request. Prefer
+    /// the environment variable: a flag is visible to other users in `ps`.
+    #[arg(
+        long,
+        env = "WEIR_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY",
+        alias = "token"
+    )]
+    pub api_key: Option<String>,
+}
+
+/// Shows whether there is an API key, never the key.
+impl std::fmt::Debug for ConnArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnArgs")
+            .field("server", &self.server)
+            .field("ca_cert", &self.ca_cert)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Flags shared by every client command: the connection, and the output.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// Machine-readable JSON output.
     #[arg(long, env = "WEIR_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
@@ -523,8 +565,9 @@ pub struct BenchArgs {
     pub client: ClientArgs,
 }
 
-/// `weir worker --exec CMD`: every flag also reads `WEIR_WORKER_*` (the server
-/// and token read the `WEIR_SERVER` and `WEIR_TOKEN` every client command shares).
+/// `weir worker --exec CMD`: every flag also reads `WEIR_WORKER_*` (the
+/// connection flags read the `WEIR_SERVER`, `WEIR_CA_CERT` and `WEIR_API_KEY`
+/// every client command shares).
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Shell command run per task through `sh -c`: the payload (JSON) on stdin,
@@ -569,12 +612,8 @@ pub struct WorkerArgs {
     /// Name the worker gives the server when it leases [default: weir-exec@HOST:PID].
     #[arg(long, env = "WEIR_WORKER_NAME")]
     pub name: Option<String>,
-    /// Base URL of the server.
-    #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7700")]
-    pub server: String,
-    /// Bearer token to send. Hidden until the server has authentication.
-    #[arg(long, env = "WEIR_TOKEN", hide = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[cfg(test)]

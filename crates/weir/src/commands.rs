@@ -10,13 +10,13 @@ use backon::{ExponentialBuilder, Retryable};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use weir_client::{
-    Client, EnqueueOptions, QueueConfig, QueueConfigPatch, QueueInfo, Schedule, ScheduleSpec, Task,
-    TaskState,
+    Client, ClientBuilder, EnqueueOptions, QueueConfig, QueueConfigPatch, QueueInfo, Schedule,
+    ScheduleSpec, Task, TaskState,
 };
 
 use crate::cli::{
-    ClientArgs, DeadCommand, EnqueueArgs, MissedPolicy, QueueCommand, ScheduleCommand, Setting,
-    TaskCommand,
+    ClientArgs, ConnArgs, DeadCommand, EnqueueArgs, MissedPolicy, QueueCommand, ScheduleCommand,
+    Setting, TaskCommand,
 };
 use crate::duration::{as_ms, format_duration};
 
@@ -31,11 +31,22 @@ const EXIT_NOT_TERMINAL: u8 = 3;
 
 /// Builds a client from the shared flags.
 pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    let mut client = Client::new(&args.server).context("building the HTTP client")?;
-    if let Some(token) = &args.token {
-        client = client.with_token(token);
+    client_builder(&args.conn, &args.conn.server)
+        .build()
+        .context("building the HTTP client")
+}
+
+/// A client of the server at `base` with the API key and CA certificate of the
+/// connection flags (`weir bench` has several servers in one `--server`).
+pub fn client_builder(conn: &ConnArgs, base: &str) -> ClientBuilder {
+    let mut builder = Client::builder(base);
+    if let Some(key) = &conn.api_key {
+        builder = builder.api_key(key);
     }
-    Ok(client)
+    if let Some(path) = &conn.ca_cert {
+        builder = builder.ca_cert_file(path);
+    }
+    builder
 }
 
 pub async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {

@@ -46,7 +46,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => match serve::config(&args, serve::raise_open_files_limit()) {
-                Ok(settings) => serve::run(settings).await.map(|()| ExitCode::SUCCESS),
+                Ok(settings) => match serve::run(settings).await {
+                    Ok(()) => Ok(ExitCode::SUCCESS),
+                    // What only the opened store could tell (a public bind
+                    // without a key) is a configuration error too.
+                    Err(e) if e.is::<serve::ConfigError>() => {
+                        eprintln!("error: {e}");
+                        Ok(ExitCode::from(EXIT_CONFIG))
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(serve::ConfigError(msg)) => {
                     eprintln!("error: {msg}");
                     Ok(ExitCode::from(EXIT_CONFIG))
@@ -72,9 +81,23 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e:#}{}", certificate_hint(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to do about an https:// server whose certificate this client refused
+/// (rustls says `invalid peer certificate: UnknownIssuer` and no more), or
+/// nothing.
+fn certificate_hint(e: &anyhow::Error) -> &'static str {
+    if e.chain()
+        .any(|cause| cause.to_string().starts_with("invalid peer certificate"))
+    {
+        " (to trust a private CA, or a self-signed certificate without the CA flag, \
+         pass --ca-cert FILE or set WEIR_CA_CERT)"
+    } else {
+        ""
     }
 }
 

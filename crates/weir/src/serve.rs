@@ -1,13 +1,14 @@
 //! `weir serve`: turns the flags into a validated `Settings` (the HTTP side's
 //! `ServeConfig` and the chosen store), opens the store, binds, announces the
-//! address on stdout, and runs the server until SIGINT or SIGTERM.
+//! address on stdout, and runs the server until SIGINT or SIGTERM. With TLS,
+//! SIGHUP reloads the certificate and key (`reload_on_hangup`).
 
 use std::io::Write;
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
-use weir_server::{IngressLimit, ServeConfig};
+use weir_server::{IngressLimit, ServeConfig, ServerTls, TlsFiles};
 
 use crate::cli::ServeArgs;
 use crate::store::StoreConfig;
@@ -22,14 +23,23 @@ pub struct Settings {
     pub store: StoreConfig,
 }
 
-/// The line `weir serve` prints once it listens; `weir bench --spawn` and tests
+/// The line `weir serve` prints once it listens, followed by its base URL
+/// (`http://ADDR`, or `https://ADDR` with TLS); `weir bench --spawn` and tests
 /// read it to learn the port chosen for `--listen 127.0.0.1:0`.
-pub const LISTENING_PREFIX: &str = "weir listening on http://";
+pub const LISTENING_PREFIX: &str = "weir listening on ";
 
 /// A configuration problem, reported as one line with exit code 2 before
 /// anything starts.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// Checks the flags and builds the server's configuration. `files_max` is the
 /// process's open-file limit, shared between connections and the store.
@@ -71,6 +81,7 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
         }
         config.otlp_endpoint = Some(endpoint.clone());
     }
+    config.tls = tls(args)?;
     store.set_limits(&config.limits);
     Ok(Settings {
         listen: args.listen,
@@ -78,6 +89,32 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
         serve: config,
         store,
     })
+}
+
+/// `--tls-cert` and `--tls-key`: both or neither. The pair is read and checked
+/// here, so a missing file or a key that does not fit fails before anything
+/// starts, naming the file.
+fn tls(args: &ServeArgs) -> Result<Option<ServerTls>, ConfigError> {
+    let files = match (&args.tls_cert, &args.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (Some(_), None) => {
+            return Err(ConfigError(
+                "--tls-cert needs --tls-key (WEIR_TLS_KEY): the certificate's private key".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError(
+                "--tls-key needs --tls-cert (WEIR_TLS_CERT): the certificate it belongs to".into(),
+            ))
+        }
+    };
+    ServerTls::load(files)
+        .map(Some)
+        .map_err(|e| ConfigError(format!("--tls-cert/--tls-key: {e}")))
 }
 
 /// `--ingress-rate` and `--ingress-burst`; neither is no limit.
@@ -197,6 +234,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // the default disposition.
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    if let Some(tls) = config.tls.clone() {
+        let hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        tokio::spawn(reload_on_hangup(hangup, tls));
+    }
     let shutdown = async move {
         let name = tokio::select! {
             _ = interrupt.recv() => "SIGINT",
@@ -215,31 +256,67 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .await
             .context("reading the store's API keys")?
         {
-            anyhow::bail!(
+            // A configuration error like the flags' (exit 2), found once the
+            // store is open.
+            broker.close().await.ok();
+            return Err(ConfigError(format!(
                 "refusing to listen on non-loopback address {listen} without authentication: \
                  the store holds no API key. Make one (`weir keys create --name ops --role admin \
                  --data-dir …` or `--store …`), or pass --require-auth, or \
                  --insecure-public-bind (WEIR_INSECURE_PUBLIC_BIND=1) if you mean it"
-            );
+            ))
+            .into());
         }
         config.require_auth = true;
     }
     let listener =
         weir_server::conn::listen(listen).with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{LISTENING_PREFIX}{local}").context("writing to stdout")?;
+        writeln!(out, "{LISTENING_PREFIX}{scheme}://{local}").context("writing to stdout")?;
         out.flush().context("flushing stdout")?;
     }
     tracing::info!(
         addr = %local,
         store = %store_name,
         connections_max = config.conn.connections_max,
+        tls = config.tls.is_some(),
         ingress = %config.ingress.map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
         "listening"
     );
     weir_server::serve(listener, config, broker, shutdown).await
+}
+
+/// On every SIGHUP, reads the TLS certificate and key again from their paths.
+/// New connections get a pair that loads; one that does not is logged and the
+/// previous pair stays (a certificate half-written by a renewal job must not take
+/// the server down; the next SIGHUP tries again). Open connections keep theirs.
+/// Installed only with TLS: without it SIGHUP keeps its default (the process
+/// ends), as it had before.
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, tls: ServerTls) {
+    while hangup.recv().await.is_some() {
+        let files = tls.files().clone();
+        let reloading = tls.clone();
+        // Reads files: off the runtime's threads.
+        match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(())) => tracing::info!(
+                cert = %files.cert.display(),
+                key = %files.key.display(),
+                "SIGHUP: TLS certificate reloaded; new connections use it"
+            ),
+            Ok(Err(error)) => tracing::error!(
+                %error,
+                "SIGHUP: TLS certificate not reloaded; still serving the previous one"
+            ),
+            Err(error) => tracing::error!(%error, "SIGHUP: the TLS reload panicked"),
+        }
+    }
 }
 
 /// Opts this process out of transparent huge pages. Request buffers and the

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use weir_core::{validate, Limits};
 use weir_worker::{CancelReason, Ctx, HandlerError, PoolBuilder, Task};
 
-use crate::cli::WorkerArgs;
+use crate::cli::{ConnArgs, WorkerArgs};
 use crate::serve::ConfigError;
 
 /// How much of the end of a command's stderr a failed task's error keeps.
@@ -41,10 +41,8 @@ const SHELL: &str = "sh";
 /// `weir worker`'s validated configuration.
 #[derive(Debug)]
 pub struct WorkerConfig {
-    /// Base URL of the server.
-    pub server: String,
-    /// Bearer token, if any.
-    pub token: Option<String>,
+    /// The server, its CA certificate and the API key.
+    pub conn: ConnArgs,
     /// Queues to lease from, with their weights.
     pub queues: Vec<(String, u32)>,
     /// Commands running at once.
@@ -109,8 +107,7 @@ pub fn config(args: &WorkerArgs) -> Result<WorkerConfig, ConfigError> {
     validate::text("--name", &name, limits.worker_name_bytes_max)
         .map_err(|e| ConfigError(e.to_string()))?;
     Ok(WorkerConfig {
-        server: args.server.clone(),
-        token: args.token.clone(),
+        conn: args.conn.clone(),
         queues,
         concurrency: args.concurrency,
         prefetch: args.prefetch,
@@ -153,11 +150,9 @@ fn default_name() -> String {
 
 /// Runs the pool until SIGINT/SIGTERM and a graceful drain.
 pub async fn run(config: WorkerConfig) -> anyhow::Result<ExitCode> {
-    let mut client =
-        weir_client::Client::new(&config.server).context("building the HTTP client")?;
-    if let Some(token) = &config.token {
-        client = client.with_token(token);
-    }
+    let client = crate::commands::client_builder(&config.conn, &config.conn.server)
+        .build()
+        .context("building the HTTP client")?;
     // The pool abandons a handler this long after its token fired; the command gets
     // its kill grace plus a margin, so its task's error can say `killed: …` and carry
     // its stderr rather than the pool's generic one.
@@ -206,7 +201,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<ExitCode> {
         queues.join(","),
         config.concurrency,
         config.exec.kill_grace,
-        config.server,
+        config.conn.server,
         config.exec.command
     );
     // Announced when the signal is seen, before the pool stops leasing: an
@@ -260,7 +255,9 @@ async fn run_task(exec: &ExecConfig, task: Task, ctx: Ctx) -> Result<Value, Hand
         .env("WEIR_ATTEMPT", task.attempt.to_string())
         .env("WEIR_MAX_ATTEMPTS", task.max_attempts.to_string())
         .env("WEIR_TIMEOUT_MS", task.timeout_ms.to_string())
-        // The worker's credentials are not the command's business.
+        // The worker's credentials are not the command's business (WEIR_TOKEN
+        // was the API key's variable before WEIR_API_KEY).
+        .env_remove("WEIR_API_KEY")
         .env_remove("WEIR_TOKEN")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -5,6 +5,8 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
@@ -18,7 +20,7 @@ use weir_store::testing::{TestStore, TestStoreConfig};
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://ADDR` when the config has TLS.
     pub base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -37,6 +39,11 @@ impl TestServer {
         .await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(weir_server::serve(
             listener,
@@ -48,7 +55,7 @@ impl TestServer {
         ));
         TestServer {
             addr,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             stop: Some(tx),
             done: Some(done),
             _store: store,

@@ -6,6 +6,7 @@
 // Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod redis;
 
 use std::process::Stdio;
@@ -22,7 +23,7 @@ pub struct Server {
     pub child: Child,
     /// Kept open so the server never writes into a closed pipe.
     _stdout: Lines<BufReader<ChildStdout>>,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with `--tls-cert`).
     pub base: String,
     /// The server's log lines, if `Options::capture_stderr` asked for them.
     pub stderr: Option<Lines<BufReader<ChildStderr>>>,
@@ -35,7 +36,15 @@ pub struct Server {
 impl Server {
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> &str {
-        self.base.strip_prefix("http://").unwrap()
+        let (_scheme, addr) = self.base.split_once("://").unwrap();
+        addr
+    }
+
+    /// Sends `signal` to the server process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id().expect("the server is running") as libc::pid_t;
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 }
 
