@@ -101,6 +101,6 @@ function queueTable(rows) {
 function empty() {
   return h('div', { class: 'empty' },
     h('p', {}, 'No queues yet. A queue appears with its first enqueue:'),
-    h('pre', {}, `curl -XPOST ${location.origin}/v1/queues/emails/tasks${session().auth ? ' -H "authorization: Bearer $WEIR_TOKEN"' : ''}`,
+    h('pre', {}, `curl -XPOST ${location.origin}/v1/queues/emails/tasks${session().auth ? ' -H "authorization: Bearer $WEIR_API_KEY"' : ''}`,
       ` -d '{"payload": {"to": "ada@example.com"}}'`));
 }
