@@ -59,6 +59,8 @@ const ASSETS: &[Asset] = &[
     asset!("app.js", JS),
     asset!("api.js", JS),
     asset!("dom.js", JS),
+    asset!("session.js", JS),
+    asset!("signin.js", JS),
     asset!("charts.js", JS),
     asset!("overview.js", JS),
     asset!("queue.js", JS),

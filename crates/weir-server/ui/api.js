@@ -9,13 +9,35 @@ export class ApiError extends Error {
   }
 }
 
-/** The raw answer: status and body text (a task's payload is read from the text). */
-export async function call(method, path, body) {
+// The session's CSRF token, while one is held (auth on): memory only, gone with
+// the page. The session itself is an HttpOnly cookie the browser sends with
+// every same-origin fetch; a write made with it must echo this token.
+let csrf = null;
+// What to do when a call finds the session gone (set by app.js once signed in).
+let lost = null;
+
+/** Sends `token` (null: none) as `X-CSRF-Token` on every write from now on. */
+export function useCsrf(token) {
+  csrf = token || null;
+}
+
+/** `fn(error)` runs when a call answers 401: the session expired or its key was revoked. */
+export function onSessionLost(fn) {
+  lost = fn;
+}
+
+/**
+ * The raw answer: status and body text (a task's payload is read from the text).
+ * `session: true` marks the session's own calls (`/v1/session`), for which a 401
+ * is an answer (no session, a refused key) rather than a lost session.
+ */
+export async function call(method, path, body, { session = false } = {}) {
   const init = { method, headers: { accept: 'application/json' } };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
     init.headers['content-type'] = 'application/json';
   }
+  if (csrf && method !== 'GET' && method !== 'HEAD') init.headers['x-csrf-token'] = csrf;
   let res;
   try {
     res = await fetch(path, init);
@@ -26,14 +48,21 @@ export async function call(method, path, body) {
   if (!res.ok) {
     let p = null;
     try { p = JSON.parse(text); } catch { /* not a problem document */ }
-    throw new ApiError(res.status, p);
+    const err = new ApiError(res.status, p);
+    if (res.status === 401 && !session && lost) {
+      lost(err);
+      // The page that asked is replaced by the sign-in view: its caller waits
+      // for good rather than drawing an error over it (and its poll ends).
+      return new Promise(() => {});
+    }
+    throw err;
   }
   return text;
 }
 
 /** The parsed answer (null for an empty one, e.g. 204). */
-export async function api(method, path, body) {
-  const text = await call(method, path, body);
+export async function api(method, path, body, opts) {
+  const text = await call(method, path, body, opts);
   return text ? JSON.parse(text) : null;
 }
 

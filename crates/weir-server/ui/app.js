@@ -1,8 +1,12 @@
-// The dashboard's entry point: picks the page from the path (every page is the
-// same shell, served by the server for `/` and `/ui/…`) and runs the search box.
+// The dashboard's entry point: asks the server for the session (signing in
+// first when it checks API keys), then picks the page from the path (every page
+// is the same shell, served by the server for `/` and `/ui/…`) and runs the
+// search box.
 
-import { api, seg, ApiError } from './api.js';
-import { link, flash, fill, h } from './dom.js';
+import { api, seg, ApiError, onSessionLost } from './api.js';
+import { link, flash, fill, h, problem } from './dom.js';
+import { load, lose } from './session.js';
+import { signInView, account } from './signin.js';
 import { overview } from './overview.js';
 import { queue } from './queue.js';
 import { task } from './task.js';
@@ -15,12 +19,42 @@ const at = (re) => {
   return m ? decodeURIComponent(m[1]) : null;
 };
 
-let m;
-if (path === '/' || path === '/ui' || path === '/ui/') overview(main);
-else if ((m = at(/^\/ui\/queues\/([^/]+)$/)) !== null) queue(main, m);
-else if ((m = at(/^\/ui\/tasks\/([^/]+)$/)) !== null) task(main, m);
-else if ((m = at(/^\/ui\/groups\/([^/]+)$/)) !== null) group(main, m);
-else fill(main, h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '/' }, 'Back to the queues')));
+function route() {
+  let m;
+  if (path === '/' || path === '/ui' || path === '/ui/') overview(main);
+  else if ((m = at(/^\/ui\/queues\/([^/]+)$/)) !== null) queue(main, m);
+  else if ((m = at(/^\/ui\/tasks\/([^/]+)$/)) !== null) task(main, m);
+  else if ((m = at(/^\/ui\/groups\/([^/]+)$/)) !== null) group(main, m);
+  else fill(main, h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '/' }, 'Back to the queues')));
+}
+
+// Whether a page was drawn: its polls then run on, each waiting for good on
+// the 401 that ended the session, so the next sign-in reloads rather than
+// drawing a second page beside them.
+let drawn = false;
+let signedIn = false;
+
+function enter(s) {
+  signedIn = true;
+  account(s, () => gate('Signed out.'));
+  route();
+  drawn = true;
+}
+
+/** The sign-in view in place of the page, with `notice` above it. */
+function gate(notice) {
+  signedIn = false;
+  signInView(main, (s) => (drawn ? location.reload() : enter(s)));
+  flash(notice || '');
+}
+
+// A session that ends under a page (it expired, or its key was revoked) takes
+// the reader back to the sign-in view, once, however many calls hear of it.
+onSessionLost((e) => {
+  if (!signedIn) return;
+  lose();
+  gate(`You were signed out: ${e.message.replace(/\.$/, '')}.`);
+});
 
 // Search: a task id, then a group id, then a queue name; the first that exists
 // is opened.
@@ -51,3 +85,11 @@ form.addEventListener('submit', async (ev) => {
   }
   flash(`No task, group or queue is named “${q}”.`, true);
 });
+
+try {
+  const s = await load();
+  if (s) enter(s);
+  else gate();
+} catch (e) {
+  problem(main, 'The dashboard could not start', e);
+}

@@ -4,6 +4,7 @@
 import { api, seg, ApiError } from './api.js';
 import { h, fill, link, badge, time, action, flash, problem, poll, fmtInt, STATES } from './dom.js';
 import { POLL_MS } from './overview.js';
+import { can } from './session.js';
 
 export function group(main, id) {
   document.title = `Group ${id} · weir`;
@@ -29,7 +30,7 @@ export function group(main, id) {
 }
 
 function draw(main, g) {
-  const cancel = g.state === 'running'
+  const cancel = g.state === 'running' && can('cancel')
     ? action('Cancel group', `Cancel every member of group ${g.id} that has not ended?`, async () => {
       await api('POST', `/v1/groups/${seg(g.id)}/cancel`);
       flash(`Group ${g.id} is canceled.`);

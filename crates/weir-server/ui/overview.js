@@ -5,6 +5,7 @@
 import { api } from './api.js';
 import { h, fill, link, badge, fmtInt, fmtRate, fmtAge, poll } from './dom.js';
 import { LiveChart, rates } from './charts.js';
+import { session } from './session.js';
 
 export const POLL_MS = 2000;
 
@@ -100,5 +101,6 @@ function queueTable(rows) {
 function empty() {
   return h('div', { class: 'empty' },
     h('p', {}, 'No queues yet. A queue appears with its first enqueue:'),
-    h('pre', {}, `curl -XPOST ${location.origin}/v1/queues/emails/tasks -d '{"payload": {"to": "ada@example.com"}}'`));
+    h('pre', {}, `curl -XPOST ${location.origin}/v1/queues/emails/tasks${session().auth ? ' -H "authorization: Bearer $WEIR_API_KEY"' : ''}`,
+      ` -d '{"payload": {"to": "ada@example.com"}}'`));
 }

@@ -6,6 +6,7 @@ import { api, seg, ApiError } from './api.js';
 import { h, fill, link, badge, fmtInt, fmtRate, fmtAge, time, action, flash, problem, poll, STATES } from './dom.js';
 import { LiveChart, rates } from './charts.js';
 import { POLL_MS } from './overview.js';
+import { can } from './session.js';
 
 const PAGE_LIMIT = 50;
 
@@ -58,19 +59,20 @@ export function queue(main, name) {
     return true;
   };
 
+  // Only the writes the session's roles allow are offered (none to a reader).
   const drawHead = (q) => fill(head,
     h('h1', {}, name, q.config.paused ? badge('paused') : null),
     h('div', { class: 'actions' },
-      q.config.paused
+      !can('configure') ? null : q.config.paused
         ? action('Resume', `Resume queue ${name}? Workers get its tasks again.`, () => setPaused(false), { id: 'resume' })
         : action('Pause', `Pause queue ${name}? Enqueues are still taken, but nothing is leased until it is resumed.`, () => setPaused(true), { id: 'pause' }),
-      action('Retry all dead', `Retry every dead task of ${name} (${fmtInt(q.counts.dead)})? They go back to pending with their attempts reset.`,
+      can('retry') && action('Retry all dead', `Retry every dead task of ${name} (${fmtInt(q.counts.dead)})? They go back to pending with their attempts reset.`,
         async () => {
           const out = await api('POST', `${base}/dead/retry`);
           flash(`Retried ${fmtInt(out.retried)} dead task(s)${out.skipped ? `, ${out.skipped} skipped` : ''}.`);
           await reload();
         }, { id: 'retry-dead', disabled: !q.counts.dead }),
-      action('Purge dead', `Delete every dead task of ${name} (${fmtInt(q.counts.dead)})? This cannot be undone.`,
+      can('delete') && action('Purge dead', `Delete every dead task of ${name} (${fmtInt(q.counts.dead)})? This cannot be undone.`,
         async () => {
           const out = await api('DELETE', `${base}/dead`);
           flash(`Deleted ${fmtInt(out.deleted)} dead task(s)${out.skipped ? `, ${out.skipped} skipped` : ''}.`);
@@ -133,10 +135,12 @@ export function queue(main, name) {
   };
 
   const when = { scheduled: 'run_at', pending: 'created_at', active: 'started_at' };
+  // The actions column, for a session that may make any of a task's writes.
+  const acts = can('retry') || can('cancel') || can('delete');
   const taskTable = (tasks) => h('div', { class: 'table-wrap' }, h('table', { class: 'grid', id: 'tasks' },
     h('thead', {}, h('tr', {}, h('th', {}, 'id'), h('th', { class: 'narrow' }, 'kind'), h('th', { class: 'num narrow' }, 'priority'),
       h('th', { class: 'num' }, 'attempt'), h('th', { class: 'narrow' }, when[state] ? when[state].replace('_at', '') : 'finished'),
-      h('th', { class: 'narrow' }, 'last error'), h('th', {}, ''))),
+      h('th', { class: 'narrow' }, 'last error'), acts && h('th', {}, ''))),
     h('tbody', {}, tasks.map((t) => h('tr', { 'data-task': t.id },
       h('td', { class: 'mono' }, h('a', { href: link.task(t.id) }, t.id)),
       h('td', { class: 'narrow' }, t.kind),
@@ -144,7 +148,7 @@ export function queue(main, name) {
       h('td', { class: 'num' }, `${t.attempt}/${t.max_attempts}`),
       h('td', { class: 'narrow' }, time(t[when[state] || 'finished_at'])),
       h('td', { class: 'narrow clip', title: t.last_error || '' }, t.last_error || ''),
-      h('td', { class: 'row-actions' }, taskActions(t, reload)))))));
+      acts && h('td', { class: 'row-actions' }, taskActions(t, reload)))))));
 
   poll(refresh, POLL_MS);
   loadTasks();
@@ -154,18 +158,21 @@ function kv(k, v) {
   return [h('dt', {}, k), h('dd', {}, v)];
 }
 
-/** The actions a task in its state takes, each confirmed; `after` runs once it is done. */
+/**
+ * The actions a task in its state takes that the session may make, each
+ * confirmed; `after` runs once it is done.
+ */
 export function taskActions(t, after) {
   const id = `/v1/tasks/${seg(t.id)}`;
   const out = [];
-  if (t.state === 'dead' || t.state === 'canceled') {
+  if ((t.state === 'dead' || t.state === 'canceled') && can('retry')) {
     out.push(action('Retry', `Retry task ${t.id}? It goes back to pending with its attempts reset.`, async () => {
       await api('POST', `${id}/retry`);
       flash(`Task ${t.id} is pending again.`);
       await after('retried');
     }, { class: 'retry' }));
   }
-  if (['scheduled', 'pending', 'active'].includes(t.state) && !t.cancel_requested) {
+  if (['scheduled', 'pending', 'active'].includes(t.state) && !t.cancel_requested && can('cancel')) {
     out.push(action('Cancel', t.state === 'active'
       ? `Ask the worker running task ${t.id} to stop? It is canceled when the worker hears of it.`
       : `Cancel task ${t.id}? It will not run.`, async () => {
@@ -174,7 +181,7 @@ export function taskActions(t, after) {
       await after('canceled');
     }, { class: 'cancel' }));
   }
-  if (['completed', 'dead', 'canceled'].includes(t.state)) {
+  if (['completed', 'dead', 'canceled'].includes(t.state) && can('delete')) {
     out.push(action('Delete', `Delete task ${t.id} now? This cannot be undone.`, async () => {
       await api('DELETE', id);
       flash(`Task ${t.id} is deleted.`);

@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { haveChromium, startWeir, launch, http, shotsDir } from './harness.mjs';
+import { haveChromium, startWeir, launch, http, shotsDir, watch as watchPage } from './harness.mjs';
 
 // Arbitrary producer JSON: markup that must stay text, an integer JSON.parse
 // would round, and key order that must survive.
@@ -21,25 +21,7 @@ test('the dashboard, driven in chromium', { timeout: 60_000 }, async (t) => {
   const browser = await launch();
   const shots = shotsDir();
   const problems = [];
-  // Console errors (a CSP violation is one), script errors, and any failed
-  // request but the API's own 4xx answers (the search box asks for a task
-  // before a group, so a group id first meets a 404; the browser logs those).
-  const watch = (page) => {
-    page.on('console', (m) => {
-      if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    page.on('response', (r) => {
-      const api = new URL(r.url()).pathname.startsWith('/v1/') && r.status() < 500;
-      if (r.status() >= 400 && !api) problems.push(`${r.status()} for ${r.url()}`);
-    });
-    // A navigation aborts the poll in flight: that is no failure.
-    page.on('requestfailed', (r) => {
-      const why = r.failure()?.errorText || '';
-      if (!why.includes('ERR_ABORTED')) problems.push(`request failed: ${r.url()} ${why}`);
-    });
-    return page;
-  };
+  const watch = (page) => watchPage(page, problems);
   const shot = (page, name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
   const { base } = weir;
   try {
@@ -65,6 +47,9 @@ test('the dashboard, driven in chromium', { timeout: 60_000 }, async (t) => {
     await page.goto(`${base}/`);
     const pending = 'tr[data-queue="emails"] [data-count="pending"]';
     await page.waitForFunction((s) => document.querySelector(s)?.textContent === '3', pending);
+    // With auth off there is no sign-in and no account in the header.
+    assert.equal(await page.locator('#signin').count(), 0);
+    assert.equal(await page.isHidden('#account'), true);
     await http(base, 'POST', '/v1/queues/emails/tasks', { payload: { n: 3 } });
     await page.waitForFunction((s) => document.querySelector(s)?.textContent === '4', pending);
     // Rates need two polls; the enqueue above shows as a rate above zero.

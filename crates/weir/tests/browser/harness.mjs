@@ -3,7 +3,8 @@
 // chromium under playwright-core (its own browser download cannot work here),
 // and the JSON API over HTTP for setting the scene.
 
-import { spawn } from 'node:child_process';
+import { spawn, execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -14,6 +15,7 @@ import { chromium } from 'playwright-core';
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
 export const CHROMIUM = process.env.WEIR_CHROMIUM || '/usr/bin/chromium';
 export const SHOTS = join(ROOT, 'target', 'dashboard-screenshots');
+const run = promisify(execFile);
 
 /** Whether chromium is there; on CI (`CI=true`) its absence is a failure, not a skip. */
 export function haveChromium() {
@@ -23,15 +25,26 @@ export function haveChromium() {
   return false;
 }
 
-/** Starts `weir serve` and resolves once it printed the address it listens on. */
-export async function startWeir() {
+/**
+ * Starts `weir serve` and resolves once it printed the address it listens on.
+ * With `auth`, the server checks API keys (`--require-auth`), and the first
+ * admin key is made on its data directory beforehand (`weir keys create`, as an
+ * operator would): it is `adminKey` of the answer.
+ */
+export async function startWeir({ auth = false } = {}) {
   const bin = process.env.WEIR_BIN || join(ROOT, 'target', 'debug', 'weir');
   if (!existsSync(bin)) throw new Error(`${bin} is missing: build it first (cargo build -p weir)`);
   const dir = mkdtempSync(join(tmpdir(), 'weir-ui-'));
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dir], {
-    env: { ...process.env, WEIR_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const env = { ...process.env, WEIR_LOG: 'warn' };
+  const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dir];
+  let adminKey = null;
+  if (auth) {
+    const { stdout } = await run(bin, ['keys', 'create', '--data-dir', dir, '--name', 'browser-admin', '--role', 'admin'], { env });
+    adminKey = stdout.match(KEY)?.[0];
+    if (!adminKey) throw new Error(`weir keys create printed no key: ${stdout}`);
+    args.push('--require-auth');
+  }
+  const child = spawn(bin, args, { env, stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout });
   const base = await new Promise((ok, fail) => {
     child.once('exit', (code) => fail(new Error(`weir serve exited (${code}) before it listened`)));
@@ -42,6 +55,7 @@ export async function startWeir() {
   });
   return {
     base,
+    adminKey,
     async stop() {
       const exited = new Promise((ok) => child.once('exit', ok));
       child.kill('SIGTERM');
@@ -50,6 +64,9 @@ export async function startWeir() {
     },
   };
 }
+
+/** An API key's text: `weir_<16 hex id>_<64 hex secret>`. */
+export const KEY = /weir_[0-9a-f]{16}_[0-9a-f]{64}/;
 
 /**
  * Headless Debian chromium, quiet: no network of its own. Playwright gives each
@@ -81,4 +98,27 @@ export async function http(base, method, path, body, { expect, headers } = {}) {
 export function shotsDir() {
   mkdirSync(SHOTS, { recursive: true });
   return SHOTS;
+}
+
+/**
+ * Collects into `problems` what must not happen on a dashboard page: a console
+ * error (a CSP violation is one), a script error, or a failed request other
+ * than the API's own 4xx answers (a search meets a 404 before it finds a group;
+ * a signed-out page meets 401s; the browser logs those) and a poll aborted by a
+ * navigation.
+ */
+export function watch(page, problems) {
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('response', (r) => {
+    const api = new URL(r.url()).pathname.startsWith('/v1/') && r.status() < 500;
+    if (r.status() >= 400 && !api) problems.push(`${r.status()} for ${r.url()}`);
+  });
+  page.on('requestfailed', (r) => {
+    const why = r.failure()?.errorText || '';
+    if (!why.includes('ERR_ABORTED')) problems.push(`request failed: ${r.url()} ${why}`);
+  });
+  return page;
 }
