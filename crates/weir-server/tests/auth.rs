@@ -457,7 +457,11 @@ async fn auth_turns_on_with_the_first_key_and_a_revoked_key_fails_on_every_serve
     let revoke = || {
         let uri = format!("/v1/keys/{id}");
         let (a, admin) = (&a, admin.clone());
-        async move { call(a, "DELETE", &uri, Some(&admin), &[], None).await.status }
+        async move {
+            call(a, "DELETE", &uri, Some(&admin), &[], None)
+                .await
+                .status
+        }
     };
     assert_eq!(revoke().await, StatusCode::NO_CONTENT);
     let revoked = Instant::now();
