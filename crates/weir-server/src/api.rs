@@ -262,7 +262,8 @@ fn wait(field: &str, wait_ms: Option<u64>, config: &ServeConfig) -> Result<Durat
     Ok(Duration::from_millis(ms))
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in ms (every module of the server reads it here).
+pub(crate) fn now_ms() -> u64 {
     weir_store::Clock::now_ms(&weir_store::SystemClock)
 }
 

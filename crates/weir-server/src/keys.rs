@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use weir_store::StoredKey;
 
-use crate::api::{parse, read_body, AppState};
+use crate::api::{now_ms, parse, read_body, AppState};
 use crate::auth::key::{KeyRecord, KeySpec, Role};
 use crate::auth::{refusal_response, session, KeyEntry};
 use crate::error::ApiError;
@@ -90,10 +90,6 @@ pub struct KeyPath {
     /// 16 hex digits.
     #[param(pattern = "^[0-9a-f]{16}$")]
     pub id: String,
-}
-
-fn now_ms() -> u64 {
-    weir_store::Clock::now_ms(&weir_store::SystemClock)
 }
 
 /// Makes a key from its spec and stores it: what `POST /v1/keys` and `weir keys
@@ -187,9 +183,7 @@ pub(crate) async fn delete_key(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if id.len() != crate::auth::key::KEY_ID_HEX
-        || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
+    if !crate::auth::key::is_id(&id) {
         return Err(ApiError::invalid(
             "id",
             format!("{id:?} is not a key id (16 hex digits)"),

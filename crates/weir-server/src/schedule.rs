@@ -29,6 +29,7 @@ use weir_core::validate::{self, InvalidInput};
 use weir_core::TaskId;
 use weir_store::{Broker, EnqueueTask, Schedule, StoreError};
 
+use crate::api::now_ms;
 use crate::ServeConfig;
 
 /// A tick found due no later than this after its time fires whatever `missed`
@@ -332,10 +333,6 @@ pub async fn run(
             _ = stop.cancelled() => return,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    weir_store::Clock::now_ms(&weir_store::SystemClock)
 }
 
 #[cfg(test)]

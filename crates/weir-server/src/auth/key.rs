@@ -128,7 +128,7 @@ impl KeyRecord {
     }
 
     /// Whether `presented` is this key's secret (constant time in the secret).
-    pub fn matches(&self, presented: &Presented) -> bool {
+    pub fn matches(&self, presented: &Presented<'_>) -> bool {
         let Some(stored) = decode_hash(&self.secret_sha256) else {
             return false;
         };
@@ -157,33 +157,39 @@ fn decode_hash(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// A key as a client presented it, split into its id and secret.
-pub struct Presented {
-    pub id: String,
-    secret: String,
+/// A key as a client presented it, split into its id and secret (borrowed from
+/// the request: nothing of it outlives the check).
+pub struct Presented<'a> {
+    pub id: &'a str,
+    secret: &'a str,
 }
 
-impl fmt::Debug for Presented {
+/// Whether `s` is `n` lowercase hex digits.
+fn lower_hex(s: &str, n: usize) -> bool {
+    s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether `s` is a key id as this server makes them (`KEY_ID_HEX` lowercase hex
+/// digits): what a token, a session cookie and `DELETE /v1/keys/{id}` accept.
+pub fn is_id(s: &str) -> bool {
+    lower_hex(s, KEY_ID_HEX)
+}
+
+impl fmt::Debug for Presented<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Presented {{ id: {:?}, secret: <redacted> }}", self.id)
     }
 }
 
-impl Presented {
+impl Presented<'_> {
     /// Parses `weir_<16 hex>_<64 hex>` (lowercase); `None` for anything else.
-    pub fn parse(text: &str) -> Option<Presented> {
+    pub fn parse(text: &str) -> Option<Presented<'_>> {
         let rest = text.strip_prefix(KEY_PREFIX)?;
         let (id, secret) = rest.split_once('_')?;
-        let lower_hex = |s: &str, n: usize| {
-            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        };
-        if !lower_hex(id, KEY_ID_HEX) || !lower_hex(secret, KEY_SECRET_HEX) {
+        if !is_id(id) || !lower_hex(secret, KEY_SECRET_HEX) {
             return None;
         }
-        Some(Presented {
-            id: id.to_owned(),
-            secret: secret.to_owned(),
-        })
+        Some(Presented { id, secret })
     }
 
     /// The id's 64 bits (what the ingress limiter counts the key's requests under).

@@ -40,7 +40,7 @@ use axum::response::{IntoResponse, Response};
 use weir_core::TaskId;
 use weir_store::{Broker, StoreError};
 
-use crate::api::AppState;
+use crate::api::{now_ms, AppState};
 use crate::error::ApiError;
 use key::{KeyRecord, Presented, Role, Roles};
 
@@ -329,10 +329,6 @@ fn challenge(error: ApiError, why: Failure) -> Response {
     resp
 }
 
-fn now_ms() -> u64 {
-    weir_store::Clock::now_ms(&weir_store::SystemClock)
-}
-
 impl Auth {
     pub fn new(broker: Arc<dyn Broker>, required: bool, metrics_auth: bool) -> Auth {
         Auth {
@@ -420,8 +416,8 @@ impl Auth {
     }
 
     /// The key `presented` names, if it is the key's secret and the key is live.
-    async fn verify(&self, presented: &Presented, now: u64) -> Result<Arc<KeyEntry>, Refusal> {
-        let id = presented.id.as_str();
+    async fn verify(&self, presented: &Presented<'_>, now: u64) -> Result<Arc<KeyEntry>, Refusal> {
+        let id = presented.id;
         let Some(entry) = self.lookup(id).await.map_err(store_refusal)? else {
             return Err(unauthorized(
                 Failure::Unknown,
@@ -628,10 +624,10 @@ pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Respo
         return next.run(req).await;
     };
     let rule = match rule_of(req.method(), path.as_str()) {
+        // Open, or `/metrics` without `--metrics-auth`.
         Some(r) if r.roles == Roles::default() => return next.run(req).await,
-        Some(r) if path.as_str() == "/metrics" && !s.auth.metrics_auth => {
-            let _ = r;
-            return next.run(req).await;
+        Some(_) if path.as_str() == "/metrics" && !s.auth.metrics_auth => {
+            return next.run(req).await
         }
         Some(r) => r,
         None => UNLISTED,

@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::key::{KeyRecord, KEY_ID_HEX};
+use super::key::{self, KeyRecord};
 
 /// The cookie's name.
 pub const COOKIE: &str = "weir_session";
@@ -66,7 +66,7 @@ pub fn claimed(value: &str) -> Option<Claimed<'_>> {
     }
     let (body, mac) = value.rsplit_once('.')?;
     let (id, until) = body.split_once('.')?;
-    if id.len() != KEY_ID_HEX || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !key::is_id(id) {
         return None;
     }
     Some(Claimed {
