@@ -2,6 +2,7 @@
 //! limit is a 4xx here, before the store is touched), call the `Broker`, and shape
 //! the answer; they hold no state of their own.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(release))
         .routes(routes!(heartbeat))
         .routes(routes!(settle))
+        .routes(routes!(crate::channel::connect))
         .routes(routes!(create_group))
         .routes(routes!(get_group))
         .routes(routes!(cancel_group))
@@ -127,6 +129,9 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             crate::metrics::track,
         ))
+        // Outermost: a long-poll's parked wait is awaited here unless the
+        // connection layer awaits it itself (`park`).
+        .layer(axum::middleware::from_fn(crate::park::resolve))
         .with_state(state)
 }
 
@@ -200,7 +205,7 @@ pub(crate) fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T,
         .map_err(|e| ApiError::bad_body(&e))
 }
 
-fn task_id(s: &str) -> Result<TaskId, ApiError> {
+pub(crate) fn task_id(s: &str) -> Result<TaskId, ApiError> {
     s.parse().map_err(|_| {
         ApiError::invalid(
             "id",
@@ -218,7 +223,7 @@ fn group_id(s: &str) -> Result<TaskId, ApiError> {
     })
 }
 
-fn lease_id(field: &str, s: &str) -> Result<LeaseId, ApiError> {
+pub(crate) fn lease_id(field: &str, s: &str) -> Result<LeaseId, ApiError> {
     s.parse()
         .map_err(|_| ApiError::invalid(field, "lease_id is not a lease id (32 hex digits)"))
 }
@@ -506,14 +511,32 @@ async fn get_task(
     let id = task_id(&id)?;
     let q = wait_query(query)?;
     let wait = wait("wait_ms", q.wait_ms, &s.config)?;
-    let view = if wait.is_zero() {
-        s.broker.get(id).await?
-    } else {
-        let _parked = s.metrics.parked(LongPoll::Task);
-        s.broker.wait(id, wait).await?
+    let finish = async move {
+        let view = if wait.is_zero() {
+            s.broker.get(id).await?
+        } else {
+            let _parked = s.metrics.parked(LongPoll::Task);
+            s.broker.wait(id, wait).await?
+        };
+        let view = view.ok_or(StoreError::NotFound)?;
+        Ok(Json(TaskJson::from(view)).into_response())
     };
-    let view = view.ok_or(StoreError::NotFound)?;
-    Ok(Json(TaskJson::from(view)).into_response())
+    now_or_parked(wait, finish).await
+}
+
+/// Runs `finish` now, or, for a long-poll, parks it: the request is dropped and
+/// only `finish` is held while it waits (`crate::park`).
+async fn now_or_parked(
+    wait: Duration,
+    finish: impl Future<Output = ApiResult> + Send + 'static,
+) -> ApiResult {
+    if wait.is_zero() {
+        finish.await
+    } else {
+        Ok(crate::park::park(
+            async move { finish.await.into_response() },
+        ))
+    }
 }
 
 /// Cancels a task: queued → canceled; active → `cancel_requested`; terminal → 409.
@@ -549,32 +572,37 @@ async fn lease(
     // `max` and `worker` are checked by `Checked` in front of the store; a `max`
     // beyond usize saturates there into the same out-of-range error.
     let max = usize::try_from(b.max.unwrap_or(1)).unwrap_or(usize::MAX);
-    let parked = (!wait.is_zero()).then(|| s.metrics.parked(LongPoll::Lease));
-    let started = s.otel.as_ref().map(|_| std::time::SystemTime::now());
-    let leased = s
-        .broker
-        .lease_for(&queue, max, wait, b.worker.as_deref())
-        .await;
-    drop(parked);
-    let leased = leased?;
-    if let (Some(o), false) = (&s.otel, leased.is_empty()) {
-        // Only a lease that handed out tasks: an empty long-poll is not an event.
-        let links: Vec<&TraceContext> = leased
-            .iter()
-            .filter_map(|l| l.record.trace.as_ref())
-            .collect();
-        let op = Op::Receive {
-            queue: &queue,
-            n: leased.len(),
-        };
-        end_span(
-            Some(o.span(op, trace_context(&headers).as_ref(), &links, started)),
-            &Ok::<(), StoreError>(()),
-            None,
-        );
-    }
-    s.metrics.leased(&queue, &leased);
-    Ok(json_bytes(StatusCode::OK, lease_body(&leased)))
+    let worker = b.worker;
+    let parent = s.otel.as_ref().and_then(|_| trace_context(&headers));
+    let finish = async move {
+        let parked = (!wait.is_zero()).then(|| s.metrics.parked(LongPoll::Lease));
+        let started = s.otel.as_ref().map(|_| std::time::SystemTime::now());
+        let leased = s
+            .broker
+            .lease_for(&queue, max, wait, worker.as_deref())
+            .await;
+        drop(parked);
+        let leased = leased?;
+        if let (Some(o), false) = (&s.otel, leased.is_empty()) {
+            // Only a lease that handed out tasks: an empty long-poll is not an event.
+            let links: Vec<&TraceContext> = leased
+                .iter()
+                .filter_map(|l| l.record.trace.as_ref())
+                .collect();
+            let op = Op::Receive {
+                queue: &queue,
+                n: leased.len(),
+            };
+            end_span(
+                Some(o.span(op, parent.as_ref(), &links, started)),
+                &Ok::<(), StoreError>(()),
+                None,
+            );
+        }
+        s.metrics.leased(&queue, &leased);
+        Ok(json_bytes(StatusCode::OK, lease_body(&leased)))
+    };
+    now_or_parked(wait, finish).await
 }
 
 fn result_bytes(
@@ -729,18 +757,20 @@ async fn heartbeat(
     let bytes = read_body(&headers, body, ENVELOPE_BYTES_MAX).await?;
     let b: HeartbeatBody = parse(&bytes)?;
     let lease_id = lease_id("lease_id", &b.lease_id)?;
-    let hb = match b.wait_ms {
-        None | Some(0) => s.broker.heartbeat(id, lease_id).await?,
-        Some(_) => {
-            let wait = wait("wait_ms", b.wait_ms, &s.config)?;
+    let wait = wait("wait_ms", b.wait_ms, &s.config)?;
+    let finish = async move {
+        let hb = if wait.is_zero() {
+            s.broker.heartbeat(id, lease_id).await?
+        } else {
             s.broker.watch(id, lease_id, wait).await?
-        }
+        };
+        Ok(Json(HeartbeatResponse {
+            lease_expires_at: rfc3339(hb.lease_expires_ms),
+            cancel_requested: hb.cancel_requested,
+        })
+        .into_response())
     };
-    Ok(Json(HeartbeatResponse {
-        lease_expires_at: rfc3339(hb.lease_expires_ms),
-        cancel_requested: hb.cancel_requested,
-    })
-    .into_response())
+    now_or_parked(wait, finish).await
 }
 
 /// Acks and fails many leased tasks: an outcome per item.
@@ -756,22 +786,37 @@ async fn settle(
 ) -> ApiResult {
     let bytes = read_body(&headers, body, s.config.limits.request_bytes_max).await?;
     let b: SettleBody = parse(&bytes)?;
+    let parent = s.otel.as_ref().and_then(|_| trace_context(&headers));
+    let answer = settle_items(&s, who.as_deref(), &bytes, b.acks, b.fails, parent.as_ref()).await?;
+    Ok(Json(answer).into_response())
+}
+
+/// Settles acks and fails (`POST /v1/acks`, and the worker channel's `settle`):
+/// every item is checked before anything changes (a malformed item fails the
+/// whole call; a stale lease fails only its item), then one `Broker::settle`.
+/// `bytes` is the body the acks' results borrow from.
+pub(crate) async fn settle_items(
+    s: &AppState,
+    who: Option<&Principal>,
+    bytes: &Bytes,
+    acks: Vec<AckItem<'_>>,
+    fails: Vec<FailItem>,
+    parent: Option<&TraceContext>,
+) -> Result<SettleResponse, ApiError> {
     let max = s.config.limits.batch_tasks_max;
-    let total = b.acks.len() + b.fails.len();
+    let total = acks.len() + fails.len();
     if total > max {
         return Err(ApiError::invalid(
             "acks",
             format!("at most {max} acks and fails per request; this one has {total}"),
         ));
     }
-    // Every item is validated before anything changes: a malformed item fails the
-    // whole request, a stale lease fails only its item.
     let mut items = Vec::with_capacity(total);
     let mut ids = Vec::with_capacity(total);
-    for (i, a) in b.acks.into_iter().enumerate() {
+    for (i, a) in acks.into_iter().enumerate() {
         let id = task_id(&a.id).map_err(|e| e.field(format!("acks[{i}].id")))?;
         let lease_id = lease_id(&format!("acks[{i}].lease_id"), &a.lease_id)?;
-        let result = result_bytes(&bytes, a.result, &format!("acks[{i}].result"), &s.config)?;
+        let result = result_bytes(bytes, a.result, &format!("acks[{i}].result"), &s.config)?;
         ids.push(a.id);
         items.push(Settle::Ack {
             id,
@@ -780,7 +825,7 @@ async fn settle(
         });
     }
     let n_acks = items.len();
-    for (i, f) in b.fails.into_iter().enumerate() {
+    for (i, f) in fails.into_iter().enumerate() {
         let id = task_id(&f.id).map_err(|e| e.field(format!("fails[{i}].id")))?;
         let lease_id = lease_id(&format!("fails[{i}].lease_id"), &f.lease_id)?;
         let error = error_text(&format!("fails[{i}].error"), f.error, &s.config)?;
@@ -793,7 +838,7 @@ async fn settle(
         });
     }
     // A queue-limited key settles only tasks of its queues.
-    if let Some(Extension(who)) = who.filter(|w| w.limited()) {
+    if let Some(who) = who.filter(|w| w.limited()) {
         for item in &items {
             if let Some(t) = s.broker.get(item.id()).await? {
                 who.check_queue(&t.record.queue)?;
@@ -806,7 +851,7 @@ async fn settle(
             id: None,
             n: items.len(),
         };
-        o.span(op, trace_context(&headers).as_ref(), &[], None)
+        o.span(op, parent, &[], None)
     });
     let results = s.broker.settle(items).await;
     end_span(span, &results, None);
@@ -835,11 +880,10 @@ async fn settle(
         })
         .collect();
     let fails = outcomes.split_off(n_acks);
-    Ok(Json(SettleResponse {
+    Ok(SettleResponse {
         acks: outcomes,
         fails,
     })
-    .into_response())
 }
 
 /// Enqueues a group of tasks to wait for together.
@@ -907,11 +951,14 @@ async fn get_group(
     let id = group_id(&id)?;
     let q = wait_query(query)?;
     let wait = wait("wait_ms", q.wait_ms, &s.config)?;
-    let parked = (!wait.is_zero()).then(|| s.metrics.parked(LongPoll::Group));
-    let view = s.broker.group(id, wait).await;
-    drop(parked);
-    let view = view?.ok_or(StoreError::GroupNotFound)?;
-    Ok(Json(GroupJson::from(view)).into_response())
+    let finish = async move {
+        let parked = (!wait.is_zero()).then(|| s.metrics.parked(LongPoll::Group));
+        let view = s.broker.group(id, wait).await;
+        drop(parked);
+        let view = view?.ok_or(StoreError::GroupNotFound)?;
+        Ok(Json(GroupJson::from(view)).into_response())
+    };
+    now_or_parked(wait, finish).await
 }
 
 /// Cancels every member of a group that has not ended.

@@ -2,17 +2,16 @@
 //! connections that keeps the store's file descriptors out of reach of clients, and
 //! the per-connection timeouts (header read, keep-alive idle, body read).
 //!
-//! axum's `serve` has neither a connection cap nor timeouts, and gives up on the
-//! listener's errors in ways we cannot tune, so the server drives hyper's HTTP/1
-//! connections itself. The timeouts are ours, not hyper's `header_read_timeout`:
-//! hyper starts that timer as soon as a connection waits for its next request, so it
+//! Plain HTTP connections are served by our own HTTP/1.1 layer (`http1`), built
+//! so that an idle or parked connection holds about a kilobyte (hyper's buffers
+//! alone were 8 KiB and more). TLS connections run the rustls handshake and then
+//! hyper's HTTP/1, under the same cap and timeouts: hyper starts its own
+//! `header_read_timeout` as soon as a connection waits for its next request, so it
 //! would also close every keep-alive connection idle for longer than the header
-//! timeout, and an idle timeout of 120 s could not coexist with a header timeout of
-//! 10 s. [`Deadlines`] tells the phases apart instead.
-//!
-//! With TLS (`ServeConfig::tls`) each connection's task runs the rustls handshake
-//! before hyper sees the connection, under the same cap and the same header
-//! timeout (see `accept_loop`); the rest does not know TLS is there.
+//! timeout, and an idle timeout of 120 s could not coexist with a header timeout
+//! of 10 s; [`Deadlines`] tells the phases apart instead. (A parked request over
+//! TLS still drops its request and middleware futures (`park`); its session's
+//! buffers and hyper's stay.)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -209,8 +208,9 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// First back-off after a failed accept.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 
-/// Accepts connections on `listener` and serves `router` on each, until the
-/// future is dropped (which closes the listener). Each connection runs as a task
+/// Accepts connections on `listener` and serves the router on each (plain ones
+/// with `http1`, TLS ones with hyper), until the future is dropped (which closes
+/// the listener). Each connection runs as a task
 /// of `connections`; when `stopping` is cancelled, each finishes the request in
 /// flight and closes.
 ///
@@ -231,18 +231,20 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The handshake uses the configuration in force at the accept (see
 /// [`ServerTls::reload`]).
 ///
-/// With `tag_peer`, every request carries its connection's peer address as a
-/// `ConnectInfo<SocketAddr>` extension (for the ingress limit); without, nothing
-/// is added.
+/// With `plain.tag_peer`, every request carries its connection's peer address
+/// as a `ConnectInfo<SocketAddr>` extension (for the ingress limit); without,
+/// nothing is added. `open` counts the connections open
+/// (`weir_http_connections`).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    router: Router,
-    limits: ConnLimits,
+    plain: Arc<crate::http1::Shared>,
     tls: Option<ServerTls>,
-    tag_peer: bool,
     stopping: CancellationToken,
     connections: TaskTracker,
+    open: prometheus_client::metrics::gauge::Gauge,
 ) -> Infallible {
+    let limits = plain.limits;
+    let tag_peer = plain.tag_peer;
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let mut http = hyper::server::conn::http1::Builder::new();
     // The header timeout is ours (see the module comment); `None` also keeps hyper
@@ -284,9 +286,24 @@ pub(crate) async fn accept_loop(
         let head_due = Instant::now() + timeouts.header;
         // Responses are written whole; Nagle would only hold back their last segment.
         let _ = stream.set_nodelay(true);
-        let tls = tls.as_ref().map(ServerTls::current);
+        open.inc();
+        let open = Opened(open.clone());
+        let Some(tls) = tls.as_ref().map(ServerTls::current) else {
+            connections.spawn(
+                crate::http1::serve(
+                    crate::http1::Conn::new(stream),
+                    peer,
+                    plain.clone(),
+                    head_due,
+                    stopping.clone(),
+                    (slot, open),
+                )
+                .instrument(tracing::debug_span!("conn", %peer)),
+            );
+            continue;
+        };
         let service = ConnService {
-            router: router.clone(),
+            router: plain.router.clone(),
             activity: Arc::new(Activity::default()),
             body_read_timeout_ms,
             peer: tag_peer.then_some(peer),
@@ -297,26 +314,24 @@ pub(crate) async fn accept_loop(
             async move {
                 // Held for the connection's lifetime: its slot under the cap.
                 let _slot = slot;
-                let socket = match tls {
-                    None => Socket::Plain(stream),
-                    Some(config) => match handshake(stream, config, head_due, &stopping).await {
-                        Ok(stream) => Socket::Tls(Box::new(stream)),
-                        Err(error) => {
-                            // A client's failure (plain HTTP on this port, a
-                            // certificate it does not trust, a scanner), not the
-                            // server's: never above debug.
-                            tracing::debug!(%error, "TLS handshake failed");
-                            return;
-                        }
-                    },
+                let _open = open;
+                let socket = match handshake(stream, tls, head_due, &stopping).await {
+                    Ok(stream) => Box::new(stream),
+                    Err(error) => {
+                        // A client's failure (plain HTTP on this port, a
+                        // certificate it does not trust, a scanner), not the
+                        // server's: never above debug.
+                        tracing::debug!(%error, "TLS handshake failed");
+                        return;
+                    }
                 };
                 let activity = service.activity.clone();
                 let io = TokioIo::new(WatchedIo {
                     stream: socket,
                     activity: activity.clone(),
                 });
-                // No `with_upgrades`: nothing upgrades yet (a WebSocket worker
-                // channel would need it).
+                // No `with_upgrades`: over TLS the worker channel answers 501
+                // for now (`channel::connect`).
                 let conn = http.serve_connection(io, service);
                 let deadlines = Deadlines::new(activity, timeouts, head_due);
                 if let Err(error) = run_connection(conn, deadlines, stopping).await {
@@ -325,6 +340,15 @@ pub(crate) async fn accept_loop(
             }
             .instrument(tracing::debug_span!("conn", %peer)),
         );
+    }
+}
+
+/// Counts one open connection in `weir_http_connections` until dropped.
+struct Opened(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -600,12 +624,9 @@ impl Deadlines {
     }
 }
 
-/// A connection's byte stream: the TCP socket itself, or TLS over it (boxed: a
-/// rustls session is some KiB, which plain connections need not carry).
-enum Socket {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
+/// A TLS session over a connection's socket (boxed: a rustls session is some
+/// KiB).
+type Socket = Box<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// A connection's stream (after the TLS handshake, if any: what it reads is the
 /// request's bytes), telling [`Deadlines`] when bytes arrive.
@@ -622,10 +643,7 @@ impl AsyncRead for WatchedIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let read = match &mut this.stream {
-            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        };
+        let read = Pin::new(this.stream.as_mut()).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.activity.bytes_read.store(true, Ordering::Relaxed);
         }
@@ -639,10 +657,7 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(self.get_mut().stream.as_mut()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -650,32 +665,20 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Socket::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(self.get_mut().stream.as_mut()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.stream {
-            Socket::Plain(s) => s.is_write_vectored(),
-            Socket::Tls(s) => s.is_write_vectored(),
-        }
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(self.get_mut().stream.as_mut()).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // With TLS: a close_notify alert, then the socket's write side.
-        match &mut self.get_mut().stream {
-            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(self.get_mut().stream.as_mut()).poll_shutdown(cx)
     }
 }
 

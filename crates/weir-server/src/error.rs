@@ -290,9 +290,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Problem {
+impl ApiError {
+    /// The problem document (RFC 9457) this error answers with.
+    pub fn problem_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&Problem {
             type_: format!("urn:weir:problem:{}", self.slug),
             title: self.title,
             status: self.status.as_u16(),
@@ -300,7 +301,13 @@ impl IntoResponse for ApiError {
             field: self.field.as_deref(),
             extensions: self.extensions.as_deref(),
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.problem_json();
         let mut resp = (self.status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

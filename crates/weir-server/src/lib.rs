@@ -5,14 +5,17 @@
 
 pub mod api;
 pub mod auth;
+pub mod channel;
 pub mod conn;
 pub mod error;
 pub mod extract;
+mod http1;
 pub mod ingress;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod otel;
+pub mod park;
 pub mod schedule;
 pub mod tls;
 pub mod ui;
@@ -153,15 +156,20 @@ pub async fn serve(
         state.schedules_changed.clone(),
         stopping.clone(),
     ));
-    let app = api::router(state);
+    let open = state.metrics.connections.clone();
+    let plain = Arc::new(http1::Shared {
+        limits,
+        body_bytes_max: state.config.limits.request_bytes_max,
+        tag_peer,
+        router: api::router(state),
+    });
     let accepting = conn::accept_loop(
         listener,
-        app,
-        limits,
+        plain,
         tls,
-        tag_peer,
         stopping.clone(),
         connections.clone(),
+        open,
     );
     // Serve until one of these ends; a new reason to stop is one more arm.
     tokio::select! {
@@ -176,8 +184,10 @@ pub async fn serve(
     }
     // The accept loop is dropped here, which closes the listener.
     tracing::info!("shutting down: draining requests");
-    broker.begin_shutdown();
+    // Connections learn first, so that every long-poll the broker wakes next
+    // answers with `Connection: close`.
     stopping.cancel();
+    broker.begin_shutdown();
     // Safe to stop anywhere: a tick enqueued but not recorded fires again into
     // the same task (its idempotency key).
     scheduler.abort();

@@ -110,6 +110,9 @@ pub struct Metrics {
     longpoll: Family<Call, Gauge>,
     /// `weir_auth_failures_total{reason}`: requests refused a 401 or 403.
     auth_failures: Family<Reason, Counter>,
+    /// `weir_http_connections`: client connections open (the connection layer
+    /// counts them; a clone of this handle).
+    pub connections: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,6 +162,12 @@ impl Metrics {
              unknown, invalid, expired (401); forbidden, csrf (403)",
             auth_failures.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "weir_http_connections",
+            "Client connections open, parked ones included",
+            connections.clone(),
+        );
         if let Some(store) = store {
             registry.register_with_unit(
                 "weir_store_commit",
@@ -181,6 +190,7 @@ impl Metrics {
             wait_seconds,
             longpoll,
             auth_failures,
+            connections,
         }
     }
 
@@ -227,9 +237,44 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_registry(&mut out, &queue_registry(queues));
+        let _ = encode_registry(&mut out, &process_registry());
         let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// The process's own series, Prometheus' standard names, read at a scrape
+/// (Linux: `/proc/self`; elsewhere absent): resident memory, what `weir bench
+/// --scenario connections` divides by the connections it parks, and open
+/// descriptors, against the limit the connection cap is derived from.
+fn process_registry() -> Registry {
+    let mut r = Registry::default();
+    if let Some(bytes) = resident_memory_bytes() {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        r.register_with_unit(
+            "process_resident_memory",
+            "Resident memory size",
+            Unit::Bytes,
+            g,
+        );
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(dir.count()).unwrap_or(i64::MAX));
+        r.register("process_open_fds", "Open file descriptors", g);
+    }
+    r
+}
+
+/// This process's resident set in bytes (`/proc/self/statm`'s second field, in
+/// pages), or `None` off Linux.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf takes an integer and touches no memory of ours.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok().filter(|p| *p > 0)?)
 }
 
 /// Holds one count of `weir_longpoll_waiters`.
@@ -329,15 +374,18 @@ pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> R
     };
     let started = Instant::now();
     let res = next.run(req).await;
-    let secs = started.elapsed().as_secs_f64();
-    m.http_requests
-        .get_or_create(&RouteStatus {
-            route: route.clone(),
-            status: res.status().as_u16(),
-        })
-        .inc();
-    m.http_seconds.get_or_create(&Route { route }).observe(secs);
-    res
+    // A parked long-poll is observed when its real answer comes.
+    crate::park::then(res, move |res| {
+        let secs = started.elapsed().as_secs_f64();
+        m.http_requests
+            .get_or_create(&RouteStatus {
+                route: route.clone(),
+                status: res.status().as_u16(),
+            })
+            .inc();
+        m.http_seconds.get_or_create(&Route { route }).observe(secs);
+        res
+    })
 }
 
 /// The exposition's content type (OpenMetrics text, which Prometheus reads).

@@ -187,6 +187,7 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str)] = &[
     ("unauthorized", 401, "auth is on and the request has no API key, or one that is malformed, unknown, revoked, wrong or expired; `WWW-Authenticate: Bearer`"),
     ("forbidden", 403, "the API key lacks the role or the queue this needs"),
     ("csrf", 403, "a write made with a session cookie lacks the session's `X-CSRF-Token`"),
+    ("bad-request", 400, "the request's head cannot be parsed, or it frames its body ambiguously (`Content-Length` with `Transfer-Encoding`, two lengths that disagree); the connection is closed"),
     ("invalid-field", 400, "a field, path parameter or query parameter is malformed or out of range; `field` names it"),
     ("invalid-body", 400, "the body is not JSON of the expected shape (not an object, an unknown or missing field) or could not be read"),
     ("invalid-path", 400, "a path parameter cannot be decoded (bad percent-encoding)"),
@@ -198,12 +199,19 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str)] = &[
     ("queue-not-empty", 409, "the queue still holds tasks; `counts` says which"),
     ("key-exists", 409, "an API key with this id exists already"),
     ("too-large", 413, "the body or one of its fields is larger than its limit"),
+    ("expectation-failed", 417, "an `Expect` other than `100-continue`; the connection is closed"),
+    ("head-too-large", 431, "the request line and headers exceed the server's limit (16 KiB, 100 fields); the connection is closed"),
     ("too-many-schedules", 422, "the store holds its limit of schedules"),
     ("too-many-queues", 422, "the server holds its limit of queues"),
     ("too-many-keys", 422, "the store holds its limit of API keys"),
     ("queue-full", 429, "the queue holds its limit of tasks; retry after `Retry-After`"),
     ("rate-limited", 429, "this client is over the server's ingress limit; retry after `Retry-After`"),
+    ("upgrade-required", 426, "`GET /v1/workers/connect` without `Upgrade: websocket`"),
+    ("bad-upgrade", 400, "a WebSocket upgrade without `Connection: Upgrade`, `Sec-WebSocket-Version: 13` or a `Sec-WebSocket-Key`"),
+    ("channel-protocol", 400, "a worker channel message that breaks the protocol (sent in the channel's `error`, which then closes)"),
     ("internal", 500, "a bug or corruption; the server log has the details"),
+    ("channel-unavailable", 501, "the worker channel is not served on this connection (TLS, for now)"),
+    ("unsupported-transfer-coding", 501, "a transfer coding other than `chunked`; the connection is closed"),
     ("unavailable", 503, "the server is shutting down"),
     ("storage-unavailable", 503, "the store cannot write right now"),
     ("store-unreachable", 503, "the server cannot reach its store"),
@@ -308,6 +316,8 @@ problems! {
     BodyProblems => [400, 408, 413];
     /// A route whose path or query may be malformed.
     Invalid => [400];
+    /// The worker channel's upgrade: malformed, missing, or not served here.
+    UpgradeProblems => [400, 426, 501];
     /// A route naming a task, group, queue or schedule that may not exist.
     Missing => [404];
     /// A route that may find its target in the wrong state.

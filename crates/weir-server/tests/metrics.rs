@@ -228,6 +228,24 @@ async fn parked_long_polls_are_counted() {
     .await;
     let got = parked.await.unwrap();
     assert_eq!(got["tasks"].as_array().unwrap().len(), 1);
-    assert_eq!(get(&scrape(&c, &base).await, key), 0.0);
+    let m = scrape(&c, &base).await;
+    assert_eq!(get(&m, key), 0.0);
+    // Counted once, with its real answer, when that answer came (the lean
+    // connection layer awaits the parked wait outside the router).
+    let route = r#"route="/v1/queues/{queue}/lease""#;
+    assert_eq!(
+        get(
+            &m,
+            &format!(r#"weir_http_requests_total{{{route},status="200"}}"#)
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            &format!(r#"weir_http_request_duration_seconds_count{{{route}}}"#)
+        ),
+        1.0
+    );
     s.stop().await;
 }

@@ -134,8 +134,9 @@ fn the_document_states_the_servers_limits() {
     );
 }
 
-/// Every slug the server's code gives `ApiError::new`, and every outage's, is a
-/// documented problem type (and each documented one is used).
+/// Every slug the server's code gives `ApiError::new` (or the connection layer's
+/// `Refusal::new`), and every outage's, is a documented problem type (and each
+/// documented one is used).
 #[test]
 fn every_problem_type_is_documented() {
     let sources = [
@@ -144,18 +145,22 @@ fn every_problem_type_is_documented() {
         include_str!("../src/extract.rs"),
         include_str!("../src/ingress.rs"),
         include_str!("../src/conn.rs"),
+        include_str!("../src/http1.rs"),
+        include_str!("../src/channel.rs"),
         include_str!("../src/schedule.rs"),
         include_str!("../src/auth/mod.rs"),
         include_str!("../src/keys.rs"),
     ];
     let mut used = BTreeSet::new();
     for src in sources {
-        for call in src.split("ApiError::new(").skip(1) {
-            // ApiError::new(status, "slug", "Title", detail)
-            let args: Vec<&str> = call.splitn(3, ',').collect();
-            let slug = args[1].trim();
-            if let Some(slug) = slug.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-                used.insert(slug.to_owned());
+        for marker in ["ApiError::new(", "Refusal::new("] {
+            for call in src.split(marker).skip(1) {
+                // ApiError::new(status, "slug", "Title", detail)
+                let args: Vec<&str> = call.splitn(3, ',').collect();
+                let slug = args[1].trim();
+                if let Some(slug) = slug.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                    used.insert(slug.to_owned());
+                }
             }
         }
     }

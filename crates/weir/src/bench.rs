@@ -87,6 +87,16 @@ struct Report {
     enqueue_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sent: Option<u64>,
+    /// connections: parked connections, and the server's resident memory
+    /// before and after parking them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parked: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_before_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_after_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_per_connection: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_error: Option<String>,
 }
@@ -110,8 +120,17 @@ impl Report {
                 s.push_str(&format!(" {name}={v:.3}"));
             }
         }
-        if let Some(sent) = self.sent {
-            s.push_str(&format!(" sent={sent}"));
+        let counts = [
+            ("sent", self.sent),
+            ("parked", self.parked),
+            ("rss_before_bytes", self.rss_before_bytes),
+            ("rss_after_bytes", self.rss_after_bytes),
+            ("bytes_per_connection", self.bytes_per_connection),
+        ];
+        for (name, value) in counts {
+            if let Some(v) = value {
+                s.push_str(&format!(" {name}={v}"));
+            }
         }
         s.push_str(&format!(
             " errors={} rate_limited={} complete={}",
@@ -400,6 +419,7 @@ async fn run_scenarios(
             Scenario::Latency => latency(args, shared).await?,
             Scenario::Redelivery => redelivery(shared).await?,
             Scenario::Drain => drain(args, shared).await?,
+            Scenario::Connections => connections::run(args, shared, &bases[0]).await?,
             Scenario::All => unreachable!("expanded above"),
         };
         if args.client.json {
@@ -423,6 +443,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Latency => "latency",
         Scenario::Redelivery => "redelivery",
         Scenario::Drain => "drain",
+        Scenario::Connections => "connections",
         Scenario::All => "all",
     }
 }
@@ -596,6 +617,20 @@ async fn e2e(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> {
 
     let mut consumers = JoinSet::new();
     for c in 0..args.consumers {
+        if args.transport == crate::cli::Transport::Channel {
+            consumers.spawn(channel::consume(
+                Arc::clone(&shared),
+                args.client.conn.server.clone(),
+                args.client.conn.api_key.clone(),
+                args.lease_max,
+                format!("bench-{c}"),
+                Arc::clone(&enqueued),
+                Arc::clone(&producers_done),
+                Arc::clone(&settled),
+                n,
+            ));
+            continue;
+        }
         let client = shared.client(1)?;
         let (shared, enqueued, producers_done, settled) = (
             Arc::clone(&shared),
@@ -1002,6 +1037,429 @@ async fn drain(args: &BenchArgs, shared: Arc<Shared>) -> anyhow::Result<Report> 
     let secs = ended.duration_since(started).as_secs_f64();
     let done = shared.stats.done.load(Ordering::Relaxed);
     Ok(shared.report("drain", done, secs, done >= n))
+}
+
+/// The `e2e` scenario's consumer on a worker channel.
+mod channel {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// What the consumer reads of the server's messages.
+    #[derive(serde::Deserialize)]
+    struct Pushed {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        tasks: Vec<TaskRef>,
+        #[serde(default)]
+        acks: Vec<Outcome>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct TaskRef {
+        id: String,
+        lease_id: String,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Outcome {
+        ok: bool,
+    }
+
+    /// Consumes until every enqueued task is settled: tasks pushed → one settle
+    /// of their acks and as much credit again, without waiting for the answer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn consume(
+        shared: Arc<Shared>,
+        bases: String,
+        api_key: Option<String>,
+        credit: u32,
+        worker: String,
+        enqueued: Arc<AtomicU64>,
+        producers_done: Arc<AtomicBool>,
+        settled: Arc<AtomicU64>,
+        n: u64,
+    ) -> Option<Instant> {
+        let base = bases
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let Some(hostport) = base.strip_prefix("http://") else {
+            shared.error("channel", "the channel transport needs an http:// server");
+            return None;
+        };
+        let hostport = hostport.trim_end_matches('/').to_owned();
+        let mut req = match format!("ws://{hostport}/v1/workers/connect").into_client_request() {
+            Ok(r) => r,
+            Err(e) => {
+                shared.error("channel", e);
+                return None;
+            }
+        };
+        if let Some(k) = &api_key {
+            if let Ok(v) = format!("Bearer {k}").parse() {
+                req.headers_mut().insert("authorization", v);
+            }
+        }
+        let ws = match tokio::net::TcpStream::connect(&hostport).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                tokio_tungstenite::client_async(req, tcp).await
+            }
+            Err(e) => {
+                shared.error("channel connect", e);
+                return None;
+            }
+        };
+        let mut ws = match ws {
+            Ok((ws, _)) => ws,
+            Err(e) => {
+                shared.error("channel upgrade", e);
+                return None;
+            }
+        };
+        let hello =
+            json!({"type": "hello", "queues": [shared.queue], "worker": worker, "credit": credit});
+        if ws.send(Message::text(hello.to_string())).await.is_err() {
+            shared.error("channel", "closed at hello");
+            return None;
+        }
+        let mut last_ack = None;
+        let mut seq = 0u64;
+        loop {
+            let all_in = producers_done.load(Ordering::Acquire)
+                && settled.load(Ordering::Relaxed) >= enqueued.load(Ordering::Relaxed);
+            if all_in || settled.load(Ordering::Relaxed) >= n || shared.stopped() {
+                break;
+            }
+            let frame =
+                match tokio::time::timeout(Duration::from_millis(LEASE_WAIT_MS), ws.next()).await {
+                    Err(_) => continue,
+                    Ok(Some(Ok(Message::Text(t)))) => t,
+                    Ok(Some(Ok(_))) => continue,
+                    Ok(_) => {
+                        shared.error("channel", "closed by the server");
+                        return last_ack;
+                    }
+                };
+            // Typed, skipping payloads: the client's parse is part of the cost.
+            let msg: Pushed = match serde_json::from_str(&frame) {
+                Ok(v) => v,
+                Err(e) => {
+                    shared.error("channel message", e);
+                    continue;
+                }
+            };
+            match msg.kind.as_str() {
+                "tasks" => {
+                    let count = msg.tasks.len() as u32;
+                    seq += 1;
+                    let mut settle = format!(r#"{{"type":"settle","seq":{seq},"acks":["#);
+                    for (i, t) in msg.tasks.iter().enumerate() {
+                        if i > 0 {
+                            settle.push(',');
+                        }
+                        settle.push_str(&format!(
+                            r#"{{"id":"{}","lease_id":"{}"}}"#,
+                            t.id, t.lease_id
+                        ));
+                    }
+                    settle.push_str("]}");
+                    let more = format!(r#"{{"type":"credit","n":{count}}}"#);
+                    if ws.send(Message::text(settle)).await.is_err()
+                        || ws.send(Message::text(more)).await.is_err()
+                    {
+                        shared.error("channel", "closed while settling");
+                        return last_ack;
+                    }
+                }
+                "settled" => {
+                    let ok = msg.acks.iter().filter(|a| a.ok).count() as u64;
+                    if ok < msg.acks.len() as u64 {
+                        shared.errors(msg.acks.len() as u64 - ok, "ack", "refused");
+                    }
+                    shared.stats.done.fetch_add(ok, Ordering::Relaxed);
+                    settled.fetch_add(msg.acks.len() as u64, Ordering::Relaxed);
+                    last_ack = Some(Instant::now());
+                }
+                "error" => {
+                    shared.error("channel", &frame);
+                    return last_ack;
+                }
+                _ => {}
+            }
+        }
+        let _ = ws.send(Message::text(r#"{"type":"bye"}"#)).await;
+        let _ = ws.close(None).await;
+        last_ack
+    }
+}
+
+/// `--scenario connections`: memory per parked connection.
+mod connections {
+    use super::*;
+    use crate::cli::Park;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Connections opened at once while parking.
+    const OPENING_IN_FLIGHT_MAX: usize = 256;
+    /// How long a parked long-poll asks to wait (the server's default cap).
+    const PARK_WAIT_MS: u64 = 60_000;
+    /// Longest wait for the server to report every connection parked.
+    const PARKED_PATIENCE_MS: u64 = 60_000;
+    /// Requests timed one after another while the connections are parked.
+    const PROBES: usize = 200;
+
+    /// The server's series this scenario reads.
+    #[derive(Debug, Default)]
+    struct Seen {
+        rss: u64,
+        connections: u64,
+        lease_waiters: u64,
+        task_waiters: u64,
+    }
+
+    impl Seen {
+        fn parse(text: &str) -> Seen {
+            let mut seen = Seen::default();
+            for line in text.lines() {
+                let Some((name, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let Ok(v) = value.parse::<f64>() else {
+                    continue;
+                };
+                let v = v as u64;
+                match name {
+                    "process_resident_memory_bytes" => seen.rss = v,
+                    "weir_http_connections" => seen.connections = v,
+                    "weir_longpoll_waiters{call=\"lease\"}" => seen.lease_waiters = v,
+                    "weir_longpoll_waiters{call=\"task\"}" => seen.task_waiters = v,
+                    _ => {}
+                }
+            }
+            seen
+        }
+    }
+
+    /// One request on a fresh connection, answered and closed: the whole answer.
+    async fn once(addr: std::net::SocketAddr, request: &[u8]) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(request).await?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await?;
+        Ok(String::from_utf8_lossy(&got).into_owned())
+    }
+
+    fn request(method: &str, path: &str, key: Option<&str>, body: &str, close: bool) -> Vec<u8> {
+        let mut r = format!("{method} {path} HTTP/1.1\r\nHost: bench\r\n");
+        if let Some(k) = key {
+            r.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        if !body.is_empty() {
+            r.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        if close {
+            r.push_str("Connection: close\r\n");
+        }
+        r.push_str("\r\n");
+        r.push_str(body);
+        r.into_bytes()
+    }
+
+    async fn seen(addr: std::net::SocketAddr, key: Option<&str>) -> anyhow::Result<Seen> {
+        let text = once(addr, &request("GET", "/metrics", key, "", true)).await?;
+        if !text.starts_with("HTTP/1.1 200") {
+            bail!(
+                "GET /metrics: {}",
+                text.lines().next().unwrap_or("no answer")
+            );
+        }
+        let seen = Seen::parse(&text);
+        if seen.rss == 0 {
+            bail!("the server reports no process_resident_memory_bytes (not Linux?)");
+        }
+        Ok(seen)
+    }
+
+    /// Opens one connection and parks it.
+    async fn park(
+        addr: std::net::SocketAddr,
+        request: Arc<Vec<u8>>,
+        read_until: Option<&'static [u8]>,
+    ) -> anyhow::Result<TcpStream> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(&request).await?;
+        if let Some(marker) = read_until {
+            // Parked once the server has said this (`ok` after the head of
+            // GET /healthz; a channel's welcome).
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while !got.windows(marker.len()).any(|w| w == marker) {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    bail!("the server closed a connection before parking it");
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        Ok(s)
+    }
+
+    /// A worker channel's upgrade and its hello (no credit: an idle channel),
+    /// as raw bytes; the frame is masked with a zero key, as a client's must be.
+    fn channel_open(queue: &str, key: Option<&str>) -> Vec<u8> {
+        let mut r = String::from(
+            "GET /v1/workers/connect HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        );
+        if let Some(k) = key {
+            r.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        r.push_str("\r\n");
+        let mut bytes = r.into_bytes();
+        let hello = json!({"type": "hello", "queues": [queue], "credit": 0}).to_string();
+        bytes.push(0x81);
+        if hello.len() < 126 {
+            bytes.push(0x80 | hello.len() as u8);
+        } else {
+            bytes.push(0x80 | 126);
+            bytes.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+        }
+        bytes.extend_from_slice(&[0, 0, 0, 0]);
+        bytes.extend_from_slice(hello.as_bytes());
+        bytes
+    }
+
+    pub(super) async fn run(
+        args: &BenchArgs,
+        shared: Arc<Shared>,
+        base: &str,
+    ) -> anyhow::Result<Report> {
+        let Some(hostport) = base.strip_prefix("http://") else {
+            bail!("--scenario connections parks plain-HTTP connections: {base} is not http://");
+        };
+        let addr = tokio::net::lookup_host(hostport)
+            .await
+            .with_context(|| format!("resolving {hostport}"))?
+            .next()
+            .with_context(|| format!("{hostport} resolves to nothing"))?;
+        let files = crate::serve::raise_open_files_limit();
+        let n = args.parked;
+        if n as u64 + 64 > files {
+            bail!("--parked {n} needs more open files than this process may have ({files})");
+        }
+        let key = args.client.conn.api_key.as_deref();
+        let q = &shared.queue;
+        let (req, read_answer) = match args.park {
+            Park::Idle => (
+                request("GET", "/healthz", key, "", false),
+                Some(&b"\r\n\r\nok"[..]),
+            ),
+            Park::Channel => (channel_open(q, key), Some(&b"welcome"[..])),
+            Park::Lease => {
+                let body = format!("{{\"max\":1,\"wait_ms\":{PARK_WAIT_MS}}}");
+                (
+                    request("POST", &format!("/v1/queues/{q}/lease"), key, &body, false),
+                    None,
+                )
+            }
+            Park::Task => {
+                // A task nobody leases: waits on it park until they time out.
+                let client = shared.client(1)?;
+                let task = client
+                    .enqueue(q, &EnqueueOptions::new(json!({"parked": true})))
+                    .await
+                    .context("enqueueing the task to wait on")?;
+                let path = format!("/v1/tasks/{}?wait_ms={PARK_WAIT_MS}", task.id);
+                (request("GET", &path, key, "", false), None)
+            }
+        };
+        let req = Arc::new(req);
+        // Warm the server's paths once, so the first parked request does not
+        // count the allocations every later one reuses.
+        drop(park(addr, req.clone(), read_answer).await?);
+        let before = seen(addr, key).await?;
+        let started = Instant::now();
+        let gate = Arc::new(Semaphore::new(OPENING_IN_FLIGHT_MAX));
+        let mut opening = JoinSet::new();
+        for _ in 0..n {
+            let permit = gate.clone().acquire_owned().await?;
+            let req = req.clone();
+            opening.spawn(async move {
+                let s = park(addr, req, read_answer).await;
+                drop(permit);
+                s
+            });
+        }
+        let mut held = Vec::with_capacity(n);
+        for s in join_all(&mut opening).await? {
+            held.push(s.context("parking a connection")?);
+        }
+        let opened = started.elapsed().as_secs_f64();
+        // Until the server has every one parked: a long-poll's request read and
+        // waiting (an idle connection's answer was read above).
+        let patience = Instant::now() + Duration::from_millis(PARKED_PATIENCE_MS);
+        let after = loop {
+            let s = seen(addr, key).await?;
+            let parked = match args.park {
+                Park::Idle | Park::Channel => n as u64,
+                Park::Lease => s.lease_waiters,
+                Park::Task => s.task_waiters,
+            };
+            if parked >= n as u64 {
+                break s;
+            }
+            if Instant::now() > patience {
+                bail!("the server reports {parked} of {n} connections parked");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Other clients are served while they are parked.
+        let client = shared.client(1)?;
+        let mut h = latency_histogram()?;
+        for _ in 0..PROBES {
+            let t = Instant::now();
+            client.queues().await.context("a request while parked")?;
+            h.record(t.elapsed().as_micros() as u64)?;
+        }
+        drop(held);
+        let per = after.rss.saturating_sub(before.rss) / n.max(1) as u64;
+        let ms = |q: f64| Some(h.value_at_quantile(q) as f64 / 1000.0);
+        let mut report = shared.report("connections", n as u64, opened, true);
+        report.parked = Some(n as u64);
+        report.rss_before_bytes = Some(before.rss);
+        report.rss_after_bytes = Some(after.rss);
+        report.bytes_per_connection = Some(per);
+        report.p50_ms = ms(0.5);
+        report.p99_ms = ms(0.99);
+        report.max_ms = Some(h.max() as f64 / 1000.0);
+        Ok(report)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_series_it_needs_are_read_from_the_exposition() {
+            let s = super::Seen::parse(
+                "# HELP x\nprocess_resident_memory_bytes 123456\nweir_http_connections 7\n\
+                 weir_longpoll_waiters{call=\"lease\"} 3\nweir_longpoll_waiters{call=\"task\"} 2\n",
+            );
+            assert_eq!(
+                (s.rss, s.connections, s.lease_waiters, s.task_waiters),
+                (123456, 7, 3, 2)
+            );
+        }
+    }
 }
 
 /// A `weir serve` child on a free loopback port with a fresh data directory.

@@ -483,8 +483,34 @@ pub enum Scenario {
     /// Lease and ack everything already queued in `--drain-queue` (a backlog), as
     /// fast as `--consumers` can. Not part of `all`.
     Drain,
+    /// Parks `--parked` connections (`--park idle|lease|task`) and reports the
+    /// server's resident memory per connection (from its `/metrics`), and how
+    /// fast other requests are served meanwhile. Not part of `all`.
+    Connections,
     /// Every scenario above, in that order.
     All,
+}
+
+/// How the `e2e` scenario's consumers reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// Long-poll leases and `POST /v1/acks` batches.
+    Http,
+    /// One worker channel (`GET /v1/workers/connect`) per consumer.
+    Channel,
+}
+
+/// What each connection of `weir bench --scenario connections` parks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Park {
+    /// A keep-alive connection after one answered request.
+    Idle,
+    /// A long-poll lease on an empty queue.
+    Lease,
+    /// A long-poll wait for a task that stays pending.
+    Task,
+    /// A worker channel with no credit, once welcomed.
+    Channel,
 }
 
 #[derive(Debug, Args)]
@@ -521,6 +547,10 @@ pub struct BenchArgs {
     /// Concurrent batch producers of the `e2e` scenario.
     #[arg(long, env = "WEIR_BENCH_PRODUCERS", default_value_t = 4)]
     pub producers: usize,
+    /// How the `e2e` consumers lease and ack: HTTP requests, or a worker channel
+    /// each (credit `--lease-max`).
+    #[arg(long, env = "WEIR_BENCH_TRANSPORT", value_enum, default_value = "http")]
+    pub transport: Transport,
     /// Concurrent consumers of the `e2e` scenario.
     #[arg(long, env = "WEIR_BENCH_CONSUMERS", default_value_t = 4)]
     pub consumers: usize,
@@ -555,6 +585,14 @@ pub struct BenchArgs {
     /// Prefix of the queues the scenarios use (each run makes fresh ones).
     #[arg(long, env = "WEIR_BENCH_QUEUE_PREFIX", default_value = "bench")]
     pub queue_prefix: String,
+    /// Connections the `connections` scenario parks (the server must be allowed
+    /// that many: its connection cap, and this process's open-file limit, which
+    /// the bench raises to its hard limit).
+    #[arg(long, env = "WEIR_BENCH_PARKED", default_value_t = 1000)]
+    pub parked: usize,
+    /// What each parked connection waits in.
+    #[arg(long, env = "WEIR_BENCH_PARK", value_enum, default_value = "lease")]
+    pub park: Park,
     /// Give up on a scenario after this many errors.
     #[arg(long, env = "WEIR_BENCH_MAX_ERRORS", default_value_t = 1000)]
     pub max_errors: u64,
@@ -612,6 +650,16 @@ pub struct WorkerArgs {
     /// Name the worker gives the server when it leases [default: weir-exec@HOST:PID].
     #[arg(long, env = "WEIR_WORKER_NAME")]
     pub name: Option<String>,
+    /// How the worker gets tasks: one worker channel (a WebSocket; the server
+    /// pushes tasks and cancels; falls back to HTTP where the channel cannot
+    /// serve: https, an older server, weighted queues), or HTTP long-polls.
+    #[arg(
+        long,
+        env = "WEIR_WORKER_TRANSPORT",
+        value_enum,
+        default_value = "channel"
+    )]
+    pub transport: Transport,
     #[command(flatten)]
     pub conn: ConnArgs,
 }

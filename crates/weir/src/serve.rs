@@ -21,6 +21,8 @@ pub struct Settings {
     pub public_needs_keys: bool,
     pub serve: ServeConfig,
     pub store: StoreConfig,
+    /// The open-file limit the connection cap was derived from (logged at start).
+    pub files_max: u64,
 }
 
 /// The line `weir serve` prints once it listens, followed by its base URL
@@ -88,6 +90,7 @@ pub fn config(args: &ServeArgs, files_max: u64) -> Result<Settings, ConfigError>
         public_needs_keys,
         serve: config,
         store,
+        files_max,
     })
 }
 
@@ -227,6 +230,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         public_needs_keys,
         serve: mut config,
         store,
+        files_max,
     } = settings;
     disable_transparent_huge_pages();
     // Install the handlers before announcing the address: a supervisor that
@@ -285,6 +289,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(
         addr = %local,
         store = %store_name,
+        open_files_max = files_max,
         connections_max = config.conn.connections_max,
         tls = config.tls.is_some(),
         ingress = %config.ingress.map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),

@@ -222,3 +222,129 @@ async fn the_accept_loop_survives_running_out_of_descriptors() {
     let mut late = TcpStream::connect(server.addr()).await.unwrap();
     assert_eq!(request(&mut late, "GET", "/healthz", "").await, 200);
 }
+
+/// A service started with a low soft limit and a higher hard one (systemd's
+/// default is 1,024 and 524,288) gets the hard one: `weir serve` raises its own
+/// soft limit at start, derives its connection cap from it, and logs both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_to_the_hard_limit_and_logged() {
+    const SOFT: u64 = 300;
+    const HARD: u64 = 2_000;
+    let mut server = start_server_with(Options {
+        wrapper: &["prlimit", &format!("--nofile={SOFT}:{HARD}")],
+        log: Some("info"),
+        capture_stderr: true,
+        ..Options::default()
+    })
+    .await;
+    let pid = server.child.id().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files, [HARD.to_string(), HARD.to_string()], "{limits}");
+    let cap = weir_server::FileBudget::for_files_max(HARD).connections_max;
+    let mut stderr = server.stderr.take().unwrap();
+    let (log_tx, mut log) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = log_tx.send(line);
+        }
+    });
+    wait_for(
+        &mut log,
+        &format!("open_files_max={HARD} connections_max={cap}"),
+    )
+    .await;
+}
+
+/// SIGTERM with thousands of parked long-polls (half leases on an empty queue,
+/// half waits on a task nobody leases): every one is answered, `200` with
+/// `Connection: close` (an empty lease, the task as it is), and the process
+/// exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_thousands_of_parked_requests_and_exits_zero() {
+    const PARKED: usize = 2_000;
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write one `rlimit` of ours.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+    assert!(
+        l.rlim_cur as usize > PARKED + 500,
+        "this test needs {} open files",
+        PARKED + 500
+    );
+    let mut server = start_server_with(Options::default()).await;
+    let http = reqwest::Client::new();
+    let base = server.base.clone();
+    let task = common::post_json(
+        &http,
+        format!("{base}/v1/queues/held/tasks"),
+        &json!({"payload": 1}),
+    )
+    .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let lease_body = r#"{"max":1,"wait_ms":60000}"#;
+    let lease = format!(
+        "POST /v1/queues/empty/lease HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{lease_body}",
+        lease_body.len()
+    );
+    let wait = format!("GET /v1/tasks/{id}?wait_ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut parked = Vec::with_capacity(PARKED);
+    for i in 0..PARKED {
+        let mut c = TcpStream::connect(server.addr()).await.unwrap();
+        let req = if i % 2 == 0 { &lease } else { &wait };
+        c.write_all(req.as_bytes()).await.unwrap();
+        parked.push(c);
+    }
+    // Signalled only once the server has every one parked.
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = common::metrics_text(&http, &base).await;
+        let waiting = |call: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("weir_longpoll_waiters{{call=\"{call}\"}} ")))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if waiting("lease") + waiting("task") >= PARKED as f64 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "not all parked");
+        tokio::task::yield_now().await;
+    }
+    server.signal(libc::SIGTERM);
+    for (i, mut c) in parked.into_iter().enumerate() {
+        let mut got = Vec::new();
+        tokio::time::timeout(PATIENCE, c.read_to_end(&mut got))
+            .await
+            .expect("answered and closed in time")
+            .unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{i}: {text:?}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{i}: {text:?}");
+        let body: serde_json::Value =
+            serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+        if i % 2 == 0 {
+            assert_eq!(body, json!({"tasks": []}), "{i}");
+        } else {
+            assert_eq!(body["state"], "pending", "{i}");
+        }
+    }
+    let exit = tokio::time::timeout(PATIENCE, server.child.wait())
+        .await
+        .expect("the server exits in time")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

@@ -189,6 +189,8 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("POST", "/v1/tasks/{id}/release", rule(&[W], Target::Task)),
     ("POST", "/v1/tasks/{id}/heartbeat", rule(&[W], Target::Task)),
     ("POST", "/v1/acks", rule(&[W], Target::Handler)),
+    // The worker channel checks each queue its hello names.
+    ("GET", "/v1/workers/connect", rule(&[W], Target::Handler)),
     // Reader.
     ("GET", "/v1/queues/{queue}/tasks", rule(&[R], Target::Queue)),
     // Schedules span queues: a queue-limited key sees none of them.

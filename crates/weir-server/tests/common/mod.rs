@@ -141,3 +141,19 @@ pub async fn router_methods(router: &axum::Router, path: &str) -> BTreeSet<Strin
         .filter(|m| m != "head" && !m.is_empty())
         .collect()
 }
+
+/// Raises this process's soft open-file limit to its hard limit; returns it.
+pub fn raise_open_files_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write one `rlimit` of ours.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+    }
+    l.rlim_cur
+}

@@ -526,22 +526,29 @@ impl RedisBroker {
     {
         let core = self.core();
         let deadline = tokio::time::Instant::now() + wait;
+        // Registered before the first read: a wake-up between the two is not lost.
+        let waiter = core.waiters.register(token);
+        let mut rechecked = false;
         loop {
-            // Registered before the read: a wake-up between the two is not lost.
-            let waiter = core.waiters.register(token.clone());
             let notified = waiter.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let v = read().await?;
-            if done(&v) || core.closing.is_cancelled() || tokio::time::Instant::now() >= deadline {
+            // Boxed: a parked call holds only what it waits with, not room
+            // for a script call's future (`lease_for` and `watch` alike).
+            let v = Box::pin(read()).await?;
+            let found = done(&v);
+            if found || core.closing.is_cancelled() || tokio::time::Instant::now() >= deadline {
+                if found && rechecked {
+                    // Found by a re-check, not a message: the others look too.
+                    waiter.notify.notify_waiters();
+                }
                 return Ok(v);
             }
-            let until = deadline.min(tokio::time::Instant::now() + wake::recheck());
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(until) => {}
-                _ = core.closing.cancelled() => {}
-            }
+            // Closing: the loop reads once more and answers with that.
+            rechecked = waiter
+                .next_look(notified.as_mut(), deadline, None, &core.closing)
+                .await
+                .unwrap_or(false);
         }
     }
 
@@ -891,24 +898,31 @@ impl Broker for RedisBroker {
         let core = self.core();
         let deadline = tokio::time::Instant::now() + wait;
         let token = format!("q{}", keys::hex(queue.as_bytes()));
+        // Registered before the first lease: a wake-up between the two is not lost.
+        let waiter = core.waiters.register(token);
+        let mut rechecked = false;
         loop {
-            let waiter = core.waiters.register(token.clone());
             let notified = waiter.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (got, next_ms) = self.try_lease(queue, max, worker).await?;
+            let (got, next_ms) = Box::pin(self.try_lease(queue, max, worker)).await?;
             let now = tokio::time::Instant::now();
             if !got.is_empty() || core.closing.is_cancelled() || now >= deadline {
+                if !got.is_empty() && rechecked {
+                    // Found by a re-check, not a message: the others look too.
+                    waiter.notify.notify_waiters();
+                }
                 return Ok(got);
             }
-            let mut until = deadline.min(now + wake::recheck());
-            if let Some(ms) = next_ms {
-                until = until.min(now + Duration::from_millis(ms));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(until) => {}
-                _ = core.closing.cancelled() => return Ok(Vec::new()),
+            // When the queue's next scheduled task is due or its next lease
+            // runs out, this waiter looks whatever the others did.
+            let due = next_ms.map(|ms| now + Duration::from_millis(ms));
+            match waiter
+                .next_look(notified.as_mut(), deadline, due, &core.closing)
+                .await
+            {
+                Some(r) => rechecked = r,
+                None => return Ok(Vec::new()),
             }
         }
     }
@@ -1081,12 +1095,12 @@ impl Broker for RedisBroker {
             // Re-armed before the re-check reads again.
             notified.set(waiter.notify.notified());
             notified.as_mut().enable();
-            let (hb, _) = self.heartbeat_at(id, lease_id, true).await?;
+            let (hb, _) = Box::pin(self.heartbeat_at(id, lease_id, true)).await?;
             if hb.cancel_requested {
                 return Ok(hb);
             }
         }
-        self.heartbeat(id, lease_id).await
+        Box::pin(self.heartbeat(id, lease_id)).await
     }
 
     async fn create_group(

@@ -637,3 +637,63 @@ async fn a_completed_listing_skips_many_canceled_tasks_a_bounded_scan_at_a_time(
     assert_eq!(second.next, None);
     drop_prefix(&prefix).await;
 }
+
+/// Script calls this broker has made (its `commit_seconds` count).
+fn script_calls(b: &RedisBroker) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register(
+        "calls",
+        "script calls",
+        b.metrics()
+            .expect("the Redis store has metrics")
+            .commit_seconds,
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("calls_count "))
+        .and_then(|v| v.parse().ok())
+        .expect("a count")
+}
+
+/// Many parked calls on one token re-check once per interval between them, not
+/// each on its own: 100 waits on one task that never ends, over 3.5 s (past
+/// every waiter's own re-check timer, 1–2 s), cost their first and last reads
+/// and a few re-checks; each re-checking on its own would be 100 more per
+/// interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_waiters_on_one_token_share_their_rechecks() {
+    const WAITERS: usize = 100;
+    // No sweep in the window: only the waiters' calls are counted.
+    let mut config = test_config(RedisTarget::parse(&url()).unwrap(), &random_prefix());
+    config.sweep_interval_ms = 600_000;
+    let b = RedisBroker::connect(config).await.unwrap();
+    let id = b.enqueue("rc", vec![item(task("k"), "1")]).await.unwrap()[0].id;
+    let token = format!("t{id}");
+    let before = script_calls(&b);
+    let mut waits = Vec::new();
+    for _ in 0..WAITERS {
+        let b = b.clone();
+        waits.push(tokio::spawn(async move {
+            b.wait(id, Duration::from_millis(3_500)).await
+        }));
+    }
+    // Parked: each has registered and made its first read.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.core().waiters.waiting(&token) < WAITERS || script_calls(&b) < before + WAITERS as u64 {
+        assert!(tokio::time::Instant::now() < give_up, "never all parked");
+        tokio::task::yield_now().await;
+    }
+    let parked = script_calls(&b);
+    for w in waits {
+        let v = w.await.unwrap().unwrap().unwrap();
+        assert_eq!(v.record.state, TaskState::Pending);
+    }
+    let later = script_calls(&b) - parked;
+    // A last read each at the deadline, and at most one re-check per interval
+    // (3.5 s / 1 s) between them, with room for reads still finishing.
+    assert!(
+        later <= WAITERS as u64 + 10,
+        "{later} script calls while {WAITERS} waiters were parked"
+    );
+}

@@ -79,6 +79,33 @@ pub struct Options<'a> {
 }
 
 /// A key prefix no other server of this run uses.
+/// POSTs `body` as JSON; the answer's JSON, whatever its status.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: String,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The text of `GET {base}/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn fresh_prefix() -> String {
     format!("weirtest-{:016x}", rand_u64())
 }
