@@ -1,8 +1,10 @@
 """The one HTTP helper the examples share: a JSON request to weir that waits out
-a 429 or 503 (Retry-After) and turns any other error answer into ApiError.
-Standard library only."""
+a 429 or 503 (Retry-After) and turns any other error answer into ApiError; the
+key in WEIR_API_KEY, if set, goes with it as a bearer token. Standard library
+only."""
 
 import json
+import os
 import random
 import sys
 import time
@@ -26,11 +28,14 @@ def call(server, method, path, body=None, timeout=30.0, decode=True, who="weir")
     """One request; returns the decoded JSON answer (its text without `decode`),
     raises ApiError on 4xx/5xx. `who` names the caller in the retry messages."""
     data = None if body is None else json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    if os.environ.get("WEIR_API_KEY"):
+        headers["authorization"] = "Bearer " + os.environ["WEIR_API_KEY"]
     request = urllib.request.Request(
         server.rstrip("/") + path,
         data=data,
         method=method,
-        headers={"content-type": "application/json"},
+        headers=headers,
     )
     for attempt in range(1, TRIES_MAX + 1):
         try:

@@ -42,6 +42,11 @@ pub enum Error {
     /// The request never got an answer: connection refused or reset, timeout, ...
     #[error("transport error")]
     Transport(#[source] reqwest::Error),
+    /// The worker channel failed: it could not be opened (no connection, an
+    /// `https://` server), it broke, or the server sent what this client does not
+    /// understand. Transient: open it again.
+    #[error("worker channel: {detail}")]
+    Channel { detail: String },
     /// The server answered success with a body this client does not understand.
     /// `body` is that answer as is, so a caller can still show it (a task whose
     /// payload no typed decode takes, say).
@@ -87,6 +92,7 @@ impl Error {
                     ..
                 }
                 | Error::Transport(_)
+                | Error::Channel { .. }
         )
     }
 }

@@ -4,6 +4,7 @@
 //! given to [`ClientBuilder`]); an API key goes out as a bearer token.
 
 mod builder;
+mod channel;
 mod error;
 mod futures;
 mod types;
@@ -18,6 +19,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use builder::{BuildError, ClientBuilder, CA_CERT_BYTES_MAX};
+pub use channel::{
+    ChannelReceiver, ChannelSender, Hello, Pushed, ReleaseItem, Settled, Welcome,
+    CHANNEL_MESSAGE_BYTES_MAX, CHANNEL_OPEN_TIMEOUT_MS,
+};
 pub use error::{error_from_response, Error, RETRY_AFTER_HONOURED_MAX};
 pub use futures::{GroupHandle, TaskHandle, WaitError};
 pub use types::{

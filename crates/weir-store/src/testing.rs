@@ -43,7 +43,9 @@ pub struct TestStore {
     /// What backs the store, for messages: `embedded:DIR` or `URL prefix=P`.
     pub name: String,
     _dir: Option<tempfile::TempDir>,
-    /// A Redis store's config, for `peers`.
+    /// An embedded store's config, for `reopen`.
+    embedded: Option<EmbeddedConfig>,
+    /// A Redis store's config, for `peers` and `reopen`.
     redis: Option<RedisConfig>,
 }
 
@@ -59,11 +61,12 @@ impl TestStore {
                 c.backoff = config.backoff;
                 c.lease_grace_ms = config.lease_grace_ms;
                 c.segment_bytes = crate::embedded::SEGMENT_BYTES_MIN;
-                let broker = EmbeddedBroker::open(c).expect("opening the embedded store");
+                let broker = EmbeddedBroker::open(c.clone()).expect("opening the embedded store");
                 TestStore {
                     broker: Arc::new(broker),
                     name: format!("embedded:{}", dir.path().display()),
                     _dir: Some(dir),
+                    embedded: Some(c),
                     redis: None,
                 }
             }
@@ -89,6 +92,7 @@ impl TestStore {
                     broker: Arc::new(broker),
                     name,
                     _dir: None,
+                    embedded: None,
                     redis: Some(c),
                 }
             }
@@ -101,6 +105,45 @@ impl TestStore {
 }
 
 impl TestStore {
+    /// Restarts the store as a server restart would: closes it (everything
+    /// acknowledged is durable by then) and opens it again from what it keeps (the
+    /// embedded store's directory; the Redis store's keys, over a new connection).
+    /// Panics if anything else still holds the broker.
+    pub async fn reopen(self) -> TestStore {
+        let TestStore {
+            broker,
+            name,
+            _dir,
+            embedded,
+            redis,
+        } = self;
+        broker.close().await.expect("closing the store");
+        assert_eq!(
+            Arc::strong_count(&broker),
+            1,
+            "the store is still held elsewhere; stop its servers first"
+        );
+        drop(broker);
+        let broker: Arc<dyn Broker> = match (&embedded, &redis) {
+            (Some(c), _) => {
+                Arc::new(EmbeddedBroker::open(c.clone()).expect("reopening the embedded store"))
+            }
+            (_, Some(c)) => Arc::new(
+                RedisBroker::connect(c.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("reconnecting to {name}: {e}")),
+            ),
+            (None, None) => unreachable!("a test store is embedded or Redis"),
+        };
+        TestStore {
+            broker,
+            name,
+            _dir,
+            embedded,
+            redis,
+        }
+    }
+
     /// `n` brokers on this store, as `n` servers would hold it: on Redis, new
     /// connections under the same prefix; on the embedded store (one server per
     /// directory), this one store `n` times.

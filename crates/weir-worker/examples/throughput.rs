@@ -9,9 +9,11 @@
 //!   the delay from the cancel request to the handler seeing its token fire is
 //!   recorded; prints p50/p99/max.
 //!
+//! `--transport channel` (the default) or `http` picks the pool's transport.
+//!
 //! ```sh
 //! cargo run --release -p weir-worker --example throughput -- --tasks 200000 --concurrency 64
-//! cargo run --release -p weir-worker --example throughput -- --cancels 50 --tasks 0
+//! cargo run --release -p weir-worker --example throughput -- --cancels 50 --tasks 0 --transport http
 //! ```
 
 use std::collections::HashMap;
@@ -25,13 +27,14 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use weir_client::{Client, EnqueueOptions};
 use weir_server::ServeConfig;
-use weir_worker::{Ctx, HandlerError, PoolBuilder, Task};
+use weir_worker::{Ctx, HandlerError, PoolBuilder, Task, Transport};
 
 struct Args {
     tasks: u64,
     concurrency: usize,
     prefetch: Option<usize>,
     cancels: usize,
+    transport: Transport,
     data_dir: Option<PathBuf>,
 }
 
@@ -41,6 +44,7 @@ fn parse_args() -> Args {
         concurrency: 64,
         prefetch: None,
         cancels: 0,
+        transport: Transport::Channel,
         data_dir: None,
     };
     let mut it = std::env::args().skip(1);
@@ -52,8 +56,15 @@ fn parse_args() -> Args {
             "--prefetch" => args.prefetch = Some(value().parse().expect("--prefetch N")),
             "--cancels" => args.cancels = value().parse().expect("--cancels N"),
             "--data-dir" => args.data_dir = Some(PathBuf::from(value())),
+            "--transport" => {
+                args.transport = match value().as_str() {
+                    "channel" => Transport::Channel,
+                    "http" => Transport::Http,
+                    other => panic!("--transport channel|http, not {other}"),
+                }
+            }
             other => panic!(
-                "unknown flag {other}; flags: --tasks N --concurrency N --prefetch N --cancels N --data-dir DIR"
+                "unknown flag {other}; flags: --tasks N --concurrency N --prefetch N --cancels N --data-dir DIR --transport channel|http"
             ),
         }
     }
@@ -87,7 +98,7 @@ async fn main() {
         throughput(&client, &args).await;
     }
     if args.cancels > 0 {
-        cancel_latency(&client, args.cancels).await;
+        cancel_latency(&client, args.cancels, args.transport).await;
     }
     let _ = stop_server.send(());
     server.await.unwrap().unwrap();
@@ -116,6 +127,7 @@ async fn throughput(client: &Client, args: &Args) {
     let all_ran = Arc::new(Notify::new());
     let (d, a) = (done.clone(), all_ran.clone());
     let mut builder = PoolBuilder::new(client.clone())
+        .transport(args.transport)
         .queue(queue, 1)
         .concurrency(args.concurrency)
         .handler("noop", move |_t: Task, _ctx: Ctx| {
@@ -150,18 +162,20 @@ async fn throughput(client: &Client, args: &Args) {
     let _ = stop.send(());
     let report = running.await.unwrap().unwrap();
     println!(
-        "concurrency {} prefetch {}: {n} no-op tasks handled in {ran:.2?}, all acked in {acked:.2?} → {:.0} tasks/s (lease → handler → durable ack); {report:?}",
+        "{:?} concurrency {} prefetch {}: {n} no-op tasks handled in {ran:.2?}, all acked in {acked:.2?} → {:.0} tasks/s (lease → handler → durable ack); {report:?}",
+        args.transport,
         args.concurrency,
         args.prefetch.map_or("default".to_owned(), |p| p.to_string()),
         n as f64 / acked.as_secs_f64()
     );
 }
 
-async fn cancel_latency(client: &Client, n: usize) {
+async fn cancel_latency(client: &Client, n: usize, transport: Transport) {
     let queue = "cancels";
     let (started_tx, mut started_rx) = mpsc::channel::<String>(n);
     let (fired_tx, mut fired_rx) = mpsc::channel::<(String, Instant)>(n);
     let pool = PoolBuilder::new(client.clone())
+        .transport(transport)
         .queue(queue, 1)
         .concurrency(n)
         .handler("wait", move |t: Task, ctx: Ctx| {
@@ -204,7 +218,7 @@ async fn cancel_latency(client: &Client, n: usize) {
     let pct =
         |p: f64| delays[((delays.len() as f64 * p).ceil() as usize).clamp(1, delays.len()) - 1];
     println!(
-        "cancel → handler token fired, {n} cancels spread over the tasks' first 600 ms, default heartbeat: p50 {:.1?}, p99 {:.1?}, max {:.1?}, min {:.1?}",
+        "{transport:?}: cancel → handler token fired, {n} cancels spread over the tasks' first 600 ms, default heartbeat: p50 {:.1?}, p99 {:.1?}, max {:.1?}, min {:.1?}",
         pct(0.50),
         pct(0.99),
         delays[delays.len() - 1],

@@ -52,6 +52,22 @@ pub enum ConfigError {
     NoHandlers,
 }
 
+/// How a pool gets its tasks and settles them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// One WebSocket per pool (`GET /v1/workers/connect`): the server pushes
+    /// tasks as the pool grants credit and cancels the moment they are asked
+    /// for, and extends the leases of the tasks it pushed; the pool settles in
+    /// batches over it. Falls back to [`Transport::Http`] for an `https://`
+    /// server, a server without the channel, more than 16 queues, strict order or
+    /// unequal weights; reopens a lost channel with backoff.
+    #[default]
+    Channel,
+    /// HTTP long-polls: a lease request per batch, `POST /v1/acks` per settle
+    /// batch, a heartbeat per running task.
+    Http,
+}
+
 /// Builds a [`Pool`]. Every setter takes and returns the builder; mistakes are
 /// reported together by [`PoolBuilder::build`] (the first one found).
 pub struct PoolBuilder {
@@ -66,6 +82,7 @@ pub struct PoolBuilder {
     pub(crate) worker_name: Option<String>,
     pub(crate) handlers: HashMap<String, HandlerFn>,
     pub(crate) fallback: Option<HandlerFn>,
+    pub(crate) transport: Transport,
     /// The first mistake a setter saw that `build` cannot see any more (a handler
     /// registered twice).
     pub(crate) deferred: Option<ConfigError>,
@@ -92,6 +109,7 @@ pub struct Pool {
     pub(crate) worker_name: String,
     pub(crate) handlers: HashMap<String, HandlerFn>,
     pub(crate) fallback: Option<HandlerFn>,
+    pub(crate) transport: Transport,
 }
 
 impl Pool {
@@ -127,6 +145,7 @@ impl PoolBuilder {
             worker_name: None,
             handlers: HashMap::new(),
             fallback: None,
+            transport: Transport::default(),
             deferred: None,
         }
     }
@@ -189,6 +208,12 @@ impl PoolBuilder {
     /// The name sent with lease requests (default `weir-worker-<pid>`).
     pub fn worker_name(mut self, name: &str) -> Self {
         self.worker_name = Some(name.to_owned());
+        self
+    }
+
+    /// How the pool talks to the server (default [`Transport::Channel`]).
+    pub fn transport(mut self, t: Transport) -> Self {
+        self.transport = t;
         self
     }
 
@@ -296,6 +321,7 @@ impl PoolBuilder {
             worker_name,
             handlers: self.handlers,
             fallback: self.fallback,
+            transport: self.transport,
         })
     }
 }

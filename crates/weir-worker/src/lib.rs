@@ -50,6 +50,7 @@
 //!   `retry: false` before any handler runs; the rest of its lease batch runs.
 
 mod builder;
+mod channel;
 pub mod limits;
 mod pool;
 mod retry;
@@ -60,7 +61,7 @@ mod task;
 
 use std::future::Future;
 
-pub use builder::{ConfigError, HandlerResult, Pool, PoolBuilder};
+pub use builder::{ConfigError, HandlerResult, Pool, PoolBuilder, Transport};
 pub use pool::{PoolError, PoolReport};
 pub use task::{CancelReason, Ctx, HandlerError, Task};
 pub use tokio_util::sync::CancellationToken;

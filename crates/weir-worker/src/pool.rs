@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use weir_client::{Client, Error, LeaseBatch, LeasedTask, UndecodableTask};
 
-use crate::builder::{HandlerFn, Pool};
+use crate::builder::{HandlerFn, Pool, Transport};
+use crate::channel::{self, Link};
 use crate::limits::{
     LEASE_RETRY_BACKOFF_MS_MAX, LEASE_RETRY_BACKOFF_MS_MIN, LEASE_WAIT_MS_IDLE,
     LEASE_WAIT_MS_IDLE_MIN, RELEASE_CONCURRENCY_MAX, RESULTS_CHANNEL_MAX,
@@ -118,10 +119,13 @@ pub(crate) struct Leased {
     pub(crate) leased_at: Instant,
     /// Returned to the lease loop when this is dropped.
     pub(crate) slot: HoldSlot,
+    /// The channel that pushed it, if one did (then the server extends its lease
+    /// and pushes its cancel while the channel lives).
+    pub(crate) link: Option<Link>,
 }
 
 /// One permit of the `hold` semaphore, given back on drop.
-pub(crate) struct HoldSlot(Arc<Semaphore>);
+pub(crate) struct HoldSlot(pub(crate) Arc<Semaphore>);
 
 impl Drop for HoldSlot {
     fn drop(&mut self) {
@@ -181,10 +185,6 @@ impl Pool {
             prefetch = self.prefetch,
             "worker pool starting"
         );
-        let flusher = tokio::spawn(
-            flush_loop(self.client.clone(), results_rx, counters.clone())
-                .instrument(tracing::info_span!("settle_flusher")),
-        );
         let dispatcher = tokio::spawn(
             dispatch_loop(
                 shared.clone(),
@@ -203,17 +203,66 @@ impl Pool {
             prefetch: self.prefetch,
             worker_name: self.worker_name,
         };
-        let mut leaser = tokio::spawn(
-            lease_loop(
-                shared.clone(),
-                lease_cfg,
-                hold,
-                work_tx,
-                results_tx,
-                stop.clone(),
-            )
-            .instrument(tracing::info_span!("lease_loop")),
-        );
+        let use_channel = match self.transport {
+            Transport::Http => false,
+            Transport::Channel => match channel::unfit(&self.client, &lease_cfg) {
+                Some(why) => {
+                    tracing::info!(why, "using HTTP long-polls rather than the worker channel");
+                    false
+                }
+                None => true,
+            },
+        };
+        // `flusher` ends once every result is settled; `leaser` ends at `stop`, or
+        // early with a refusal that stops the pool.
+        let (flusher, mut leaser) = if use_channel {
+            let (fatal, refused) = oneshot::channel();
+            let flusher = tokio::spawn(
+                channel::run(channel::Parts {
+                    shared: shared.clone(),
+                    cfg: lease_cfg,
+                    hold,
+                    hold_max: self.hold_max,
+                    work: work_tx,
+                    results_tx,
+                    results: results_rx,
+                    stop: stop.clone(),
+                    fatal,
+                })
+                .instrument(tracing::info_span!("worker_channel")),
+            );
+            let stopped = stop.clone();
+            let leaser = tokio::spawn(async move {
+                tokio::select! {
+                    _ = stopped.cancelled() => Ok(()),
+                    r = refused => match r {
+                        Ok(refusal) => Err(refusal),
+                        Err(_) => {
+                            stopped.cancelled().await;
+                            Ok(())
+                        }
+                    },
+                }
+            });
+            (flusher, leaser)
+        } else {
+            let flusher = tokio::spawn(
+                flush_loop(self.client.clone(), results_rx, counters.clone())
+                    .instrument(tracing::info_span!("settle_flusher")),
+            );
+            let leaser = tokio::spawn(
+                lease_loop(
+                    shared.clone(),
+                    lease_cfg,
+                    hold,
+                    work_tx,
+                    results_tx,
+                    stop.clone(),
+                )
+                .instrument(tracing::info_span!("lease_loop")),
+            );
+            (flusher, leaser)
+        };
 
         let lease_result = tokio::select! {
             _ = shutdown => {
@@ -227,7 +276,9 @@ impl Pool {
             Some(r) => r,
             None => leaser.await,
         };
+        tracing::debug!("leasing stopped");
         let dispatch_result = dispatcher.await;
+        tracing::debug!("dispatching stopped");
 
         tracker.close();
         if !tracker.is_empty() {
@@ -269,11 +320,11 @@ impl Pool {
     }
 }
 
-struct LeaseConfig {
-    queues: Vec<(String, u32)>,
-    strict: bool,
-    prefetch: usize,
-    worker_name: String,
+pub(crate) struct LeaseConfig {
+    pub(crate) queues: Vec<(String, u32)>,
+    pub(crate) strict: bool,
+    pub(crate) prefetch: usize,
+    pub(crate) worker_name: String,
 }
 
 /// Whether a failed lease request may succeed if sent again.
@@ -284,7 +335,7 @@ fn lease_retryable(e: &Error) -> bool {
 /// Leases while there are free hold slots, until `stop`. Ends with an error only
 /// when the server refuses leasing for good. A leased task the client could not
 /// decode is failed from here at once (see [`fail_undecodable`]).
-async fn lease_loop(
+pub(crate) async fn lease_loop(
     shared: Arc<Shared>,
     cfg: LeaseConfig,
     hold: Arc<Semaphore>,
@@ -364,6 +415,7 @@ async fn lease_loop(
                 queue: queue.clone(),
                 leased_at,
                 slot: HoldSlot(hold.clone()),
+                link: None,
             };
             if stop.is_cancelled() {
                 unsent.push(item);
@@ -384,7 +436,7 @@ async fn lease_loop(
 /// serde_json's limit or holding a lone surrogate, from a server that did not
 /// check, or stored before it did): no handler can take it, and it will not decode
 /// next time either, so it is failed at once without retry. Its batch-mates run.
-fn fail_undecodable(queue: &str, task: UndecodableTask) -> Settlement {
+pub(crate) fn fail_undecodable(queue: &str, task: UndecodableTask) -> Settlement {
     let error = format!("the worker could not decode this task: {}", task.error);
     tracing::warn!(id = %task.id, queue, error = %error, "failing a task without retry");
     Settlement::fail(task.id, task.lease_id, &error, false)
@@ -477,7 +529,7 @@ async fn dispatch_loop(
 }
 
 /// Hands leased tasks back unstarted (no attempt spent), a few at a time.
-async fn release_all(shared: &Arc<Shared>, items: Vec<Leased>) {
+pub(crate) async fn release_all(shared: &Arc<Shared>, items: Vec<Leased>) {
     let mut in_flight = JoinSet::new();
     for item in items {
         while in_flight.len() >= RELEASE_CONCURRENCY_MAX {

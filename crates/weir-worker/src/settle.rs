@@ -54,19 +54,7 @@ pub(crate) async fn flush_loop(
 ) {
     let mut in_flight = JoinSet::new();
     while let Some(first) = rx.recv().await {
-        let mut acks = Vec::new();
-        let mut fails = Vec::new();
-        let mut push = |s| match s {
-            Settlement::Ack(a) => acks.push(a),
-            Settlement::Fail(f) => fails.push(f),
-        };
-        push(first);
-        for _ in 1..SETTLE_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(s) => push(s),
-                Err(_) => break,
-            }
-        }
+        let (acks, fails) = batch(first, &mut rx);
         while in_flight.len() >= SETTLE_REQUESTS_IN_FLIGHT_MAX {
             in_flight.join_next().await;
         }
@@ -75,13 +63,35 @@ pub(crate) async fn flush_loop(
     while in_flight.join_next().await.is_some() {}
 }
 
+/// `first` and as many more results as are already there, up to a batch
+/// (`SETTLE_BATCH_MAX`): the flusher's and the worker channel's one batching rule.
+pub(crate) fn batch(
+    first: Settlement,
+    rx: &mut mpsc::Receiver<Settlement>,
+) -> (Vec<AckItem>, Vec<FailItem>) {
+    let mut acks = Vec::new();
+    let mut fails = Vec::new();
+    let mut push = |s| match s {
+        Settlement::Ack(a) => acks.push(a),
+        Settlement::Fail(f) => fails.push(f),
+    };
+    push(first);
+    for _ in 1..SETTLE_BATCH_MAX {
+        match rx.try_recv() {
+            Ok(s) => push(s),
+            Err(_) => break,
+        }
+    }
+    (acks, fails)
+}
+
 /// Whether a settle that failed this way is worth sending again. A retry is safe:
 /// items the first try already applied come back 409 (their lease is spent).
 fn retryable(e: &Error) -> bool {
     e.is_transient() || matches!(e, Error::Server { .. } | Error::Decode { .. })
 }
 
-async fn send_batch(
+pub(crate) async fn send_batch(
     client: Client,
     acks: Vec<AckItem>,
     fails: Vec<FailItem>,
@@ -121,7 +131,7 @@ async fn send_batch(
     }
 }
 
-fn tally(outcomes: &[SettleOutcome], counters: &Counters, acks: bool) {
+pub(crate) fn tally(outcomes: &[SettleOutcome], counters: &Counters, acks: bool) {
     for o in outcomes {
         if o.ok {
             let c = if acks {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use weir_client::{AckItem, Client, Error};
 
+use crate::channel::Link;
 use crate::limits::{HEARTBEAT_INTERVAL_MS_MIN, WATCH_DELAY_MS};
 use crate::pool::{Leased, Shared};
 use crate::settle::Settlement;
@@ -104,6 +105,7 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
         queue,
         leased_at,
         slot: _slot,
+        link,
     } = item;
     let id = leased.id;
     let lease_id = leased.lease_id;
@@ -154,8 +156,15 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
     // The first (watching) heartbeat starts shortly after the task does, so a cancel
     // reaches all but the shortest tasks at once, and tasks that end sooner cost no
     // request. A task that waited for a slot beats at once: its lease clock ran.
-    let hb_first = (start + hb_interval.min(Duration::from_millis(WATCH_DELAY_MS)))
-        .min((leased_at + hb_interval).max(start));
+    // A task pushed by a worker channel needs none while the channel lives: the
+    // server extends its lease and pushes its cancel. Once the channel is gone its
+    // heartbeats start at once (below).
+    let hb_first = if link.is_some() {
+        start + FAR_FUTURE
+    } else {
+        (start + hb_interval.min(Duration::from_millis(WATCH_DELAY_MS)))
+            .min((leased_at + hb_interval).max(start))
+    };
     let mut heartbeat: Option<AbortOnDrop> = None;
     let cancel_grace = shared.cancel_grace;
     let mut abandon_at = deadline + cancel_grace;
@@ -176,10 +185,23 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
     let timer = tokio::time::sleep_until(next_wake(abandon_at, false, false));
     tokio::pin!(timer);
 
+    let mut pushed_cancel_seen = false;
     let outcome = loop {
         tokio::select! {
             biased;
             res = &mut join => break Outcome::Finished(res),
+            _ = pushed_cancel(&link), if !pushed_cancel_seen => {
+                pushed_cancel_seen = true;
+                if ctx.cancel_with(CancelReason::Canceled) {
+                    tracing::info!("task canceled; token cancelled");
+                }
+            }
+            _ = channel_gone(&link), if heartbeat.is_none() => {
+                heartbeat = Some(AbortOnDrop(tokio::spawn(
+                    heartbeat_loop(shared.client.clone(), id.clone(), lease_id.clone(), ctx.clone(), hb_interval)
+                        .in_current_span(),
+                )));
+            }
             _ = ctx.cancelled(), if !cancel_seen => {
                 cancel_seen = true;
                 let reason = ctx.cancel_reason().unwrap_or(CancelReason::Shutdown);
@@ -309,6 +331,24 @@ async fn heartbeat_loop(
             let rest = interval.saturating_sub(spent).max(interval / 2);
             tokio::time::sleep(rest.max(asked_for)).await;
         }
+    }
+}
+
+/// Resolves when the channel that pushed the task pushes its cancel; never for a
+/// task leased over HTTP.
+async fn pushed_cancel(link: &Option<Link>) {
+    match link {
+        Some(l) => l.cancel.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the channel that pushed the task has ended; never for a task
+/// leased over HTTP.
+async fn channel_gone(link: &Option<Link>) {
+    match link {
+        Some(l) => l.gone.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -491,7 +491,7 @@ pub enum Scenario {
     All,
 }
 
-/// How the `e2e` scenario's consumers reach the server.
+/// How a worker (and the `e2e` scenario's consumers) reach the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Transport {
     /// Long-poll leases and `POST /v1/acks` batches.

@@ -51,6 +51,7 @@ pub struct WorkerConfig {
     pub prefetch: Option<usize>,
     /// How often running tasks heartbeat (`None`: the pool's default).
     pub heartbeat_interval: Option<Duration>,
+    pub transport: weir_worker::Transport,
     /// How long running commands may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     /// Name sent with every lease.
@@ -112,6 +113,10 @@ pub fn config(args: &WorkerArgs) -> Result<WorkerConfig, ConfigError> {
         concurrency: args.concurrency,
         prefetch: args.prefetch,
         heartbeat_interval: args.heartbeat_interval,
+        transport: match args.transport {
+            crate::cli::Transport::Channel => weir_worker::Transport::Channel,
+            crate::cli::Transport::Http => weir_worker::Transport::Http,
+        },
         shutdown_grace: args.shutdown_grace,
         name,
         exec: Arc::new(ExecConfig {
@@ -161,6 +166,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<ExitCode> {
         .concurrency(config.concurrency)
         .cancel_grace(cancel_grace)
         .shutdown_grace(config.shutdown_grace)
+        .transport(config.transport)
         .worker_name(&config.name);
     for (queue, weight) in &config.queues {
         builder = builder.queue(queue, *weight);
@@ -197,9 +203,13 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<ExitCode> {
         })
         .collect();
     eprintln!(
-        "weir worker: queues={} concurrency={} kill_grace={:?} server={} exec={:?}",
+        "weir worker: queues={} concurrency={} transport={} kill_grace={:?} server={} exec={:?}",
         queues.join(","),
         config.concurrency,
+        match config.transport {
+            weir_worker::Transport::Channel => "channel",
+            weir_worker::Transport::Http => "http",
+        },
         config.exec.kill_grace,
         config.conn.server,
         config.exec.command

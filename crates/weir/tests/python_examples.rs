@@ -1,7 +1,8 @@
-//! Runs `examples/python/worker.py`, `producer.py` and `handle_one.py` (under
-//! `weir worker --exec`) against a real `weir serve`, so the README's any-language
-//! workers stay true. Without python3 the tests fail on CI (`CI=true`) and are
-//! skipped with a note elsewhere.
+//! Runs `examples/python/worker.py`, `channel_worker.py`, `producer.py` and
+//! `handle_one.py` (under `weir worker --exec`) against a real `weir serve`, so the
+//! README's any-language workers stay true. Without python3 (or, for
+//! `channel_worker.py`, its `websockets` library) the tests fail on CI (`CI=true`)
+//! and are skipped with a note elsewhere.
 
 mod common;
 
@@ -44,6 +45,34 @@ fn have_python3() -> bool {
     false
 }
 
+/// Whether the channel worker's test can run: python3 has `websockets` (>= 13,
+/// `examples/python/requirements-channel.txt`), or (off CI) it is skipped.
+fn have_websockets() -> bool {
+    if !have_python3() {
+        return false;
+    }
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import websockets.asyncio.client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "python3's websockets (>= 13) is required on CI for the channel worker test: \
+             pip install -r examples/python/requirements-channel.txt"
+        );
+    }
+    eprintln!(
+        "note: python3 has no websockets (>= 13); skipping the channel worker test \
+         (pip install -r examples/python/requirements-channel.txt)"
+    );
+    false
+}
+
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/python")
 }
@@ -67,28 +96,27 @@ fn check_producer(produced: &Output, others: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_worker_and_producer() {
-    if !have_python3() {
-        return;
-    }
+/// Runs `producer.py` and the worker `script` (with `args`) on `queue` of a fresh
+/// server until both exit; checks the producer's report and the worker's exit
+/// and returns the worker's stderr.
+async fn worker_and_producer(script: &str, args: &[&str], queue: &str) -> String {
     let examples = examples();
     let server = common::start_server(&[]).await;
     let base = server.base.clone();
-
     let count = COUNT.to_string();
     let worker = Command::new("python3")
-        .arg(examples.join("worker.py"))
-        .args(["--server", &base, "--queue", "py", "--batch", "5"])
+        .arg(examples.join(script))
+        .args(["--server", &base, "--queue", queue])
+        .args(args)
         .args(["--max-tasks", &count])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn worker.py");
+        .unwrap_or_else(|e| panic!("spawn {script}: {e}"));
     let producer = Command::new("python3")
         .arg(examples.join("producer.py"))
-        .args(["--server", &base, "--queue", "py", "--count", &count])
+        .args(["--server", &base, "--queue", queue, "--count", &count])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -96,13 +124,34 @@ async fn python_worker_and_producer() {
         .expect("spawn producer.py");
 
     let produced = finished(producer, "producer.py").await;
-    let worked = finished(worker, "worker.py").await;
-    let others = format!(
-        "worker stderr:\n{}",
-        String::from_utf8_lossy(&worked.stderr)
-    );
-    assert!(worked.status.success(), "worker.py failed\n{others}");
+    let worked = finished(worker, script).await;
+    let stderr = String::from_utf8_lossy(&worked.stderr).into_owned();
+    let others = format!("{script} stderr:\n{stderr}");
+    assert!(worked.status.success(), "{script} failed\n{others}");
     check_producer(&produced, &others);
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_and_producer() {
+    if !have_python3() {
+        return;
+    }
+    worker_and_producer("worker.py", &["--batch", "5"], "py").await;
+}
+
+/// The same producer's tasks through `channel_worker.py`: the worker channel
+/// (`GET /v1/workers/connect`, a WebSocket) instead of HTTP long-polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_channel_worker_and_producer() {
+    if !have_websockets() {
+        return;
+    }
+    let stderr = worker_and_producer("channel_worker.py", &["--concurrency", "4"], "pych").await;
+    assert!(
+        stderr.contains(&format!("handled {COUNT} tasks")),
+        "every task settled through the channel\n{stderr}"
+    );
 }
 
 /// The README's `weir worker --exec 'python3 examples/python/handle_one.py'`.
