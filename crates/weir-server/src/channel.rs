@@ -62,6 +62,8 @@ pub const SILENCE_MS: u64 = 60_000;
 const SETTLES_IN_FLIGHT_MAX: usize = 8;
 /// A settle's outcome: the tasks it named, and its answer.
 type Settled = (Vec<TaskId>, Result<serde_json::Value, ApiError>);
+/// One push's tasks, as the channel's loop learns them: (id, lease, timeout).
+type Pushed = Vec<(TaskId, LeaseId, u64)>;
 /// How long a pushed task runs before its watch (implicit heartbeat and
 /// cancel push) starts: most tasks of a busy worker are settled sooner and never
 /// cost one (the Rust pool's own rule for its watches). A cancel of a task in
@@ -386,7 +388,8 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Each push's tasks, from its lease loop: (id, lease, timeout), one message
     // per push.
-    let (held_tx, mut held_rx) = mpsc::channel::<Vec<(TaskId, LeaseId, u64)>>(OUTBOX_MAX);
+    // Boxed, as the outbox's: the first block of 32 slots is 256 bytes, not 768.
+    let (held_tx, mut held_rx) = mpsc::channel::<Box<Pushed>>(OUTBOX_MAX);
     let silence = Duration::from_millis(SILENCE_MS);
     loop {
         let frame = tokio::select! {
@@ -395,7 +398,7 @@ async fn run(
             biased;
             Some(pushed) = held_rx.recv() => {
                 let now = Instant::now();
-                for (id, lease_id, timeout_ms) in pushed {
+                for (id, lease_id, timeout_ms) in *pushed {
                     unwatched.insert(id, (lease_id, timeout_ms, now));
                 }
                 continue;
@@ -634,7 +637,7 @@ fn hello(
 async fn lease_loop(
     sh: Arc<Shared>,
     queue: String,
-    held: mpsc::Sender<Vec<(TaskId, LeaseId, u64)>>,
+    held: mpsc::Sender<Box<Pushed>>,
     ended: CancellationToken,
 ) {
     let wait = Duration::from_millis(sh.state.config.limits.wait_ms_max);
@@ -693,7 +696,7 @@ async fn lease_loop(
             .iter()
             .map(|l| (l.record.id, l.lease_id, l.record.timeout_ms))
             .collect();
-        if held.send(pushed).await.is_err() {
+        if held.send(Box::new(pushed)).await.is_err() {
             return;
         }
         let mut body = lease_body(&leased);
