@@ -59,8 +59,9 @@ pub enum Transport {
     /// tasks as the pool grants credit and cancels the moment they are asked
     /// for, and extends the leases of the tasks it pushed; the pool settles in
     /// batches over it. Falls back to [`Transport::Http`] for an `https://`
-    /// server, a server without the channel, more than 16 queues, strict order or
-    /// unequal weights; reopens a lost channel with backoff.
+    /// server, a server without the channel, more than 16 queues, strict order,
+    /// unequal weights or fewer task slots than queues; reopens a lost channel
+    /// with backoff.
     #[default]
     Channel,
     /// HTTP long-polls: a lease request per batch, `POST /v1/acks` per settle

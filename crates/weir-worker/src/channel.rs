@@ -55,7 +55,11 @@ pub(crate) struct Link {
 }
 
 /// Why the pool cannot use the channel for this configuration, if it cannot.
-pub(crate) fn unfit(client: &weir_client::Client, cfg: &LeaseConfig) -> Option<&'static str> {
+pub(crate) fn unfit(
+    client: &weir_client::Client,
+    cfg: &LeaseConfig,
+    hold_max: usize,
+) -> Option<&'static str> {
     if !client.base_url().starts_with("http://") {
         return Some("the channel is served on http:// servers only");
     }
@@ -67,6 +71,11 @@ pub(crate) fn unfit(client: &weir_client::Client, cfg: &LeaseConfig) -> Option<&
     }
     if cfg.queues.windows(2).any(|w| w[0].1 != w[1].1) {
         return Some("queue weights need the pool's own lease requests");
+    }
+    if cfg.queues.len() > hold_max {
+        // The server parks one credit on an empty queue: with fewer credits than
+        // queues, a queue could wait a whole park for one.
+        return Some("fewer task slots than queues");
     }
     None
 }
@@ -156,6 +165,7 @@ pub(crate) async fn run(parts: Parts) {
                     granted: 0,
                     credit_max,
                     step,
+                    queues: welcome.queues.len() as u32,
                     seq: 0,
                     unanswered: BTreeMap::new(),
                 };
@@ -290,6 +300,8 @@ struct Session<'a> {
     credit_max: u32,
     /// Free slots granted at once while the server still holds credit.
     step: u32,
+    /// The channel's queues (the server may park one credit on each).
+    queues: u32,
     seq: u64,
     /// Settles sent and not yet answered, by `seq`.
     unanswered: BTreeMap<u64, (Vec<AckItem>, Vec<FailItem>)>,
@@ -316,9 +328,9 @@ impl Session<'_> {
                 return End::Drained;
             }
             let room = self.credit_max.saturating_sub(self.granted);
-            // With no credit left on the server, any free slot is granted at once
-            // (nothing else would wake it); with some left, slots gather first.
-            let want = if self.granted == 0 {
+            // Until the server holds a credit per queue (an empty queue parks
+            // one), any free slot is granted at once; past that, slots gather.
+            let want = if self.granted < self.queues {
                 1
             } else {
                 self.step.min(room)

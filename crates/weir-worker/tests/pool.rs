@@ -1321,3 +1321,26 @@ async fn a_settle_the_lost_channel_did_not_answer_is_sent_again_over_http() {
     assert_eq!(r.acks[0]["lease_id"], "lease-t-1");
     assert_eq!(r.acks[0]["result"], json!({"n": 1}));
 }
+
+/// A pool with fewer task slots than queues keeps HTTP long-polls: on the
+/// channel an empty queue would hold its only credit parked while another
+/// queue's task waited a whole park.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fewer_slots_than_queues_keep_http_long_polls() {
+    let server = Server::start().await;
+    let pool = PoolBuilder::new(server.client.clone())
+        .queue("first", 1)
+        .queue("second", 1)
+        .concurrency(1)
+        .handler("echo", |t: Task, _ctx: Ctx| async move { Ok(t.payload) })
+        .build()
+        .unwrap();
+    let running = Running::start(pool);
+    let id = server.enqueue("second", task("echo", json!(7))).await;
+    assert_eq!(server.finished(&id).await.result, Some(json!(7)));
+    let requests = server.requests().await;
+    assert_eq!(requests.count(CONNECT), 0, "{requests:?}");
+    assert!(requests.count(LEASE) >= 1, "{requests:?}");
+    running.stop().await;
+    server.stop().await;
+}
