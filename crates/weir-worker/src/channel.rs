@@ -179,9 +179,16 @@ pub(crate) async fn run(parts: Parts) {
                 }
                 tracing::warn!("worker channel lost; settling over HTTP until it is back");
             }
+            // 404: a server without the channel; 501: over TLS; 426: the upgrade
+            // did not get through (a proxy that drops `Upgrade`).
             Err(e)
                 if !opened_once
-                    && matches!(&e, Error::NotFound | Error::Server { status: 501, .. }) =>
+                    && matches!(
+                        &e,
+                        Error::NotFound
+                            | Error::Server { status: 501, .. }
+                            | Error::Invalid { status: 426, .. }
+                    ) =>
             {
                 tracing::info!(error = %e, "the server does not serve the worker channel; using HTTP long-polls");
                 let flush = flush_loop(shared.client.clone(), results, shared.counters.clone());
