@@ -185,6 +185,18 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
     let timer = tokio::time::sleep_until(next_wake(abandon_at, false, false));
     tokio::pin!(timer);
 
+    let start_heartbeats = || {
+        AbortOnDrop(tokio::spawn(
+            heartbeat_loop(
+                shared.client.clone(),
+                id.clone(),
+                lease_id.clone(),
+                ctx.clone(),
+                hb_interval,
+            )
+            .in_current_span(),
+        ))
+    };
     let mut pushed_cancel_seen = false;
     let outcome = loop {
         tokio::select! {
@@ -197,10 +209,7 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
                 }
             }
             _ = channel_gone(&link), if heartbeat.is_none() => {
-                heartbeat = Some(AbortOnDrop(tokio::spawn(
-                    heartbeat_loop(shared.client.clone(), id.clone(), lease_id.clone(), ctx.clone(), hb_interval)
-                        .in_current_span(),
-                )));
+                heartbeat = Some(start_heartbeats());
             }
             _ = ctx.cancelled(), if !cancel_seen => {
                 cancel_seen = true;
@@ -218,10 +227,7 @@ async fn run_one(shared: &Shared, item: Leased, token: CancellationToken) -> Set
                     tracing::debug!(timeout_ms = leased.timeout_ms, "deadline reached; token cancelled");
                 }
                 if heartbeat.is_none() && now >= hb_first {
-                    heartbeat = Some(AbortOnDrop(tokio::spawn(
-                        heartbeat_loop(shared.client.clone(), id.clone(), lease_id.clone(), ctx.clone(), hb_interval)
-                            .in_current_span(),
-                    )));
+                    heartbeat = Some(start_heartbeats());
                 }
             }
         }

@@ -827,18 +827,24 @@ struct FakeServer {
 }
 
 impl FakeServer {
-    /// Runs an echo pool until the one task it hands out is settled, then stops
-    /// it; the pool must count one completed task and nothing else.
-    async fn echo_one_task(&self) {
+    /// Runs an echo pool until `n` items are settled, then stops it and returns
+    /// its report.
+    async fn echo_until_settled(&self, n: usize) -> PoolReport {
         let pool = PoolBuilder::new(Client::new(&self.base).unwrap())
             .queue("poison", 1)
             .handler("echo", |t: Task, _ctx: Ctx| async move { Ok(t.payload) })
             .build()
             .unwrap();
         let running = Running::start(pool);
-        self.until_settled(1).await;
+        self.until_settled(n).await;
         self.closing.cancel();
-        let report = running.stop().await;
+        running.stop().await
+    }
+
+    /// `echo_until_settled` of the one task it hands out: the pool must count
+    /// one completed task and nothing else.
+    async fn echo_one_task(&self) {
+        let report = self.echo_until_settled(1).await;
         assert_eq!(
             report,
             PoolReport {
@@ -1057,19 +1063,7 @@ async fn an_undecodable_task_fails_alone_and_its_batch_mates_complete() {
         leased_json("ok-2", r#"{"n":2}"#),
     );
     let fake = FakeServer::start(batch, 0).await;
-    let pool = PoolBuilder::new(Client::new(&fake.base).unwrap())
-        .queue("poison", 1)
-        .concurrency(4)
-        .prefetch(4)
-        .handler("echo", |t: Task, _ctx: Ctx| async move { Ok(t.payload) })
-        .build()
-        .unwrap();
-    let running = Running::start(pool);
-
-    fake.until_settled(4).await;
-    fake.closing.cancel();
-    let report = running.stop().await;
-
+    let report = fake.echo_until_settled(4).await;
     assert_eq!(
         report,
         PoolReport {
