@@ -80,6 +80,12 @@ impl Error {
             .saturating_add(backoff)
     }
 
+    /// True when the server gave no answer at all: the connection was refused
+    /// or broke, or the worker channel failed (the server may be restarting).
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, Error::Transport(_) | Error::Channel { .. })
+    }
+
     /// True for errors worth retrying the same request after a pause: overload
     /// (429, 503), a server whose disk is full (507: it takes writes again once
     /// space is freed) and transport failures.

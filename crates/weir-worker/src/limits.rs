@@ -44,12 +44,13 @@ pub const RESULTS_CHANNEL_MAX: usize = 4_096;
 /// the channel, 16 instead of 2 cut a 64-handler pool's drain of no-op tasks
 /// from ~120k to ~77k tasks/s (one try each, `examples/throughput.rs`).
 pub const SETTLE_REQUESTS_IN_FLIGHT_MAX: usize = 2;
-/// Tries of one settle batch (and of one release) on a transient failure the
-/// server gave no `Retry-After` for (no answer, a 5xx).
+/// Tries of one settle batch (and of one release) on a 5xx the server gave no
+/// `Retry-After` for.
 pub const SETTLE_TRIES_MAX: u32 = 5;
 /// How long, in the pauses the server asks for with `Retry-After` (a 429 over its
-/// rate limit, a 503 or 507 outage), one settle batch or release keeps trying,
-/// however many tries that takes. Longer than a default lease (30 s + 5 s grace):
+/// rate limit, a 503 or 507 outage), or by the clock while it does not answer at
+/// all (a restart), one settle batch or release keeps trying, however many tries
+/// that takes. Longer than a default lease (30 s + 5 s grace):
 /// past that the server has handed the task out again and would refuse the
 /// result anyway.
 pub const SETTLE_THROTTLED_MS_MAX: u64 = 60_000;

@@ -36,6 +36,9 @@ pub(crate) struct Retries {
     failures: u32,
     /// The pauses the server asked for so far.
     throttled: Duration,
+    /// Since when the server has not answered at all (refused or broken
+    /// connections: a restart, most often), if that is how the last try failed.
+    away_since: Option<std::time::Instant>,
 }
 
 impl Retries {
@@ -44,19 +47,29 @@ impl Retries {
             backoff: backoff(SETTLE_RETRY_BACKOFF_MS, SETTLE_RETRY_BACKOFF_MS_MAX),
             failures: 0,
             throttled: Duration::ZERO,
+            away_since: None,
         }
     }
 
     /// The pause before the next try after `e` (a retryable error), or `None`
     /// to give up. A server that answers with `Retry-After` is alive and asking
     /// for patience: it is waited out for up to `SETTLE_THROTTLED_MS_MAX` in all,
-    /// however many tries that takes. Any other failure counts toward
+    /// however many tries that takes. A server that does not answer at all (it
+    /// is restarting, or the network is down) is tried for as long, by the clock:
+    /// giving up sooner would drop finished tasks' results while it comes back.
+    /// Any other failure (a 5xx without `Retry-After`) counts toward
     /// `SETTLE_TRIES_MAX`.
     pub(crate) fn after(&mut self, e: &Error) -> Option<Duration> {
         let backoff = self
             .backoff
             .next()
             .unwrap_or(Duration::from_millis(SETTLE_RETRY_BACKOFF_MS_MAX));
+        if e.is_unanswered() {
+            let since = *self.away_since.get_or_insert_with(std::time::Instant::now);
+            return (since.elapsed() <= Duration::from_millis(SETTLE_THROTTLED_MS_MAX))
+                .then_some(backoff);
+        }
+        self.away_since = None;
         match e.retry_after() {
             Some(asked) => {
                 self.throttled = self.throttled.saturating_add(asked);
@@ -106,6 +119,25 @@ mod tests {
             assert!(d <= 2 * Duration::from_millis(SETTLE_RETRY_BACKOFF_MS_MAX));
         }
         assert_eq!(r.after(&unavailable()), None);
+    }
+
+    fn refused() -> Error {
+        Error::Channel {
+            detail: "connection refused".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_server_that_does_not_answer_is_tried_for_the_budget_by_the_clock() {
+        let mut r = Retries::new();
+        // Far more tries than SETTLE_TRIES_MAX while the budget lasts.
+        for _ in 0..4 * SETTLE_TRIES_MAX {
+            assert!(r.after(&refused()).is_some());
+        }
+        // Away for longer than the budget: given up.
+        r.away_since =
+            Some(std::time::Instant::now() - Duration::from_millis(SETTLE_THROTTLED_MS_MAX + 1));
+        assert_eq!(r.after(&refused()), None);
     }
 
     #[test]
