@@ -138,10 +138,12 @@ impl ClientBuilder {
     pub fn build(self) -> Result<Client, BuildError> {
         let auth = self.api_key.as_deref().map(bearer).transpose()?;
         let mut http = Client::http_builder();
+        let mut ca_certs = Vec::new();
         for source in &self.ca_certs {
             for der in certificates(source)? {
                 let cert = reqwest::Certificate::from_der(&der).map_err(BuildError::Http)?;
                 http = http.add_root_certificate(cert);
+                ca_certs.push(der);
             }
         }
         if let Some(n) = self.pool_max_idle_per_host {
@@ -150,6 +152,7 @@ impl ClientBuilder {
         let http = http.build().map_err(BuildError::Http)?;
         let mut client = Client::with_http(self.base, http);
         client.auth = auth;
+        client.ca_certs = ca_certs.into();
         Ok(client)
     }
 }

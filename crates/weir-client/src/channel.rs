@@ -14,6 +14,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -30,7 +31,11 @@ pub const CHANNEL_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Longest the upgrade and the `hello`/`welcome` exchange may take.
 pub const CHANNEL_OPEN_TIMEOUT_MS: u64 = 10_000;
 
-type Ws = WebSocketStream<TcpStream>;
+/// A channel's connection: TCP, or TLS over TCP for an `https://` server.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// What a worker says in `hello`.
 #[derive(Clone, Debug, Serialize)]
@@ -104,25 +109,33 @@ impl Client {
     /// Opens a worker channel: upgrades `GET /v1/workers/connect` (with the
     /// client's API key), sends `hello` and waits for `welcome`.
     ///
-    /// Errors: an `https://` server (the channel is served on plain connections
-    /// only), an answer other than `101` mapped as any HTTP answer is (a server
-    /// without the route says 404; over TLS, 501), a connection that fails or
-    /// closes before `welcome`.
+    /// An `https://` server is reached over `wss://`, trusting what the
+    /// client's requests trust (Mozilla's roots and the builder's CA
+    /// certificates).
+    ///
+    /// Errors: an answer other than `101` mapped as any HTTP answer is (a server
+    /// without the route says 404, an older one 501 over TLS), a TLS handshake
+    /// or connection that fails or closes before `welcome`.
     pub async fn open_channel(
         &self,
         hello: &Hello<'_>,
     ) -> Result<(ChannelSender, ChannelReceiver, Welcome), Error> {
         let open = async {
-            let Some(rest) = self.base_url().strip_prefix("http://") else {
-                return Err(channel_error(
-                    "the worker channel is served on http:// servers only",
-                ));
+            let (tls, rest) = match self.base_url().split_once("://") {
+                Some(("http", rest)) => (false, rest),
+                Some(("https", rest)) => (true, rest),
+                _ => {
+                    return Err(channel_error(
+                        "the server's URL is neither http:// nor https://",
+                    ))
+                }
             };
             let (hostport, prefix) = match rest.find('/') {
                 Some(i) => rest.split_at(i),
                 None => (rest, ""),
             };
-            let mut req = format!("ws://{hostport}{prefix}/v1/workers/connect")
+            let scheme = if tls { "wss" } else { "ws" };
+            let mut req = format!("{scheme}://{hostport}{prefix}/v1/workers/connect")
                 .into_client_request()
                 .map_err(ws_error)?;
             if let Some(auth) = &self.auth {
@@ -133,10 +146,18 @@ impl Client {
                 .await
                 .map_err(|e| channel_error(&format!("connecting to {hostport}: {e}")))?;
             let _ = tcp.set_nodelay(true);
+            let io: Box<dyn Io> = if tls {
+                let host = req.uri().host().unwrap_or_default();
+                // `[::1]` in a URL is `::1` to TLS.
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Box::new(self.tls_connect(host, tcp).await?)
+            } else {
+                Box::new(tcp)
+            };
             let config = WebSocketConfig::default()
                 .max_message_size(Some(CHANNEL_MESSAGE_BYTES_MAX))
                 .max_frame_size(Some(CHANNEL_MESSAGE_BYTES_MAX));
-            let (ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
+            let (ws, _) = tokio_tungstenite::client_async_with_config(req, io, Some(config))
                 .await
                 .map_err(ws_error)?;
             let (sink, frames) = ws.split();
@@ -168,6 +189,35 @@ impl Client {
         tokio::time::timeout(Duration::from_millis(CHANNEL_OPEN_TIMEOUT_MS), open)
             .await
             .unwrap_or_else(|_| Err(channel_error("opening the channel timed out")))
+    }
+
+    /// A TLS session to `host` over `tcp`, trusting what the client's HTTP
+    /// requests trust: Mozilla's roots and the client's own CA certificates.
+    async fn tls_connect(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for der in self.ca_certs.iter() {
+            roots
+                .add(der.clone())
+                .map_err(|e| channel_error(&format!("a CA certificate: {e}")))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| channel_error(&format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| channel_error(&format!("{host:?} as a TLS server name: {e}")))?;
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| channel_error(&format!("TLS with {host}: {e}")))
     }
 }
 

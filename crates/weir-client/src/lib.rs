@@ -61,6 +61,9 @@ pub struct Client {
     /// `Authorization: Bearer <API key>` sent with every request, if there is a
     /// key; marked sensitive, so `Debug` shows `Sensitive`, never the key.
     auth: Option<HeaderValue>,
+    /// CA certificates trusted besides the built-in roots (for the worker
+    /// channel's `wss://`, which does not go through reqwest).
+    ca_certs: std::sync::Arc<[rustls_pki_types::CertificateDer<'static>]>,
 }
 
 impl Client {
@@ -97,6 +100,7 @@ impl Client {
             http,
             base,
             auth: None,
+            ca_certs: std::sync::Arc::new([]),
         }
     }
 

@@ -2,7 +2,8 @@
 //! `Authorization: Bearer <key>` on every request (checked against a stand-in
 //! server that records it: weir does not check keys yet), and never shows in an
 //! error; a CA given as PEM makes an `https://` weir server trusted (a
-//! self-signed certificate as its own CA), and without it the client refuses.
+//! self-signed certificate as its own CA) for requests and for the worker
+//! channel (`wss://`), and without it the client refuses both.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use weir_client::{Client, EnqueueOptions, Error};
+use weir_client::{AckItem, Client, EnqueueOptions, Error, Hello, Pushed};
 
 const KEY: &str = "wk_test_s3cr3t";
 
@@ -117,6 +118,38 @@ async fn a_ca_given_as_pem_makes_an_https_server_trusted() {
         .unwrap()
         .id;
     assert_eq!(c.get(&id).await.unwrap().payload, json!({"over": "tls"}));
+
+    // The worker channel over the same TLS (`wss://`), trusting the same CA:
+    // the task is pushed and its ack settled.
+    let queues = ["q".to_owned()];
+    let hello = Hello {
+        queues: &queues,
+        worker: Some("w-tls"),
+        credit: 1,
+    };
+    let (mut tx, mut rx, welcome) = c.open_channel(&hello).await.unwrap();
+    assert_eq!(welcome.queues, queues);
+    let Some(Ok(Pushed::Tasks(batch))) = rx.next().await else {
+        panic!("no push over wss")
+    };
+    assert_eq!(batch.tasks[0].id, id);
+    let ack = AckItem {
+        id: id.clone(),
+        lease_id: batch.tasks[0].lease_id.clone(),
+        result: json!("done over wss"),
+    };
+    tx.settle(7, &[ack], &[], &[]).await.unwrap();
+    let Some(Ok(Pushed::Settled(settled))) = rx.next().await else {
+        panic!("no settled over wss")
+    };
+    assert_eq!(settled.seq, 7);
+    assert!(settled.acks[0].ok, "{settled:?}");
+    assert_eq!(
+        c.get(&id).await.unwrap().result,
+        Some(json!("done over wss"))
+    );
+    // Left open: the server's shutdown below closes it.
+
     // The same from the file.
     let c = Client::builder(&base)
         .ca_cert_file(&cert_path)
@@ -136,6 +169,14 @@ async fn a_ca_given_as_pem_makes_an_https_server_trusted() {
         cause = c.source();
     }
     assert!(shown.contains("certificate"), "{shown}");
+    // And no channel either: the TLS error names the certificate.
+    let e = Client::new(&base)
+        .unwrap()
+        .open_channel(&hello)
+        .await
+        .err()
+        .expect("a channel to an untrusted server");
+    assert!(format!("{e}").contains("certificate"), "{e}");
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();

@@ -49,6 +49,18 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// The ingress limit (`--ingress-rate`); `None` limits nothing.
     pub ingress: Option<Arc<crate::ingress::IngressLimiter>>,
+    /// The server's connections: what tells them to stop, and what shutdown
+    /// waits for (a worker channel runs in a task of its own among them).
+    pub connections: Arc<Connections>,
+}
+
+/// The server's connections, as the shutdown sees them.
+pub struct Connections {
+    /// Cancelled when the server stops: every connection finishes its request
+    /// in flight (a worker channel closes) and ends.
+    pub stopping: tokio_util::sync::CancellationToken,
+    /// Every connection's task; shutdown waits for them (for the grace period).
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// Room for the JSON around a payload or result in a single-task request body.

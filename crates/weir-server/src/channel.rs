@@ -14,27 +14,32 @@
 //! May not: push more tasks than the credit granted, answer a settle before it is
 //! durable, or keep extending a lease after the channel is gone.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::task::AtomicWaker;
+use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 use weir_core::validate;
 use weir_core::TaskId;
 use weir_store::LeaseId;
@@ -42,6 +47,7 @@ use weir_store::LeaseId;
 use crate::api::{self, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::metrics::LongPoll;
 use crate::park::ParkHere;
 use crate::wire::{lease_body, AckItem, FailItem};
 
@@ -55,15 +61,15 @@ pub const QUEUES_MAX: usize = 16;
 pub const HELD_MAX: u32 = 10_000;
 /// How often the server pings a channel.
 pub const PING_MS: u64 = 20_000;
+const PING: Duration = Duration::from_millis(PING_MS);
 /// A channel silent this long (no frame, no pong) is dead.
 pub const SILENCE_MS: u64 = 60_000;
+const SILENCE: Duration = Duration::from_millis(SILENCE_MS);
 /// Settle messages a channel works on at once (their durable commits overlap;
 /// their answers go out in order).
 const SETTLES_IN_FLIGHT_MAX: usize = 8;
 /// A settle's outcome: the tasks it named, and its answer.
 type Settled = (Vec<TaskId>, Result<serde_json::Value, ApiError>);
-/// One push's tasks, as the channel's loop learns them: (id, lease, timeout).
-type Pushed = Vec<(TaskId, LeaseId, u64)>;
 /// How long a pushed task runs before its watch (implicit heartbeat and
 /// cancel push) starts: most tasks of a busy worker are settled sooner and never
 /// cost one (the Rust pool's own rule for its watches). A cancel of a task in
@@ -78,16 +84,14 @@ const OUTBOX_MAX: usize = 64;
 /// by every idle channel).
 const READ_BUFFER_BYTES: usize = 512;
 
+/// What a connection holds while it is open (its slot under the connection
+/// cap, its count), handed to the channel that takes it over.
+pub type Held = Box<dyn Send + Sync>;
+
 /// The upgrade of a request served by `http1`: after the 101 answer, the socket
-/// (and any bytes read past the request) belong to this.
-pub type Takeover = Box<
-    dyn FnOnce(
-            TcpStream,
-            Vec<u8>,
-            CancellationToken,
-        ) -> futures_util::future::BoxFuture<'static, ()>
-        + Send,
->;
+/// (and any bytes read past the request) belong to this, which starts the
+/// channel's task.
+pub type Takeover = Box<dyn FnOnce(TcpStream, Vec<u8>, Held) + Send>;
 
 /// The extension of a `101` answer: what takes the connection over.
 pub type Upgrade = crate::park::Once<Takeover>;
@@ -105,8 +109,9 @@ pub async fn connect(
     State(s): State<AppState>,
     who: Option<Extension<Principal>>,
     lean: Option<Extension<ParkHere>>,
-    headers: HeaderMap,
+    mut req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let headers = req.headers();
     let upgrade = headers
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
@@ -134,20 +139,40 @@ pub async fn connect(
             "a WebSocket upgrade needs Connection: Upgrade and Sec-WebSocket-Version: 13",
         ));
     }
-    if lean.is_none() {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let who = who.map(|Extension(p)| p);
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    if lean.is_some() {
+        // A plain connection (`http1`): it hands its socket over once the
+        // 101 is written.
+        let takeover: Takeover =
+            Box::new(move |stream, read, held| start(stream, read, s, who, held));
+        Upgrade::put(&mut response, takeover);
+    } else if let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
+        // A TLS connection (hyper): the upgraded session comes once hyper
+        // has written the 101; the channel keeps the connection's slot.
+        let held = req.extensions().get::<ConnHeld>().cloned();
+        let tracker = s.connections.tracker.clone();
+        tracker.spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => start(
+                    hyper_util::rt::TokioIo::new(upgraded),
+                    Vec::new(),
+                    s,
+                    who,
+                    Box::new(held),
+                ),
+                Err(error) => tracing::debug!(%error, "worker channel upgrade failed"),
+            }
+        });
+    } else {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "channel-unavailable",
             "Worker channel unavailable",
-            "the worker channel is served on plain HTTP connections only for now; \
-             use the HTTP API (lease, /v1/acks, heartbeat) over TLS",
+            "this connection cannot be upgraded; use the HTTP API (lease, /v1/acks, heartbeat)",
         ));
     }
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let who = who.map(|Extension(p)| p);
-    let takeover: Takeover =
-        Box::new(move |stream, read, stopping| Box::pin(run(stream, read, s, who, stopping)));
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -155,9 +180,13 @@ pub async fn connect(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a header value"),
     );
-    Upgrade::put(&mut response, takeover);
     Ok(response)
 }
+
+/// What a TLS connection holds while open (its slot under the cap, its
+/// count), set on each of its requests: an upgraded worker channel keeps it.
+#[derive(Clone)]
+pub struct ConnHeld(pub Arc<dyn Send + Sync>);
 
 fn bad_upgrade(detail: &str) -> ApiError {
     ApiError::new(
@@ -317,164 +346,430 @@ impl Credit {
     }
 }
 
-/// What one channel shares between its parts.
+/// What one channel shares between its parts: its loop (which reads and
+/// writes the socket), its lease loops and its watches.
 struct Shared {
     state: AppState,
     who: Option<Principal>,
-    out: mpsc::Sender<Box<Message>>,
+    outbox: Outbox,
     credit: Credit,
-    worker: Option<String>,
+    /// The worker's name, from its `hello`.
+    worker: OnceLock<String>,
+    /// Held tasks not yet watched, with when they were pushed: a lease loop
+    /// puts a push's tasks here before it queues the push, so a settle of
+    /// them is never read before they are known as held.
+    unwatched: Mutex<HashMap<TaskId, (LeaseId, u64, Instant)>>,
+    /// Set when `unwatched` gains tasks (the loop is woken through the
+    /// outbox).
+    pushed: AtomicBool,
 }
 
 impl Shared {
-    async fn send_json(&self, value: serde_json::Value) {
-        let _ = self
-            .out
-            .send(Box::new(Message::text(value.to_string())))
-            .await;
+    async fn send_json(&self, value: serde_json::Value) -> bool {
+        self.outbox.send(Message::text(value.to_string())).await
     }
 }
 
-/// Runs one channel until the worker closes it, goes silent, breaks the
-/// protocol, or the server stops.
-async fn run(
-    stream: TcpStream,
-    read: Vec<u8>,
-    state: AppState,
-    who: Option<Principal>,
-    stopping: CancellationToken,
-) {
+/// Frees an emptied map's room: a burst's thousands of held tasks are not kept
+/// by an idle channel.
+fn shrink_if_empty<K, V>(map: &mut HashMap<K, V>) {
+    if map.is_empty() && map.capacity() > 64 {
+        *map = HashMap::new();
+    }
+}
+
+/// Locks, going on past a poisoned lock (its holders leave it consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Frames waiting for the socket. The channel's loop writes them; its lease
+/// loops and watches queue pushes and cancels, waiting while `OUTBOX_MAX` are
+/// queued. A list under a lock rather than a tokio channel: an idle channel
+/// should not pay for a channel's first block of slots (800 bytes).
+#[derive(Default)]
+struct Outbox {
+    frames: Mutex<Frames>,
+    /// The channel's loop, woken when a frame is queued.
+    ready: AtomicWaker,
+    /// Lease loops and watches waiting for room.
+    room: Notify,
+}
+
+#[derive(Default)]
+struct Frames {
+    queue: VecDeque<Message>,
+    closed: bool,
+}
+
+impl Outbox {
+    /// Queues a frame, waiting while the outbox is full; false once the
+    /// channel has ended.
+    async fn send(&self, m: Message) -> bool {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut f = lock(&self.frames);
+                if f.closed {
+                    return false;
+                }
+                if f.queue.len() < OUTBOX_MAX {
+                    f.queue.push_back(m);
+                    drop(f);
+                    self.ready.wake();
+                    return true;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Queues a frame of the loop's own (an answer, an error, a ping) past the
+    /// bound: the loop reads nothing while the outbox is full, so these are
+    /// at most what the frames already read cause.
+    fn push(&self, m: Message) {
+        lock(&self.frames).queue.push_back(m);
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.frames).queue.len()
+    }
+
+    fn pop(&self) -> Option<Message> {
+        let mut f = lock(&self.frames);
+        let m = f.queue.pop_front()?;
+        if f.queue.len() < OUTBOX_MAX {
+            self.room.notify_waiters();
+        }
+        if f.queue.is_empty() && f.queue.capacity() > OUTBOX_MAX {
+            // A burst's room is not kept by an idle channel.
+            f.queue = VecDeque::new();
+        }
+        Some(m)
+    }
+
+    /// The channel has ended: nothing more is queued.
+    fn close(&self) {
+        lock(&self.frames).closed = true;
+        self.room.notify_waiters();
+    }
+}
+
+/// What [`drive`] returns for the loop to act on.
+enum Driven {
+    /// A frame from the worker.
+    Frame(Message),
+    /// A lease loop has put tasks in `unwatched`.
+    Pushed,
+}
+
+/// Writes what the outbox holds, as long as the socket takes it; then reports
+/// new pushes (with `pushes`), and, with `reading` and room in the outbox, reads
+/// the next frame. `Ready(None)`: the socket is closed or broken.
+fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    sh: &Shared,
+    unflushed: &mut bool,
+    reading: bool,
+    pushes: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Driven>> {
+    let outbox = &sh.outbox;
+    outbox.ready.register(cx.waker());
+    loop {
+        match Pin::new(&mut *ws).poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(None),
+            Poll::Pending => break,
+        }
+        let Some(m) = outbox.pop() else { break };
+        if Pin::new(&mut *ws).start_send(m).is_err() {
+            return Poll::Ready(None);
+        }
+        *unflushed = true;
+    }
+    if *unflushed {
+        match Pin::new(&mut *ws).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *unflushed = false,
+            Poll::Ready(Err(_)) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+    }
+    if pushes && sh.pushed.swap(false, Ordering::AcqRel) {
+        return Poll::Ready(Some(Driven::Pushed));
+    }
+    if reading && outbox.len() < OUTBOX_MAX {
+        match Pin::new(&mut *ws).poll_next(cx) {
+            Poll::Ready(Some(Ok(m))) => return Poll::Ready(Some(Driven::Frame(m))),
+            Poll::Ready(_) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
+}
+
+/// Settles in flight, answered in the order they came (made on first use, and
+/// dropped when none are left: an empty `FuturesOrdered` allocates).
+type Settling = Option<Box<FuturesOrdered<BoxFuture<'static, Settled>>>>;
+
+async fn next_settled(settling: &mut Settling) -> Option<Settled> {
+    settling.as_mut()?.next().await
+}
+
+/// A channel's held tasks' watches, and the timer that starts them: made when
+/// the first tasks are pushed, dropped when none are left.
+struct Watching {
+    /// One watch per held task past WATCH_AFTER; a watch ends with its task's id.
+    set: JoinSet<TaskId>,
+    watches: HashMap<TaskId, AbortHandle>,
+    /// When the oldest unwatched task is due its watch (while `ripening`).
+    ripen: Pin<Box<tokio::time::Sleep>>,
+    ripening: bool,
+}
+
+impl Default for Watching {
+    fn default() -> Self {
+        Watching {
+            set: JoinSet::new(),
+            watches: HashMap::new(),
+            ripen: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            ripening: false,
+        }
+    }
+}
+
+impl Watching {
+    /// Runs the timer to `at`, unless it runs to an earlier time already.
+    fn arm(&mut self, at: Instant) {
+        if !self.ripening || at < self.ripen.deadline() {
+            self.ripen.as_mut().reset(at);
+        }
+        self.ripening = true;
+    }
+
+    /// Starts the watches of the tasks held past WATCH_AFTER, and runs the
+    /// timer to the next one due.
+    fn start_due(&mut self, sh: &Arc<Shared>) {
+        let due = Instant::now() - WATCH_AFTER;
+        let mut next: Option<Instant> = None;
+        let mut unwatched = lock(&sh.unwatched);
+        let ripe: Vec<TaskId> = unwatched
+            .iter()
+            .filter_map(|(id, (_, _, at))| {
+                if *at <= due {
+                    return Some(*id);
+                }
+                next = Some(next.map_or(*at, |n| n.min(*at)));
+                None
+            })
+            .collect();
+        for id in ripe {
+            if let Some((lease_id, timeout_ms, _)) = unwatched.remove(&id) {
+                let w = self.set.spawn(watch(sh.clone(), id, lease_id, timeout_ms));
+                self.watches.insert(id, w);
+            }
+        }
+        shrink_if_empty(&mut unwatched);
+        drop(unwatched);
+        self.ripening = false;
+        if let Some(at) = next {
+            self.arm(at + WATCH_AFTER);
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        !self.ripening && self.set.is_empty()
+    }
+}
+
+/// What happened to a channel's watches.
+enum WatchEvent {
+    /// The timer ran out: tasks are due their watches.
+    Ripe,
+    /// A watch ended by itself.
+    Ended(TaskId),
+    /// No watch is left and no timer runs: the watches can go.
+    Idle,
+}
+
+/// The next [`WatchEvent`]; never, without watches or a timer running.
+fn poll_watching(watching: &mut Option<Box<Watching>>, cx: &mut Context<'_>) -> Poll<WatchEvent> {
+    let Some(w) = watching.as_mut() else {
+        return Poll::Pending;
+    };
+    if w.ripening && w.ripen.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(WatchEvent::Ripe);
+    }
+    // Watches aborted by a settle end here too, as errors.
+    while let Poll::Ready(Some(done)) = w.set.poll_join_next(cx) {
+        if let Ok(id) = done {
+            return Poll::Ready(WatchEvent::Ended(id));
+        }
+    }
+    if w.is_idle() {
+        return Poll::Ready(WatchEvent::Idle);
+    }
+    Poll::Pending
+}
+
+/// Starts a channel's task over an upgraded connection (its socket, and any
+/// bytes read past the upgrade request); `held` is kept until the channel ends.
+fn start<S>(stream: S, read: Vec<u8>, state: AppState, who: Option<Principal>, held: Held)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_message_size(Some(state.config.limits.request_bytes_max))
         .max_frame_size(Some(state.config.limits.request_bytes_max));
-    let ws = WebSocketStream::from_partially_read(stream, read, Role::Server, Some(config)).await;
-    let (mut sink, mut frames) = ws.split();
-    // Boxed elements: a channel allocates its first block of 32 slots at once,
-    // and an idle channel should not pay 32 whole messages for it.
-    let (out, mut outbox) = mpsc::channel::<Box<Message>>(OUTBOX_MAX);
-    // The writer: the outbox, and a ping every PING_MS.
-    let writer = async move {
-        let mut ping = tokio::time::interval(Duration::from_millis(PING_MS));
-        ping.tick().await;
-        loop {
-            let msg = tokio::select! {
-                m = outbox.recv() => match m {
-                    Some(m) => *m,
-                    None => break,
-                },
-                _ = ping.tick() => Message::Ping(Bytes::new()),
-            };
-            let closing = matches!(msg, Message::Close(_));
-            if sink.send(msg).await.is_err() || closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    };
-    let mut writer = std::pin::pin!(writer);
-    let ended = CancellationToken::new();
-    let mut shared: Option<Arc<Shared>> = None;
-    // Settles in flight, answered in the order they came.
-    let mut settling: FuturesOrdered<BoxFuture<'static, Settled>> = FuturesOrdered::new();
-    let mut leasing: JoinSet<()> = JoinSet::new();
-    // One watch per held task; a watch ends with its task's id.
-    let mut held: JoinSet<TaskId> = JoinSet::new();
-    let mut watches: HashMap<TaskId, AbortHandle> = HashMap::new();
-    // Held tasks not yet watched, with when they were pushed.
-    let mut unwatched: HashMap<TaskId, (LeaseId, u64, Instant)> = HashMap::new();
-    let mut tick = tokio::time::interval(WATCH_AFTER);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Each push's tasks, from its lease loop: (id, lease, timeout), one message
-    // per push.
-    // Boxed, as the outbox's: the first block of 32 slots is 256 bytes, not 768.
-    let (held_tx, mut held_rx) = mpsc::channel::<Box<Pushed>>(OUTBOX_MAX);
-    let silence = Duration::from_millis(SILENCE_MS);
+    let tracker = state.connections.tracker.clone();
+    let sh = Arc::new(Shared {
+        state,
+        who,
+        outbox: Outbox::default(),
+        credit: Credit::default(),
+        worker: OnceLock::new(),
+        unwatched: Mutex::new(HashMap::new()),
+        pushed: AtomicBool::new(false),
+    });
+    // Combinators rather than one `async` block: what only the start needs
+    // (the socket before it is a WebSocket, the bytes read) is not kept for
+    // the channel's whole life.
+    let channel = WebSocketStream::from_partially_read(stream, read, Role::Server, Some(config))
+        .then(move |ws| run(Box::new(ws), sh))
+        .map(move |()| drop(held));
+    tracker.spawn(channel);
+}
+
+/// Runs one channel until the worker closes it, goes silent, breaks the
+/// protocol, or the server stops.
+///
+/// What an idle channel holds is this future, its socket and `Shared`; every
+/// other part (settles in flight, watches, the watch timer) is made when it is
+/// first needed. The socket comes boxed: an `async fn` keeps an argument and
+/// the local it is moved into, and a `WebSocketStream` is 320 bytes.
+async fn run<S>(ws: Box<WebSocketStream<S>>, sh: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut ws = ws;
+    let mut hello_done = false;
+    let mut unflushed = false;
+    let mut leasing: Vec<AbortHandle> = Vec::new();
+    let mut settling: Settling = None;
+    let mut watching: Option<Box<Watching>> = None;
+    // One timer for the ping every PING_MS and the silence limit.
+    let mut heard = Instant::now();
+    let timer = tokio::time::sleep(PING);
+    tokio::pin!(timer);
+    // Once the server stops: no more reading or leasing; the settles in
+    // flight are answered, then the channel closes.
+    let mut draining = false;
     loop {
+        let in_flight = settling.as_ref().map_or(0, |s| s.len());
+        if draining && in_flight == 0 {
+            break;
+        }
+        let ripening = watching.as_ref().is_some_and(|w| w.ripening);
+        let watched = watching.is_some();
         let frame = tokio::select! {
-            // A push's tasks are known as held before any settle of them is
-            // read (the push is sent after it is registered here).
             biased;
-            Some(pushed) = held_rx.recv() => {
-                let now = Instant::now();
-                for (id, lease_id, timeout_ms) in *pushed {
-                    unwatched.insert(id, (lease_id, timeout_ms, now));
-                }
-                continue;
-            }
-            Some((ids, answer)) = settling.next(), if !settling.is_empty() => {
+            Some((ids, answer)) = next_settled(&mut settling), if in_flight > 0 => {
                 // Settled or not, a task the worker has given an outcome for
                 // is no longer this channel's to extend.
                 let mut freed = 0;
-                for id in ids {
-                    if unwatched.remove(&id).is_some() {
-                        freed += 1;
+                {
+                    let mut unwatched = lock(&sh.unwatched);
+                    for id in ids {
+                        if unwatched.remove(&id).is_some() {
+                            freed += 1;
+                        }
+                        if let Some(w) = watching.as_mut().and_then(|w| w.watches.remove(&id)) {
+                            w.abort();
+                            freed += 1;
+                        }
                     }
-                    if let Some(w) = watches.remove(&id) {
-                        w.abort();
-                        freed += 1;
-                    }
+                    shrink_if_empty(&mut unwatched);
                 }
-                if let Some(sh) = &shared {
-                    sh.credit.settled(freed);
+                sh.credit.settled(freed);
+                if settling.as_ref().is_some_and(|s| s.is_empty()) {
+                    settling = None;
                 }
                 match answer {
                     Ok(answer) => {
-                        let _ = out.send(Box::new(Message::text(answer.to_string()))).await;
+                        sh.outbox.push(Message::text(answer.to_string()));
                         continue;
                     }
                     Err(e) => {
-                        protocol_error_api(&out, e).await;
+                        protocol_error_api(&sh.outbox, e);
                         break;
                     }
                 }
             }
-            f = tokio::time::timeout(silence, frames.next()), if settling.len() < SETTLES_IN_FLIGHT_MAX => match f {
-                Ok(Some(Ok(f))) => f,
-                // Closed, broken, or silent past SILENCE_MS.
-                _ => break,
+            f = std::future::poll_fn(|cx| {
+                let reading = !draining && in_flight < SETTLES_IN_FLIGHT_MAX;
+                drive(&mut ws, &sh, &mut unflushed, reading, !ripening, cx)
+            }) => match f {
+                Some(Driven::Frame(f)) => {
+                    heard = Instant::now();
+                    f
+                }
+                Some(Driven::Pushed) => {
+                    // A push's tasks: their watches are due WATCH_AFTER from now.
+                    watching
+                        .get_or_insert_with(Default::default)
+                        .arm(Instant::now() + WATCH_AFTER);
+                    continue;
+                }
+                // Closed or broken.
+                None => break,
             },
-            _ = tick.tick(), if !unwatched.is_empty() => {
-                // Tasks held past WATCH_AFTER get their watch: a task settled
-                // sooner costs no store call and no task of its own.
-                if let Some(sh) = &shared {
-                    let due = Instant::now() - WATCH_AFTER;
-                    let ripe: Vec<TaskId> = unwatched
-                        .iter()
-                        .filter(|(_, (_, _, at))| *at <= due)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in ripe {
-                        if let Some((lease_id, timeout_ms, _)) = unwatched.remove(&id) {
-                            let w = held.spawn(watch(sh.clone(), id, lease_id, timeout_ms, ended.clone()));
-                            watches.insert(id, w);
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= heard + SILENCE {
+                    break;
+                }
+                sh.outbox.push(Message::Ping(Bytes::new()));
+                timer.as_mut().reset((now + PING).min(heard + SILENCE));
+                continue;
+            }
+            event = std::future::poll_fn(|cx| poll_watching(&mut watching, cx)), if watched => {
+                let w = watching.as_mut().expect("watched");
+                match event {
+                    // Tasks held past WATCH_AFTER get their watch: a task
+                    // settled sooner costs no store call and no task of its own.
+                    WatchEvent::Ripe => w.start_due(&sh),
+                    // A watch that ended by itself: its lease is gone (settled
+                    // elsewhere, expired), and so is the task from this channel.
+                    WatchEvent::Ended(id) => {
+                        if w.watches.remove(&id).is_some() {
+                            sh.credit.settled(1);
                         }
                     }
+                    WatchEvent::Idle => {}
+                }
+                if w.is_idle() {
+                    watching = None;
                 }
                 continue;
             }
-            Some(done) = held.join_next(), if !held.is_empty() => {
-                // A watch that ended by itself: its lease is gone (settled
-                // elsewhere, expired), and so is the task from this channel.
-                if let Ok(id) = done {
-                    if let (Some(_), Some(sh)) = (watches.remove(&id), &shared) {
-                        sh.credit.settled(1);
-                    }
+            () = sh.state.connections.stopping.cancelled(), if !draining => {
+                draining = true;
+                for l in leasing.drain(..) {
+                    l.abort();
                 }
                 continue;
             }
-            Some(_) = leasing.join_next(), if !leasing.is_empty() => continue,
-            () = &mut writer => break,
-            // The close goes out below.
-            () = stopping.cancelled() => break,
         };
         let text = match frame {
             Message::Text(t) => t,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Close(_) => break,
             Message::Binary(_) => {
-                protocol_error(&out, "binary frames are not part of the protocol").await;
+                protocol_error(&sh.outbox, "binary frames are not part of the protocol");
                 break;
             }
         };
@@ -483,93 +778,109 @@ async fn run(
         let msg = match kind(&bytes).and_then(|k| Incoming::parse(k, &bytes)) {
             Ok(m) => m,
             Err(e) => {
-                protocol_error(&out, &format!("a malformed message: {e}")).await;
+                protocol_error(&sh.outbox, &format!("a malformed message: {e}"));
                 break;
             }
         };
-        match (msg, &shared) {
+        match (msg, hello_done) {
             (
                 Incoming::Hello {
                     queues,
                     worker,
                     credit,
                 },
-                None,
-            ) => match hello(&state, who.as_ref(), &queues, worker.as_deref()) {
+                false,
+            ) => match hello(&sh.state, sh.who.as_ref(), &queues, worker.as_deref()) {
                 Ok((accepted, refused)) => {
-                    let sh = Arc::new(Shared {
-                        state: state.clone(),
-                        who: who.clone(),
-                        out: out.clone(),
-                        credit: Credit::default(),
-                        worker,
-                    });
-                    sh.credit.grant(credit);
-                    sh.send_json(serde_json::json!({
-                        "type": "welcome",
-                        "queues": accepted,
-                        "refused": refused,
-                        "credit_max": CREDIT_MAX,
-                        "ping_ms": PING_MS,
-                    }))
-                    .await;
-                    for q in accepted {
-                        leasing.spawn(lease_loop(sh.clone(), q, held_tx.clone(), ended.clone()));
+                    if let Some(w) = worker {
+                        let _ = sh.worker.set(w);
                     }
-                    shared = Some(sh);
+                    sh.credit.grant(credit);
+                    sh.outbox.push(Message::text(
+                        serde_json::json!({
+                            "type": "welcome",
+                            "queues": accepted,
+                            "refused": refused,
+                            "credit_max": CREDIT_MAX,
+                            "ping_ms": PING_MS,
+                        })
+                        .to_string(),
+                    ));
+                    for q in accepted {
+                        leasing.push(tokio::spawn(lease_loop(sh.clone(), q)).abort_handle());
+                    }
+                    hello_done = true;
                 }
                 Err(e) => {
-                    protocol_error_api(&out, e).await;
+                    protocol_error_api(&sh.outbox, e);
                     break;
                 }
             },
-            (Incoming::Hello { .. }, Some(_)) => {
-                protocol_error(&out, "hello was already sent").await;
+            (Incoming::Hello { .. }, true) => {
+                protocol_error(&sh.outbox, "hello was already sent");
                 break;
             }
-            (_, None) => {
-                protocol_error(&out, "the first message must be hello").await;
+            (_, false) => {
+                protocol_error(&sh.outbox, "the first message must be hello");
                 break;
             }
-            (Incoming::Credit { n }, Some(sh)) => sh.credit.grant(n),
-            (Incoming::Bye, Some(_)) => {
+            (Incoming::Credit { n }, true) => sh.credit.grant(n),
+            (Incoming::Bye, true) => {
                 // Stop leasing; held tasks keep their watches until settled.
-                leasing.abort_all();
+                for l in leasing.drain(..) {
+                    l.abort();
+                }
             }
-            (Incoming::Settle, Some(sh)) => {
+            (Incoming::Settle, true) => {
                 let sh = sh.clone();
-                settling.push_back(Box::pin(async move {
-                    let m: SettleMsg = match serde_json::from_slice(&bytes) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            return (
-                                Vec::new(),
-                                Err(protocol(format!("a malformed settle: {e}"))),
-                            )
-                        }
-                    };
-                    let ids: Vec<TaskId> = m
-                        .acks
-                        .iter()
-                        .map(|a| a.id.as_str())
-                        .chain(m.fails.iter().map(|f| f.id.as_str()))
-                        .chain(m.releases.iter().map(|r| r.id.as_str()))
-                        .filter_map(|id| id.parse().ok())
-                        .collect();
-                    let answer = settle(&sh, &bytes, m).await;
-                    (ids, answer)
-                }));
+                settling
+                    .get_or_insert_with(Default::default)
+                    .push_back(Box::pin(async move {
+                        let m: SettleMsg = match serde_json::from_slice(&bytes) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                return (
+                                    Vec::new(),
+                                    Err(protocol(format!("a malformed settle: {e}"))),
+                                )
+                            }
+                        };
+                        let ids: Vec<TaskId> = m
+                            .acks
+                            .iter()
+                            .map(|a| a.id.as_str())
+                            .chain(m.fails.iter().map(|f| f.id.as_str()))
+                            .chain(m.releases.iter().map(|r| r.id.as_str()))
+                            .filter_map(|id| id.parse().ok())
+                            .collect();
+                        let answer = settle(&sh, &bytes, m).await;
+                        (ids, answer)
+                    }));
             }
         }
     }
     // Everything the channel runs stops with it: no lease is extended any more.
-    ended.cancel();
-    leasing.abort_all();
-    held.abort_all();
-    // The writer sends what is queued (an error, say), then this close, and
-    // ends; a worker that reads nothing gets a moment, not more.
-    let _ = out.try_send(Box::new(Message::Close(None)));
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    for l in leasing {
+        l.abort();
+    }
+    if let Some(w) = watching.as_mut() {
+        w.set.abort_all();
+    }
+    // What is queued (an error, say) goes out, then a close; a worker that
+    // reads nothing gets a moment, not more.
+    sh.outbox.push(Message::Close(None));
+    sh.outbox.close();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        std::future::poll_fn(
+            |cx| match drive(&mut ws, &sh, &mut unflushed, false, false, cx) {
+                Poll::Ready(_) => Poll::Ready(()),
+                Poll::Pending if sh.outbox.len() == 0 && !unflushed => Poll::Ready(()),
+                Poll::Pending => Poll::Pending,
+            },
+        ),
+    )
+    .await;
 }
 
 /// A breach of the protocol, as the `error` message's problem.
@@ -587,15 +898,14 @@ fn problem_value(e: &ApiError) -> serde_json::Value {
     serde_json::from_slice(&e.problem_json()).unwrap_or_default()
 }
 
-async fn protocol_error(out: &mpsc::Sender<Box<Message>>, detail: &str) {
-    protocol_error_api(out, protocol(detail.to_owned())).await;
+fn protocol_error(outbox: &Outbox, detail: &str) {
+    protocol_error_api(outbox, protocol(detail.to_owned()));
 }
 
-/// Sends `error` with the problem, then a close.
-async fn protocol_error_api(out: &mpsc::Sender<Box<Message>>, error: ApiError) {
+/// Queues `error` with the problem (the close follows when the loop ends).
+fn protocol_error_api(outbox: &Outbox, error: ApiError) {
     let error = serde_json::json!({"type": "error", "problem": problem_value(&error)});
-    let _ = out.send(Box::new(Message::text(error.to_string()))).await;
-    let _ = out.send(Box::new(Message::Close(None))).await;
+    outbox.push(Message::text(error.to_string()));
 }
 
 /// Checks a hello: the queues it may take and those it may not.
@@ -634,16 +944,14 @@ fn hello(
 }
 
 /// One queue's lease loop: with credit, lease and push.
-async fn lease_loop(
-    sh: Arc<Shared>,
-    queue: String,
-    held: mpsc::Sender<Box<Pushed>>,
-    ended: CancellationToken,
-) {
+async fn lease_loop(sh: Arc<Shared>, queue: String) {
     let wait = Duration::from_millis(sh.state.config.limits.wait_ms_max);
-    let worker = sh.worker.as_deref();
+    let worker = sh.worker.get().map(String::as_str);
     let broker = &sh.state.broker;
-    while !ended.is_cancelled() {
+    // A stopping server answers parked leases at once: the loop ends rather
+    // than lease again (its channel closes too).
+    let stopping = &sh.state.connections.stopping;
+    while !stopping.is_cancelled() {
         sh.credit.take_one().await;
         // A busy queue: one lease of all the credit there is, without waiting.
         let n = 1 + sh.credit.take_up_to(CREDIT_MAX - 1);
@@ -655,7 +963,7 @@ async fn lease_loop(
             Err(_) => {
                 sh.credit.give_back(n);
                 // The store is unavailable (HTTP would answer 503): a pause.
-                tokio::time::sleep(STORE_ERROR_PAUSE).await;
+                Box::pin(tokio::time::sleep(STORE_ERROR_PAUSE)).await;
                 continue;
             }
         };
@@ -663,7 +971,10 @@ async fn lease_loop(
             // An idle one: parked with one credit, the rest free for the
             // channel's other queues; more are taken once a task comes.
             sh.credit.give_back(n - 1);
-            leased = match broker.lease_for(&queue, 1, wait, worker).await {
+            let parked = sh.state.metrics.parked(LongPoll::Channel);
+            let answer = broker.lease_for(&queue, 1, wait, worker).await;
+            drop(parked);
+            leased = match answer {
                 Ok(l) if !l.is_empty() => l,
                 Ok(_) => {
                     sh.credit.give_back(1);
@@ -671,7 +982,7 @@ async fn lease_loop(
                 }
                 Err(_) => {
                     sh.credit.give_back(1);
-                    tokio::time::sleep(STORE_ERROR_PAUSE).await;
+                    Box::pin(tokio::time::sleep(STORE_ERROR_PAUSE)).await;
                     continue;
                 }
             };
@@ -692,18 +1003,22 @@ async fn lease_loop(
             sh.credit.give_back(n - leased.len() as u32);
         }
         sh.state.metrics.leased(&queue, &leased);
-        let pushed = leased
-            .iter()
-            .map(|l| (l.record.id, l.lease_id, l.record.timeout_ms))
-            .collect();
-        if held.send(Box::new(pushed)).await.is_err() {
-            return;
+        {
+            let now = Instant::now();
+            let mut unwatched = lock(&sh.unwatched);
+            for l in &leased {
+                unwatched.insert(l.record.id, (l.lease_id, l.record.timeout_ms, now));
+            }
         }
+        sh.pushed.store(true, Ordering::Release);
+        sh.outbox.ready.wake();
         let mut body = lease_body(&leased);
+        drop(leased);
         // `{"tasks":[…]}` → `{"type":"tasks","tasks":[…]}`.
         body.splice(1..1, br#""type":"tasks","#.iter().copied());
         let text = String::from_utf8(body).expect("lease_body writes UTF-8");
-        if sh.out.send(Box::new(Message::text(text))).await.is_err() {
+        // Boxed: a parked lease loop should not hold room for a send.
+        if !Box::pin(sh.outbox.send(Message::text(text))).await {
             return;
         }
     }
@@ -712,22 +1027,16 @@ async fn lease_loop(
 /// A held task's implicit heartbeat and cancel push: a watch (a heartbeat that
 /// waits for a cancel) over and over while the channel lives; after a cancel is
 /// pushed, plain heartbeats every third of the task's timeout.
-async fn watch(
-    sh: Arc<Shared>,
-    id: TaskId,
-    lease_id: LeaseId,
-    timeout_ms: u64,
-    ended: CancellationToken,
-) -> TaskId {
+async fn watch(sh: Arc<Shared>, id: TaskId, lease_id: LeaseId, timeout_ms: u64) -> TaskId {
     let wait = Duration::from_millis(sh.state.config.limits.wait_ms_max);
     let beat = Duration::from_millis((timeout_ms / 3).max(100));
     let mut pushed = false;
-    while !ended.is_cancelled() {
+    // A stopping server answers watches at once: the loop ends rather than
+    // watch again (its channel closes too).
+    let stopping = &sh.state.connections.stopping;
+    while !stopping.is_cancelled() {
         let hb = if pushed {
-            tokio::select! {
-                _ = tokio::time::sleep(beat) => {}
-                _ = ended.cancelled() => return id,
-            }
+            tokio::time::sleep(beat).await;
             sh.state.broker.heartbeat(id, lease_id).await
         } else {
             sh.state.broker.watch(id, lease_id, wait).await
@@ -735,12 +1044,14 @@ async fn watch(
         match hb {
             Ok(hb) if hb.cancel_requested && !pushed => {
                 pushed = true;
-                sh.send_json(serde_json::json!({
+                let cancel = serde_json::json!({
                     "type": "cancel",
                     "id": id.to_string(),
                     "lease_id": lease_id.to_string(),
-                }))
-                .await;
+                });
+                if !sh.send_json(cancel).await {
+                    return id;
+                }
             }
             Ok(_) => {}
             // Settled elsewhere, expired, or the store is away: stop extending.
@@ -803,6 +1114,43 @@ async fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_outbox_holds_outbox_max_then_senders_wait_for_room() {
+        let outbox = Arc::new(Outbox::default());
+        for _ in 0..OUTBOX_MAX {
+            assert!(outbox.send(Message::Ping(Bytes::new())).await);
+        }
+        // Full: the next send waits for a pop.
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(Message::text("late")).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "a send past OUTBOX_MAX did not wait"
+        );
+        assert_eq!(outbox.len(), OUTBOX_MAX);
+        assert!(outbox.pop().is_some());
+        assert!(waiting.await.unwrap(), "room made, the send goes in");
+        assert_eq!(outbox.len(), OUTBOX_MAX);
+        // The loop's own frames go past the bound (it stops reading instead).
+        outbox.push(Message::text("answer"));
+        assert_eq!(outbox.len(), OUTBOX_MAX + 1);
+        // Closed: a waiting send gives up, and so does any later one.
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(Message::text("never")).await }
+        });
+        tokio::task::yield_now().await;
+        outbox.close();
+        assert!(!waiting.await.unwrap());
+        assert!(!outbox.send(Message::text("after")).await);
+        // Drained, its room is given back.
+        while outbox.pop().is_some() {}
+        assert_eq!(lock(&outbox.frames).queue.capacity(), 0);
+    }
 
     #[test]
     fn credit_is_spent_by_pushes_and_held_tasks_are_bounded() {

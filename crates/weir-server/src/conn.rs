@@ -303,6 +303,7 @@ pub(crate) async fn accept_loop(
             continue;
         };
         let service = ConnService {
+            held: None,
             router: plain.router.clone(),
             activity: Arc::new(Activity::default()),
             body_read_timeout_ms,
@@ -312,9 +313,9 @@ pub(crate) async fn accept_loop(
         let stopping = stopping.clone();
         connections.spawn(
             async move {
-                // Held for the connection's lifetime: its slot under the cap.
-                let _slot = slot;
-                let _open = open;
+                // Held for the connection's lifetime (its slot under the cap,
+                // its count), and by a worker channel it is upgraded to.
+                let held: Arc<dyn Send + Sync> = Arc::new((slot, open));
                 let socket = match handshake(stream, tls, head_due, &stopping).await {
                     Ok(stream) => Box::new(stream),
                     Err(error) => {
@@ -330,9 +331,12 @@ pub(crate) async fn accept_loop(
                     stream: socket,
                     activity: activity.clone(),
                 });
-                // No `with_upgrades`: over TLS the worker channel answers 501
-                // for now (`channel::connect`).
-                let conn = http.serve_connection(io, service);
+                // Upgrades: the worker channel (`channel::connect`).
+                let service = ConnService {
+                    held: Some(crate::channel::ConnHeld(held)),
+                    ..service
+                };
+                let conn = http.serve_connection(io, service).with_upgrades();
                 let deadlines = Deadlines::new(activity, timeouts, head_due);
                 if let Err(error) = run_connection(conn, deadlines, stopping).await {
                     tracing::debug!(%error, "connection closed");
@@ -398,7 +402,7 @@ impl std::fmt::Display for Ended {
 /// dropped, which closes the socket without an answer: nobody is waiting for
 /// one (nginx's `client_header_timeout` and `keepalive_timeout` do the same).
 async fn run_connection(
-    conn: hyper::server::conn::http1::Connection<TokioIo<WatchedIo>, ConnService>,
+    conn: hyper::server::conn::http1::UpgradeableConnection<TokioIo<WatchedIo>, ConnService>,
     mut deadlines: Deadlines,
     stopping: CancellationToken,
 ) -> Result<(), Ended> {
@@ -692,6 +696,9 @@ struct ConnService {
     body_read_timeout_ms: u64,
     /// Set on each request as `ConnectInfo`, when the ingress limit is on.
     peer: Option<SocketAddr>,
+    /// The connection's slot and count, set on each request for a worker
+    /// channel to keep.
+    held: Option<crate::channel::ConnHeld>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -714,6 +721,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         });
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        if let Some(held) = &self.held {
+            req.extensions_mut().insert(held.clone());
         }
         InFlight {
             response: tower::Service::call(&mut self.router.clone(), req),

@@ -663,8 +663,9 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     head_due: Instant,
     stopping: CancellationToken,
-    // Held while the connection is open: its slot under the cap, its count.
-    _held: impl Send,
+    // Held while the connection is open: its slot under the cap, its count
+    // (a worker channel takes it over).
+    held: impl Send + Sync + 'static,
 ) {
     // The arguments are used where they are (a future keeps its arguments for
     // its whole life; moving them into locals would keep them twice).
@@ -700,8 +701,10 @@ pub(crate) async fn serve(
     }
     .await;
     match ended {
-        Ok(Some(takeover)) => takeover(conn.stream, conn.pending, stopping).await,
-        Ok(None) => {}
+        // The channel runs in a task of its own: this one, and all it held for
+        // HTTP, ends here.
+        Ok(Some(takeover)) => takeover(conn.stream, conn.pending, Box::new(held)),
+        Ok(None) => drop(held),
         Err(error) => tracing::debug!(%error, "connection closed"),
     }
 }

@@ -120,6 +120,10 @@ fn state(
         broker,
         config: Arc::new(config),
         schedules_changed: Arc::new(tokio::sync::Notify::new()),
+        connections: Arc::new(api::Connections {
+            stopping: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }),
     }
 }
 
@@ -146,8 +150,8 @@ pub async fn serve(
         None => None,
     };
     let state = state(broker.clone(), config, otel.clone());
-    let stopping = CancellationToken::new();
-    let connections = TaskTracker::new();
+    let stopping = state.connections.stopping.clone();
+    let connections = state.connections.tracker.clone();
     // Periodic tasks: every server fires them (exactly once per tick, see
     // `schedule`); the loop stops with the accept loop.
     let scheduler = tokio::spawn(schedule::run(

@@ -80,6 +80,8 @@ pub enum LongPoll {
     Lease,
     Task,
     Group,
+    /// A worker channel's lease loop, parked on an empty queue.
+    Channel,
 }
 
 impl LongPoll {
@@ -88,6 +90,7 @@ impl LongPoll {
             LongPoll::Lease => "lease",
             LongPoll::Task => "task",
             LongPoll::Group => "group",
+            LongPoll::Channel => "channel",
         }
     }
 }
@@ -106,7 +109,8 @@ pub struct Metrics {
     /// lease start, observed when a lease answers.
     wait_seconds: HistogramFamily<QueueLabel>,
     /// `weir_longpoll_waiters{call}`: lease, task-wait and group-wait requests
-    /// with a wait in flight in this process.
+    /// with a wait in flight in this process, and worker channels' lease loops
+    /// parked on an empty queue (`channel`).
     longpoll: Family<Call, Gauge>,
     /// `weir_auth_failures_total{reason}`: requests refused a 401 or 403.
     auth_failures: Family<Reason, Counter>,

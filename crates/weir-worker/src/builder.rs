@@ -58,8 +58,8 @@ pub enum Transport {
     /// One WebSocket per pool (`GET /v1/workers/connect`): the server pushes
     /// tasks as the pool grants credit and cancels the moment they are asked
     /// for, and extends the leases of the tasks it pushed; the pool settles in
-    /// batches over it. Falls back to [`Transport::Http`] for an `https://`
-    /// server, a server without the channel, more than 16 queues, strict order,
+    /// batches over it (`wss://` for an `https://` server). Falls back to
+    /// [`Transport::Http`] for a server without the channel, more than 16 queues, strict order,
     /// unequal weights or fewer task slots than queues; reopens a lost channel
     /// with backoff.
     #[default]

@@ -55,14 +55,7 @@ pub(crate) struct Link {
 }
 
 /// Why the pool cannot use the channel for this configuration, if it cannot.
-pub(crate) fn unfit(
-    client: &weir_client::Client,
-    cfg: &LeaseConfig,
-    hold_max: usize,
-) -> Option<&'static str> {
-    if !client.base_url().starts_with("http://") {
-        return Some("the channel is served on http:// servers only");
-    }
+pub(crate) fn unfit(cfg: &LeaseConfig, hold_max: usize) -> Option<&'static str> {
     if cfg.queues.len() > CHANNEL_QUEUES_MAX {
         return Some("more queues than one channel takes");
     }

@@ -205,7 +205,7 @@ impl Pool {
         };
         let use_channel = match self.transport {
             Transport::Http => false,
-            Transport::Channel => match channel::unfit(&self.client, &lease_cfg, self.hold_max) {
+            Transport::Channel => match channel::unfit(&lease_cfg, self.hold_max) {
                 Some(why) => {
                     tracing::info!(why, "using HTTP long-polls rather than the worker channel");
                     false

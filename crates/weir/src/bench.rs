@@ -1222,6 +1222,7 @@ mod connections {
         connections: u64,
         lease_waiters: u64,
         task_waiters: u64,
+        channel_waiters: u64,
     }
 
     impl Seen {
@@ -1240,6 +1241,7 @@ mod connections {
                     "weir_http_connections" => seen.connections = v,
                     "weir_longpoll_waiters{call=\"lease\"}" => seen.lease_waiters = v,
                     "weir_longpoll_waiters{call=\"task\"}" => seen.task_waiters = v,
+                    "weir_longpoll_waiters{call=\"channel\"}" => seen.channel_waiters = v,
                     _ => {}
                 }
             }
@@ -1314,9 +1316,10 @@ mod connections {
         Ok(s)
     }
 
-    /// A worker channel's upgrade and its hello (no credit: an idle channel),
-    /// as raw bytes; the frame is masked with a zero key, as a client's must be.
-    fn channel_open(queue: &str, key: Option<&str>) -> Vec<u8> {
+    /// A worker channel's upgrade and its hello (no credit: an idle channel;
+    /// one: a waiting one), as raw bytes; the frame is masked with a zero key,
+    /// as a client's must be.
+    fn channel_open(queue: &str, key: Option<&str>, credit: u32) -> Vec<u8> {
         let mut r = String::from(
             "GET /v1/workers/connect HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
@@ -1327,7 +1330,7 @@ mod connections {
         }
         r.push_str("\r\n");
         let mut bytes = r.into_bytes();
-        let hello = json!({"type": "hello", "queues": [queue], "credit": 0}).to_string();
+        let hello = json!({"type": "hello", "queues": [queue], "credit": credit}).to_string();
         bytes.push(0x81);
         if hello.len() < 126 {
             bytes.push(0x80 | hello.len() as u8);
@@ -1365,7 +1368,8 @@ mod connections {
                 request("GET", "/healthz", key, "", false),
                 Some(&b"\r\n\r\nok"[..]),
             ),
-            Park::Channel => (channel_open(q, key), Some(&b"welcome"[..])),
+            Park::Channel => (channel_open(q, key, 0), Some(&b"welcome"[..])),
+            Park::ChannelWaiting => (channel_open(q, key, 1), Some(&b"welcome"[..])),
             Park::Lease => {
                 let body = format!("{{\"max\":1,\"wait_ms\":{PARK_WAIT_MS}}}");
                 (
@@ -1415,6 +1419,7 @@ mod connections {
                 Park::Idle | Park::Channel => n as u64,
                 Park::Lease => s.lease_waiters,
                 Park::Task => s.task_waiters,
+                Park::ChannelWaiting => s.channel_waiters,
             };
             if parked >= n as u64 {
                 break s;
@@ -1452,11 +1457,18 @@ mod connections {
         fn the_series_it_needs_are_read_from_the_exposition() {
             let s = super::Seen::parse(
                 "# HELP x\nprocess_resident_memory_bytes 123456\nweir_http_connections 7\n\
-                 weir_longpoll_waiters{call=\"lease\"} 3\nweir_longpoll_waiters{call=\"task\"} 2\n",
+                 weir_longpoll_waiters{call=\"lease\"} 3\nweir_longpoll_waiters{call=\"task\"} 2\n\
+                 weir_longpoll_waiters{call=\"channel\"} 4\n",
             );
             assert_eq!(
-                (s.rss, s.connections, s.lease_waiters, s.task_waiters),
-                (123456, 7, 3, 2)
+                (
+                    s.rss,
+                    s.connections,
+                    s.lease_waiters,
+                    s.task_waiters,
+                    s.channel_waiters
+                ),
+                (123456, 7, 3, 2, 4)
             );
         }
     }

@@ -483,7 +483,7 @@ pub enum Scenario {
     /// Lease and ack everything already queued in `--drain-queue` (a backlog), as
     /// fast as `--consumers` can. Not part of `all`.
     Drain,
-    /// Parks `--parked` connections (`--park idle|lease|task`) and reports the
+    /// Parks `--parked` connections (`--park idle|lease|task|channel|channel-waiting`) and reports the
     /// server's resident memory per connection (from its `/metrics`), and how
     /// fast other requests are served meanwhile. Not part of `all`.
     Connections,
@@ -511,6 +511,9 @@ pub enum Park {
     Task,
     /// A worker channel with no credit, once welcomed.
     Channel,
+    /// A worker channel with one credit, its lease parked on an empty queue
+    /// (an idle worker).
+    ChannelWaiting,
 }
 
 #[derive(Debug, Args)]
@@ -652,7 +655,7 @@ pub struct WorkerArgs {
     pub name: Option<String>,
     /// How the worker gets tasks: one worker channel (a WebSocket; the server
     /// pushes tasks and cancels; falls back to HTTP where the channel cannot
-    /// serve: https, an older server, weighted queues), or HTTP long-polls.
+    /// serve: an older server, weighted queues), or HTTP long-polls.
     #[arg(
         long,
         env = "WEIR_WORKER_TRANSPORT",

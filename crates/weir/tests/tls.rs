@@ -1,6 +1,6 @@
 //! `weir serve --tls-cert --tls-key` through the real binary, and the client side
 //! of TLS and API keys in the CLI: `--server https://…` with `--ca-cert`, the
-//! error without it, SIGHUP reloading the pair, `weir worker --exec` over TLS,
+//! error without it, SIGHUP reloading the pair, `weir worker --exec` over TLS (its worker channel on `wss://`),
 //! the flags' checks, and the bearer header every client command sends (to a
 //! recording stand-in: the server does not check keys yet).
 
@@ -308,6 +308,29 @@ async fn a_worker_processes_a_task_over_tls() {
         task.result,
         Some(json!({"key": "unset", "payload": {"n": 7}}))
     );
+    // Through the worker channel (`wss://`, the default transport), not HTTP
+    // long-polls: the server counts the upgrade, and no lease request.
+    let metrics = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let requests = |route: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("weir_http_requests_total{"))
+            .filter(|l| l.contains(&format!("route=\"{route}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert!(requests("/v1/workers/connect") >= 1.0, "{metrics}");
+    assert_eq!(requests("/v1/queues/{queue}/lease"), 0.0, "{metrics}");
     worker.kill().await.unwrap();
     server.child.kill().await.unwrap();
 }
