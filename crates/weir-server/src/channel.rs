@@ -510,6 +510,18 @@ fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     Poll::Pending
 }
 
+/// Polls every lease loop; `Ready` when one has ended (its channel is
+/// closing), which is then dropped.
+fn poll_leasing(leasing: &mut Vec<BoxFuture<'static, ()>>, cx: &mut Context<'_>) -> Poll<()> {
+    let before = leasing.len();
+    leasing.retain_mut(|l| l.as_mut().poll(cx).is_pending());
+    if leasing.len() < before {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
+}
+
 /// Settles in flight, answered in the order they came (made on first use, and
 /// dropped when none are left: an empty `FuturesOrdered` allocates).
 type Settling = Option<Box<FuturesOrdered<BoxFuture<'static, Settled>>>>;
@@ -658,7 +670,9 @@ where
     let mut ws = ws;
     let mut hello_done = false;
     let mut unflushed = false;
-    let mut leasing: Vec<AbortHandle> = Vec::new();
+    // One lease loop per queue, run by this task (a task each would cost a
+    // task's cell per queue on every idle channel).
+    let mut leasing: Vec<BoxFuture<'static, ()>> = Vec::new();
     let mut settling: Settling = None;
     let mut watching: Option<Box<Watching>> = None;
     // One timer for the ping every PING_MS and the silence limit.
@@ -756,11 +770,10 @@ where
                 }
                 continue;
             }
+            () = std::future::poll_fn(|cx| poll_leasing(&mut leasing, cx)), if !leasing.is_empty() => continue,
             () = sh.state.connections.stopping.cancelled(), if !draining => {
                 draining = true;
-                for l in leasing.drain(..) {
-                    l.abort();
-                }
+                leasing.clear();
                 continue;
             }
         };
@@ -807,7 +820,7 @@ where
                         .to_string(),
                     ));
                     for q in accepted {
-                        leasing.push(tokio::spawn(lease_loop(sh.clone(), q)).abort_handle());
+                        leasing.push(Box::pin(lease_loop(sh.clone(), q)));
                     }
                     hello_done = true;
                 }
@@ -827,9 +840,7 @@ where
             (Incoming::Credit { n }, true) => sh.credit.grant(n),
             (Incoming::Bye, true) => {
                 // Stop leasing; held tasks keep their watches until settled.
-                for l in leasing.drain(..) {
-                    l.abort();
-                }
+                leasing.clear();
             }
             (Incoming::Settle, true) => {
                 let sh = sh.clone();
@@ -860,9 +871,7 @@ where
         }
     }
     // Everything the channel runs stops with it: no lease is extended any more.
-    for l in leasing {
-        l.abort();
-    }
+    drop(leasing);
     if let Some(w) = watching.as_mut() {
         w.set.abort_all();
     }
@@ -944,63 +953,19 @@ fn hello(
 }
 
 /// One queue's lease loop: with credit, lease and push.
+///
+/// What a waiting channel holds while its queue is empty is this future, so
+/// its parts are small: the lease itself is `lease_some`'s, and a store error
+/// is dropped where it is met (a 64-byte `StoreError` would take room in
+/// every state).
 async fn lease_loop(sh: Arc<Shared>, queue: String) {
-    let wait = Duration::from_millis(sh.state.config.limits.wait_ms_max);
-    let worker = sh.worker.get().map(String::as_str);
-    let broker = &sh.state.broker;
     // A stopping server answers parked leases at once: the loop ends rather
     // than lease again (its channel closes too).
-    let stopping = &sh.state.connections.stopping;
-    while !stopping.is_cancelled() {
+    while !sh.state.connections.stopping.is_cancelled() {
         sh.credit.take_one().await;
-        // A busy queue: one lease of all the credit there is, without waiting.
-        let n = 1 + sh.credit.take_up_to(CREDIT_MAX - 1);
-        let mut leased = match broker
-            .lease_for(&queue, n as usize, Duration::ZERO, worker)
-            .await
-        {
-            Ok(l) => l,
-            Err(_) => {
-                sh.credit.give_back(n);
-                // The store is unavailable (HTTP would answer 503): a pause.
-                Box::pin(tokio::time::sleep(STORE_ERROR_PAUSE)).await;
-                continue;
-            }
-        };
+        let leased = lease_some(&sh, &queue).await;
         if leased.is_empty() {
-            // An idle one: parked with one credit, the rest free for the
-            // channel's other queues; more are taken once a task comes.
-            sh.credit.give_back(n - 1);
-            let parked = sh.state.metrics.parked(LongPoll::Channel);
-            let answer = broker.lease_for(&queue, 1, wait, worker).await;
-            drop(parked);
-            leased = match answer {
-                Ok(l) if !l.is_empty() => l,
-                Ok(_) => {
-                    sh.credit.give_back(1);
-                    continue;
-                }
-                Err(_) => {
-                    sh.credit.give_back(1);
-                    Box::pin(tokio::time::sleep(STORE_ERROR_PAUSE)).await;
-                    continue;
-                }
-            };
-            let more = sh.credit.take_up_to(CREDIT_MAX - 1);
-            if more > 0 {
-                match broker
-                    .lease_for(&queue, more as usize, Duration::ZERO, worker)
-                    .await
-                {
-                    Ok(extra) => {
-                        sh.credit.give_back(more - extra.len() as u32);
-                        leased.extend(extra);
-                    }
-                    Err(_) => sh.credit.give_back(more),
-                }
-            }
-        } else {
-            sh.credit.give_back(n - leased.len() as u32);
+            continue;
         }
         sh.state.metrics.leased(&queue, &leased);
         {
@@ -1022,6 +987,65 @@ async fn lease_loop(sh: Arc<Shared>, queue: String) {
             return;
         }
     }
+}
+
+/// One lease with the credit there is (one credit taken already): at once on a
+/// busy queue, parked with one credit on an empty one (the rest free for the
+/// channel's other queues; more are taken once a task comes). Gives back what
+/// it does not use; empty after a store error (and a pause) or a wait that
+/// ended with nothing.
+async fn lease_some(sh: &Shared, queue: &str) -> Vec<weir_store::Leased> {
+    let broker = &sh.state.broker;
+    let worker = sh.worker.get().map(String::as_str);
+    let n = 1 + sh.credit.take_up_to(CREDIT_MAX - 1);
+    match broker
+        .lease_for(queue, n as usize, Duration::ZERO, worker)
+        .await
+        .ok()
+    {
+        Some(leased) if !leased.is_empty() => {
+            sh.credit.give_back(n - leased.len() as u32);
+            return leased;
+        }
+        Some(_) => sh.credit.give_back(n - 1),
+        None => {
+            sh.credit.give_back(n);
+            // The store is unavailable (HTTP would answer 503): a pause.
+            Box::pin(tokio::time::sleep(STORE_ERROR_PAUSE)).await;
+            return Vec::new();
+        }
+    }
+    let wait = Duration::from_millis(sh.state.config.limits.wait_ms_max);
+    let parked = sh.state.metrics.parked(LongPoll::Channel);
+    let first = broker.lease_for(queue, 1, wait, worker).await.ok();
+    drop(parked);
+    let mut leased = match first {
+        Some(leased) if !leased.is_empty() => leased,
+        Some(_) => {
+            sh.credit.give_back(1);
+            return Vec::new();
+        }
+        None => {
+            sh.credit.give_back(1);
+            Box::pin(tokio::time::sleep(STORE_ERROR_PAUSE)).await;
+            return Vec::new();
+        }
+    };
+    let more = sh.credit.take_up_to(CREDIT_MAX - 1);
+    if more > 0 {
+        match broker
+            .lease_for(queue, more as usize, Duration::ZERO, worker)
+            .await
+            .ok()
+        {
+            Some(extra) => {
+                sh.credit.give_back(more - extra.len() as u32);
+                leased.extend(extra);
+            }
+            None => sh.credit.give_back(more),
+        }
+    }
+    leased
 }
 
 /// A held task's implicit heartbeat and cancel push: a watch (a heartbeat that
