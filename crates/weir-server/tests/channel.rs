@@ -1,8 +1,8 @@
 //! The worker channel (`GET /v1/workers/connect`) from a raw WebSocket client:
 //! credit is never exceeded, a cancel is pushed at once, leases are extended
 //! while the channel lives and expire once it is gone, settles answer as
-//! `/v1/acks` does, and protocol errors close the channel. On the store
-//! `WEIR_TEST_STORE` names.
+//! `/v1/acks` does, protocol errors close the channel, and a channel works across
+//! the servers sharing a store. On the store `WEIR_TEST_STORE` names.
 
 use std::time::Duration;
 
@@ -303,4 +303,48 @@ async fn a_queue_limited_key_is_refused_the_queues_it_may_not_take() {
         "{welcome}"
     );
     s.stop().await;
+}
+
+/// Two servers on one store (on Redis, two brokers under one prefix): a task
+/// enqueued on one is pushed through a channel on the other, a cancel asked of
+/// one is pushed through the other's channel, and a lease taken through one
+/// server's channel is settled through the other's (a worker that moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_works_across_the_servers_sharing_a_store() {
+    let servers = TestServer::peers(2).await;
+    let (a, b) = (&servers[0], &servers[1]);
+    let c = reqwest::Client::new();
+
+    let mut on_a = open(a).await;
+    hello(&mut on_a, "xs", 2).await;
+    // Enqueued on b, pushed by a (its lease loop is parked on the empty queue).
+    let first = enqueue(b, "xs", json!({"payload": 1, "timeout_ms": 120_000})).await;
+    let t = tasks(&mut on_a, 1).await;
+    assert_eq!(t[0]["id"], first);
+    // Canceled on b, pushed by a.
+    post_json(&c, format!("{}/v1/tasks/{first}/cancel", b.base), json!({})).await;
+    let (cancel, _) = next_of(&mut on_a, "cancel").await;
+    assert_eq!(cancel["id"], first);
+    assert_eq!(cancel["lease_id"], t[0]["lease_id"]);
+
+    // A second task, leased through a; the worker moves to b and settles it
+    // there, with the lease a gave.
+    let second = enqueue(a, "xs", json!({"payload": 2})).await;
+    let t2 = tasks(&mut on_a, 1).await;
+    assert_eq!(t2[0]["id"], second);
+    on_a.close(None).await.unwrap();
+    let mut on_b = open(b).await;
+    hello(&mut on_b, "xs", 1).await;
+    send(
+        &mut on_b,
+        json!({"type": "settle", "seq": 1, "acks": [
+            {"id": second, "lease_id": t2[0]["lease_id"], "result": "moved"}
+        ]}),
+    )
+    .await;
+    let (settled, _) = next_of(&mut on_b, "settled").await;
+    assert_eq!(settled["acks"][0]["ok"], true, "{settled}");
+    assert_eq!(settled["acks"][0]["state"], "completed", "{settled}");
+    let done = get_json(&c, &format!("{}/v1/tasks/{second}", a.base)).await;
+    assert_eq!(done["result"], json!("moved"), "{done}");
 }

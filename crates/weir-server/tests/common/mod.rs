@@ -24,7 +24,7 @@ pub struct TestServer {
     pub base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _store: TestStore,
+    _store: std::sync::Arc<TestStore>,
 }
 
 impl TestServer {
@@ -37,6 +37,27 @@ impl TestServer {
             ..Default::default()
         })
         .await;
+        let broker = store.broker.clone();
+        TestServer::serve(config, broker, std::sync::Arc::new(store)).await
+    }
+
+    /// `n` servers on one store, as a deployment's servers share one Redis (on
+    /// the embedded store, which one server owns, its broker served `n` times:
+    /// stop none of them, or only the last).
+    pub async fn peers(n: usize) -> Vec<TestServer> {
+        let store = std::sync::Arc::new(TestStore::open(TestStoreConfig::default()).await);
+        let mut servers = Vec::new();
+        for broker in store.peers(n).await {
+            servers.push(TestServer::serve(ServeConfig::new(), broker, store.clone()).await);
+        }
+        servers
+    }
+
+    async fn serve(
+        config: ServeConfig,
+        broker: std::sync::Arc<dyn weir_store::Broker>,
+        store: std::sync::Arc<TestStore>,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let scheme = if config.tls.is_some() {
@@ -45,14 +66,9 @@ impl TestServer {
             "http"
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(weir_server::serve(
-            listener,
-            config,
-            store.broker.clone(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let done = tokio::spawn(weir_server::serve(listener, config, broker, async move {
+            let _ = rx.await;
+        }));
         TestServer {
             addr,
             base: format!("{scheme}://{addr}"),
