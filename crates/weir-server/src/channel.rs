@@ -6,10 +6,11 @@
 //! `api::settle_items`, `release`, `watch`, `heartbeat`), so leases, lease ids and
 //! answers are the HTTP API's.
 //!
-//! One channel is one task (the connection's own, after the upgrade) running
-//! three kinds of work together: reading the worker's messages, one lease loop
-//! per queue, and one watch per held task (its implicit heartbeat and its cancel
-//! push). Everything it sends goes through one bounded outbox to one writer.
+//! One channel is one task (spawned at the upgrade among the server's
+//! connections) that reads and writes the socket itself and runs one lease loop
+//! per queue; each task it holds past `WATCH_AFTER` gets a watch of its own
+//! (its implicit heartbeat and its cancel push). Everything it sends goes
+//! through one bounded outbox, which the channel's loop writes.
 //!
 //! May not: push more tasks than the credit granted, answer a settle before it is
 //! durable, or keep extending a lease after the channel is gone.

@@ -34,8 +34,8 @@
 //!
 //! A `101 Switching Protocols` answer that carries a takeover (the worker
 //! channel, `channel`) ends the HTTP part: after writing it, the connection's
-//! socket and any bytes read past the request go to the takeover, in the same
-//! task.
+//! socket, any bytes read past the request and the connection's slot go to the
+//! takeover, which starts the channel's own task; this one ends.
 //!
 //! May not: hold a buffer between requests, spawn per request, or answer out of
 //! order.
