@@ -172,8 +172,8 @@ pub(crate) async fn run(parts: Parts) {
                 }
                 tracing::warn!("worker channel lost; settling over HTTP until it is back");
             }
-            // 404: a server without the channel; 501: over TLS; 426: the upgrade
-            // did not get through (a proxy that drops `Upgrade`).
+            // 404: a server without the channel; 501: an older server over TLS; 426:
+            // the upgrade did not get through (a proxy that drops `Upgrade`).
             Err(e)
                 if !opened_once
                     && matches!(

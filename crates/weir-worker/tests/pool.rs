@@ -869,14 +869,14 @@ impl FakeServer {
     /// Hands out `batch` once; answers the first `settles_refused` settle
     /// requests 429 with `Retry-After: 0.1`. Serves no worker channel (404).
     async fn start(batch: String, settles_refused: usize) -> FakeServer {
-        FakeServer::start_with(batch, settles_refused, false).await
+        FakeServer::start_with(batch, settles_refused, Connect::Missing).await
     }
 
-    /// With `channel`, `GET /v1/workers/connect` is a scripted channel: the first
+    /// With `Connect::Scripted`, `GET /v1/workers/connect` is a scripted channel: the first
     /// one pushes `batch`'s tasks once credit comes, reads one settle, records it
     /// and drops the connection without answering; later ones welcome and push
     /// nothing. Everything else is served as by `start`.
-    async fn start_with(batch: String, settles_refused: usize, channel: bool) -> FakeServer {
+    async fn start_with(batch: String, settles_refused: usize, connect: Connect) -> FakeServer {
         use axum::extract::State;
         use axum::response::IntoResponse;
         use axum::routing::post;
@@ -954,7 +954,21 @@ impl FakeServer {
         };
         let (recorded, closing) = (st.recorded.clone(), st.closing.clone());
         let first_batch = st.batch.clone();
-        let app = axum::Router::new()
+        let mut app = axum::Router::new();
+        if connect == Connect::UpgradeRequired {
+            // What a proxy that drops `Upgrade` makes of the channel's request.
+            app = app.route(
+                "/v1/workers/connect",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::UPGRADE_REQUIRED,
+                        [("content-type", "application/problem+json")],
+                        r#"{"type":"urn:weir:problem:upgrade-required","title":"Upgrade required","status":426}"#,
+                    )
+                }),
+            );
+        }
+        let app = app
             .route("/v1/queues/{queue}/lease", post(lease))
             .route("/v1/acks", post(settle))
             .route("/v1/tasks/{id}/release", post(release))
@@ -962,7 +976,7 @@ impl FakeServer {
             .with_state(st);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        if !channel {
+        if connect != Connect::Scripted {
             tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         } else {
             let (recorded, batch) = (recorded.clone(), first_batch);
@@ -995,6 +1009,17 @@ impl FakeServer {
             closing,
         }
     }
+}
+
+/// What a [`FakeServer`] makes of `GET /v1/workers/connect`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Connect {
+    /// 404: a server without the channel.
+    Missing,
+    /// 426: the upgrade lost on the way (a proxy).
+    UpgradeRequired,
+    /// A scripted channel (see `start_with`).
+    Scripted,
 }
 
 /// One channel of [`FakeServer::start_with`]: welcome; with `tasks`, push them at
@@ -1305,7 +1330,7 @@ async fn a_channel_across_a_server_restart_reconnects_and_loses_nothing_acknowle
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_settle_the_lost_channel_did_not_answer_is_sent_again_over_http() {
     let batch = format!(r#"{{"tasks":[{}]}}"#, leased_json("t-1", r#"{"n":1}"#));
-    let fake = FakeServer::start_with(batch, 0, true).await;
+    let fake = FakeServer::start_with(batch, 0, Connect::Scripted).await;
     fake.echo_one_task().await;
     let r = fake.recorded.lock().unwrap();
     assert_eq!(r.channel_settles.len(), 1, "{:?}", r.channel_settles);
@@ -1337,4 +1362,14 @@ async fn fewer_slots_than_queues_keep_http_long_polls() {
     assert!(requests.count(LEASE) >= 1, "{requests:?}");
     running.stop().await;
     server.stop().await;
+}
+
+/// A 426 on the upgrade (a proxy that drops `Upgrade`) is not a refusal: the
+/// pool runs on HTTP long-polls, as against a server without the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_426_on_the_upgrade_falls_back_to_http_long_polls() {
+    let batch = format!(r#"{{"tasks":[{}]}}"#, leased_json("one", r#"{"n":1}"#));
+    let fake = FakeServer::start_with(batch, 0, Connect::UpgradeRequired).await;
+    fake.echo_one_task().await;
+    assert_eq!(fake.recorded.lock().unwrap().acks.len(), 1);
 }
