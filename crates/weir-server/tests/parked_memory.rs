@@ -139,6 +139,18 @@ where
 
 async fn nothing(_: usize) {}
 
+/// Waits (at most `PATIENCE`) until the server's `series_name` reaches `n`.
+async fn all_parked(addr: std::net::SocketAddr, series_name: &str, n: f64, kind: &str) {
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while series(addr, series_name).await < n {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "{kind}: not all parked"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_holds_less_than_4_kib() {
     // Both ends of 3,000 connections live in this process.
@@ -228,16 +240,7 @@ async fn a_parked_connection_holds_less_than_4_kib() {
                 c
             },
             // Counted once the server has every one parked.
-            |n| async move {
-                let give_up = tokio::time::Instant::now() + PATIENCE;
-                while series(addr, series_name).await < parked_before + n as f64 {
-                    assert!(
-                        tokio::time::Instant::now() < give_up,
-                        "{kind}: not all parked"
-                    );
-                    tokio::task::yield_now().await;
-                }
-            },
+            |n| all_parked(addr, series_name, parked_before + n as f64, kind),
         )
         .await;
         report.push((kind, per - client));
@@ -293,17 +296,10 @@ async fn a_parked_connection_holds_less_than_4_kib() {
                 }
                 c
             },
+            // A waiting channel: once every lease loop is parked.
             |n| async move {
-                if credit == 0 {
-                    return;
-                }
-                let give_up = tokio::time::Instant::now() + PATIENCE;
-                while series(addr, series_name).await < parked_before + n as f64 {
-                    assert!(
-                        tokio::time::Instant::now() < give_up,
-                        "{kind}: not all parked"
-                    );
-                    tokio::task::yield_now().await;
+                if credit > 0 {
+                    all_parked(addr, series_name, parked_before + n as f64, kind).await;
                 }
             },
         )
