@@ -13,6 +13,7 @@ tasks of --queue, up to --concurrency at once, over GET /v1/workers/connect
                       tasks {tasks: [...]}                 leased, one credit each
                       cancel {id, lease_id}                stop it (it is failed)
                       settled {seq, acks, fails, releases} settle seq's outcomes
+                      settled {seq, error}                 refused as a whole: send again
                       error {problem}                      then the channel closes
 
 The server pushes no more tasks than the credit granted, and extends the leases
@@ -53,6 +54,7 @@ from weir_http import ApiError
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # seconds before reconnecting
 BATCH_WAIT = 0.005  # seconds outcomes gather before a settle goes out
+RESEND_WAIT = 1.0  # seconds before a settle refused as a whole goes out again
 SETTLE_MAX = 100  # items per settle
 
 
@@ -164,6 +166,17 @@ class ChannelWorker:
         elif kind == "cancel":
             if running := self.running.get(msg["lease_id"]):
                 running.cancel()
+        elif kind == "settled" and "error" in msg:
+            # Refused as a whole (the store away or busy): the same items again,
+            # after a pause; the channel stays open.
+            log(f"settle {msg['seq']} refused: {msg['error'].get('detail')}; sending it again")
+            # Unanswered until then, so the worker does not stop meanwhile.
+            def again(seq=msg["seq"]):
+                if sent := self.unanswered.pop(seq, None):
+                    for kind in ("acks", "fails", "releases"):
+                        self.outcomes.extend((kind, item) for item in sent[kind])
+                    self.wake.set()
+            asyncio.get_running_loop().call_later(RESEND_WAIT, again)
         elif kind == "settled":
             self.unanswered.pop(msg["seq"], None)
             for item in msg["acks"] + msg["fails"] + msg["releases"]:

@@ -71,13 +71,20 @@ pub struct ReleaseItem {
 }
 
 /// The outcomes of one `settle`, each list in the order it was sent.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Settled {
     pub seq: u64,
     pub acks: Vec<SettleOutcome>,
     pub fails: Vec<SettleOutcome>,
     pub releases: Vec<SettleOutcome>,
+    /// Set when the server could not take the settle as a whole (its store
+    /// was unavailable or busy: the error is what HTTP would answer, 5xx or
+    /// 429); the lists are then empty. Its items are still to be sent again
+    /// (a repeat is answered with the task's state or a 409, never applied
+    /// twice). The channel stays open.
+    #[serde(deserialize_with = "settle_error")]
+    pub error: Option<Error>,
 }
 
 /// A message from the server after `welcome`.
@@ -372,6 +379,11 @@ fn problem_error(text: &str) -> Error {
 fn from_problem(problem: &Value) -> Error {
     let status = problem.get("status").and_then(Value::as_u64).unwrap_or(500) as u16;
     error_from_response(status, None, problem.to_string().as_bytes())
+}
+
+fn settle_error<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Error>, D::Error> {
+    let problem = Option::<Value>::deserialize(d)?;
+    Ok(problem.filter(|p| !p.is_null()).map(|p| from_problem(&p)))
 }
 
 fn refused<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, Error)>, D::Error> {

@@ -70,7 +70,13 @@ const SILENCE: Duration = Duration::from_millis(SILENCE_MS);
 /// their answers go out in order).
 const SETTLES_IN_FLIGHT_MAX: usize = 8;
 /// A settle's outcome: the tasks it named, and its answer.
-type Settled = (Vec<TaskId>, Result<serde_json::Value, ApiError>);
+/// A settle's outcome: the tasks it named, its `seq` (if it was read that far),
+/// and its answer.
+type Settled = (
+    Vec<TaskId>,
+    Option<u64>,
+    Result<serde_json::Value, ApiError>,
+);
 /// How long a pushed task runs before its watch (implicit heartbeat and
 /// cancel push) starts: most tasks of a busy worker are settled sooner and never
 /// cost one (the Rust pool's own rule for its watches). A cancel of a task in
@@ -692,7 +698,27 @@ where
         let watched = watching.is_some();
         let frame = tokio::select! {
             biased;
-            Some((ids, answer)) = next_settled(&mut settling), if in_flight > 0 => {
+            Some((ids, seq, answer)) = next_settled(&mut settling), if in_flight > 0 => {
+                // A settle the store could not take as a whole (unavailable,
+                // busy) is answered with its error and the channel goes on:
+                // the worker sends it again (over HTTP), and meanwhile its
+                // tasks' watches keep their leases.
+                if let (Err(e), Some(seq)) = (&answer, seq) {
+                    if settle_may_be_sent_again(e) {
+                        sh.outbox.push(Message::text(
+                            serde_json::json!({
+                                "type": "settled",
+                                "seq": seq,
+                                "error": problem_value(e),
+                            })
+                            .to_string(),
+                        ));
+                        if settling.as_ref().is_some_and(|s| s.is_empty()) {
+                            settling = None;
+                        }
+                        continue;
+                    }
+                }
                 // Settled or not, a task the worker has given an outcome for
                 // is no longer this channel's to extend.
                 let mut freed = 0;
@@ -853,6 +879,7 @@ where
                             Err(e) => {
                                 return (
                                     Vec::new(),
+                                    None,
                                     Err(protocol(format!("a malformed settle: {e}"))),
                                 )
                             }
@@ -865,8 +892,9 @@ where
                             .chain(m.releases.iter().map(|r| r.id.as_str()))
                             .filter_map(|id| id.parse().ok())
                             .collect();
+                        let seq = m.seq;
                         let answer = settle(&sh, &bytes, m).await;
-                        (ids, answer)
+                        (ids, Some(seq), answer)
                     }));
             }
         }
@@ -891,6 +919,13 @@ where
         ),
     )
     .await;
+}
+
+/// Whether a settle refused as a whole may be sent again as it is: the store was
+/// unavailable or busy (5xx, 429), not the settle wrong (4xx: a protocol error,
+/// which ends the channel).
+fn settle_may_be_sent_again(e: &ApiError) -> bool {
+    e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// A breach of the protocol, as the `error` message's problem.
@@ -1139,6 +1174,21 @@ async fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_settle_refused_by_the_store_may_be_sent_again_and_a_wrong_one_not() {
+        let e = |status: StatusCode| ApiError::new(status, "t", "t", "d".to_owned());
+        assert!(settle_may_be_sent_again(&e(
+            StatusCode::SERVICE_UNAVAILABLE
+        )));
+        assert!(settle_may_be_sent_again(&e(
+            StatusCode::INTERNAL_SERVER_ERROR
+        )));
+        assert!(settle_may_be_sent_again(&e(StatusCode::TOO_MANY_REQUESTS)));
+        assert!(!settle_may_be_sent_again(&e(StatusCode::BAD_REQUEST)));
+        assert!(!settle_may_be_sent_again(&e(StatusCode::FORBIDDEN)));
+        assert!(!settle_may_be_sent_again(&e(StatusCode::PAYLOAD_TOO_LARGE)));
+    }
 
     #[tokio::test]
     async fn the_outbox_holds_outbox_max_then_senders_wait_for_room() {

@@ -148,6 +148,7 @@ pub(crate) async fn run(parts: Parts) {
                 // lease) per several finished tasks, not one per task.
                 let step = (credit_max.min(hold_max as u32) / CHANNEL_CREDIT_STEPS).max(1);
                 let mut session = Session {
+                    http: &mut http,
                     shared: &shared,
                     hold: &hold,
                     work: &work,
@@ -291,6 +292,8 @@ struct Session<'a> {
     work: &'a mpsc::Sender<Leased>,
     stop: &'a CancellationToken,
     tx: ChannelSender,
+    /// Settle batches sent over HTTP (the run's, shared with it).
+    http: &'a mut JoinSet<()>,
     /// Fired when this channel ends (every task it pushed holds a clone).
     gone: CancellationToken,
     /// The cancel token of each task pushed and not yet settled.
@@ -446,11 +449,21 @@ impl Session<'_> {
                 true
             }
             Pushed::Settled(s) => {
-                if self.unanswered.remove(&s.seq).is_some() {
-                    tally(&s.acks, &self.shared.counters, true);
-                    tally(&s.fails, &self.shared.counters, false);
-                } else {
-                    tracing::warn!(seq = s.seq, "settled for a settle this pool did not send");
+                match (self.unanswered.remove(&s.seq), s.error) {
+                    // The server could not take it as a whole (its store was
+                    // away or busy): sent again over HTTP, with the retries
+                    // and Retry-After pauses of any settle; the channel goes on.
+                    (Some((acks, fails)), Some(e)) => {
+                        tracing::warn!(seq = s.seq, error = %e, "a settle was refused as a whole; sending it over HTTP");
+                        spawn_http(self.http, self.shared, acks, fails).await;
+                    }
+                    (Some(_), None) => {
+                        tally(&s.acks, &self.shared.counters, true);
+                        tally(&s.fails, &self.shared.counters, false);
+                    }
+                    (None, _) => {
+                        tracing::warn!(seq = s.seq, "settled for a settle this pool did not send")
+                    }
                 }
                 true
             }

@@ -809,8 +809,10 @@ struct Recorded {
     releases: usize,
     /// When each settle request arrived, refused or not.
     settle_tries: Vec<Instant>,
-    /// Settle messages read on channels (never answered).
+    /// Settle messages read on channels (never answered, or refused).
     channel_settles: Vec<Value>,
+    /// Channels opened.
+    channels: usize,
 }
 
 /// A stand-in for a weir server, for what a real one no longer hands out: a
@@ -976,7 +978,7 @@ impl FakeServer {
             .with_state(st);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        if connect != Connect::Scripted {
+        if !matches!(connect, Connect::Scripted | Connect::ScriptedRefusing) {
             tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         } else {
             let (recorded, batch) = (recorded.clone(), first_batch);
@@ -987,7 +989,8 @@ impl FakeServer {
                     let n = stream.peek(&mut head).await.unwrap();
                     if head[..n].starts_with(b"GET /v1/workers/connect") {
                         let tasks = batch.lock().unwrap().take();
-                        tokio::spawn(scripted_channel(stream, tasks, recorded.clone()));
+                        let refuse = connect == Connect::ScriptedRefusing;
+                        tokio::spawn(scripted_channel(stream, tasks, recorded.clone(), refuse));
                     } else {
                         let app = app.clone();
                         tokio::spawn(async move {
@@ -1020,18 +1023,24 @@ enum Connect {
     UpgradeRequired,
     /// A scripted channel (see `start_with`).
     Scripted,
+    /// As `Scripted`, but the settle is answered as refused as a whole (503,
+    /// as when the store is away) and the channel stays open.
+    ScriptedRefusing,
 }
 
 /// One channel of [`FakeServer::start_with`]: welcome; with `tasks`, push them at
-/// the first credit, read one settle, record it and drop the connection unanswered.
+/// the first credit, read one settle, record it and drop the connection unanswered
+/// (with `refuse`: answer it refused as a whole, 503, and go on).
 async fn scripted_channel(
     stream: tokio::net::TcpStream,
     tasks: Option<String>,
     recorded: Arc<Mutex<Recorded>>,
+    refuse: bool,
 ) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+    recorded.lock().unwrap().channels += 1;
     let hello: Value = loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => break serde_json::from_str(&t).unwrap(),
@@ -1058,7 +1067,16 @@ async fn scripted_channel(
                 ws.send(Message::text(push.to_string())).await.unwrap();
             }
             Some("settle") => {
+                let seq = msg["seq"].clone();
                 recorded.lock().unwrap().channel_settles.push(msg);
+                if refuse {
+                    let refused = json!({"type": "settled", "seq": seq, "error": {
+                        "type": "urn:weir:problem:store-unavailable",
+                        "title": "Store unavailable", "status": 503,
+                        "detail": "the store did not answer"}});
+                    ws.send(Message::text(refused.to_string())).await.unwrap();
+                    continue;
+                }
                 // Gone before the answer: the worker cannot know it was applied.
                 return;
             }
@@ -1372,4 +1390,21 @@ async fn a_426_on_the_upgrade_falls_back_to_http_long_polls() {
     let fake = FakeServer::start_with(batch, 0, Connect::UpgradeRequired).await;
     fake.echo_one_task().await;
     assert_eq!(fake.recorded.lock().unwrap().acks.len(), 1);
+}
+
+/// A settle the server refuses as a whole (its store away: `settled` with an
+/// `error`) is sent again over HTTP, and the channel stays open: no reconnect.
+/// Without the pool's rule the ack would be dropped as answered, and the task
+/// would wait for its lease to run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settle_refused_as_a_whole_goes_over_http_and_the_channel_stays() {
+    let batch = format!(r#"{{"tasks":[{}]}}"#, leased_json("t-2", r#"{"n":2}"#));
+    let fake = FakeServer::start_with(batch, 0, Connect::ScriptedRefusing).await;
+    fake.echo_one_task().await;
+    let r = fake.recorded.lock().unwrap();
+    assert_eq!(r.channel_settles.len(), 1, "{:?}", r.channel_settles);
+    assert_eq!(r.acks.len(), 1, "{:?}", r.acks);
+    assert_eq!(r.acks[0]["id"], "t-2");
+    assert_eq!(r.acks[0]["lease_id"], "lease-t-2");
+    assert_eq!(r.channels, 1, "the channel was reopened");
 }
