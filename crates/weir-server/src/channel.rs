@@ -1177,7 +1177,7 @@ mod tests {
 
     #[test]
     fn a_settle_refused_by_the_store_may_be_sent_again_and_a_wrong_one_not() {
-        let e = |status: StatusCode| ApiError::new(status, "t", "t", "d".to_owned());
+        let e = |status: StatusCode| ApiError::new(status, "unavailable", "Unavailable", "d");
         assert!(settle_may_be_sent_again(&e(
             StatusCode::SERVICE_UNAVAILABLE
         )));
