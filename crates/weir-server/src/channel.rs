@@ -69,7 +69,6 @@ const SILENCE: Duration = Duration::from_millis(SILENCE_MS);
 /// Settle messages a channel works on at once (their durable commits overlap;
 /// their answers go out in order).
 const SETTLES_IN_FLIGHT_MAX: usize = 8;
-/// A settle's outcome: the tasks it named, and its answer.
 /// A settle's outcome: the tasks it named, its `seq` (if it was read that far),
 /// and its answer.
 type Settled = (
@@ -305,7 +304,7 @@ struct Counts {
 
 impl Credit {
     fn grant(&self, n: u32) {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.counts);
         c.left = c.left.saturating_add(n).min(CREDIT_MAX);
         self.more.notify_waiters();
     }
@@ -313,7 +312,7 @@ impl Credit {
     /// Takes up to `max` without waiting (as held, until `settled` or given
     /// back).
     fn take_up_to(&self, max: u32) -> u32 {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.counts);
         let n = c.left.min(max).min(HELD_MAX - c.held);
         c.left -= n;
         c.held += n;
@@ -323,7 +322,7 @@ impl Credit {
     /// `n` held tasks were settled (or stopped being this channel's).
     fn settled(&self, n: u32) {
         if n > 0 {
-            let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = lock(&self.counts);
             c.held = c.held.saturating_sub(n);
             self.more.notify_waiters();
         }
@@ -345,7 +344,7 @@ impl Credit {
     /// Gives back what a lease did not use.
     fn give_back(&self, n: u32) {
         if n > 0 {
-            let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = lock(&self.counts);
             c.held -= n;
             c.left = c.left.saturating_add(n).min(CREDIT_MAX);
             self.more.notify_waiters();
@@ -447,7 +446,9 @@ impl Outbox {
     fn pop(&self) -> Option<Message> {
         let mut f = lock(&self.frames);
         let m = f.queue.pop_front()?;
-        if f.queue.len() < OUTBOX_MAX {
+        // Senders wait only while OUTBOX_MAX are queued: woken as it drops
+        // below, not on every pop.
+        if f.queue.len() == OUTBOX_MAX - 1 {
             self.room.notify_waiters();
         }
         if f.queue.is_empty() && f.queue.capacity() > OUTBOX_MAX {
@@ -572,24 +573,12 @@ impl Watching {
     /// timer to the next one due.
     fn start_due(&mut self, sh: &Arc<Shared>) {
         let due = Instant::now() - WATCH_AFTER;
-        let mut next: Option<Instant> = None;
         let mut unwatched = lock(&sh.unwatched);
-        let ripe: Vec<TaskId> = unwatched
-            .iter()
-            .filter_map(|(id, (_, _, at))| {
-                if *at <= due {
-                    return Some(*id);
-                }
-                next = Some(next.map_or(*at, |n| n.min(*at)));
-                None
-            })
-            .collect();
-        for id in ripe {
-            if let Some((lease_id, timeout_ms, _)) = unwatched.remove(&id) {
-                let w = self.set.spawn(watch(sh.clone(), id, lease_id, timeout_ms));
-                self.watches.insert(id, w);
-            }
+        for (id, (lease_id, timeout_ms, _)) in unwatched.extract_if(|_, (_, _, at)| *at <= due) {
+            let w = self.set.spawn(watch(sh.clone(), id, lease_id, timeout_ms));
+            self.watches.insert(id, w);
         }
+        let next = unwatched.values().map(|(_, _, at)| *at).min();
         shrink_if_empty(&mut unwatched);
         drop(unwatched);
         self.ripening = false;
@@ -699,6 +688,9 @@ where
         let frame = tokio::select! {
             biased;
             Some((ids, seq, answer)) = next_settled(&mut settling), if in_flight > 0 => {
+                if settling.as_ref().is_some_and(|s| s.is_empty()) {
+                    settling = None;
+                }
                 // A settle the store could not take as a whole (unavailable,
                 // busy) is answered with its error and the channel goes on:
                 // the worker sends it again (over HTTP), and meanwhile its
@@ -713,9 +705,6 @@ where
                             })
                             .to_string(),
                         ));
-                        if settling.as_ref().is_some_and(|s| s.is_empty()) {
-                            settling = None;
-                        }
                         continue;
                     }
                 }
@@ -736,9 +725,6 @@ where
                     shrink_if_empty(&mut unwatched);
                 }
                 sh.credit.settled(freed);
-                if settling.as_ref().is_some_and(|s| s.is_empty()) {
-                    settling = None;
-                }
                 match answer {
                     Ok(answer) => {
                         sh.outbox.push(Message::text(answer.to_string()));
