@@ -310,17 +310,11 @@ async fn a_worker_processes_a_task_over_tls() {
     );
     // Through the worker channel (`wss://`, the default transport), not HTTP
     // long-polls: the server counts the upgrade, and no lease request.
-    let metrics = reqwest::Client::builder()
+    let trusting = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
         .build()
-        .unwrap()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    let metrics = common::metrics_text(&trusting, &server.base).await;
     let requests = |route: &str| -> f64 {
         metrics
             .lines()
